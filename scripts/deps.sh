@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs the Debian packages vmscope's build, tests and fixtures need.
+# Idempotent: does nothing when everything is present. Waits for the dpkg lock.
+set -euo pipefail
+
+pkgs=(
+  qemu-utils          # qemu-img, qemu-io, qemu-nbd: images and the conformance reference
+  e2fsprogs           # mkfs.ext4 -d, debugfs: fixtures and the ext4 reference
+  fdisk               # sfdisk: GPT and MBR fixtures
+  dosfstools mtools   # mkfs.vfat, mcopy: the FAT fixture
+  sleuthkit           # fls, icat: the benchmark peer
+  zstd                # qemu-img's zstd compression is built in; zstd for checks
+  libyara-dev yara    # YARA: the scan engine and its reference
+  pkg-config
+  busybox-static      # the guest fixture's initramfs
+  qemu-system-x86     # the guest fixture
+  cpio
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO=sudo
+wait_lock() {
+  for _ in $(seq 1 300); do
+    if ! fuser /var/lib/dpkg/lock-frontend /var/lib/dpkg/lock /var/lib/apt/lists/lock >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 2
+  done
+  echo "deps.sh: dpkg lock still held after 10 minutes" >&2
+  return 1
+}
+export DEBIAN_FRONTEND=noninteractive
+wait_lock
+$SUDO apt-get update -qq
+wait_lock
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
