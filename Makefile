@@ -1,0 +1,40 @@
+# vmscope: make demo, make test (each installs what it needs on a fresh Debian machine).
+GO      ?= go
+BIN     := bin/vmscope
+PKGS    := ./...
+export PATH := $(PATH):/usr/local/go/bin:/usr/sbin:/sbin
+
+.PHONY: all build deps fixtures demo test fuzz bench static vet clean
+
+all: build
+
+deps:
+	bash scripts/deps.sh
+
+build: deps
+	$(GO) build -o $(BIN) ./cmd/vmscope
+
+fixtures: deps
+	bash testdata/fixtures.sh
+
+demo: build
+	bash scripts/demo.sh
+
+vet:
+	gofmt -l $$(git ls-files '*.go') | tee /dev/stderr | (! read)
+	$(GO) vet $(PKGS)
+
+# Every test, every fuzz target over its seed corpus; fixtures built first (cached).
+test: deps fixtures vet
+	$(GO) test -count=1 -timeout 15m $(PKGS)
+
+# Each fuzz target for FUZZTIME (default 60s).
+FUZZTIME ?= 60s
+fuzz: deps fixtures
+	bash scripts/fuzz.sh $(FUZZTIME)
+
+bench: build fixtures
+	bash bench/run.sh
+
+clean:
+	rm -rf bin

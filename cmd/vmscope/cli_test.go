@@ -1,0 +1,208 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"flag"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmscope/vmscope/internal/fixture"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+// vmscope runs the CLI in-process through cobra, as main does.
+func vmscope(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var o, e bytes.Buffer
+	code = run(context.Background(), args, &o, &e)
+	return o.String(), e.String(), code
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	p := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(p, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("%v (run go test -update)", err)
+	}
+	if got != string(want) {
+		t.Errorf("%s differs from the golden file:\n--- got\n%s\n--- want\n%s", name, got, want)
+	}
+}
+
+type fileState struct {
+	sum   [32]byte
+	mtime time.Time
+	size  int64
+}
+
+func stateOf(t *testing.T, p string) fileState {
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, _ := f.Stat()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	var s fileState
+	copy(s.sum[:], h.Sum(nil))
+	s.mtime, s.size = fi.ModTime(), fi.Size()
+	return s
+}
+
+// TestCommandsLeaveImagesUnchanged runs every command on every kind of
+// fixture (raw, qcow2 with compression, a 3-layer chain, an overlay on a raw
+// base, MBR with FAT) and checks that no file of any chain changed: same
+// bytes, same size, same mtime.
+func TestCommandsLeaveImagesUnchanged(t *testing.T) {
+	images := []string{"gpt.img", "gpt-zstd.qcow2", "chain-top.qcow2", "overlay-raw.qcow2", "mbr.img"}
+	watched := []string{"gpt.img", "gpt-zstd.qcow2", "chain-top.qcow2", "chain-mid.qcow2", "chain-base.qcow2", "overlay-raw.qcow2", "ext4.img", "mbr.img"}
+	before := map[string]fileState{}
+	for _, w := range watched {
+		before[w] = stateOf(t, fixture.Path(t, w))
+	}
+	for _, img := range images {
+		p := fixture.Path(t, img)
+		pre := "p1:"
+		if strings.HasPrefix(img, "chain") || strings.HasPrefix(img, "overlay") {
+			pre = ""
+		}
+		catPath := pre + "/etc/passwd"
+		if img == "mbr.img" {
+			catPath = "p2:/README"
+		}
+		for _, args := range [][]string{
+			{"info", p},
+			{"info", "--format", "json", p},
+			{"ls", p},
+			{"ls", "-rl", p},
+			{"ls", "-r", "--format", "ndjson", p},
+			{"cat", p, catPath},
+		} {
+			_, stderr, code := vmscope(t, args...)
+			if code != 0 {
+				t.Errorf("vmscope %v: exit %d: %s", args, code, stderr)
+			}
+		}
+	}
+	for _, w := range watched {
+		if after := stateOf(t, fixture.Path(t, w)); after != before[w] {
+			t.Errorf("%s changed: before %+v after %+v", w, before[w], after)
+		}
+	}
+}
+
+// TestCatByteExact compares cat's output with the source files, including
+// the 110 MiB file, the sparse files and a name that is not UTF-8.
+func TestCatByteExact(t *testing.T) {
+	img := fixture.Path(t, "gpt-zstd.qcow2")
+	for _, f := range []string{"data/big.bin", "data/sparse.bin", "data/holes.bin", "names/bad-\xff\xfe-latin1-\xe9.txt", "small/d03/f001.txt", "data/empty"} {
+		stdout, stderr, code := vmscope(t, "cat", img, "p1:/"+f)
+		if code != 0 {
+			t.Fatalf("cat %s: exit %d: %s", f, code, stderr)
+		}
+		want, err := os.ReadFile(filepath.Join(fixture.Dir(), "tree", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if stdout != string(want) {
+			t.Errorf("cat %q: %d bytes differ from the source's %d", f, len(stdout), len(want))
+		}
+	}
+}
+
+// TestLsRecursiveMatchesTree checks that ls -r lists exactly the source tree.
+func TestLsRecursiveMatchesTree(t *testing.T) {
+	stdout, stderr, code := vmscope(t, "ls", "-r", "--format", "ndjson", fixture.Path(t, "ext4.img"))
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	got := map[string]bool{}
+	for _, line := range strings.Split(strings.TrimSpace(stdout), "\n") {
+		var e struct {
+			Path    string `json:"path"`
+			PathRaw []byte `json:"path_raw"`
+		}
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatal(err)
+		}
+		if e.PathRaw != nil {
+			e.Path = string(e.PathRaw)
+		}
+		got[e.Path] = true
+	}
+	src := filepath.Join(fixture.Dir(), "tree")
+	n := 0
+	filepath.Walk(src, func(p string, fi os.FileInfo, err error) error {
+		rel, _ := filepath.Rel(src, p)
+		if rel == "." {
+			return nil
+		}
+		n++
+		if !got["/"+rel] {
+			t.Errorf("%q not listed", "/"+rel)
+		}
+		return nil
+	})
+	// lost+found is the only entry not from the tree.
+	if len(got) != n+1 {
+		t.Errorf("listed %d entries, the tree has %d (+ lost+found)", len(got), n)
+	}
+}
+
+func TestLsGolden(t *testing.T) {
+	stdout, stderr, code := vmscope(t, "ls", "-rl", fixture.Path(t, "mbr.img"), "p2:/srv")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	golden(t, "ls-mbr-p2-srv.txt", stdout)
+}
+
+// TestErrors checks the exit status and message of each kind of failure.
+func TestErrors(t *testing.T) {
+	dir := t.TempDir()
+	trunc := filepath.Join(dir, "trunc.qcow2")
+	b, err := os.ReadFile(fixture.Path(t, "chain-top.qcow2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(trunc, b[:70000], 0o644)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"info", filepath.Join(dir, "missing.img")}, "no such file"},
+		{[]string{"ls", trunc}, "qcow"},
+		{[]string{"cat", fixture.Path(t, "gpt.img"), "/etc/passwd"}, "name one, as in p1:/path"},
+		{[]string{"cat", fixture.Path(t, "gpt.img"), "p1:/no/such/file"}, "not exist"},
+		{[]string{"cat", fixture.Path(t, "gpt.img"), "p9:/etc/passwd"}, "no such volume"},
+		{[]string{"cat", fixture.Path(t, "gpt.img"), "p1:/etc"}, "not a regular file"},
+		{[]string{"ls", "--format", "xml", fixture.Path(t, "gpt.img")}, "--format"},
+		{[]string{"ls"}, "arg"},
+		{[]string{"info", "--bogus", "x"}, "unknown flag"},
+	} {
+		_, stderr, code := vmscope(t, c.args...)
+		if code != 2 {
+			t.Errorf("vmscope %v: exit %d, want 2 (%s)", c.args, code, stderr)
+		}
+		if !strings.Contains(stderr, c.want) {
+			t.Errorf("vmscope %v: stderr %q does not say %q", c.args, stderr, c.want)
+		}
+	}
+}

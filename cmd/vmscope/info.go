@@ -1,0 +1,203 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/dustin/go-humanize"
+	"github.com/spf13/cobra"
+
+	"github.com/vmscope/vmscope/fsparse"
+)
+
+type infoDoc struct {
+	Image       string              `json:"image"`
+	Format      string              `json:"format"`
+	VirtualSize int64               `json:"virtual_size"`
+	Chain       []layerInfo         `json:"chain"`
+	Table       string              `json:"partition_table"`
+	TableID     string              `json:"partition_table_id,omitempty"`
+	Partitions  []fsparse.Partition `json:"partitions"`
+	Filesystems []*fsparse.Volume   `json:"filesystems"`
+	Problems    []string            `json:"problems,omitempty"`
+}
+
+type layerInfo struct {
+	Depth          int          `json:"depth"`
+	Path           string       `json:"path"`
+	Format         string       `json:"format"`
+	Version        int          `json:"version,omitempty"`
+	ClusterSize    int          `json:"cluster_size,omitempty"`
+	Compression    string       `json:"compression,omitempty"`
+	FileSize       int64        `json:"file_size"`
+	AllocatedBytes int64        `json:"allocated_bytes"`
+	BackingFile    string       `json:"backing_file,omitempty"`
+	BackingFormat  string       `json:"backing_format,omitempty"`
+	Dirty          bool         `json:"dirty,omitempty"`
+	Corrupt        bool         `json:"corrupt,omitempty"`
+	Bitmaps        []bitmapInfo `json:"bitmaps,omitempty"`
+}
+
+type bitmapInfo struct {
+	Name        string `json:"name"`
+	Granularity int64  `json:"granularity"`
+	InUse       bool   `json:"in_use"`
+	Enabled     bool   `json:"enabled"`
+}
+
+func newInfoCmd() *cobra.Command {
+	var format string
+	c := &cobra.Command{
+		Use:   "info IMAGE",
+		Short: "Show the image's format, backing chain, partitions, filesystems and bitmaps",
+		Args:  rangeArgs(1, 1),
+		RunE: func(c *cobra.Command, args []string) error {
+			if err := checkFormat(format, "table", "json"); err != nil {
+				return err
+			}
+			doc, err := imageInfo(c, args[0])
+			if err != nil {
+				return err
+			}
+			if format == "json" {
+				return writeJSON(c.OutOrStdout(), doc)
+			}
+			return writeInfoTable(c.OutOrStdout(), doc)
+		},
+	}
+	c.Flags().StringVar(&format, "format", "table", "output format: table or json")
+	return c
+}
+
+func imageInfo(c *cobra.Command, path string) (*infoDoc, error) {
+	im, d, err := openDisk(path)
+	if err != nil {
+		return nil, err
+	}
+	defer im.Close()
+	doc := &infoDoc{
+		Image:       path,
+		Format:      string(im.Format()),
+		VirtualSize: im.Size(),
+		Table:       d.Table,
+		TableID:     d.TableID,
+		Partitions:  d.Partitions,
+		Filesystems: d.Volumes,
+	}
+	for i, l := range im.Layers() {
+		alloc, err := l.Allocated(c.Context())
+		if err != nil {
+			return nil, err
+		}
+		li := layerInfo{
+			Depth: i, Path: l.Path, Format: string(l.Format), Version: l.Version,
+			ClusterSize: l.ClusterSize, Compression: l.Compression, FileSize: l.FileSize,
+			AllocatedBytes: alloc.Bytes(), BackingFile: l.BackingRef, BackingFormat: l.BackingFormat,
+			Dirty: l.Dirty, Corrupt: l.Corrupt,
+		}
+		for _, b := range l.Bitmaps {
+			li.Bitmaps = append(li.Bitmaps, bitmapInfo{Name: b.Name, Granularity: b.Granularity, InUse: b.InUse, Enabled: b.Enabled})
+		}
+		doc.Chain = append(doc.Chain, li)
+	}
+	for _, p := range d.Problems {
+		doc.Problems = append(doc.Problems, p.Error())
+	}
+	if doc.Partitions == nil {
+		doc.Partitions = []fsparse.Partition{}
+	}
+	if doc.Filesystems == nil {
+		doc.Filesystems = []*fsparse.Volume{}
+	}
+	return doc, nil
+}
+
+func size(n int64) string { return fmt.Sprintf("%s (%d bytes)", humanize.IBytes(uint64(n)), n) }
+
+func writeInfoTable(w io.Writer, doc *infoDoc) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "image:\t%s\n", doc.Image)
+	fmt.Fprintf(tw, "format:\t%s\n", doc.Format)
+	fmt.Fprintf(tw, "virtual size:\t%s\n", size(doc.VirtualSize))
+	tw.Flush()
+	fmt.Fprintf(w, "\nbacking chain (top first):\n")
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "  depth\tformat\tcluster\tallocated\tfile size\tpath\tbacking\n")
+	for _, l := range doc.Chain {
+		f := l.Format
+		if l.Version > 0 {
+			f = fmt.Sprintf("%s v%d", f, l.Version)
+		}
+		if l.Compression != "" {
+			f += " " + l.Compression
+		}
+		cl := "-"
+		if l.ClusterSize > 0 {
+			cl = humanize.IBytes(uint64(l.ClusterSize))
+		}
+		back := "-"
+		if l.BackingFile != "" {
+			back = l.BackingFile
+			if l.BackingFormat != "" {
+				back += " (" + l.BackingFormat + ")"
+			}
+		}
+		var flags []string
+		if l.Dirty {
+			flags = append(flags, "dirty")
+		}
+		if l.Corrupt {
+			flags = append(flags, "CORRUPT")
+		}
+		if len(flags) > 0 {
+			f += " [" + strings.Join(flags, ",") + "]"
+		}
+		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\t%s\n", l.Depth, f, cl, humanize.IBytes(uint64(l.AllocatedBytes)), humanize.IBytes(uint64(l.FileSize)), l.Path, back)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\npartition table: %s", doc.Table)
+	if doc.TableID != "" {
+		fmt.Fprintf(w, " (id %s)", doc.TableID)
+	}
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "  id\tstart\tsize\ttype\tname\n")
+	for _, p := range doc.Partitions {
+		tn := p.Type
+		if p.TypeName != "" {
+			tn = p.TypeName
+		}
+		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\n", p.ID(), p.Start, humanize.IBytes(uint64(p.Size)), tn, p.Name)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\nfilesystems:\n")
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "  id\ttype\tlabel\tuuid\tblock\tinodes\tfeatures\n")
+	for _, v := range doc.Filesystems {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%d\t%s\n", v.ID, v.Type, printable(v.Label), v.UUID, humanize.IBytes(uint64(v.BlockSize)), v.Inodes, strings.Join(v.Features, " "))
+	}
+	tw.Flush()
+	var any bool
+	for _, l := range doc.Chain {
+		for _, b := range l.Bitmaps {
+			if !any {
+				fmt.Fprintf(w, "\nbitmaps:\n")
+				any = true
+			}
+			state := "disabled"
+			if b.Enabled {
+				state = "enabled"
+			}
+			if b.InUse {
+				state += ", IN USE (inconsistent)"
+			}
+			fmt.Fprintf(w, "  layer %d  %s  granularity %s  %s\n", l.Depth, printable(b.Name), humanize.IBytes(uint64(b.Granularity)), state)
+		}
+	}
+	for _, p := range doc.Problems {
+		fmt.Fprintf(w, "\nproblem: %s\n", p)
+	}
+	return nil
+}

@@ -1,0 +1,95 @@
+// Command vmscope inspects virtual machines from outside the guest: disk
+// images (raw, qcow2 and backing chains) and, later, memory. Each verb is a
+// thin command over the library packages; this package decides what the
+// user sees and maps errors to exit codes.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// Exit codes, as scanners use them.
+const (
+	exitOK       = 0
+	exitFindings = 1
+	exitError    = 2
+)
+
+// errFindings is returned by a command that ran to the end and found
+// something; it maps to exit code 1 and prints nothing.
+var errFindings = errors.New("findings")
+
+// errPartial is returned by a command that wrote its output but met errors
+// on the way (reported already); it maps to exit code 2.
+var errPartial = errors.New("completed with errors")
+
+// usageError marks bad arguments or flags.
+type usageError struct{ error }
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "vmscope",
+		Short:         "Agentless forensic scanner for virtual machines",
+		Long:          "vmscope inspects VM disk images (raw, qcow2, backing chains) from outside the guest: it lists, extracts and scans guest files without mounting or booting anything. Images are opened read-only.",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(newInfoCmd(), newLsCmd(), newCatCmd())
+	return root
+}
+
+// exitCode maps the error a command returned to the process exit status.
+func exitCode(err error) int {
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, errFindings):
+		return exitFindings
+	default:
+		return exitError
+	}
+}
+
+// run executes the CLI with args and returns the exit status; main and the
+// tests share it.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	root := newRoot()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if err != nil && !errors.Is(err, errFindings) && !errors.Is(err, errPartial) {
+		fmt.Fprintf(stderr, "vmscope: %v\n", err)
+		var u usageError
+		if errors.As(err, &u) {
+			fmt.Fprintf(stderr, "Run 'vmscope --help' for usage.\n")
+		}
+	}
+	return exitCode(err)
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// exactArgs is cobra.RangeArgs with a usage error.
+func rangeArgs(lo, hi int) cobra.PositionalArgs {
+	return func(c *cobra.Command, args []string) error {
+		if err := cobra.RangeArgs(lo, hi)(c, args); err != nil {
+			return usageError{err}
+		}
+		return nil
+	}
+}

@@ -1,0 +1,221 @@
+// Package fsparse finds the partitions of a guest disk and opens the
+// filesystems on them.
+//
+// A disk is an io.ReaderAt plus a size (a raw file or a qcow2 chain from
+// package qcow). Partition tables are GPT and MBR (primary and logical
+// partitions of an extended one), read through go-diskfs after the fields it
+// would trust are checked here; a disk with a filesystem and no table is one
+// volume. Filesystems are ext2/3/4 through our own parser (fsparse/ext4) and
+// FAT32 through go-diskfs. Every volume is reached through a section of the
+// disk: nothing reads outside its partition, and nothing is ever written.
+//
+// A volume's files are addressed as "p1:/etc/passwd", or "/etc/passwd" when
+// the disk holds a single filesystem. Paths inside a volume are io/fs paths
+// ("etc/passwd", "." for the root).
+package fsparse
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// Sentinel errors; every error of this package wraps one of them or an
+// error of the filesystem parser.
+var (
+	// ErrCorrupt: a partition table is malformed.
+	ErrCorrupt = errors.New("fsparse: corrupt partition table")
+	// ErrNoVolume: a path names a volume the disk does not have.
+	ErrNoVolume = errors.New("fsparse: no such volume")
+	// ErrUnsupported: a filesystem this package cannot read.
+	ErrUnsupported = errors.New("fsparse: unsupported filesystem")
+)
+
+// Limits on what a hostile table may ask for.
+const (
+	maxGPTEntries   = 1024
+	maxLogicalParts = 128
+	sector          = 512
+)
+
+// Partition is one entry of the partition table, or the whole disk.
+type Partition struct {
+	Index    int    `json:"index"` // 1-based; 0 is the whole disk
+	Start    int64  `json:"start"` // bytes from the start of the disk
+	Size     int64  `json:"size"`  // bytes
+	Type     string `json:"type"`  // GPT type GUID, or MBR type as "0x83"
+	TypeName string `json:"type_name,omitempty"`
+	Name     string `json:"name,omitempty"` // GPT partition name
+	GUID     string `json:"guid,omitempty"` // GPT unique partition GUID
+	Bootable bool   `json:"bootable,omitempty"`
+}
+
+// ID is how paths name the partition: "p1", or "disk" for the whole disk.
+func (p Partition) ID() string {
+	if p.Index == 0 {
+		return "disk"
+	}
+	return fmt.Sprintf("p%d", p.Index)
+}
+
+// Disk is a guest disk opened into its partitions and volumes.
+type Disk struct {
+	Size       int64       `json:"size"`
+	Table      string      `json:"table"` // "gpt", "mbr" or "none"
+	TableID    string      `json:"table_id,omitempty"`
+	Partitions []Partition `json:"partitions"`
+	Volumes    []*Volume   `json:"volumes"`
+	// Problems lists partitions whose filesystem could not be opened; the
+	// other volumes are usable.
+	Problems []error `json:"-"`
+}
+
+// Open reads the partition table of the disk r of size bytes and opens the
+// filesystem of every partition it recognises.
+func Open(r io.ReaderAt, size int64) (*Disk, error) {
+	d := &Disk{Size: size}
+	head := make([]byte, 2*sector)
+	if n, err := r.ReadAt(head, 0); n < len(head) {
+		return nil, fmt.Errorf("fsparse: disk of %d bytes: reading the first sectors: %w", size, errOr(err, io.ErrUnexpectedEOF))
+	}
+	switch {
+	case string(head[sector:sector+8]) == "EFI PART":
+		d.Table = "gpt"
+		if err := readGPT(d, r, size); err != nil {
+			return nil, err
+		}
+	case hasFilesystem(r, 0):
+		// A filesystem on the whole disk (a FAT boot sector also ends
+		// in 0x55AA, so this test comes before the MBR one).
+		d.Table = "none"
+		d.Partitions = []Partition{{Index: 0, Start: 0, Size: size}}
+	case head[510] == 0x55 && head[511] == 0xAA:
+		d.Table = "mbr"
+		if err := readMBR(d, r, size, head[:sector]); err != nil {
+			return nil, err
+		}
+	default:
+		d.Table = "none"
+		d.Partitions = []Partition{{Index: 0, Start: 0, Size: size}}
+	}
+	for _, p := range d.Partitions {
+		v, err := openVolume(r, p)
+		if err != nil {
+			d.Problems = append(d.Problems, fmt.Errorf("%s: %w", p.ID(), err))
+			continue
+		}
+		if v != nil {
+			d.Volumes = append(d.Volumes, v)
+		}
+	}
+	return d, nil
+}
+
+func errOr(err, def error) error {
+	if err != nil && err != io.EOF {
+		return err
+	}
+	return def
+}
+
+// Volume returns the volume of partition id ("p1", "disk"), or the only
+// volume when id is empty.
+func (d *Disk) Volume(id string) (*Volume, error) {
+	if id == "" {
+		if len(d.Volumes) == 1 {
+			return d.Volumes[0], nil
+		}
+		ids := make([]string, len(d.Volumes))
+		for i, v := range d.Volumes {
+			ids[i] = v.ID
+		}
+		if len(ids) == 0 {
+			return nil, fmt.Errorf("%w: the disk has no filesystem this tool can read", ErrNoVolume)
+		}
+		return nil, fmt.Errorf("%w: the disk has %d filesystems (%s): name one, as in %s:/path", ErrNoVolume, len(ids), strings.Join(ids, ", "), ids[0])
+	}
+	for _, v := range d.Volumes {
+		if v.ID == id {
+			return v, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: %q", ErrNoVolume, id)
+}
+
+// Resolve splits a user path ("p2:/etc/passwd" or "/etc/passwd") into its
+// volume and the io/fs path inside it ("etc/passwd", or "." for the root).
+func (d *Disk) Resolve(spec string) (*Volume, string, error) {
+	id := ""
+	if i := strings.IndexByte(spec, ':'); i >= 0 && !strings.Contains(spec[:i], "/") {
+		id, spec = spec[:i], spec[i+1:]
+	}
+	v, err := d.Volume(id)
+	if err != nil {
+		return nil, "", err
+	}
+	return v, CleanPath(spec), nil
+}
+
+// CleanPath turns a user path ("/etc//passwd/", "etc/passwd", "/") into an
+// io/fs path ("etc/passwd", "."). ".." cannot climb above the root.
+func CleanPath(p string) string {
+	var parts []string
+	for _, e := range strings.Split(p, "/") {
+		switch e {
+		case "", ".":
+		case "..":
+			if len(parts) > 0 {
+				parts = parts[:len(parts)-1]
+			}
+		default:
+			parts = append(parts, e)
+		}
+	}
+	if len(parts) == 0 {
+		return "."
+	}
+	return strings.Join(parts, "/")
+}
+
+// hasFilesystem reports whether a filesystem this package knows starts at off.
+func hasFilesystem(r io.ReaderAt, off int64) bool {
+	t, _ := probe(r, off)
+	return t != ""
+}
+
+// probe names the filesystem that starts at off by its magic numbers, or
+// returns "" when none is known.
+func probe(r io.ReaderAt, off int64) (string, error) {
+	b := make([]byte, 4096)
+	n, err := r.ReadAt(b, off)
+	if n < 2048 {
+		return "", errOr(err, io.ErrUnexpectedEOF)
+	}
+	b = b[:n]
+	if binary.LittleEndian.Uint16(b[1024+56:]) == 0xEF53 {
+		return "ext", nil
+	}
+	if b[510] == 0x55 && b[511] == 0xAA {
+		switch {
+		case string(b[82:87]) == "FAT32":
+			return "vfat", nil
+		case string(b[54:59]) == "FAT16" || string(b[54:59]) == "FAT12":
+			return "fat16", nil
+		case string(b[3:11]) == "NTFS    ":
+			return "ntfs", nil
+		case string(b[3:11]) == "EXFAT   ":
+			return "exfat", nil
+		}
+	}
+	switch {
+	case string(b[0:4]) == "XFSB":
+		return "xfs", nil
+	case n >= 4096 && string(b[4096-10:]) == "SWAPSPACE2":
+		return "swap", nil
+	case string(b[512:520]) == "LABELONE":
+		return "LVM2_member", nil
+	}
+	return "", nil
+}

@@ -1,0 +1,554 @@
+package scan
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"path"
+	"runtime"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hillu/go-yara/v4"
+)
+
+// ErrOption is the category of invalid Scan options.
+var ErrOption = errors.New("scan: invalid option")
+
+// File is one guest file to scan.
+type File struct {
+	Partition string // e.g. "p1"; "" for a bare filesystem
+	FS        string // filesystem type, e.g. "ext4"
+	Path      string // absolute guest path, "/etc/passwd"
+	Ino       uint64
+	Size      int64
+	Mode      fs.FileMode
+	Uid, Gid  uint32
+	Owner     string      // owner name if the caller resolved it; else the uid is used
+	Data      io.ReaderAt // the file's bytes [0, Size)
+}
+
+// StringMatch is one match of a rule string.
+type StringMatch struct {
+	ID     string `json:"id"`     // "$a"
+	Offset int64  `json:"offset"` // from the start of the file
+	Length int    `json:"length"` // bytes recorded by libyara (at most 512)
+}
+
+// Finding is one rule matching one file.
+type Finding struct {
+	Partition string         `json:"partition"`
+	FS        string         `json:"filesystem"`
+	Path      string         `json:"path"`
+	Inode     uint64         `json:"inode"`
+	Size      int64          `json:"size"`
+	SHA256    string         `json:"sha256"`
+	Rule      string         `json:"rule"`
+	Namespace string         `json:"namespace"`
+	Tags      []string       `json:"tags"`
+	Meta      map[string]any `json:"meta"`
+	// Strings are the first matches by (offset, id), at most the
+	// WithMaxStrings cap; StringCount counts them all.
+	Strings     []StringMatch `json:"strings"`
+	StringCount int           `json:"string_count"`
+}
+
+// FileError is a file that could not be scanned (or not completely).
+type FileError struct {
+	Partition string
+	FS        string
+	Path      string
+	Inode     uint64
+	Err       error
+}
+
+func (e FileError) Error() string {
+	return fmt.Sprintf("scan: %s:%s: %v", e.Partition, e.Path, e.Err)
+}
+
+func (e FileError) Unwrap() error { return e.Err }
+
+// Skip reasons.
+const (
+	SkipTooBig = "larger than max file size"
+)
+
+// Skipped is a file not scanned on purpose (files left out by
+// include/exclude patterns are only counted, in Summary.Excluded).
+type Skipped struct {
+	Partition string `json:"partition"`
+	Path      string `json:"path"`
+	Inode     uint64 `json:"inode"`
+	Size      int64  `json:"size"`
+	Reason    string `json:"reason"`
+}
+
+// Summary counts what a scan did. The CLI derives its exit code from it:
+// Findings > 0 → 1; Errors > 0 → 2 (errors first, as scanners do).
+type Summary struct {
+	Files    int64         `json:"files"`         // files scanned completely
+	Bytes    int64         `json:"bytes"`         // their bytes
+	Matched  int           `json:"matched_files"` // files with at least one finding
+	Findings int           `json:"findings"`
+	Errors   int           `json:"errors"`
+	Skipped  int           `json:"skipped"`
+	Excluded int64         `json:"excluded"` // left out by include/exclude
+	Rules    int           `json:"rules"`
+	Duration time.Duration `json:"-"`
+}
+
+// Result is what Scan found, sorted: findings by (partition, path,
+// namespace, rule), errors and skipped files by (partition, path).
+type Result struct {
+	Findings []Finding
+	Errors   []FileError
+	Skipped  []Skipped
+	Summary  Summary
+}
+
+type options struct {
+	jobs       int
+	maxSize    int64
+	hash       bool
+	include    []string
+	exclude    []string
+	progress   *Progress
+	blockSize  int64
+	overlap    int64
+	timeout    time.Duration
+	maxStrings int
+}
+
+// Option configures Scan.
+type Option func(*options)
+
+// WithJobs sets the number of workers (default runtime.NumCPU()).
+func WithJobs(n int) Option { return func(o *options) { o.jobs = n } }
+
+// WithMaxFileSize skips (and reports) files larger than n bytes; 0 = no limit.
+func WithMaxFileSize(n int64) Option { return func(o *options) { o.maxSize = n } }
+
+// WithHash computes the sha256 of every scanned file from the same reads
+// that feed YARA. Without it only matched files get a sha256, computed by
+// reading them again after the match.
+func WithHash(on bool) Option { return func(o *options) { o.hash = on } }
+
+// WithInclude scans only files whose guest path matches one of the patterns
+// (see pattern for the syntax).
+func WithInclude(globs ...string) Option {
+	return func(o *options) { o.include = append(o.include, globs...) }
+}
+
+// WithExclude leaves out files whose guest path matches one of the patterns.
+// Exclude wins over include.
+func WithExclude(globs ...string) Option {
+	return func(o *options) { o.exclude = append(o.exclude, globs...) }
+}
+
+// WithProgress makes Scan update p as it goes.
+func WithProgress(p *Progress) Option { return func(o *options) { o.progress = p } }
+
+// WithBlockSize sets the block size (default DefaultBlockSize); it must be
+// at least twice the overlap.
+func WithBlockSize(n int64) Option { return func(o *options) { o.blockSize = n } }
+
+// WithOverlap sets the block overlap (default DefaultOverlap, at least
+// MinOverlap).
+func WithOverlap(n int64) Option { return func(o *options) { o.overlap = n } }
+
+// WithTimeout bounds libyara's time on one file (whole seconds; 0 = none).
+// A file that times out is a FileError.
+func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }
+
+// WithMaxStrings caps the string matches kept per finding (default 16).
+func WithMaxStrings(n int) Option { return func(o *options) { o.maxStrings = n } }
+
+const maxJobs = 256
+
+func buildOptions(opts []Option) (options, selector, error) {
+	o := options{
+		jobs:       runtime.NumCPU(),
+		blockSize:  DefaultBlockSize,
+		overlap:    DefaultOverlap,
+		maxStrings: 16,
+	}
+	for _, f := range opts {
+		f(&o)
+	}
+	switch {
+	case o.jobs < 1 || o.jobs > maxJobs:
+		return o, selector{}, fmt.Errorf("%w: jobs %d not in [1, %d]", ErrOption, o.jobs, maxJobs)
+	case o.overlap < MinOverlap:
+		return o, selector{}, fmt.Errorf("%w: overlap %d < %d", ErrOption, o.overlap, MinOverlap)
+	case o.blockSize < 2*o.overlap || o.blockSize > 1<<30:
+		return o, selector{}, fmt.Errorf("%w: block size %d not in [2*overlap, 1 GiB]", ErrOption, o.blockSize)
+	case o.maxSize < 0:
+		return o, selector{}, fmt.Errorf("%w: max file size %d < 0", ErrOption, o.maxSize)
+	case o.maxStrings < 0:
+		return o, selector{}, fmt.Errorf("%w: max strings %d < 0", ErrOption, o.maxStrings)
+	}
+	sel, err := newSelector(o.include, o.exclude)
+	if err != nil {
+		return o, sel, fmt.Errorf("%w: %w", ErrOption, err)
+	}
+	return o, sel, nil
+}
+
+// Scan runs rules over every file received from files until the channel is
+// closed or ctx is cancelled. The producer should stop sending when ctx is
+// done. On cancellation Scan returns what it has, sorted, and ctx.Err().
+//
+// A file of at most the block size is one block: the scan is exactly a
+// whole-file scan. A bigger file is cut into blocks overlapping by the
+// overlap; compared with `yara FILE` the differences are:
+//   - a string match longer than the overlap that straddles a boundary is
+//     missed (impossible for regexps and hex strings, capped at 4096 bytes
+//     by libyara, and for text strings shorter than the overlap);
+//   - a regexp match starting near the end of a block is cut at the end of
+//     that block (its offset is right, its length may be shorter);
+//   - the pe, elf, dotnet... modules parse the first block only;
+//   - a condition reading data (uint32(x), hash.*(...)) is served by reading
+//     the block again.
+func Scan(ctx context.Context, rules *Rules, files <-chan File, opts ...Option) (*Result, error) {
+	if rules == nil || rules.y == nil {
+		return nil, &RulesError{File: "(none)", Msg: "no rules"}
+	}
+	o, sel, err := buildOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	if o.progress != nil {
+		o.progress.start()
+	}
+	s := &scanState{rules: rules, o: o, sel: sel}
+	scanners := make([]*yara.Scanner, o.jobs)
+	for i := range scanners {
+		sc, err := yara.NewScanner(rules.y)
+		if err != nil {
+			for _, x := range scanners[:i] {
+				x.Destroy()
+			}
+			return nil, fmt.Errorf("scan: new yara scanner: %w", err)
+		}
+		if o.timeout > 0 {
+			sc.SetTimeout(o.timeout)
+		}
+		scanners[i] = sc
+	}
+	var wg sync.WaitGroup
+	for _, sc := range scanners {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer sc.Destroy()
+			s.worker(ctx, sc, files)
+		}()
+	}
+	wg.Wait()
+	res := s.result(time.Since(start))
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+type scanState struct {
+	rules *Rules
+	o     options
+	sel   selector
+
+	excluded atomic.Int64
+
+	mu       sync.Mutex
+	findings []Finding
+	errs     []FileError
+	skipped  []Skipped
+	files    int64
+	bytes    int64
+	matched  int
+}
+
+// worker state, reused for every file.
+type worker struct {
+	s    *scanState
+	sc   *yara.Scanner
+	it   blockIter
+	col  collector
+	head []byte
+	h    hash.Hash
+	rbuf []byte // for re-reading matched files when not hashing
+}
+
+func (s *scanState) worker(ctx context.Context, sc *yara.Scanner, files <-chan File) {
+	w := &worker{s: s, sc: sc, head: make([]byte, headLen)}
+	w.h = sha256.New()
+	w.it.blockSize = s.o.blockSize
+	w.it.step = s.o.blockSize - s.o.overlap
+	if s.o.progress != nil {
+		w.it.progress = &s.o.progress.Bytes
+	}
+	w.col.rules = s.rules
+	w.col.max = s.o.maxStrings
+	sc.SetCallback(&w.col)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case f, ok := <-files:
+			if !ok {
+				return
+			}
+			w.file(ctx, f)
+		}
+	}
+}
+
+func (w *worker) file(ctx context.Context, f File) {
+	s := w.s
+	if !s.sel.selected(f.Path) {
+		s.excluded.Add(1)
+		return
+	}
+	p := s.o.progress
+	if p != nil {
+		defer p.Files.Add(1)
+	}
+	if s.o.maxSize > 0 && f.Size > s.o.maxSize {
+		s.mu.Lock()
+		s.skipped = append(s.skipped, Skipped{f.Partition, f.Path, f.Ino, f.Size, SkipTooBig})
+		s.mu.Unlock()
+		return
+	}
+	fail := func(err error) {
+		if p != nil {
+			p.Errors.Add(1)
+		}
+		s.mu.Lock()
+		s.errs = append(s.errs, FileError{f.Partition, f.FS, f.Path, f.Ino, err})
+		s.mu.Unlock()
+	}
+	if f.Size < 0 || f.Data == nil {
+		fail(fmt.Errorf("bad file: size %d, data %v", f.Size, f.Data != nil))
+		return
+	}
+	head := w.head[:min(f.Size, headLen)]
+	if n, err := f.Data.ReadAt(head, 0); n < len(head) {
+		if err == nil || err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		fail(fmt.Errorf("scan: read %d bytes at offset 0: %w", len(head), err))
+		return
+	}
+	owner := f.Owner
+	if owner == "" {
+		owner = strconv.FormatUint(uint64(f.Uid), 10)
+	}
+	vars := [...]struct{ k, v string }{
+		{"filename", path.Base(f.Path)},
+		{"filepath", f.Path},
+		{"extension", extension(f.Path)},
+		{"filetype", fileType(head)},
+		{"owner", owner},
+	}
+	for _, kv := range vars {
+		if err := w.sc.DefineVariable(kv.k, kv.v); err != nil {
+			fail(fmt.Errorf("define %s: %w", kv.k, err))
+			return
+		}
+	}
+	var h hash.Hash
+	if s.o.hash {
+		h = w.h
+	}
+	w.it.reset(ctx, f.Data, f.Size, head, h)
+	w.col.reset(f)
+	yerr := w.sc.ScanMemBlocks(&w.it)
+	if w.it.cancelled || (ctx.Err() != nil && !w.it.complete()) {
+		return // cancelled: not reported
+	}
+	if w.it.err != nil {
+		fail(w.it.err)
+		return
+	}
+	if yerr != nil {
+		fail(fmt.Errorf("yara: %w", yerr))
+		// Rules that matched before the error still matched.
+	}
+	found := w.col.findings
+	if len(found) > 0 || s.o.hash {
+		var sum string
+		if h != nil && w.it.complete() {
+			sum = hex.EncodeToString(h.Sum(nil))
+		} else if len(found) > 0 {
+			var err error
+			sum, err = w.rehash(ctx, f)
+			if err != nil {
+				fail(fmt.Errorf("sha256: %w", err))
+			}
+		}
+		for i := range found {
+			found[i].SHA256 = sum
+		}
+	}
+	if p != nil && len(found) > 0 {
+		p.Findings.Add(int64(len(found)))
+	}
+	s.mu.Lock()
+	s.findings = append(s.findings, found...)
+	if yerr == nil {
+		s.files++
+		s.bytes += f.Size
+	}
+	if len(found) > 0 {
+		s.matched++
+	}
+	s.mu.Unlock()
+}
+
+// rehash reads a matched file again to hash it (only without WithHash).
+func (w *worker) rehash(ctx context.Context, f File) (string, error) {
+	if w.rbuf == nil {
+		w.rbuf = make([]byte, 1<<20)
+	}
+	h := sha256.New()
+	for off := int64(0); off < f.Size; {
+		if err := ctx.Err(); err != nil {
+			return "", err
+		}
+		b := w.rbuf[:min(int64(len(w.rbuf)), f.Size-off)]
+		n, err := f.Data.ReadAt(b, off)
+		if n < len(b) {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return "", fmt.Errorf("read at offset %d: %w", off, err)
+		}
+		h.Write(b)
+		off += int64(n)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func (s *scanState) result(d time.Duration) *Result {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := &Result{Findings: s.findings, Errors: s.errs, Skipped: s.skipped}
+	SortFindings(r.Findings)
+	sort.SliceStable(r.Errors, func(i, j int) bool {
+		a, b := r.Errors[i], r.Errors[j]
+		if a.Partition != b.Partition {
+			return a.Partition < b.Partition
+		}
+		if a.Path != b.Path {
+			return a.Path < b.Path
+		}
+		return a.Err.Error() < b.Err.Error()
+	})
+	sort.Slice(r.Skipped, func(i, j int) bool {
+		a, b := r.Skipped[i], r.Skipped[j]
+		if a.Partition != b.Partition {
+			return a.Partition < b.Partition
+		}
+		if a.Path != b.Path {
+			return a.Path < b.Path
+		}
+		return a.Inode < b.Inode
+	})
+	r.Summary = Summary{
+		Files:    s.files,
+		Bytes:    s.bytes,
+		Matched:  s.matched,
+		Findings: len(r.Findings),
+		Errors:   len(r.Errors),
+		Skipped:  len(r.Skipped),
+		Excluded: s.excluded.Load(),
+		Rules:    s.rules.Count(),
+		Duration: d,
+	}
+	return r
+}
+
+// SortFindings sorts findings by partition, path, namespace, rule (then
+// inode, for hard links listed twice).
+func SortFindings(fs []Finding) {
+	sort.Slice(fs, func(i, j int) bool {
+		a, b := &fs[i], &fs[j]
+		switch {
+		case a.Partition != b.Partition:
+			return a.Partition < b.Partition
+		case a.Path != b.Path:
+			return a.Path < b.Path
+		case a.Namespace != b.Namespace:
+			return a.Namespace < b.Namespace
+		case a.Rule != b.Rule:
+			return a.Rule < b.Rule
+		}
+		return a.Inode < b.Inode
+	})
+}
+
+// collector receives libyara's matches for one file.
+type collector struct {
+	rules    *Rules
+	max      int
+	file     File
+	findings []Finding
+}
+
+func (c *collector) reset(f File) {
+	c.file = f
+	c.findings = nil
+}
+
+// RuleMatching implements yara.ScanCallback.
+func (c *collector) RuleMatching(sc *yara.ScanContext, r *yara.Rule) (bool, error) {
+	ns, id := r.Namespace(), r.Identifier()
+	fd := Finding{
+		Partition: c.file.Partition,
+		FS:        c.file.FS,
+		Path:      c.file.Path,
+		Inode:     c.file.Ino,
+		Size:      c.file.Size,
+		Rule:      id,
+		Namespace: ns,
+	}
+	if info, ok := c.rules.info(ns, id); ok {
+		fd.Tags, fd.Meta = info.Tags, info.Meta
+	}
+	var ms []StringMatch
+	for _, s := range r.Strings() {
+		matches := s.Matches(sc)
+		if len(matches) == 0 {
+			continue
+		}
+		fd.StringCount += len(matches)
+		sid := s.Identifier()
+		// libyara keeps a string's matches sorted by offset, so the
+		// first max of each string contain the first max overall.
+		for i := range matches[:min(len(matches), c.max)] {
+			m := &matches[i]
+			ms = append(ms, StringMatch{ID: sid, Offset: m.Base() + m.Offset(), Length: len(m.Data())})
+		}
+	}
+	sort.Slice(ms, func(i, j int) bool {
+		if ms[i].Offset != ms[j].Offset {
+			return ms[i].Offset < ms[j].Offset
+		}
+		return ms[i].ID < ms[j].ID
+	})
+	if len(ms) > c.max {
+		ms = ms[:c.max]
+	}
+	fd.Strings = ms
+	c.findings = append(c.findings, fd)
+	return false, nil
+}
