@@ -197,8 +197,10 @@ func newBackend(r io.ReaderAt, size int64) backend.Storage {
 }
 
 func (b *diskBackend) Stat() (fs.FileInfo, error) { return backendInfo{b.size}, nil }
-func (b *diskBackend) Close() error                { return nil }
-func (b *diskBackend) Sys() (*os.File, error)      { return nil, fmt.Errorf("fsparse: no OS file behind a disk image") }
+func (b *diskBackend) Close() error               { return nil }
+func (b *diskBackend) Sys() (*os.File, error) {
+	return nil, fmt.Errorf("fsparse: no OS file behind a disk image")
+}
 func (b *diskBackend) Writable() (backend.WritableFile, error) {
 	return nil, backend.ErrIncorrectOpenMode
 }

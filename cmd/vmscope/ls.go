@@ -237,4 +237,3 @@ func modeString(m fs.FileMode) string {
 	}
 	return b.String()
 }
-

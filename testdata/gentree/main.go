@@ -119,7 +119,6 @@ func sparseFile(rel string, regions int, blk, stride int64, tail int64, i int) {
 	stamp(p, i)
 }
 
-
 func mainTree(big int64) {
 	n := 0
 	next := func() int { n++; return n }
