@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make demo: builds a small guest disk (qcow2 over GPT + ext4) with a few
-# planted artefacts among ordinary files, then runs vmscope on it.
+# planted artefacts among ordinary files, then runs vmscope info, ls, cat and
+# scan (with the embedded default rules) on it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/sbin:/sbin
@@ -51,3 +52,8 @@ $V ls -rl "$out/demo.qcow2" /etc
 echo
 echo "== vmscope cat $out/demo.qcow2 /etc/ld.so.preload"
 $V cat "$out/demo.qcow2" /etc/ld.so.preload
+echo
+echo "== vmscope scan $out/demo.qcow2   (embedded default rules; exit 1 = findings)"
+status=0
+$V scan "$out/demo.qcow2" || status=$?
+[ "$status" -eq 1 ] || { echo "demo: expected findings (exit 1), got exit $status" >&2; exit 1; }

@@ -9,7 +9,9 @@ rule LdSoPreload_Library
         reference = "https://man7.org/linux/man-pages/man8/ld.so.8.html"
         date = "2025-01-01"
     strings:
-        $so = /[^\s#]{0,4096}\.so(\.[0-9]+)*(\s|$)/
+        // One match per line that names a shared object (anchored at the
+        // start of a line, so a long path is not matched at every offset).
+        $so = /(^|\n)[ \t]*[^\s#][^\s]{0,1023}\.so(\.[0-9]+)*(\s|$)/
     condition:
         filepath == "/etc/ld.so.preload" and $so
 }
