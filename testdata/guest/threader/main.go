@@ -12,6 +12,10 @@ import (
 	"unsafe"
 )
 
+// The main goroutine stays on the main thread, so the process keeps its
+// comm ("threader") and only the other threads are renamed.
+func init() { runtime.LockOSThread() }
+
 func main() {
 	n := 4
 	if len(os.Args) > 1 {

@@ -90,7 +90,7 @@ func Load(t testing.TB, mode string) *Truth {
 type Process struct {
 	PID, PPID int
 	Comm      string
-	Args      string // argv joined by single spaces; "[name]" for kernel threads
+	Args      string // argv joined by single spaces; "[comm]" for kernel threads
 }
 
 // Module is a line of /proc/modules.
@@ -357,6 +357,8 @@ func parsePS(lines []string) ([]Process, error) {
 			return nil, fmt.Errorf("line %q: %w", l, err)
 		}
 		p := Process{PID: pid, PPID: ppid, Comm: f[2], Args: strings.Join(f[3:], " ")}
+		// busybox shows "{comm} argv" when comm is not argv[0]'s base name.
+		p.Args = strings.TrimPrefix(p.Args, "{"+p.Comm+"} ")
 		if p.Comm == "ps" && strings.HasPrefix(p.Args, "ps ") {
 			continue
 		}
