@@ -36,5 +36,11 @@ fuzz: deps fixtures
 bench: build fixtures
 	bash bench/run.sh
 
+# A fully static binary for incident responders (libyara and its libraries linked in).
+STATIC_LIBS := -lyara -lmagic -ljansson -lcrypto -lz -lbz2 -llzma -lm -ldl -pthread
+static: deps
+	CGO_LDFLAGS="$(STATIC_LIBS)" $(GO) build -tags yara_no_pkg_config,netgo,osusergo \
+		-ldflags '-s -w -linkmode external -extldflags "-static"' -o bin/vmscope-static ./cmd/vmscope
+
 clean:
 	rm -rf bin

@@ -92,7 +92,8 @@ type Skipped struct {
 }
 
 // Summary counts what a scan did. The CLI derives its exit code from it:
-// Findings > 0 → 1; Errors > 0 → 2 (errors first, as scanners do).
+// Findings > 0 → 1, else Errors > 0 → 2: a scheduler must see a finding
+// even when another file could not be read (that file is in the report).
 type Summary struct {
 	Files    int64         `json:"files"`         // files scanned completely
 	Bytes    int64         `json:"bytes"`         // their bytes

@@ -11,6 +11,7 @@ pkgs=(
   sleuthkit           # fls, icat: the benchmark peer
   zstd                # qemu-img's zstd compression is built in; zstd for checks
   libyara-dev yara    # YARA: the scan engine and its reference
+  libmagic-dev libjansson-dev libssl-dev zlib1g-dev libbz2-dev liblzma-dev  # static libraries for make static
   pkg-config
   busybox-static      # the guest fixture's initramfs
   qemu-system-x86     # the guest fixture
