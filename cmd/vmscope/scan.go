@@ -230,4 +230,3 @@ func showProgress(mode string) bool {
 	fi, err := os.Stderr.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
-
