@@ -71,6 +71,7 @@ type Layer struct {
 // layer with its backing chain merged. ReadAt is safe for concurrent use.
 type Image struct {
 	layers []*Layer
+	cache  *clusterCache // nil for a raw top layer
 	once   sync.Once
 	err    error
 }
@@ -133,7 +134,11 @@ func Open(path string, opts ...Option) (im *Image, err error) {
 			return nil, err
 		}
 	}
-	return &Image{layers: layers}, nil
+	im = &Image{layers: layers}
+	if top := layers[0]; top.Format == Qcow2 {
+		im.cache = newClusterCache(top.ClusterSize)
+	}
+	return im, nil
 }
 
 // openLayer opens and validates one file. hint is the backing format
@@ -364,7 +369,12 @@ func (l *Layer) close() error {
 
 // ReadAt reads the guest disk. Reads past Size return io.EOF as an
 // io.SectionReader does. Safe for concurrent use.
-func (im *Image) ReadAt(p []byte, off int64) (int, error) { return im.layers[0].readAt(p, off) }
+func (im *Image) ReadAt(p []byte, off int64) (int, error) {
+	if im.cache != nil && off >= 0 && int64(len(p)) < im.cache.cluster {
+		return im.cachedReadAt(p, off)
+	}
+	return im.layers[0].readAt(p, off)
+}
 
 // Size is the guest disk size in bytes (the top layer's virtual size).
 func (im *Image) Size() int64 { return im.layers[0].VirtualSize }
