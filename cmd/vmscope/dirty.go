@@ -1,0 +1,172 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vmscope/vmscope/dirty"
+	"github.com/vmscope/vmscope/dirty/state"
+	"github.com/vmscope/vmscope/qcow"
+)
+
+type dirtyFlags struct {
+	base, bitmap, state, source, format string
+}
+
+func newDirtyCmd() *cobra.Command {
+	var f dirtyFlags
+	c := &cobra.Command{
+		Use:   "dirty IMAGE [--base IMAGE | --bitmap NAME | --state PATH]",
+		Short: "List the files changed since a base image or the last poll, and why",
+		Long: `List the guest files that changed, found from the dirty blocks up:
+  --base IMAGE   against an older image of the same disk (shared layers are skipped)
+  (no flag)      an overlay against its backing file (copy-on-write)
+  --state PATH   since the last poll recorded in PATH (bbolt); the first poll lists
+                 every file and fills the state; --source picks the dirty source
+                 (auto, cow, bitmap:NAME, hash); --bitmap NAME is --source bitmap:NAME
+vmscope never writes to the image, so a bitmap is cumulative from when it was
+enabled: each poll reports only files that changed against the state. To start
+each poll from an empty bitmap, rotate it as incremental backup does: a QMP
+transaction of block-dirty-bitmap-add (new, persistent) and
+block-dirty-bitmap-disable (old), poll the old one, then block-dirty-bitmap-remove it.`,
+		Args: rangeArgs(1, 1),
+		RunE: func(c *cobra.Command, args []string) error { return runDirty(c, args[0], &f) },
+	}
+	fl := c.Flags()
+	fl.StringVar(&f.base, "base", "", "older image of the same disk to compare with")
+	fl.StringVar(&f.bitmap, "bitmap", "", "persistent dirty bitmap of the image to use (needs --state)")
+	fl.StringVar(&f.state, "state", "", "poll state file (created when missing)")
+	fl.StringVar(&f.source, "source", "auto", "dirty source with --state: auto, cow, bitmap:NAME or hash")
+	fl.StringVar(&f.format, "format", "table", "output format: table, json or ndjson")
+	return c
+}
+
+func runDirty(c *cobra.Command, image string, f *dirtyFlags) error {
+	if err := checkFormat(f.format, "table", "json", "ndjson"); err != nil {
+		return err
+	}
+	if f.base != "" && (f.state != "" || f.bitmap != "") {
+		return usageError{fmt.Errorf("--base compares two images; it does not go with --state or --bitmap")}
+	}
+	if f.bitmap != "" {
+		if f.state == "" {
+			return usageError{fmt.Errorf("--bitmap needs --state: a bitmap is cumulative, and the state says what was already seen")}
+		}
+		f.source = "bitmap:" + f.bitmap
+	}
+	im, d, err := openDisk(image)
+	if err != nil {
+		return err
+	}
+	defer im.Close()
+	var sel *dirty.Selection
+	switch {
+	case f.state != "":
+		db, err := state.Open(f.state)
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		if sel, err = dirty.Select(c.Context(), im, d, f.source, db, ""); err != nil {
+			return err
+		}
+		if err := writeChanges(c.OutOrStdout(), f.format, sel); err != nil {
+			return err
+		}
+		if err := sel.Commit(); err != nil {
+			return err
+		}
+		return partial(c, sel)
+	case f.base != "":
+		sel, err = compareWith(c, f.base, im, d)
+	default:
+		ls := im.Layers()
+		if len(ls) < 2 {
+			return usageError{fmt.Errorf("%s is a single %s file: give --base IMAGE, or --state PATH (bitmap or hash source)", image, ls[0].Format)}
+		}
+		sel, err = compareWith(c, ls[1].Path, im, d)
+	}
+	if err != nil {
+		return err
+	}
+	if err := writeChanges(c.OutOrStdout(), f.format, sel); err != nil {
+		return err
+	}
+	return partial(c, sel)
+}
+
+func compareWith(c *cobra.Command, older string, im *qcow.Image, d any) (*dirty.Selection, error) {
+	oim, od, err := openDisk(older)
+	if err != nil {
+		return nil, err
+	}
+	defer oim.Close()
+	_, cd, err := openDisk(im.Layers()[0].Path)
+	if err != nil {
+		return nil, err
+	}
+	return dirty.Compare(c.Context(), oim, od, im, cd)
+}
+
+func partial(c *cobra.Command, sel *dirty.Selection) error {
+	for _, e := range sel.Errors {
+		fmt.Fprintf(c.ErrOrStderr(), "vmscope: %v\n", e)
+	}
+	if len(sel.Errors) > 0 {
+		return errPartial
+	}
+	return nil
+}
+
+type changesDoc struct {
+	Source  string                 `json:"source"`
+	Stats   map[string]dirty.Stats `json:"stats"`
+	Changes []dirty.Change         `json:"changes"`
+}
+
+func writeChanges(w io.Writer, format string, sel *dirty.Selection) error {
+	switch format {
+	case "json":
+		cs := sel.Changes
+		if cs == nil {
+			cs = []dirty.Change{}
+		}
+		return writeJSON(w, changesDoc{sel.Source, sel.Stats, cs})
+	case "ndjson":
+		for _, ch := range sel.Changes {
+			if err := writeNDJSON(w, ch); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "CHANGE\tTYPE\tPATH\tREASONS\tDETAIL\n")
+	for _, ch := range sel.Changes {
+		p := printable(ch.Path)
+		if ch.Volume != "disk" {
+			p = ch.Volume + ":" + p
+		}
+		var why []string
+		for _, k := range ch.Reasons {
+			why = append(why, string(k))
+		}
+		detail := strings.Join(ch.Fields, ",")
+		if len(ch.OldPaths) > 0 {
+			detail = strings.TrimPrefix(detail+" was "+printable(strings.Join(ch.OldPaths, ",")), " ")
+		}
+		if len(ch.Paths) > 1 {
+			detail = strings.TrimSpace(detail + fmt.Sprintf(" (%d links)", len(ch.Paths)))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", ch.Change, ch.Type, p, strings.Join(why, ","), detail)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "%d changes (source: %s)\n", len(sel.Changes), sel.Source)
+	return nil
+}

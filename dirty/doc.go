@@ -1,0 +1,39 @@
+// Package dirty turns dirty guest byte ranges into the files that changed,
+// through the filesystem's own metadata, and keeps the poll state that makes
+// the next poll cost what changed rather than what exists.
+//
+// Every dirty source (a copy-on-write overlay, a persistent qcow2 bitmap, a
+// block-hash index of a raw image, a second image of the same disk) yields a
+// rangeset.Set of guest bytes. [Poll] clips it to each partition, turns it
+// into filesystem blocks and classifies them:
+//
+//   - inode-table blocks: every inode slot in them is compared with its
+//     previous record: added, deleted, content changed (size, block map,
+//     symlink target), metadata-only (mode, owner, times, links);
+//   - blocks owned by a file (data, directory, extent-tree, xattr) through
+//     the block → inode index of the previous index: the owners are due. A
+//     file whose inode did not change (content overwritten in place and its
+//     timestamps restored) is still found here; it is reported only when its
+//     bytes really differ (compared with the old view's blocks, or with the
+//     sha256 kept in the state), because a dirty source is coarser than a
+//     block (clusters, granules, cumulative bitmaps);
+//   - directory blocks: the directory is re-listed and compared with its
+//     previous entries: names added, removed, renamed (hard links are
+//     followed; every change carries every path of its inode);
+//   - journal blocks and other metadata (bitmaps, descriptors, superblock)
+//     are not files: they are counted, not mapped.
+//
+// The journal is not replayed (an image from a running guest is read as its
+// on-disk state; see the package's TODO in the report).
+//
+// An [Index] is the previous view: built from an older image of the same
+// disk ([BuildIndex], metadata only: inode tables, extent trees,
+// directories) or loaded from the poll state (package dirty/state).
+// Evidence is read-only: nothing here writes to an image.
+package dirty
+
+import "errors"
+
+// ErrUnsupportedFS: the volume holds a filesystem this package cannot map
+// blocks of (only ext2/3/4 so far); its files are all due.
+var ErrUnsupportedFS = errors.New("dirty: block mapping needs an ext2/3/4 filesystem")

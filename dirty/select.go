@@ -1,0 +1,324 @@
+package dirty
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/vmscope/vmscope/cow"
+	"github.com/vmscope/vmscope/fsparse"
+	"github.com/vmscope/vmscope/internal/rangeset"
+	"github.com/vmscope/vmscope/qcow"
+)
+
+// ErrOtherImage: the poll state was made for another image.
+var ErrOtherImage = errors.New("dirty: the state belongs to another image")
+
+// Snapshot is what the poll state keeps for one image between polls.
+type Snapshot struct {
+	Identity    string            `json:"identity"`
+	RulesDigest string            `json:"rules_digest"`
+	Source      string            `json:"source"` // the dirty source of the last poll
+	Chunk       int64             `json:"chunk,omitempty"`
+	Hashes      []uint64          `json:"-"` // block-hash index (hash source)
+	Indexes     map[string]*Index `json:"-"` // per volume ID
+}
+
+// Store keeps snapshots between polls (package dirty/state: bbolt). Load
+// returns nil, nil when the store is empty, and an error wrapping
+// ErrOtherImage when it holds another image's state. Save replaces the
+// snapshot in one transaction.
+type Store interface {
+	Load(identity string) (*Snapshot, error)
+	Save(s *Snapshot) error
+}
+
+// Identity names the image a state belongs to: the disk size, the
+// partition table ID, each filesystem's UUID and the path of the chain's
+// base file (an overlay can be rotated; the base is the VM's disk).
+func Identity(im *qcow.Image, d *fsparse.Disk) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "size=%d table=%s/%s", d.Size, d.Table, d.TableID)
+	for _, v := range d.Volumes {
+		fmt.Fprintf(&b, " %s=%s:%s", v.ID, v.Type, v.UUID)
+	}
+	ls := im.Layers()
+	fmt.Fprintf(&b, " base=%s", ls[len(ls)-1].Path)
+	s := sha256.Sum256([]byte(b.String()))
+	return hex.EncodeToString(s[:16]) + " " + b.String()
+}
+
+// Selection is the outcome of a dirty poll for the scanner.
+type Selection struct {
+	Source  string   // the dirty source used: cow, bitmap:NAME, hash, full
+	Changes []Change // every change found, all volumes
+	Stats   map[string]Stats
+	Errors  []error
+	Disk    *fsparse.Disk
+
+	store Store
+	next  *Snapshot
+}
+
+// Due returns the changes whose content must be scanned.
+func (s *Selection) Due() []Change {
+	var out []Change
+	for _, c := range s.Changes {
+		if c.Rescan {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Open opens the content of a due file.
+func (s *Selection) Open(c Change) (*fsparse.Volume, fsparse.File, error) {
+	v, err := s.Disk.Volume(c.Volume)
+	if err != nil {
+		return nil, nil, err
+	}
+	f, err := v.OpenInode(uint64(c.Ino))
+	return v, f, err
+}
+
+// SetVerdict records the scan verdict of a due file for the state.
+func (s *Selection) SetVerdict(c Change, verdict string) {
+	if x := s.next.Indexes[c.Volume]; x != nil {
+		if r := x.Files[c.Ino]; r != nil {
+			r.Verdict = verdict
+		}
+	}
+}
+
+// Commit stores the new state in one transaction. Call it only after the
+// scan of the due files succeeded: a poll that dies changes nothing.
+func (s *Selection) Commit() error {
+	if s.store == nil {
+		return nil
+	}
+	return s.store.Save(s.next)
+}
+
+// Select finds the files of d (the disk of im) changed since the last poll
+// recorded in st, with the dirty source src: "auto", "cow", "bitmap:NAME"
+// or "hash". With an empty state it indexes everything and every regular
+// file is due (the first poll is a full scan); when rulesDigest differs from
+// the state's, every regular file is due too (a new rule must see old
+// files), while the dirty mapping still updates the index.
+func Select(ctx context.Context, im *qcow.Image, d *fsparse.Disk, src string, st Store, rulesDigest string) (*Selection, error) {
+	id := Identity(im, d)
+	prev, err := st.Load(id)
+	if err != nil {
+		return nil, err
+	}
+	src, err = pickSource(im, src)
+	if err != nil {
+		return nil, err
+	}
+	sel := &Selection{Source: src, Disk: d, store: st, Stats: map[string]Stats{},
+		next: &Snapshot{Identity: id, RulesDigest: rulesDigest, Source: src, Indexes: map[string]*Index{}}}
+	var dirty rangeset.Set
+	full := prev == nil
+	switch {
+	case src == "cow":
+		dirty, err = cow.Dirty(ctx, im, 1)
+	case strings.HasPrefix(src, "bitmap:"):
+		dirty, err = im.Layers()[0].BitmapDirty(ctx, strings.TrimPrefix(src, "bitmap:"))
+	case src == "hash":
+		sel.next.Chunk = DefaultChunk
+		sel.next.Hashes, err = ChunkHashes(ctx, im, im.Size(), DefaultChunk)
+		if err == nil && prev != nil {
+			if prev.Chunk != DefaultChunk || prev.Hashes == nil {
+				full = true
+			}
+			dirty = HashDirty(prev.Hashes, sel.next.Hashes, DefaultChunk, im.Size())
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if prev != nil && prev.Source != src && src != "hash" {
+		// A cow or bitmap source is cumulative; a new one still covers
+		// every write since it started, but not before: only a full pass
+		// is safe when the source changes.
+		full = true
+	}
+	rulesChanged := prev != nil && prev.RulesDigest != rulesDigest
+	for _, v := range d.Volumes {
+		if v.Ext4 == nil {
+			sel.Errors = append(sel.Errors, fmt.Errorf("%s: %w", v.ID, ErrUnsupportedFS))
+			continue
+		}
+		var x *Index
+		if old := prevIndex(prev, v.ID); old != nil && !full {
+			part := shift(dirty, v.Partition.Start, v.Partition.Size)
+			res, err := Poll(ctx, v, old, part, WithHashes())
+			if err != nil {
+				return nil, err
+			}
+			x = res.New
+			sel.Changes = append(sel.Changes, res.Changes...)
+			sel.Stats[v.ID] = res.Stats
+			sel.Errors = append(sel.Errors, res.Errors...)
+		} else {
+			if x, err = BuildIndex(ctx, v); err != nil {
+				return nil, err
+			}
+			sel.Changes = append(sel.Changes, everything(x, KindFull)...)
+		}
+		if rulesChanged && !full {
+			seen := map[uint32]bool{}
+			for _, c := range sel.Changes {
+				if c.Volume == v.ID && c.Rescan {
+					seen[c.Ino] = true
+				}
+			}
+			for _, c := range everything(x, KindRules) {
+				if !seen[c.Ino] {
+					sel.Changes = append(sel.Changes, c)
+				}
+			}
+		}
+		sel.next.Indexes[v.ID] = x
+	}
+	SortChanges(sel.Changes)
+	return sel, nil
+}
+
+func prevIndex(s *Snapshot, id string) *Index {
+	if s == nil {
+		return nil
+	}
+	return s.Indexes[id]
+}
+
+// everything lists every regular file of the index as due.
+func everything(x *Index, why Kind) []Change {
+	var out []Change
+	for ino, r := range x.Files {
+		if !r.IsRegular() {
+			continue
+		}
+		ps := x.Paths(ino)
+		if len(ps) == 0 {
+			continue
+		}
+		out = append(out, Change{Volume: x.Volume, Path: ps[0], Paths: ps, Ino: ino, Type: "file",
+			Change: Modified, Reasons: []Kind{why}, Size: int64(r.Size), Rescan: true})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return out
+}
+
+// shift clips guest ranges to a partition and makes them partition-relative.
+func shift(s rangeset.Set, start, size int64) rangeset.Set {
+	var out rangeset.Set
+	for _, r := range s.Clip(start, start+size).Ranges() {
+		out.Add(r.Start-start, r.End-start)
+	}
+	return out
+}
+
+// pickSource resolves "auto" (overlay, then an enabled bitmap, then the
+// hash index) and checks the others.
+func pickSource(im *qcow.Image, src string) (string, error) {
+	top := im.Layers()[0]
+	switch {
+	case src == "" || src == "auto":
+		if len(im.Layers()) > 1 {
+			return "cow", nil
+		}
+		for _, b := range top.Bitmaps {
+			if b.Enabled && !b.InUse {
+				return "bitmap:" + b.Name, nil
+			}
+		}
+		return "hash", nil
+	case src == "cow":
+		if len(im.Layers()) < 2 {
+			return "", fmt.Errorf("%w: %s", cow.ErrNoOverlay, top.Path)
+		}
+	case strings.HasPrefix(src, "bitmap:"):
+		if _, ok := top.Bitmap(strings.TrimPrefix(src, "bitmap:")); !ok {
+			return "", fmt.Errorf("dirty source %q: %w in %s", src, qcow.ErrNoBitmap, top.Path)
+		}
+	case src == "hash":
+	default:
+		return "", fmt.Errorf("dirty source %q: want auto, cow, bitmap:NAME or hash", src)
+	}
+	return src, nil
+}
+
+// Compare finds the files that differ between an older image old and a
+// newer one cur of the same disk: when they share a layer only the ranges
+// the layers above it hold are examined (cow.Between); otherwise the two
+// disks are compared chunk by chunk. Every volume is indexed in old
+// (metadata only) and polled in cur with the old bytes as reference.
+func Compare(ctx context.Context, old *qcow.Image, oldDisk *fsparse.Disk, cur *qcow.Image, curDisk *fsparse.Disk) (*Selection, error) {
+	dirty, ok, err := cow.Between(ctx, old, cur)
+	if err != nil {
+		return nil, err
+	}
+	src := "cow"
+	if !ok {
+		src = "compare"
+		dirty, err = compareDisks(ctx, old, cur)
+		if err != nil {
+			return nil, err
+		}
+	}
+	sel := &Selection{Source: src, Disk: curDisk, Stats: map[string]Stats{}}
+	for _, v := range curDisk.Volumes {
+		if v.Ext4 == nil {
+			continue
+		}
+		ov, err := oldDisk.Volume(v.ID)
+		if err != nil || ov.Ext4 == nil || ov.UUID != v.UUID || ov.Partition.Start != v.Partition.Start {
+			sel.Errors = append(sel.Errors, fmt.Errorf("%s: no matching filesystem in the older image", v.ID))
+			continue
+		}
+		x, err := BuildIndex(ctx, ov)
+		if err != nil {
+			return nil, err
+		}
+		res, err := Poll(ctx, v, x, shift(dirty, v.Partition.Start, v.Partition.Size), WithOldDevice(ov.Device))
+		if err != nil {
+			return nil, err
+		}
+		sel.Changes = append(sel.Changes, res.Changes...)
+		sel.Stats[v.ID] = res.Stats
+		sel.Errors = append(sel.Errors, res.Errors...)
+	}
+	SortChanges(sel.Changes)
+	return sel, nil
+}
+
+// compareDisks returns the 64 KiB chunks where two disks differ.
+func compareDisks(ctx context.Context, a, b *qcow.Image) (rangeset.Set, error) {
+	size := max(a.Size(), b.Size())
+	var out rangeset.Set
+	const chunk = DefaultChunk
+	x, y := make([]byte, chunk), make([]byte, chunk)
+	for off := int64(0); off < size; off += chunk {
+		if err := ctx.Err(); err != nil {
+			return out, err
+		}
+		n := min(chunk, size-off)
+		clear(x)
+		clear(y)
+		if _, err := a.ReadAt(x[:n], off); err != nil && off+n <= a.Size() {
+			return out, err
+		}
+		if _, err := b.ReadAt(y[:n], off); err != nil && off+n <= b.Size() {
+			return out, err
+		}
+		if string(x[:n]) != string(y[:n]) {
+			out.Add(off, off+n)
+		}
+	}
+	return out, nil
+}
