@@ -60,8 +60,25 @@ type Selection struct {
 	Errors  []error
 	Disk    *fsparse.Disk
 
-	store Store
-	next  *Snapshot
+	store   Store
+	next    *Snapshot
+	closers []func() error
+}
+
+// OnClose registers f to run when the selection is closed (the caller's
+// state database, a base image).
+func (s *Selection) OnClose(f func() error) { s.closers = append(s.closers, f) }
+
+// Close runs what OnClose registered, last first.
+func (s *Selection) Close() error {
+	var errs []error
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		if err := s.closers[i](); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	s.closers = nil
+	return errors.Join(errs...)
 }
 
 // Due returns the changes whose content must be scanned.
@@ -87,6 +104,9 @@ func (s *Selection) Open(c Change) (*fsparse.Volume, fsparse.File, error) {
 
 // SetVerdict records the scan verdict of a due file for the state.
 func (s *Selection) SetVerdict(c Change, verdict string) {
+	if s.next == nil {
+		return // a comparison of two images keeps no state
+	}
 	if x := s.next.Indexes[c.Volume]; x != nil {
 		if r := x.Files[c.Ino]; r != nil {
 			r.Verdict = verdict

@@ -12,6 +12,7 @@ import (
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
+	"github.com/vmscope/vmscope/dirty"
 	"github.com/vmscope/vmscope/fsparse"
 	"github.com/vmscope/vmscope/scan"
 )
@@ -29,6 +30,8 @@ type scanFlags struct {
 	exclude  []string
 	hash     bool
 	progress string
+	dirty    string
+	state    string
 }
 
 func newScanCmd() *cobra.Command {
@@ -55,6 +58,8 @@ read (it is listed in the output) or the scan could not run; otherwise 0.`,
 	fl.StringArrayVar(&f.exclude, "exclude", nil, "leave out guest paths matching this glob (repeatable; wins over --include)")
 	fl.BoolVar(&f.hash, "hash", false, "compute the sha256 of every scanned file (matched files always get one)")
 	fl.StringVar(&f.progress, "progress", "auto", "progress line on stderr: auto (when stderr is a terminal), always or never")
+	fl.StringVar(&f.dirty, "dirty", "", "scan only the files changed since the last poll: auto, cow, bitmap:NAME, hash (need --state) or base:IMAGE")
+	fl.StringVar(&f.state, "state", "", "poll state database for --dirty (created on the first poll, which scans everything)")
 	return c
 }
 
@@ -121,9 +126,21 @@ func runScan(c *cobra.Command, image string, f *scanFlags) error {
 		defer func() { stop(); <-done }()
 	}
 
+	var sel *dirty.Selection
+	if f.dirty != "" {
+		if sel, err = selectDirty(ctx, c, im, d, f, rules.Digest()); err != nil {
+			return err
+		}
+		defer sel.Close()
+	}
+
 	files := make(chan scan.File, 256)
 	walkErrs := make(chan []scan.FileError, 1)
-	go func() { walkErrs <- feed(ctx, d, files) }()
+	if sel != nil {
+		go func() { walkErrs <- feedSelection(ctx, sel, d, files) }()
+	} else {
+		go func() { walkErrs <- feed(ctx, d, files) }()
+	}
 	res, scanErr := scan.Scan(ctx, rules, files, opts...)
 	cancel() // stops the walk if the scan ended early
 	errs := <-walkErrs
@@ -143,6 +160,11 @@ func runScan(c *cobra.Command, image string, f *scanFlags) error {
 	})
 	res.Summary.Errors = len(res.Errors)
 	report.Result = res
+	if sel != nil {
+		if err := commitPoll(c, sel, res); err != nil {
+			return err
+		}
+	}
 
 	out := c.OutOrStdout()
 	if f.output != "" {
@@ -229,4 +251,27 @@ func showProgress(mode string) bool {
 	}
 	fi, err := os.Stderr.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// feedSelection sends the files a dirty poll found changed. A file that
+// cannot be opened becomes an error entry.
+func feedSelection(ctx context.Context, sel *dirty.Selection, d *fsparse.Disk, files chan<- scan.File) []scan.FileError {
+	defer close(files)
+	var errs []scan.FileError
+	for _, e := range sel.Errors {
+		errs = append(errs, scan.FileError{Path: "/", Err: e})
+	}
+	for _, ch := range sel.Due() {
+		v, data, err := sel.Open(ch)
+		if err != nil {
+			errs = append(errs, scan.FileError{Partition: ch.Volume, Path: ch.Path, Inode: uint64(ch.Ino), Err: err})
+			continue
+		}
+		select {
+		case files <- scan.File{Partition: partitionName(d, v), FS: v.Type, Path: ch.Path, Ino: uint64(ch.Ino), Size: data.Size(), Data: data}:
+		case <-ctx.Done():
+			return errs
+		}
+	}
+	return errs
 }

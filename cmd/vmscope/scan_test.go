@@ -265,3 +265,34 @@ func TestScanFormatsDeterministic(t *testing.T) {
 		t.Errorf("sarif: %v %+v", err, sarif)
 	}
 }
+
+// TestScanDirty: --dirty base: finds exactly the artefact the overlay layer
+// adds; --dirty with a state scans everything on the first poll, and a poll
+// of an unchanged image eventually has nothing to scan.
+func TestScanDirty(t *testing.T) {
+	top, base := fixture.Path(t, "scan-overlay.qcow2"), fixture.Path(t, "scan.qcow2")
+	got, errs, code := scanHits(t, "--dirty", "base:"+base, top)
+	if code != 1 || len(errs) > 0 {
+		t.Fatalf("base: exit %d, errors %v", code, errs)
+	}
+	want := hit{"p1", "/var/www/html/cmd.jsp", "WebShell_JSP_Runtime_Exec_Request"}
+	if len(got) != 1 || !got[want] {
+		t.Errorf("base: found %v, want only %v", got, want)
+	}
+	st := filepath.Join(t.TempDir(), "state.db")
+	full, _, code := scanHits(t, top)
+	first, _, code1 := scanHits(t, "--dirty", "auto", "--state", st, top)
+	if code != 1 || code1 != 1 || len(first) != len(full) {
+		t.Errorf("first poll: exit %d, %d findings; full scan: exit %d, %d findings", code1, len(first), code, len(full))
+	}
+	var last map[hit]bool
+	for i := 0; i < 3; i++ {
+		last, _, code = scanHits(t, "--dirty", "auto", "--state", st, top)
+	}
+	if code != 0 || len(last) != 0 {
+		t.Errorf("poll of an unchanged image: exit %d, findings %v", code, last)
+	}
+	if _, stderr, code := vmscope(t, "scan", "--dirty", "cow", top); code != 2 || !strings.Contains(stderr, "--state") {
+		t.Errorf("--dirty cow without --state: exit %d, %q", code, stderr)
+	}
+}
