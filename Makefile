@@ -16,6 +16,7 @@ build: deps
 
 fixtures: deps
 	bash testdata/fixtures.sh
+	bash testdata/guest/build.sh
 
 demo: build
 	bash scripts/demo.sh
