@@ -8,6 +8,7 @@ import (
 	"flag"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -252,5 +253,36 @@ func TestExtractMatchesTree(t *testing.T) {
 	})
 	if n < 1000 {
 		t.Fatalf("only %d files compared", n)
+	}
+}
+
+// TestInfoBitmaps: info lists a persistent bitmap made by qemu-img with the
+// bytes qemu-io wrote, rounded out to the bitmap's granularity.
+func TestInfoBitmaps(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "b.qcow2")
+	qimg, qio := fixture.Tool(t, "qemu-img"), fixture.Tool(t, "qemu-io")
+	for _, args := range [][]string{
+		{qimg, "create", "-q", "-f", "qcow2", img, "64M"},
+		{qimg, "bitmap", "--add", "--enable", "-g", "65536", img, "snap1"},
+		{qio, "-c", "write 1M 200k", "-c", "write 10M 4k", img},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", args, err, out)
+		}
+	}
+	stdout, stderr, code := vmscope(t, "info", "--format", "json", img)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var doc infoDoc
+	if err := json.Unmarshal([]byte(stdout), &doc); err != nil {
+		t.Fatal(err)
+	}
+	bs := doc.Chain[0].Bitmaps
+	if len(bs) != 1 || bs[0].Name != "snap1" || !bs[0].Enabled || bs[0].InUse || bs[0].DirtyBytes == nil {
+		t.Fatalf("bitmaps %+v", bs)
+	}
+	if want := int64(256<<10 + 64<<10); *bs[0].DirtyBytes != want {
+		t.Errorf("dirty %d bytes, want %d", *bs[0].DirtyBytes, want)
 	}
 }

@@ -45,6 +45,8 @@ type bitmapInfo struct {
 	Granularity int64  `json:"granularity"`
 	InUse       bool   `json:"in_use"`
 	Enabled     bool   `json:"enabled"`
+	DirtyBytes  *int64 `json:"dirty_bytes,omitempty"` // absent when the bitmap is in use (inconsistent)
+	Error       string `json:"error,omitempty"`
 }
 
 func newInfoCmd() *cobra.Command {
@@ -98,7 +100,17 @@ func imageInfo(c *cobra.Command, path string) (*infoDoc, error) {
 			Dirty: l.Dirty, Corrupt: l.Corrupt,
 		}
 		for _, b := range l.Bitmaps {
-			li.Bitmaps = append(li.Bitmaps, bitmapInfo{Name: b.Name, Granularity: b.Granularity, InUse: b.InUse, Enabled: b.Enabled})
+			bi := bitmapInfo{Name: b.Name, Granularity: b.Granularity, InUse: b.InUse, Enabled: b.Enabled}
+			if !b.InUse {
+				set, err := l.BitmapDirty(c.Context(), b.Name)
+				if err != nil {
+					bi.Error = err.Error()
+				} else {
+					n := set.Bytes()
+					bi.DirtyBytes = &n
+				}
+			}
+			li.Bitmaps = append(li.Bitmaps, bi)
 		}
 		doc.Chain = append(doc.Chain, li)
 	}
@@ -191,9 +203,16 @@ func writeInfoTable(w io.Writer, doc *infoDoc) error {
 				state = "enabled"
 			}
 			if b.InUse {
-				state += ", IN USE (inconsistent)"
+				state += ", IN USE (inconsistent: QEMU has the image open or did not stop cleanly)"
 			}
-			fmt.Fprintf(w, "  layer %d  %s  granularity %s  %s\n", l.Depth, printable(b.Name), humanize.IBytes(uint64(b.Granularity)), state)
+			dirty := ""
+			switch {
+			case b.DirtyBytes != nil:
+				dirty = "  dirty " + humanize.IBytes(uint64(*b.DirtyBytes))
+			case b.Error != "":
+				dirty = "  error: " + b.Error
+			}
+			fmt.Fprintf(w, "  layer %d  %s  granularity %s  %s%s\n", l.Depth, printable(b.Name), humanize.IBytes(uint64(b.Granularity)), state, dirty)
 		}
 	}
 	for _, p := range doc.Problems {
