@@ -45,7 +45,9 @@ func seedDisks(f *testing.F) {
 	f.Add(mbr)
 }
 
-func putLE32(b []byte, v uint32) { b[0], b[1], b[2], b[3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24) }
+func putLE32(b []byte, v uint32) {
+	b[0], b[1], b[2], b[3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
+}
 
 // FuzzOpen: partition-table and filesystem probing on hostile first
 // sectors of a 64 MiB disk. It must not panic; partitions must lie inside

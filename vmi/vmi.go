@@ -83,7 +83,9 @@ type HoleError struct {
 	Addr PA
 }
 
-func (e *HoleError) Error() string { return fmt.Sprintf("vmi: guest-physical %#x not present", uint64(e.Addr)) }
+func (e *HoleError) Error() string {
+	return fmt.Sprintf("vmi: guest-physical %#x not present", uint64(e.Addr))
+}
 func (e *HoleError) Unwrap() error { return ErrNotPresent }
 
 // Segment is a segment register as a dump saves it.
@@ -100,8 +102,8 @@ type CPU struct {
 	ID int // vCPU index
 
 	RAX, RBX, RCX, RDX, RSI, RDI, RBP, RSP uint64
-	R8, R9, R10, R11, R12, R13, R14, R15  uint64
-	RIP, RFLAGS                           uint64
+	R8, R9, R10, R11, R12, R13, R14, R15   uint64
+	RIP, RFLAGS                            uint64
 
 	CS, DS, ES, FS, GS, SS Segment
 	LDT, TR, GDT, IDT      Segment

@@ -10,13 +10,15 @@
 # testdata/out-guest (git-ignored):
 #   vmlinuz System.map config kernel-version initrd.gz
 #   kernel/                      the unpacked linux-image-*-cloud-amd64 package
-#   kaslr/ nokaslr/              one boot each (KASLR on; "nokaslr"):
+#   kaslr/ nokaslr/ la57/        one boot each (KASLR on; "nokaslr"; -cpu max,
+#                                i.e. 5-level paging, KASLR on):
 #     console.log                serial console: the ground truth sections
 #     guest.elf                  dump-guest-memory, ELF, paging=false
 #     guest.kdump                dump-guest-memory, kdump-zlib
 #     registers.txt              HMP "info registers" of the stopped guest
 #     gva2gpa.txt                HMP "gva2gpa" of kernel symbols: NAME VA GPA
-#     infomem.txt                HMP "info mem" (the active page tables' mappings)
+#     infomem.txt                HMP "info mem" (the active page tables' mappings;
+#                                empty under LA57, where QEMU 7.2 prints nothing)
 #     cpus.json                  QMP query-cpus-fast
 #     timing.txt                 seconds to READY, per dump
 # Rebuilt only when the hash changes; usage: bash testdata/guest/build.sh
@@ -97,14 +99,16 @@ done
 (cd "$root" && find . -print0 | sort -z | cpio --null -o -H newc --quiet -R 0:0) | gzip -9 > initrd.gz
 rm -rf "$root"
 
-# The boots: KASLR on (the default), and nokaslr.
+# The boots: KASLR on (the default), nokaslr, and 5-level paging (QEMU's
+# "max" CPU has LA57, which the Debian kernel uses), KASLR on.
 boot() {
-  log "boot $1 ($2)"
+  log "boot $1 (append '$2', cpu '${3:-default}')"
   (cd "$repo" && go run ./vmi/internal/guesttest/guestboot \
-    -kernel "$cache/vmlinuz" -initrd "$cache/initrd.gz" -append "$2" -out "$cache/$1")
+    -kernel "$cache/vmlinuz" -initrd "$cache/initrd.gz" -append "$2" -cpu "${3:-}" -out "$cache/$1")
 }
 boot kaslr ""
 boot nokaslr "nokaslr"
+boot la57 "" max
 
 touch .done
 link

@@ -56,7 +56,10 @@ type kdump struct {
 	zstdError error
 }
 
-func openKdump(r io.ReaderAt, size int64) (*kdump, error) {
+// openKdump reads a kdump file of size bytes from r; budget is the size of
+// the file on disk (smaller than size for a flattened file with gaps), which
+// bounds the bitmaps read into memory.
+func openKdump(r io.ReaderAt, size, budget int64) (*kdump, error) {
 	var h [kdumpHdrSize]byte
 	if _, err := r.ReadAt(h[:], 0); err != nil {
 		return nil, fmt.Errorf("snapshot: kdump disk_dump_header at offset 0: %v: %w", err, ErrCorrupt)
@@ -82,7 +85,7 @@ func openKdump(r io.ReaderAt, size int64) (*kdump, error) {
 	}
 	bitmapBytes := bitmapBlocks * blockSize
 	bitmapOff := (1 + subHdrBlocks) * blockSize
-	if bitmapBytes > maxBitmapBytes || bitmapOff+bitmapBytes > uint64(size) {
+	if bitmapBytes > maxBitmapBytes || bitmapOff+bitmapBytes > uint64(size) || bitmapBytes > uint64(budget) {
 		return nil, fmt.Errorf("snapshot: kdump bitmaps of %d bytes at offset %#x (cap %d, file %d): %w", bitmapBytes, bitmapOff, maxBitmapBytes, size, ErrCorrupt)
 	}
 	half := bitmapBytes / 2

@@ -69,11 +69,19 @@ func WriteLiME(w io.Writer, m vmi.Memory) error {
 }
 
 // WriteRaw writes m as a flat image from address 0 to the end of its last
-// range; holes, which a raw image cannot tell apart, become zeros.
+// range; holes, which a raw image cannot tell apart, become zeros (skipped
+// with Seek, so sparse, when w is an io.Seeker such as an *os.File).
 func WriteRaw(w io.Writer, m vmi.Memory) error {
 	var at vmi.PA
 	zero := make([]byte, 1<<16)
+	seeker, _ := w.(io.Seeker)
 	for _, r := range m.Ranges() {
+		if seeker != nil && at < r.Start {
+			if _, err := seeker.Seek(int64(r.Start-at), io.SeekCurrent); err != nil {
+				return err
+			}
+			at = r.Start
+		}
 		for at < r.Start {
 			n := min(uint64(r.Start-at), uint64(len(zero)))
 			if _, err := w.Write(zero[:n]); err != nil {

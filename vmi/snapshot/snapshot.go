@@ -122,13 +122,13 @@ func New(r io.ReaderAt, size int64) (*Snapshot, error) {
 		err = s.openELF()
 	case len(m) >= 8 && string(m[:8]) == kdumpSig:
 		s.format = Kdump
-		s.kd, err = openKdump(r, size)
+		s.kd, err = openKdump(r, size, size)
 	case len(m) >= 12 && string(m[:12]) == flatSig:
 		s.format = Kdump
 		var fr io.ReaderAt
 		var fsize int64
 		if fr, fsize, err = openFlattened(r, size); err == nil {
-			s.kd, err = openKdump(fr, fsize)
+			s.kd, err = openKdump(fr, fsize, size)
 		}
 	case len(m) >= 4 && le.Uint32(m) == limeMagic:
 		s.format = LiME

@@ -1,7 +1,6 @@
 package snapshot_test
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -34,11 +33,7 @@ func write(t testing.TB, path string, fn func(io.Writer, vmi.Memory) error, m vm
 	if err != nil {
 		t.Fatal(err)
 	}
-	bw := bufio.NewWriterSize(f, 1<<20)
-	if err := fn(bw, m); err != nil {
-		t.Fatal(err)
-	}
-	if err := bw.Flush(); err != nil {
+	if err := fn(f, m); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.Close(); err != nil {
@@ -182,7 +177,7 @@ func TestGuestCPUs(t *testing.T) {
 				if c.RIP < 0xffff800000000000 {
 					t.Errorf("%s: RIP %#x not in kernel space", file, c.RIP)
 				}
-				if !c.LongMode() || c.LA57() {
+				if !c.LongMode() || c.LA57() != (mode == guesttest.LA57) {
 					t.Errorf("%s: long mode %v LA57 %v (CR0 %#x CR4 %#x CS flags %#x)", file, c.LongMode(), c.LA57(), c.CR0, c.CR4, c.CS.Flags)
 				}
 				for name, got := range map[string]uint64{"RIP": c.RIP, "RSP": c.RSP, "RAX": c.RAX, "RBX": c.RBX, "CR0": c.CR0, "CR2": c.CR2, "CR3": c.CR3, "CR4": c.CR4} {

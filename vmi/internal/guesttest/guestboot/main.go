@@ -12,6 +12,8 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -75,9 +77,14 @@ func run(kernel, initrd, appendArgs, out string, mem int, cpu string) error {
 	if err := save("cpus.json", string(cpus)+"\n"); err != nil {
 		return err
 	}
-	infomem, err := g.HMP(ctx, "info mem")
-	if err != nil {
-		return err
+	// QEMU 7.2's "info mem" prints nothing for 5-level paging, slowly.
+	var infomem string
+	if m := regexp.MustCompile(`CR4=([0-9a-f]+)`).FindStringSubmatch(regs); m != nil {
+		if cr4, _ := strconv.ParseUint(m[1], 16, 64); cr4&(1<<12) == 0 {
+			if infomem, err = g.HMP(ctx, "info mem"); err != nil {
+				return err
+			}
+		}
 	}
 	if err := save("infomem.txt", infomem); err != nil {
 		return err
