@@ -6,12 +6,13 @@ import (
 	"sync"
 )
 
-// Small reads of a qcow2 disk (an inode, a directory block, a page of an
-// extent tree) would each cost the library a whole cluster: one L2 lookup
-// and, for a compressed cluster, one decompression of up to 2 MiB. Parsers
-// make thousands of such reads in the same few clusters, so Image keeps the
-// most recently read guest clusters: reads shorter than a cluster are served
-// from whole cached clusters; longer reads go straight to the chain.
+// Small reads of a disk image (an inode, a directory block, a page of an
+// extent tree) would each cost a system call, and on qcow2 a whole cluster:
+// one L2 lookup and, for a compressed cluster, one decompression of up to
+// 2 MiB. Parsers make thousands of such reads in the same few clusters, so
+// Image keeps the most recently read guest clusters (64 KiB units for a raw
+// image): reads shorter than a unit are served from whole cached units;
+// longer reads go straight to the chain.
 
 // cacheBytes bounds the memory of the cluster cache.
 const cacheBytes = 16 << 20

@@ -18,6 +18,9 @@ import (
 	"github.com/vmscope/vmscope/internal/rangeset"
 )
 
+// rawCacheUnit is the unit of the small-read cache of a raw image.
+const rawCacheUnit = 64 << 10
+
 // DefaultMaxChainDepth is the default cap on the number of layers in a chain.
 const DefaultMaxChainDepth = 64
 
@@ -135,8 +138,13 @@ func Open(path string, opts ...Option) (im *Image, err error) {
 		}
 	}
 	im = &Image{layers: layers}
-	if top := layers[0]; top.Format == Qcow2 {
+	switch top := layers[0]; top.Format {
+	case Qcow2:
 		im.cache = newClusterCache(top.ClusterSize)
+	case Raw:
+		// One pread per inode or directory block is a system call per
+		// file; 64 KiB units serve whole runs of inode table.
+		im.cache = newClusterCache(rawCacheUnit)
 	}
 	return im, nil
 }
