@@ -191,10 +191,7 @@ func BuildIndex(ctx context.Context, v *fsparse.Volume) (*Index, error) {
 	if v.Ext4 == nil {
 		return nil, fmt.Errorf("dirty: volume %s is %s: %w", v.ID, v.Type, ErrUnsupportedFS)
 	}
-	g, err := readGeometry(v.Device, v.Ext4)
-	if err != nil {
-		return nil, err
-	}
+	g := readGeometry(v.Ext4)
 	x := &Index{Volume: v.ID, UUID: v.UUID, BlockSize: g.bs, Files: map[uint32]*FileRec{}}
 	per := g.bs / g.isz
 	buf := make([]byte, 16*g.bs)

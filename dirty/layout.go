@@ -2,16 +2,13 @@ package dirty
 
 import (
 	"encoding/binary"
-	"fmt"
-	"io"
 	"sort"
 
 	"github.com/vmscope/vmscope/fsparse/ext4"
 )
 
-// geometry is where an ext filesystem keeps its inode tables, read from the
-// superblock and the group descriptors. fsparse/ext4 keeps the same table
-// unexported; this is a second, bounded reading of it (see the package doc).
+// geometry is where an ext filesystem keeps its inode tables, from the
+// superblock and the group descriptors as fsparse/ext4 read them.
 type geometry struct {
 	bs      int64
 	blocks  uint64
@@ -25,110 +22,22 @@ type geometry struct {
 	used    []uint32 // inode slots of each group that may be in use
 }
 
-// Group descriptor fields and flags.
-const (
-	bgInodeUninit = 0x1
-	roGdtCsum     = 0x10
-	roMetaCsum    = 0x400
-	incMetaBG     = 0x10
-	compatSparse2 = 0x200
-	roSparseSuper = 0x1
-	maxGroups     = 1 << 24
-)
-
-func readGeometry(dev io.ReaderAt, fs *ext4.FS) (*geometry, error) {
+func readGeometry(fs *ext4.FS) *geometry {
 	sb := fs.Super()
 	g := &geometry{
 		bs: int64(sb.BlockSize), blocks: sb.BlocksCount, ipg: sb.InodesPerGroup,
 		isz: int64(sb.InodeSize), ninodes: sb.InodesCount, first: sb.FirstIno,
 	}
-	if sb.FeatureCompat&0x4 != 0 {
+	if sb.FeatureCompat&0x4 != 0 { // has_journal
 		g.journal = sb.JournalInum
 	}
-	ng := (sb.BlocksCount - uint64(sb.FirstDataBlock) + uint64(sb.BlocksPerGroup) - 1) / uint64(sb.BlocksPerGroup)
-	if ng == 0 || ng > maxGroups {
-		return nil, fmt.Errorf("dirty: ext4 superblock: %d groups: %w", ng, ext4.ErrCorrupt)
+	groups := fs.Groups()
+	g.itable = make([]uint64, len(groups))
+	g.used = make([]uint32, len(groups))
+	for i, gr := range groups {
+		g.itable[i], g.used[i], g.tblocks = gr.InodeTable, gr.UsedInodes, gr.InodeTableBlocks
 	}
-	g.tblocks = (uint64(g.ipg)*uint64(g.isz) + uint64(g.bs) - 1) / uint64(g.bs)
-	ds := uint64(sb.DescSize)
-	perBlock := uint64(g.bs) / ds
-	nblocks := (ng + perBlock - 1) / perBlock
-	csum := sb.FeatureROCompat&(roGdtCsum|roMetaCsum) != 0
-	buf := make([]byte, g.bs)
-	g.itable = make([]uint64, ng)
-	g.used = make([]uint32, ng)
-	var grp uint64
-	for i := uint64(0); i < nblocks; i++ {
-		blk := descBlock(sb, i, perBlock)
-		if blk >= sb.BlocksCount {
-			return nil, fmt.Errorf("dirty: ext4 group descriptor block %d at block %d: %w", i, blk, ext4.ErrCorrupt)
-		}
-		if n, err := dev.ReadAt(buf, int64(blk)*g.bs); n < len(buf) {
-			return nil, fmt.Errorf("dirty: ext4 group descriptor block %d at block %d: %v: %w", i, blk, err, ext4.ErrCorrupt)
-		}
-		for j := uint64(0); j < perBlock && grp < ng; j, grp = j+1, grp+1 {
-			d := buf[j*ds : (j+1)*ds]
-			it := uint64(binary.LittleEndian.Uint32(d[0x8:]))
-			unused := uint32(binary.LittleEndian.Uint16(d[0x1C:]))
-			if ds >= 64 {
-				it |= uint64(binary.LittleEndian.Uint32(d[0x28:])) << 32
-				unused |= uint32(binary.LittleEndian.Uint16(d[0x32:])) << 16
-			}
-			if it == 0 || it >= sb.BlocksCount || g.tblocks > sb.BlocksCount-it {
-				return nil, fmt.Errorf("dirty: ext4 group descriptor %d: inode table at block %d: %w", grp, it, ext4.ErrCorrupt)
-			}
-			g.itable[grp] = it
-			g.used[grp] = g.ipg
-			if csum {
-				flags := binary.LittleEndian.Uint16(d[0x12:])
-				switch {
-				case flags&bgInodeUninit != 0:
-					g.used[grp] = 0
-				case unused <= g.ipg:
-					g.used[grp] = g.ipg - unused
-				}
-			}
-		}
-	}
-	return g, nil
-}
-
-func descBlock(sb *ext4.Superblock, i, perBlock uint64) uint64 {
-	first := uint64(sb.FirstDataBlock)
-	if sb.FeatureIncompat&incMetaBG == 0 || i < uint64(sb.FirstMetaBG) {
-		return first + 1 + i
-	}
-	g := perBlock * i
-	blk := first + g*uint64(sb.BlocksPerGroup)
-	if groupHasSuper(sb, g) {
-		blk++
-	}
-	return blk
-}
-
-func groupHasSuper(sb *ext4.Superblock, g uint64) bool {
-	if g == 0 {
-		return true
-	}
-	if sb.FeatureCompat&compatSparse2 != 0 {
-		return g == uint64(sb.BackupBGs[0]) || g == uint64(sb.BackupBGs[1])
-	}
-	if sb.FeatureROCompat&roSparseSuper == 0 || g <= 1 {
-		return true
-	}
-	if g&1 == 0 {
-		return false
-	}
-	for _, p := range []uint64{3, 5, 7} {
-		n := g
-		for n%p == 0 {
-			n /= p
-		}
-		if n == 1 {
-			return true
-		}
-	}
-	return false
+	return g
 }
 
 // itableRun is the inode table of one group: blocks [start, start+n).

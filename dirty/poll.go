@@ -85,10 +85,7 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 	if v.Ext4 == nil {
 		return nil, fmt.Errorf("dirty: volume %s is %s: %w", v.ID, v.Type, ErrUnsupportedFS)
 	}
-	g, err := readGeometry(v.Device, v.Ext4)
-	if err != nil {
-		return nil, err
-	}
+	g := readGeometry(v.Ext4)
 	if old.owners == nil {
 		old.index()
 	}

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -457,6 +458,59 @@ func TestTimestampsAgainstDebugfs(t *testing.T) {
 			if !got[k].Equal(w) {
 				t.Errorf("%s %s = %v, debugfs says %v", p, k, got[k].UTC(), w)
 			}
+		}
+	}
+}
+
+// TestGroupsAgainstDumpe2fs: each group's inode table location and used
+// inode slots equal what dumpe2fs prints.
+func TestGroupsAgainstDumpe2fs(t *testing.T) {
+	for _, img := range []string{"ext4.img", "ext4-nocsum-1k.img", "ext2.img"} {
+		_, d := openDisk(t, img)
+		v, _ := d.Volume("")
+		out, err := exec.Command(fixture.Tool(t, "dumpe2fs"), fixture.Path(t, img)).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		groups := v.Ext4.Groups()
+		sb := v.Ext4.Super()
+		csum := strings.Contains(string(out), "metadata_csum") || strings.Contains(string(out), "uninit_bg")
+		var n int
+		text := string(out)
+		starts := regexp.MustCompile(`(?m)^Group ([0-9]+): `).FindAllStringSubmatchIndex(text, -1)
+		for k, m := range starts {
+			end := len(text)
+			if k+1 < len(starts) {
+				end = starts[k+1][0]
+			}
+			blk := text[m[0]:end]
+			g, _ := strconv.Atoi(text[m[2]:m[3]])
+			var lo, hi uint64
+			if i := strings.Index(blk, "Inode table at "); i >= 0 {
+				fmt.Sscanf(blk[i:], "Inode table at %d-%d", &lo, &hi)
+			}
+			var unused uint32
+			if i := strings.Index(blk, " unused inodes"); i >= 0 {
+				j := strings.LastIndex(blk[:i], " ")
+				fmt.Sscanf(blk[j+1:i], "%d", &unused)
+			}
+			gr := groups[g]
+			if gr.InodeTable != lo || gr.InodeTable+gr.InodeTableBlocks-1 != hi {
+				t.Errorf("%s group %d: inode table %d+%d, dumpe2fs %d-%d", img, g, gr.InodeTable, gr.InodeTableBlocks, lo, hi)
+			}
+			want := sb.InodesPerGroup
+			if csum && !strings.Contains(strings.SplitN(blk, "\n", 2)[0], "INODE_UNINIT") {
+				want -= unused
+			} else if csum {
+				want = 0
+			}
+			if gr.UsedInodes != want {
+				t.Errorf("%s group %d: %d used inode slots, dumpe2fs says %d unused of %d", img, g, gr.UsedInodes, unused, sb.InodesPerGroup)
+			}
+			n++
+		}
+		if n != len(groups) || n == 0 {
+			t.Errorf("%s: %d groups, dumpe2fs lists %d", img, len(groups), n)
 		}
 	}
 }

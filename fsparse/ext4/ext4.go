@@ -89,11 +89,16 @@ const (
 	incompatEncrypt     = 0x10000
 	incompatCasefold    = 0x20000
 
-	rocompatSparseSuper = 0x1
-	rocompatLargeFile   = 0x2
-	rocompatBtreeDir    = 0x4
-	rocompatHugeFile    = 0x8
-	rocompatBigalloc    = 0x200
+	rocompatSparseSuper  = 0x1
+	rocompatLargeFile    = 0x2
+	rocompatBtreeDir     = 0x4
+	rocompatHugeFile     = 0x8
+	rocompatBigalloc     = 0x200
+	rocompatGdtCsum      = 0x10
+	rocompatMetadataCsum = 0x400
+
+	// bgInodeUninit: the group's inode table was never initialised.
+	bgInodeUninit = 0x1
 
 	// incompatSupported are the INCOMPAT features this reader understands.
 	// encrypt and casefold do not change how blocks are found: encrypted
@@ -344,6 +349,10 @@ type FS struct {
 	ngroup uint32
 	// itable is the first block of each group's inode table.
 	itable []uint64
+	// itUsed is the number of inode slots of each group that may hold an
+	// inode: all of them, or fewer when the group descriptors' checksums
+	// vouch for bg_itable_unused and the INODE_UNINIT flag.
+	itUsed []uint32
 }
 
 // Open reads the superblock at byte 1024 of r and the group descriptor
@@ -432,6 +441,8 @@ func (f *FS) loadGroups() error {
 	perBlock := f.bs / ds
 	nblocks := (uint64(f.ngroup) + perBlock - 1) / perBlock
 	f.itable = make([]uint64, f.ngroup)
+	f.itUsed = make([]uint32, f.ngroup)
+	csum := sb.FeatureROCompat&(rocompatGdtCsum|rocompatMetadataCsum) != 0
 	buf := make([]byte, f.bs)
 	var g uint64
 	for i := uint64(0); i < nblocks; i++ {
@@ -451,9 +462,43 @@ func (f *FS) loadGroups() error {
 				return fmt.Errorf("ext4: group descriptor %d at block %d: inode table at block %d: %w", g, blk, it, ErrCorrupt)
 			}
 			f.itable[g] = it
+			f.itUsed[g] = sb.InodesPerGroup
+			if csum {
+				unused := uint32(le16(d, 0x1C))
+				if ds >= 64 {
+					unused |= uint32(le16(d, 0x32)) << 16
+				}
+				switch {
+				case le16(d, 0x12)&bgInodeUninit != 0:
+					f.itUsed[g] = 0
+				case unused <= sb.InodesPerGroup:
+					f.itUsed[g] = sb.InodesPerGroup - unused
+				}
+			}
 		}
 	}
 	return nil
+}
+
+// Group is where one block group keeps its inodes.
+type Group struct {
+	InodeTable       uint64 // first block of the inode table
+	InodeTableBlocks uint64
+	// UsedInodes is how many slots from the start of the table may hold an
+	// inode (bg_itable_unused, trusted only under group descriptor
+	// checksums); the rest have never been used.
+	UsedInodes uint32
+}
+
+// Groups describes every block group's inode table, as the group
+// descriptors say (each checked to lie inside the filesystem at Open).
+func (f *FS) Groups() []Group {
+	tblocks := (uint64(f.sb.InodesPerGroup)*uint64(f.sb.InodeSize) + f.bs - 1) / f.bs
+	out := make([]Group, len(f.itable))
+	for i, it := range f.itable {
+		out[i] = Group{InodeTable: it, InodeTableBlocks: tblocks, UsedInodes: f.itUsed[i]}
+	}
+	return out
 }
 
 // readBlocks fills p from the device starting at block blk. The range must
