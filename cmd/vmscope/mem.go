@@ -1,0 +1,355 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vmscope/vmscope/vmi/linux"
+	"github.com/vmscope/vmscope/vmi/snapshot"
+)
+
+// memFlags are the flags every mem verb takes.
+type memFlags struct {
+	format    string
+	kallsyms  string
+	systemMap string
+}
+
+func (f *memFlags) add(c *cobra.Command) {
+	c.Flags().StringVar(&f.format, "format", "table", "output format: table, json or ndjson")
+	c.Flags().StringVar(&f.kallsyms, "kallsyms", "", "a /proc/kallsyms of the same boot, instead of recovering kallsyms from memory")
+	c.Flags().StringVar(&f.systemMap, "system-map", "", "the kernel build's System.map, instead of recovering kallsyms from memory")
+}
+
+func newMemCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "mem",
+		Short: "Reconstruct a Linux guest from a memory snapshot (ELF core, kdump, LiME, raw) with no profile",
+	}
+	c.AddCommand(newMemInfoCmd(), newMemPsCmd(), newMemModulesCmd(), newMemFilesCmd(), newMemMountsCmd())
+	return c
+}
+
+// memSession is an opened snapshot and the kernel found in it.
+type memSession struct {
+	snap *snapshot.Snapshot
+	k    *linux.Kernel
+	size int64
+	path string
+}
+
+func openMem(c *cobra.Command, path string, f *memFlags) (*memSession, error) {
+	if err := checkFormat(f.format, "table", "json", "ndjson"); err != nil {
+		return nil, err
+	}
+	s, err := snapshot.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	opts := []linux.Option{linux.WithCPUs(s.CPUs())}
+	for _, in := range []struct {
+		p   string
+		opt func(io.Reader) linux.Option
+	}{{f.kallsyms, linux.WithKallsyms}, {f.systemMap, linux.WithSystemMap}} {
+		if in.p == "" {
+			continue
+		}
+		fh, err := os.Open(in.p)
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+		defer fh.Close()
+		opts = append(opts, in.opt(fh))
+	}
+	k, err := linux.Discover(c.Context(), s, opts...)
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	var size int64
+	if fi, err := os.Stat(path); err == nil {
+		size = fi.Size()
+	}
+	return &memSession{snap: s, k: k, size: size, path: path}, nil
+}
+
+// writeRows writes rows as a JSON document {key: rows, problems} or as
+// NDJSON (one row a line; problems go to stderr), or calls table.
+func writeRows[T any](c *cobra.Command, format, key string, rows []T, probs []linux.Problem, table func(w io.Writer) error) error {
+	w := c.OutOrStdout()
+	var err error
+	switch format {
+	case "json":
+		if rows == nil {
+			rows = []T{}
+		}
+		err = writeJSON(w, map[string]any{key: rows, "problems": problemsOrEmpty(probs)})
+	case "ndjson":
+		enc := json.NewEncoder(w)
+		enc.SetEscapeHTML(false)
+		for _, r := range rows {
+			if err = enc.Encode(r); err != nil {
+				break
+			}
+		}
+	default:
+		err = table(w)
+	}
+	if err != nil {
+		return err
+	}
+	if format != "json" {
+		for _, p := range probs {
+			fmt.Fprintf(c.ErrOrStderr(), "vmscope: %s at %#x: %s\n", p.What, p.Addr, p.Err)
+		}
+	}
+	if len(probs) > 0 {
+		return errPartial
+	}
+	return nil
+}
+
+func problemsOrEmpty(p []linux.Problem) []linux.Problem {
+	if p == nil {
+		return []linux.Problem{}
+	}
+	return p
+}
+
+type memInfoDoc struct {
+	Snapshot      string   `json:"snapshot"`
+	Format        string   `json:"format"`
+	FileSize      int64    `json:"file_size"`
+	MemoryBytes   uint64   `json:"memory_bytes"`
+	CPUs          []memCPU `json:"cpus"`
+	Kernel        string   `json:"kernel"`
+	PageTables    string   `json:"page_tables"`
+	PageTablesSrc string   `json:"page_tables_from"`
+	LA57          bool     `json:"la57"`
+	Text          string   `json:"text"`
+	TextPA        string   `json:"text_pa"`
+	KASLRSlide    string   `json:"kaslr_slide"`
+	PhysBase      string   `json:"phys_base"`
+	PageOffset    string   `json:"page_offset_base"`
+	Symbols       int      `json:"symbols"`
+	SymbolSource  string   `json:"symbol_source"`
+	TypeSource    string   `json:"type_source"`
+	BytesRead     int64    `json:"discovery_bytes_read"`
+}
+
+type memCPU struct {
+	ID  int    `json:"id"`
+	CR3 string `json:"cr3"`
+	RIP string `json:"rip"`
+}
+
+func newMemInfoCmd() *cobra.Command {
+	var f memFlags
+	c := &cobra.Command{
+		Use:   "info SNAPSHOT",
+		Short: "Snapshot format, CPUs, kernel version, KASLR slide, symbol and type sources",
+		Args:  rangeArgs(1, 1),
+		RunE: func(c *cobra.Command, args []string) error {
+			m, err := openMem(c, args[0], &f)
+			if err != nil {
+				return err
+			}
+			defer m.snap.Close()
+			k := m.k
+			d := memInfoDoc{
+				Snapshot: m.path, Format: m.snap.Format().String(), FileSize: m.size,
+				CPUs: []memCPU{}, Kernel: k.Version,
+				PageTables: fmt.Sprintf("%#x", uint64(k.AS.Root)), PageTablesSrc: k.CR3From, LA57: k.AS.LA57,
+				Text: fmt.Sprintf("%#x", uint64(k.Text)), TextPA: fmt.Sprintf("%#x", uint64(k.TextPA)),
+				KASLRSlide: fmt.Sprintf("%#x", k.Slide), PhysBase: fmt.Sprintf("%#x", k.PhysBase),
+				PageOffset: fmt.Sprintf("%#x", uint64(k.PageOffset)),
+				Symbols:    len(k.Symbols.List), SymbolSource: k.SymbolsSrc, TypeSource: k.TypesSrc,
+				BytesRead: k.BytesRead(),
+			}
+			for _, r := range m.snap.Ranges() {
+				d.MemoryBytes += r.Size
+			}
+			for _, cpu := range m.snap.CPUs() {
+				d.CPUs = append(d.CPUs, memCPU{ID: cpu.ID, CR3: fmt.Sprintf("%#x", cpu.CR3), RIP: fmt.Sprintf("%#x", cpu.RIP)})
+			}
+			if f.format != "table" {
+				return writeJSON(c.OutOrStdout(), d)
+			}
+			tw := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintf(tw, "snapshot:\t%s\n", d.Snapshot)
+			fmt.Fprintf(tw, "format:\t%s\n", d.Format)
+			fmt.Fprintf(tw, "file size:\t%d\n", d.FileSize)
+			fmt.Fprintf(tw, "memory:\t%d bytes\n", d.MemoryBytes)
+			for _, cpu := range d.CPUs {
+				fmt.Fprintf(tw, "cpu %d:\tcr3 %s rip %s\n", cpu.ID, cpu.CR3, cpu.RIP)
+			}
+			fmt.Fprintf(tw, "kernel:\t%s\n", d.Kernel)
+			fmt.Fprintf(tw, "page tables:\t%s (found from %s, la57 %v)\n", d.PageTables, d.PageTablesSrc, d.LA57)
+			fmt.Fprintf(tw, "_text:\t%s at guest-physical %s\n", d.Text, d.TextPA)
+			fmt.Fprintf(tw, "KASLR slide:\t%s\n", d.KASLRSlide)
+			fmt.Fprintf(tw, "phys_base:\t%s\n", d.PhysBase)
+			fmt.Fprintf(tw, "page_offset_base:\t%s\n", d.PageOffset)
+			fmt.Fprintf(tw, "symbols:\t%d from %s\n", d.Symbols, d.SymbolSource)
+			fmt.Fprintf(tw, "types:\t%s\n", d.TypeSource)
+			fmt.Fprintf(tw, "discovery read:\t%d bytes\n", d.BytesRead)
+			return tw.Flush()
+		},
+	}
+	f.add(c)
+	return c
+}
+
+func newMemPsCmd() *cobra.Command {
+	var f memFlags
+	var threads bool
+	c := &cobra.Command{
+		Use:   "ps SNAPSHOT",
+		Short: "Processes: pid, ppid, tgid, comm, uid/gid, state, start time, argv (from the process's memory)",
+		Args:  rangeArgs(1, 1),
+		RunE: func(c *cobra.Command, args []string) error {
+			m, err := openMem(c, args[0], &f)
+			if err != nil {
+				return err
+			}
+			defer m.snap.Close()
+			tasks, probs, err := m.k.Tasks(c.Context(), threads)
+			if err != nil {
+				return err
+			}
+			return writeRows(c, f.format, "processes", tasks, probs, func(w io.Writer) error {
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "PID\tPPID\tTGID\tUID\tGID\tS\tSTART\tCOMM\tARGS")
+				row := func(t linux.Task, tid bool) {
+					args := printable(strings.Join(t.Args, " "))
+					if t.Kernel {
+						args = "[" + printable(t.Comm) + "]"
+					}
+					pid := fmt.Sprint(t.PID)
+					if tid {
+						pid = "  " + pid
+					}
+					fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\n", pid, t.PPID, t.TGID, t.UID, t.GID, t.State,
+						time.Duration(t.StartTime).Truncate(time.Millisecond), printable(t.Comm), args)
+				}
+				for _, t := range tasks {
+					row(t, false)
+					for _, th := range t.Threads {
+						if th.PID != t.PID {
+							row(th, true)
+						}
+					}
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	f.add(c)
+	c.Flags().BoolVarP(&threads, "threads", "t", false, "list each process's threads")
+	return c
+}
+
+func newMemModulesCmd() *cobra.Command {
+	var f memFlags
+	c := &cobra.Command{
+		Use:   "modules SNAPSHOT",
+		Short: "Loaded kernel modules: name, base, size, state (sorted by name)",
+		Args:  rangeArgs(1, 1),
+		RunE: func(c *cobra.Command, args []string) error {
+			m, err := openMem(c, args[0], &f)
+			if err != nil {
+				return err
+			}
+			defer m.snap.Close()
+			mods, probs, err := m.k.Modules(c.Context())
+			if err != nil {
+				return err
+			}
+			linux.SortModules(mods)
+			return writeRows(c, f.format, "modules", mods, probs, func(w io.Writer) error {
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "NAME\tBASE\tSIZE\tREFS\tSTATE")
+				for _, x := range mods {
+					fmt.Fprintf(tw, "%s\t%#x\t%d\t%d\t%s\n", printable(x.Name), x.Base, x.Size, x.Refs, x.State)
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	f.add(c)
+	return c
+}
+
+func newMemFilesCmd() *cobra.Command {
+	var f memFlags
+	var pid int
+	c := &cobra.Command{
+		Use:   "files SNAPSHOT",
+		Short: "Open file descriptors with full paths; pipes and sockets named as /proc does",
+		Args:  rangeArgs(1, 1),
+		RunE: func(c *cobra.Command, args []string) error {
+			m, err := openMem(c, args[0], &f)
+			if err != nil {
+				return err
+			}
+			defer m.snap.Close()
+			tasks, probs, err := m.k.Tasks(c.Context(), false)
+			if err != nil {
+				return err
+			}
+			files, fprobs, err := m.k.Files(c.Context(), tasks, pid)
+			if err != nil {
+				return err
+			}
+			probs = append(probs, fprobs...)
+			return writeRows(c, f.format, "files", files, probs, func(w io.Writer) error {
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "PID\tFD\tINODE\tPATH")
+				for _, x := range files {
+					fmt.Fprintf(tw, "%d\t%d\t%d\t%s\n", x.PID, x.FD, x.Inode, printable(x.Path))
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	f.add(c)
+	c.Flags().IntVar(&pid, "pid", 0, "only this process")
+	return c
+}
+
+func newMemMountsCmd() *cobra.Command {
+	var f memFlags
+	c := &cobra.Command{
+		Use:   "mounts SNAPSHOT",
+		Short: "Mounts of the initial mount namespace, in /proc/mounts order",
+		Args:  rangeArgs(1, 1),
+		RunE: func(c *cobra.Command, args []string) error {
+			m, err := openMem(c, args[0], &f)
+			if err != nil {
+				return err
+			}
+			defer m.snap.Close()
+			mounts, probs, err := m.k.Mounts(c.Context())
+			if err != nil {
+				return err
+			}
+			return writeRows(c, f.format, "mounts", mounts, probs, func(w io.Writer) error {
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "SOURCE\tTARGET\tTYPE\tOPTIONS")
+				for _, x := range mounts {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", printable(x.Source), printable(x.Target), printable(x.FSType), x.Options)
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	f.add(c)
+	return c
+}

@@ -1,0 +1,193 @@
+package linux
+
+import (
+	"encoding/binary"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf/btf"
+
+	"github.com/vmscope/vmscope/vmi"
+)
+
+// field is a member found in BTF: its byte offset from the start of the
+// outer structure and its type.
+type field struct {
+	off uint64
+	typ btf.Type
+}
+
+var fieldCache sync.Map // key: *btf.Spec + path
+
+// Field returns the byte offset of path ("tasks", "f_path.dentry",
+// "core_layout.size") in struct typ, looking through anonymous struct and
+// union members as C does; every offset comes from the kernel's BTF.
+func (k *Kernel) Field(typ, path string) (uint64, error) {
+	f, err := k.field(typ, path)
+	return f.off, err
+}
+
+func (k *Kernel) field(typ, path string) (field, error) {
+	key := fmt.Sprintf("%p/%s/%s", k.Types, typ, path)
+	if v, ok := fieldCache.Load(key); ok {
+		return v.(field), nil
+	}
+	if k.Types == nil {
+		return field{}, fmt.Errorf("linux: no BTF for %s.%s: %w", typ, path, ErrLayout)
+	}
+	var st btf.Type
+	var s *btf.Struct
+	if err := k.Types.TypeByName(typ, &s); err != nil {
+		var u *btf.Union
+		if err2 := k.Types.TypeByName(typ, &u); err2 != nil {
+			return field{}, fmt.Errorf("linux: BTF has no struct %s: %w", typ, ErrLayout)
+		}
+		st = u
+	} else {
+		st = s
+	}
+	f := field{typ: st}
+	for _, name := range strings.Split(path, ".") {
+		off, t, ok := member(f.typ, name, 0)
+		if !ok {
+			return field{}, fmt.Errorf("linux: BTF struct %s has no member %s: %w", typ, path, ErrLayout)
+		}
+		f.off += off
+		f.typ = t
+	}
+	fieldCache.Store(key, f)
+	return f, nil
+}
+
+func members(t btf.Type) []btf.Member {
+	switch v := btf.UnderlyingType(t).(type) {
+	case *btf.Struct:
+		return v.Members
+	case *btf.Union:
+		return v.Members
+	}
+	return nil
+}
+
+func member(t btf.Type, name string, depth int) (uint64, btf.Type, bool) {
+	if depth > 8 {
+		return 0, nil, false
+	}
+	for _, m := range members(t) {
+		if m.Name == name {
+			return uint64(m.Offset.Bytes()), m.Type, true
+		}
+	}
+	for _, m := range members(t) {
+		if m.Name == "" {
+			if off, ft, ok := member(m.Type, name, depth+1); ok {
+				return uint64(m.Offset.Bytes()) + off, ft, true
+			}
+		}
+	}
+	return 0, nil, false
+}
+
+// Sizeof is the size of struct name from BTF.
+func (k *Kernel) Sizeof(name string) (uint64, error) {
+	var s *btf.Struct
+	if k.Types == nil || k.Types.TypeByName(name, &s) != nil {
+		return 0, fmt.Errorf("linux: BTF has no struct %s: %w", name, ErrLayout)
+	}
+	return uint64(s.Size), nil
+}
+
+// EnumValue returns the value of enumerator name from BTF.
+func (k *Kernel) EnumValue(enum, name string) (uint64, error) {
+	var e *btf.Enum
+	if k.Types == nil || k.Types.TypeByName(enum, &e) != nil {
+		return 0, fmt.Errorf("linux: BTF has no enum %s: %w", enum, ErrLayout)
+	}
+	for _, v := range e.Values {
+		if v.Name == name {
+			return v.Value, nil
+		}
+	}
+	return 0, fmt.Errorf("linux: BTF enum %s has no %s: %w", enum, name, ErrLayout)
+}
+
+// obj reads fields of one kernel object at a virtual address; the first
+// error sticks and later reads return zero.
+type obj struct {
+	k    *Kernel
+	as   vmi.AddressSpace
+	typ  string
+	addr vmi.VA
+	err  error
+}
+
+func (k *Kernel) obj(typ string, addr vmi.VA) *obj {
+	return &obj{k: k, as: k.AS, typ: typ, addr: addr}
+}
+
+func (o *obj) fieldAddr(path string) vmi.VA {
+	if o.err != nil {
+		return 0
+	}
+	f, err := o.k.field(o.typ, path)
+	if err != nil {
+		o.err = err
+		return 0
+	}
+	return o.addr + vmi.VA(f.off)
+}
+
+func (o *obj) read(path string, n int) []byte {
+	a := o.fieldAddr(path)
+	if o.err != nil {
+		return make([]byte, n)
+	}
+	b := make([]byte, n)
+	if _, err := o.as.ReadVirt(b, a); err != nil {
+		o.err = fmt.Errorf("linux: %s.%s at %#x: %w", o.typ, path, uint64(a), err)
+	}
+	return b
+}
+
+func (o *obj) u64(path string) uint64 { return binary.LittleEndian.Uint64(o.read(path, 8)) }
+func (o *obj) u32(path string) uint32 { return binary.LittleEndian.Uint32(o.read(path, 4)) }
+func (o *obj) ptr(path string) vmi.VA { return vmi.VA(o.u64(path)) }
+
+// uint reads an integer member of whatever size BTF gives it.
+func (o *obj) uint(path string) uint64 {
+	if o.err != nil {
+		return 0
+	}
+	f, err := o.k.field(o.typ, path)
+	if err != nil {
+		o.err = err
+		return 0
+	}
+	sz, err := btf.Sizeof(f.typ)
+	if err != nil || sz < 1 || sz > 8 {
+		o.err = fmt.Errorf("linux: %s.%s: size %d: %w", o.typ, path, sz, ErrLayout)
+		return 0
+	}
+	var b [8]byte
+	copy(b[:], o.read(path, sz))
+	return binary.LittleEndian.Uint64(b[:])
+}
+
+func (o *obj) str(path string, max int) string {
+	b := o.read(path, max)
+	for i, c := range b {
+		if c == 0 {
+			return string(b[:i])
+		}
+	}
+	return string(b)
+}
+
+func sizeof(f field) (int, error) {
+	n, err := btf.Sizeof(f.typ)
+	if err != nil {
+		return 0, fmt.Errorf("linux: BTF size: %w: %w", err, ErrLayout)
+	}
+	return n, nil
+}
