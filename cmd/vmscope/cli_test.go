@@ -286,3 +286,33 @@ func TestInfoBitmaps(t *testing.T) {
 		t.Errorf("dirty %d bytes, want %d", *bs[0].DirtyBytes, want)
 	}
 }
+
+func TestPrintableAndMode(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain.txt":       "plain.txt",
+		"ünïcødé":         "ünïcødé",
+		"bad-\xff\xfe":    `bad-\377\376`,
+		"tab\there":       `tab\11here`,
+		`back\slash`:      `back\\slash`,
+		"nl\n":            `nl\12`,
+		"latin1-\xe9.txt": `latin1-\351.txt`,
+	} {
+		if got := printable(in); got != want {
+			t.Errorf("printable(%q) = %q, want %q", in, got, want)
+		}
+	}
+	for m, want := range map[os.FileMode]string{
+		os.ModeDir | 0o755:                        "drwxr-xr-x",
+		os.ModeDir | os.ModeSticky | 0o777:        "drwxrwxrwt",
+		os.ModeSetuid | 0o755:                     "-rwsr-xr-x",
+		os.ModeSetgid | 0o644:                     "-rw-r-Sr--",
+		os.ModeSymlink | 0o777:                    "lrwxrwxrwx",
+		os.ModeNamedPipe | 0o600:                  "prw-------",
+		os.ModeDevice | os.ModeCharDevice | 0o620: "crw--w----",
+		os.ModeSticky | os.ModeDir:                "d--------T",
+	} {
+		if got := modeString(m); got != want {
+			t.Errorf("modeString(%v) = %s, want %s", m, got, want)
+		}
+	}
+}

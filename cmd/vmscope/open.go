@@ -40,15 +40,9 @@ func checkFormat(f string, allowed ...string) error {
 // printable escapes a guest name for a terminal: bytes that are not valid
 // UTF-8, and control characters, are shown as octal escapes like ls -b.
 func printable(s string) string {
-	ok := true
-	for i, r := range s {
-		if r == utf8.RuneError || r < 0x20 || r == 0x7f || r == '\\' {
-			ok = false
-			_ = i
-			break
-		}
-	}
-	if ok {
+	if !strings.ContainsFunc(s, func(r rune) bool {
+		return r == utf8.RuneError || r < 0x20 || r == 0x7f || r == '\\'
+	}) {
 		return s
 	}
 	var b strings.Builder
