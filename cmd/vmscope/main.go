@@ -44,6 +44,7 @@ func newRoot() *cobra.Command {
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newInfoCmd(), newLsCmd(), newCatCmd(), newExtractCmd(), newScanCmd(), newDirtyCmd(), newDiffCmd(), newMemCmd())
+	root.AddCommand(newGuestCmd())
 	return root
 }
 

@@ -1,0 +1,440 @@
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vmscope/vmscope/vmi"
+	"github.com/vmscope/vmscope/vmi/internal/guesttest"
+	"github.com/vmscope/vmscope/vmi/snapshot"
+)
+
+// The tests share one boot of the fixture guest (TCG, one vCPU, KASLR
+// on). It is booted here rather than with guesttest.Boot because QEMU
+// serves one client per QMP socket: this boot has two, one for the Guest
+// under test and one for the test's own checks.
+var (
+	bootOnce sync.Once
+	booted   *liveGuest
+	bootErr  error
+)
+
+type liveGuest struct {
+	GDBAddr, QMPPath string
+	ref              *QMP // the test's own QMP connection
+	cmd              *exec.Cmd
+	exited           chan struct{}
+}
+
+func (lg *liveGuest) QMP(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
+	return lg.ref.Execute(ctx, cmd, args)
+}
+
+func (lg *liveGuest) HMP(ctx context.Context, line string) (string, error) {
+	return lg.ref.HMP(ctx, line)
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if booted != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		booted.ref.Quit(ctx)
+		select {
+		case <-booted.exited:
+		case <-ctx.Done():
+			booted.cmd.Process.Kill()
+		}
+		cancel()
+	}
+	os.Exit(code)
+}
+
+func bootLive(kernel, initrd string) (*liveGuest, error) {
+	dir, err := os.MkdirTemp("", "vmscope-qemu-test")
+	if err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	lg := &liveGuest{
+		GDBAddr: fmt.Sprintf("127.0.0.1:%d", port),
+		QMPPath: filepath.Join(dir, "qmp.sock"),
+		exited:  make(chan struct{}),
+	}
+	ref := filepath.Join(dir, "ref.sock")
+	console := filepath.Join(dir, "console.log")
+	lg.cmd = exec.Command("qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-smp", "1",
+		"-nographic", "-display", "none", "-no-reboot", "-kernel", kernel, "-initrd", initrd,
+		"-append", "console=ttyS0 quiet panic=-1", "-serial", "file:"+console, "-monitor", "none",
+		"-gdb", "tcp:"+lg.GDBAddr, "-qmp", "unix:"+lg.QMPPath+",server=on,wait=off",
+		"-qmp", "unix:"+ref+",server=on,wait=off", "-net", "none")
+	if err := lg.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { lg.cmd.Wait(); close(lg.exited) }()
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		b, _ := os.ReadFile(console)
+		if bytes.Contains(b, []byte(guesttest.ReadyMarker)) {
+			break
+		}
+		select {
+		case <-lg.exited:
+			return nil, fmt.Errorf("qemu exited before READY")
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			lg.cmd.Process.Kill()
+			return nil, fmt.Errorf("no READY in %s", console)
+		}
+	}
+	if lg.ref, err = DialQMP(context.Background(), ref); err != nil {
+		lg.cmd.Process.Kill()
+		return nil, err
+	}
+	return lg, nil
+}
+
+// live returns the shared running guest, booting it on first use.
+func live(t *testing.T) *liveGuest {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("boots a guest")
+	}
+	kernel, initrd := guesttest.Path(t, "vmlinuz"), guesttest.Path(t, "initrd.gz")
+	bootOnce.Do(func() { booted, bootErr = bootLive(kernel, initrd) })
+	if bootErr != nil {
+		t.Fatal(bootErr)
+	}
+	return booted
+}
+
+func specOf(lg *liveGuest) string { return "gdb://" + lg.GDBAddr + ",qmp=unix:" + lg.QMPPath }
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func openLive(t *testing.T) (*liveGuest, *Guest) {
+	lg := live(t)
+	g, err := Open(ctxT(t), specOf(lg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := g.Close(context.Background()); err != nil {
+			t.Errorf("close: %v", err)
+		}
+		assertRunning(t, lg)
+	})
+	return lg, g
+}
+
+func assertRunning(t *testing.T, lg *liveGuest) {
+	t.Helper()
+	r, err := lg.QMP(context.Background(), "query-status", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(r, []byte(`"status": "running"`)) && !bytes.Contains(r, []byte(`"status":"running"`)) {
+		t.Errorf("guest not running after close: %s", r)
+	}
+}
+
+// TestLiveMemoryMatchesDump pauses the guest, has QEMU dump its memory,
+// and checks that reads through the stub equal the dump, page by page,
+// and that the memory map equals the dump's.
+func TestLiveMemoryMatchesDump(t *testing.T) {
+	lg, g := openLive(t)
+	ctx := ctxT(t)
+	if err := g.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dump := filepath.Join(t.TempDir(), "live.elf")
+	if err := g.QMP().DumpGuestMemory(ctx, dump, "elf"); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := snapshot.Open(dump)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snap.Close()
+	if got, want := g.Ranges(), snap.Ranges(); !slices.Equal(got, want) {
+		t.Errorf("ranges %v, dump has %v", got, want)
+	}
+	cpus, err := g.CPUs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// pages spread over every range, and the page tables' root
+	pages := []vmi.PA{cpus[0].PageTableRoot()}
+	for _, r := range g.Ranges() {
+		for i := uint64(0); i < 16; i++ {
+			pages = append(pages, r.Start+vmi.PA((r.Size/16*i)&^0xfff))
+		}
+	}
+	a, b := make([]byte, 4096), make([]byte, 4096)
+	for _, pa := range pages {
+		if _, err := g.ReadAt(a, int64(pa)); err != nil {
+			t.Fatalf("live %v: %v", pa, err)
+		}
+		if _, err := snap.ReadAt(b, int64(pa)); err != nil {
+			t.Fatalf("dump %v: %v", pa, err)
+		}
+		if !bytes.Equal(a, b) {
+			t.Errorf("page %v differs between the stub and the dump", pa)
+		}
+	}
+	// a hole is not present
+	if r := g.Ranges(); len(r) > 1 {
+		_, err := g.ReadAt(a, int64(r[0].End()))
+		var he *vmi.HoleError
+		if !errors.As(err, &he) || !errors.Is(err, vmi.ErrNotPresent) {
+			t.Errorf("read in a hole: %v", err)
+		}
+	}
+	// throughput, paused: one big read, then small reads
+	big := make([]byte, 16<<20)
+	start := time.Now()
+	if _, err := g.ReadAt(big, 0x100000); err != nil {
+		t.Fatal(err)
+	}
+	d := time.Since(start)
+	if _, err := snap.ReadAt(b[:0], 0); err == nil {
+		cmp := make([]byte, len(big))
+		snap.ReadAt(cmp, 0x100000)
+		if !bytes.Equal(cmp, big) {
+			t.Error("16 MiB read differs from the dump")
+		}
+	}
+	t.Logf("throughput (paused): %.1f MiB/s (16 MiB in %v, %d-byte packets, window %d)", 16/d.Seconds(), d, g.gdb.readChunk(), pipelineWindow)
+	const n = 500
+	start = time.Now()
+	for i := 0; i < n; i++ {
+		g.ReadAt(a[:8], int64(0x100000+i*8))
+	}
+	t.Logf("small read (8 bytes, paused): %v per read", time.Since(start)/n)
+	if err := g.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	for i := 0; i < n/5; i++ {
+		g.ReadAt(a[:8], int64(0x100000+i*8))
+	}
+	t.Logf("small read (8 bytes, running: stop, read, continue): %v per read", time.Since(start)/(n/5))
+	if !g.Running() {
+		t.Error("guest not running after reads of a running guest")
+	}
+	assertRunning(t, lg)
+}
+
+var hmpReg = regexp.MustCompile(`\b(CR3|RIP|EFER|CR0|CR4)=([0-9a-f]+)`)
+
+// TestLiveRegistersMatchHMP compares the stub's registers with HMP's
+// "info registers" of the paused guest.
+func TestLiveRegistersMatchHMP(t *testing.T) {
+	lg, g := openLive(t)
+	ctx := ctxT(t)
+	if err := g.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cpus, err := g.CPUs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cpus) != 1 {
+		t.Fatalf("%d vCPUs, the fixture has 1", len(cpus))
+	}
+	out, err := lg.HMP(ctx, "info registers")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]uint64{}
+	for _, m := range hmpReg.FindAllStringSubmatch(out, -1) {
+		want[m[1]], _ = strconv.ParseUint(m[2], 16, 64)
+	}
+	c := cpus[0]
+	got := map[string]uint64{"CR3": c.CR3, "RIP": c.RIP, "EFER": c.EFER, "CR0": c.CR0, "CR4": c.CR4}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: stub %#x, HMP %#x", k, got[k], v)
+		}
+	}
+	if len(want) != 5 || !c.LongMode() || !c.HasEFER {
+		t.Errorf("HMP gave %v; long mode %v", want, c.LongMode())
+	}
+	if err := g.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// kernelAddr pauses the guest and returns a kernel address it will run
+// soon: the idle vCPU's RIP (right after its hlt).
+func kernelAddr(t *testing.T, ctx context.Context, g *Guest) vmi.VA {
+	if err := g.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c, err := g.Regs(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.RIP < 0xffff800000000000 {
+		t.Skipf("vCPU 0 stopped in user space at %#x", c.RIP)
+	}
+	return vmi.VA(c.RIP)
+}
+
+// xp returns QEMU's own view of the 16 bytes at va (gva2gpa, then xp).
+func xp(t *testing.T, ctx context.Context, lg *liveGuest, va vmi.VA) string {
+	out, err := lg.HMP(ctx, fmt.Sprintf("gva2gpa %#x", uint64(va)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pa uint64
+	if _, err := fmt.Sscanf(out, "gpa: %x", &pa); err != nil {
+		t.Fatalf("gva2gpa: %q", out)
+	}
+	out, err = lg.HMP(ctx, fmt.Sprintf("xp /16xb %#x", pa))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestLiveBreakpoint sets a breakpoint where the kernel will run, waits
+// for the hit, checks the vCPU stopped there, and clears it.
+func TestLiveBreakpoint(t *testing.T) {
+	_, g := openLive(t)
+	ctx := ctxT(t)
+	addr := kernelAddr(t, ctx, g)
+	bp := Breakpoint{Kind: SoftwareBreak, Addr: addr}
+	if err := g.SetBreakpoint(ctx, bp); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ev := <-g.Events():
+		if ev.Signal != 5 || ev.CPU != 0 {
+			t.Errorf("stop event %+v", ev)
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatal("breakpoint not hit in 90 s")
+	}
+	if g.Running() {
+		t.Error("running after a breakpoint hit")
+	}
+	c, err := g.Regs(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vmi.VA(c.RIP) != addr {
+		t.Errorf("stopped at %#x, breakpoint at %v", c.RIP, addr)
+	}
+	// a single step moves on
+	c2, err := g.Step(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c2.RIP == c.RIP {
+		t.Errorf("step stayed at %#x", c.RIP)
+	}
+	if err := g.ClearBreakpoint(ctx, bp); err != nil {
+		t.Fatal(err)
+	}
+	if len(g.Breakpoints()) != 0 {
+		t.Errorf("breakpoints left: %v", g.Breakpoints())
+	}
+	if err := g.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLiveCleanupOnCancel arms a breakpoint and a watchpoint, pauses the
+// guest, cancels the context in the middle of a long read, closes, and
+// checks through QMP and a fresh stub client that the guest runs, its
+// memory at the breakpoint is unchanged, physical mode is off and no
+// breakpoint or watchpoint is left.
+func TestLiveCleanupOnCancel(t *testing.T) {
+	lg := live(t)
+	bg := ctxT(t)
+	ctx, cancel := context.WithCancel(bg)
+	g, err := Open(ctx, specOf(lg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := kernelAddr(t, ctx, g)
+	before := xp(t, bg, lg, addr)
+	c, _ := g.Regs(ctx, 0)
+	watch := vmi.VA(c.RSP &^ 7)
+	for _, bp := range []Breakpoint{{Kind: SoftwareBreak, Addr: addr}, {Kind: HardwareBreak, Addr: addr + 1}, {Kind: WriteWatch, Addr: watch, Size: 8}} {
+		if err := g.SetBreakpoint(ctx, bp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.AfterFunc(300*time.Millisecond, cancel)
+	big := make([]byte, 256<<20)
+	_, err = g.ReadPhys(ctx, big, 0x100000)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("read of 256 MiB with the context cancelled after 0.3 s: %v", err)
+	}
+	if err := g.Close(context.WithoutCancel(ctx)); err != nil {
+		t.Fatalf("close after cancel: %v", err)
+	}
+	assertRunning(t, lg)
+	checkClean(t, bg, lg, addr, watch)
+	if after := xp(t, bg, lg, addr); after != before {
+		t.Errorf("memory at the breakpoint changed:\n%s\n%s", before, after)
+	}
+}
+
+// checkClean attaches a fresh client: removing the breakpoints at addr and
+// the watchpoint at watch must fail (none set), and physical mode is off.
+func checkClean(t *testing.T, ctx context.Context, lg *liveGuest, addr, watch vmi.VA) {
+	t.Helper()
+	d, err := DialGDB(ctx, lg.GDBAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := d.Detach(ctx); err != nil {
+			t.Error(err)
+		}
+		d.Close()
+		assertRunning(t, lg)
+	}()
+	for _, c := range []struct {
+		k    BreakKind
+		a    vmi.VA
+		size int
+	}{{SoftwareBreak, addr, 1}, {HardwareBreak, addr + 1, 1}, {WriteWatch, watch, 8}} {
+		err := d.Remove(ctx, c.k, uint64(c.a), c.size)
+		var se *StubError
+		if !errors.As(err, &se) {
+			t.Errorf("stale %s at %v: remove answered %v", c.k, c.a, err)
+		}
+	}
+	if on, err := d.PhysicalMode(ctx); err != nil || on {
+		t.Errorf("physical-memory mode left on (%v, %v)", on, err)
+	}
+}
