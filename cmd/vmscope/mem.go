@@ -230,14 +230,14 @@ func newMemPsCmd() *cobra.Command {
 				row := func(t linux.Task, tid bool) {
 					args := printable(strings.Join(t.Args, " "))
 					if t.Kernel {
-						args = "[" + printable(t.Comm) + "]"
+						args = "[" + printable(t.Name) + "]"
 					}
 					pid := fmt.Sprint(t.PID)
 					if tid {
 						pid = "  " + pid
 					}
 					fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\n", pid, t.PPID, t.TGID, t.UID, t.GID, t.State,
-						time.Duration(t.StartTime).Truncate(time.Millisecond), printable(t.Comm), args)
+						time.Duration(t.StartTime).Truncate(time.Millisecond), printable(t.Name), args)
 				}
 				for _, t := range tasks {
 					row(t, false)
@@ -258,9 +258,10 @@ func newMemPsCmd() *cobra.Command {
 
 func newMemModulesCmd() *cobra.Command {
 	var f memFlags
+	var symbols bool
 	c := &cobra.Command{
 		Use:   "modules SNAPSHOT",
-		Short: "Loaded kernel modules: name, base, size, state (sorted by name)",
+		Short: "Loaded kernel modules: name, base, size, state (sorted by name); --symbols: their symbols as /proc/kallsyms",
 		Args:  rangeArgs(1, 1),
 		RunE: func(c *cobra.Command, args []string) error {
 			m, err := openMem(c, args[0], &f)
@@ -268,6 +269,18 @@ func newMemModulesCmd() *cobra.Command {
 				return err
 			}
 			defer m.snap.Close()
+			if symbols {
+				syms, probs, err := m.k.ModuleSymbols(c.Context())
+				if err != nil {
+					return err
+				}
+				return writeRows(c, f.format, "symbols", syms, probs, func(w io.Writer) error {
+					for _, y := range syms {
+						fmt.Fprintf(w, "%016x %c %s\t[%s]\n", y.Addr, y.Type, printable(y.Name), printable(y.Module))
+					}
+					return nil
+				})
+			}
 			mods, probs, err := m.k.Modules(c.Context())
 			if err != nil {
 				return err
@@ -284,6 +297,7 @@ func newMemModulesCmd() *cobra.Command {
 		},
 	}
 	f.add(c)
+	c.Flags().BoolVar(&symbols, "symbols", false, "list the modules' symbols in /proc/kallsyms order and format")
 	return c
 }
 

@@ -125,7 +125,7 @@ func Discover(ctx context.Context, mem vmi.Memory, opts ...Option) (*Kernel, err
 		f(&o)
 	}
 	cm := &countingMem{Memory: mem}
-	k := &Kernel{Mem: newPageCache(cm), counter: cm}
+	k := &Kernel{Mem: cm, counter: cm}
 
 	// 1. page tables that map a kernel image
 	found := false
@@ -349,7 +349,7 @@ func (k *Kernel) scanPML4(ctx context.Context) (vmi.PA, error) {
 
 // pml4Near looks at the pages from 16 MiB below to 64 MiB above a banner
 // for a PML4 whose kernel-image mapping holds the banner. Entry 511 is
-// read straight from the dump (8 bytes a page), not through the cache.
+// read through the counter (8 bytes a page), not through the page walker.
 func (k *Kernel) pml4Near(ctx context.Context, bannerPA vmi.PA) (vmi.PA, bool) {
 	lo := uint64(0)
 	if uint64(bannerPA) > 16<<20 {

@@ -2,6 +2,7 @@ package linux
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -10,11 +11,15 @@ import (
 
 // Mount is a mount of the initial mount namespace, as /proc/mounts shows it.
 type Mount struct {
-	Addr    uint64 `json:"mount"` // struct mount
-	Source  string `json:"source"`
-	Target  string `json:"target"`
-	FSType  string `json:"fstype"`
-	Options string `json:"options"` // the generic options only (rw/ro, nosuid, ..., relatime); not the filesystem's own
+	Addr   uint64 `json:"mount"` // struct mount
+	Source string `json:"source"`
+	Target string `json:"target"`
+	FSType string `json:"fstype"`
+	// Options are the options /proc/mounts shows: the generic ones (rw/ro,
+	// sync, ..., relatime) and the filesystem's own (its show_options)
+	// for the filesystems fsOptions knows; for the others a Problem says
+	// that they are missing.
+	Options string `json:"options"`
 }
 
 // Mount flags (MNT_*, include/linux/mount.h) and superblock flags (SB_*),
@@ -60,7 +65,10 @@ func (k *Kernel) Mounts(ctx context.Context) ([]Mount, []Problem, error) {
 		}
 		a := e - vmi.VA(entOff)
 		m, err := k.mount(a)
-		if err != nil {
+		var fe *fsOptionsError
+		if errors.As(err, &fe) {
+			probs = append(probs, problem("options of mount "+m.Target, a, err))
+		} else if err != nil {
 			probs = append(probs, problem("mount", a, err))
 			return true
 		}
@@ -117,6 +125,10 @@ func (k *Kernel) mount(a vmi.VA) (Mount, error) {
 			opts = append(opts, f.name)
 		}
 	}
-	m.Options = strings.Join(opts, ",")
+	own, err := k.fsOptions(sb)
+	m.Options = strings.Join(opts, ",") + own
+	if err != nil {
+		return m, &fsOptionsError{FS: m.FSType, Err: err}
+	}
 	return m, nil
 }

@@ -29,11 +29,16 @@ func problem(what string, a vmi.VA, err error) Problem {
 
 // Task is a task (process or thread) of the guest.
 type Task struct {
-	Addr      uint64   `json:"addr"` // task_struct
-	PID       int      `json:"pid"`
-	TGID      int      `json:"tgid"`
-	PPID      int      `json:"ppid"`
-	Comm      string   `json:"comm"`
+	Addr uint64 `json:"addr"` // task_struct
+	PID  int    `json:"pid"`
+	TGID int    `json:"tgid"`
+	PPID int    `json:"ppid"`
+	Comm string `json:"comm"`
+	// Name is the name /proc/PID/comm and /proc/PID/stat show
+	// (proc_task_name): a workqueue worker's comm followed by "+desc" or
+	// "-desc" of its workqueue (wq_worker_comm), a kernel thread's full
+	// name when it is longer than comm (get_kthread_comm), else comm.
+	Name      string   `json:"name"`
 	UID       uint32   `json:"uid"`
 	GID       uint32   `json:"gid"`
 	State     string   `json:"state"`      // one of RSDTtXZPI, as /proc shows it
@@ -93,8 +98,11 @@ func (k *Kernel) Tasks(ctx context.Context, threads bool) ([]Task, []Problem, er
 		if ctx.Err() != nil {
 			return false
 		}
-		t, ps := k.task(e - vmi.VA(tasksOff))
+		t, ps, ok := k.task(e - vmi.VA(tasksOff))
 		probs = append(probs, ps...)
+		if !ok { // its task_struct could not be read: only the problem
+			return true
+		}
 		if threads {
 			t.Threads, ps = k.threads(t)
 			probs = append(probs, ps...)
@@ -123,11 +131,14 @@ func (k *Kernel) threads(leader Task) ([]Task, []Problem) {
 	var out []Task
 	var probs []Problem
 	if p := k.listWalk(fmt.Sprintf("threads of pid %d", leader.PID), sig+vmi.VA(headOff), MaxTasks, func(e vmi.VA) bool {
-		th, ps := k.task(e - vmi.VA(nodeOff))
+		th, ps, ok := k.task(e - vmi.VA(nodeOff))
+		probs = append(probs, ps...)
+		if !ok {
+			return true
+		}
 		th.Args = nil
 		th.ArgsError = ""
 		out = append(out, th)
-		probs = append(probs, ps...)
 		return true
 	}); p != nil {
 		probs = append(probs, *p)
@@ -147,12 +158,15 @@ func firstErr(errs ...error) error {
 
 const taskStates = "RSDTtXZPI"
 
-func (k *Kernel) task(addr vmi.VA) (Task, []Problem) {
+// task reads the task_struct at addr; ok is false when the task_struct
+// itself could not be read (the problem says why).
+func (k *Kernel) task(addr vmi.VA) (Task, []Problem, bool) {
 	o := k.obj("task_struct", addr)
 	t := Task{Addr: uint64(addr)}
 	t.PID = int(int32(o.u32("pid")))
 	t.TGID = int(int32(o.u32("tgid")))
 	t.Comm = o.str("comm", 16)
+	flags := o.uint("flags")
 	t.StartTime = o.u64("start_time")
 	state := o.uint("__state")
 	exit := o.uint("exit_state")
@@ -160,9 +174,18 @@ func (k *Kernel) task(addr vmi.VA) (Task, []Problem) {
 	cred := o.ptr("cred")
 	mm := o.ptr("mm")
 	if o.err != nil {
-		return t, []Problem{problem(fmt.Sprintf("task_struct of pid %d", t.PID), addr, o.err)}
+		return t, []Problem{problem("task_struct", addr, o.err)}, false
 	}
 	var probs []Problem
+	t.Name = t.Comm
+	if flags&(pfWQWorker|pfKthread) != 0 {
+		name, err := k.kthreadName(addr, t.Comm, flags)
+		if err != nil {
+			probs = append(probs, problem(fmt.Sprintf("name of kernel thread %d", t.PID), addr, err))
+		} else {
+			t.Name = name
+		}
+	}
 	// task_state_index: TASK_REPORT bits, TASK_IDLE reported as I
 	const taskReport, taskIdle = 0x7f, 0x402
 	st := (state | exit) & taskReport
@@ -195,7 +218,7 @@ func (k *Kernel) task(addr vmi.VA) (Task, []Problem) {
 	}
 	if mm == 0 {
 		t.Kernel = true
-		return t, probs
+		return t, probs, true
 	}
 	args, err := k.args(mm)
 	t.Args = args
@@ -203,7 +226,7 @@ func (k *Kernel) task(addr vmi.VA) (Task, []Problem) {
 		t.ArgsError = err.Error()
 		probs = append(probs, problem(fmt.Sprintf("argv of pid %d", t.PID), mm, err))
 	}
-	return t, probs
+	return t, probs, true
 }
 
 // UserSpace is the address space of a process: its mm's page tables.
@@ -248,4 +271,82 @@ func (k *Kernel) args(mm vmi.VA) ([]string, error) {
 		return out, fmt.Errorf("linux: argv at %#x: %w", start, err)
 	}
 	return out, nil
+}
+
+// Task flags (PF_*, include/linux/sched.h): ABI of every kernel since 2.6.
+const (
+	pfWQWorker = 0x00000020
+	pfKthread  = 0x00200000
+)
+
+// maxTaskName is the buffer proc_task_name prints a name into.
+const maxTaskName = 64
+
+// kthreadName is proc_task_name for kernel threads: wq_worker_comm for a
+// workqueue worker (comm, then '+' and the worker's desc while it runs a
+// work item, '-' and desc after), get_kthread_comm (struct kthread's
+// full_name when set) for the others. The struct kthread is
+// task->worker_private (5.17 and later) or task->set_child_tid (before).
+func (k *Kernel) kthreadName(task vmi.VA, comm string, flags uint64) (string, error) {
+	o := k.obj("task_struct", task)
+	f := "worker_private"
+	if _, err := k.Field("task_struct", f); err != nil {
+		f = "set_child_tid"
+	}
+	kt := o.ptr(f)
+	if o.err != nil {
+		return "", o.err
+	}
+	if kt == 0 {
+		return comm, nil
+	}
+	ko := k.obj("kthread", kt)
+	if flags&pfWQWorker != 0 {
+		w := ko.ptr("data")
+		if ko.err != nil {
+			return "", ko.err
+		}
+		if w == 0 {
+			return comm, nil
+		}
+		wo := k.obj("worker", w)
+		pool := wo.ptr("pool")
+		cur := wo.ptr("current_work")
+		n, err := k.fieldSize("worker", "desc")
+		if err != nil {
+			return "", err
+		}
+		desc := wo.str("desc", int(min(n, maxTaskName)))
+		if wo.err != nil {
+			return "", wo.err
+		}
+		if pool == 0 || desc == "" {
+			return comm, nil
+		}
+		sep := "-"
+		if cur != 0 {
+			sep = "+"
+		}
+		return truncName(comm + sep + desc), nil
+	}
+	full := ko.ptr("full_name")
+	if ko.err != nil {
+		return "", ko.err
+	}
+	if full == 0 {
+		return comm, nil
+	}
+	name, err := k.ReadString(full, maxTaskName)
+	if err != nil {
+		return "", fmt.Errorf("linux: kthread %#x full_name: %w", uint64(kt), err)
+	}
+	return truncName(name), nil
+}
+
+// truncName cuts a name as the 64-byte buffer of proc_task_name does.
+func truncName(s string) string {
+	if len(s) > maxTaskName-1 {
+		return s[:maxTaskName-1]
+	}
+	return s
 }

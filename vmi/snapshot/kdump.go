@@ -47,10 +47,7 @@ type kdump struct {
 	nDesc     uint64
 	cpus      []vmi.CPU
 
-	mu        sync.Mutex
-	cachePFN  uint64
-	cache     []byte
-	cacheOK   bool
+	cache     *pageLRU
 	zstdOnce  sync.Once
 	zstdDec   *zstd.Decoder
 	zstdError error
@@ -75,7 +72,7 @@ func openKdump(r io.ReaderAt, size, budget int64) (*kdump, error) {
 	if subHdrBlocks == 0 || subHdrBlocks > 1<<20 || bitmapBlocks == 0 || bitmapBlocks > 1<<32 {
 		return nil, fmt.Errorf("snapshot: kdump sub_hdr_size %d or bitmap_blocks %d at offset 432: %w", subHdrBlocks, bitmapBlocks, ErrCorrupt)
 	}
-	k := &kdump{r: r, size: size, blockSize: blockSize}
+	k := &kdump{r: r, size: size, blockSize: blockSize, cache: newPageLRU(kdumpCachePages)}
 	var sub [kdumpSubSize]byte
 	if _, err := r.ReadAt(sub[:], int64(blockSize)); err != nil {
 		return nil, fmt.Errorf("snapshot: kdump_sub_header at offset %#x: %v: %w", blockSize, err, ErrCorrupt)
@@ -187,22 +184,20 @@ func (k *kdump) readAt(p []byte, pa vmi.PA) (int, error) {
 		if !k.present(pfn) {
 			return n, &vmi.HoleError{Addr: a}
 		}
-		k.mu.Lock()
 		page, err := k.page(pfn)
 		if err != nil {
-			k.mu.Unlock()
 			return n, err
 		}
 		n += copy(p[n:], page[in:])
-		k.mu.Unlock()
 	}
 	return n, nil
 }
 
-// page returns the content of a dumped page; k.mu is held.
+// page returns the content of a dumped page, decoded at most once while
+// it stays in the cache; the slice returned is never written again.
 func (k *kdump) page(pfn uint64) ([]byte, error) {
-	if k.cacheOK && k.cachePFN == pfn {
-		return k.cache, nil
+	if pg, ok := k.cache.get(pfn); ok {
+		return pg, nil
 	}
 	i := k.index(pfn)
 	at := k.descOff + int64(i*pageDescSize)
@@ -214,11 +209,7 @@ func (k *kdump) page(pfn uint64) ([]byte, error) {
 	if size == 0 || size > k.blockSize || off > uint64(k.size) || size > uint64(k.size)-off {
 		return nil, fmt.Errorf("snapshot: kdump page descriptor of pfn %#x at offset %#x: data of %d bytes at %#x: %w", pfn, at, size, off, ErrCorrupt)
 	}
-	if cap(k.cache) < int(k.blockSize) {
-		k.cache = make([]byte, k.blockSize)
-	}
-	k.cacheOK = false
-	out := k.cache[:k.blockSize]
+	out := make([]byte, k.blockSize)
 	raw := make([]byte, size)
 	if _, err := k.r.ReadAt(raw, int64(off)); err != nil {
 		return nil, fmt.Errorf("snapshot: kdump page data of pfn %#x at offset %#x: %v: %w", pfn, off, err, ErrCorrupt)
@@ -265,8 +256,74 @@ func (k *kdump) page(pfn uint64) ([]byte, error) {
 		}
 		copy(out, raw)
 	}
-	k.cachePFN, k.cacheOK = pfn, true
+	k.cache.put(pfn, out)
 	return out, nil
+}
+
+// kdumpCachePages is how many decoded pages a kdump keeps (2 MiB of 4 KiB
+// pages): kernel walks read many small fields of the same pages, and each
+// miss costs a descriptor read, a data read and a decompression.
+const kdumpCachePages = 512
+
+// pageLRU is a least-recently-used cache of decoded pages, safe for
+// concurrent use. Two readers missing the same page may both decode it;
+// the second put replaces the first with identical bytes.
+type pageLRU struct {
+	mu    sync.Mutex
+	max   int
+	pages map[uint64]*lruEntry
+	head  lruEntry // sentinel: head.next is the most recently used
+}
+
+type lruEntry struct {
+	pfn        uint64
+	data       []byte
+	prev, next *lruEntry
+}
+
+func newPageLRU(max int) *pageLRU {
+	c := &pageLRU{max: max, pages: make(map[uint64]*lruEntry, max)}
+	c.head.prev, c.head.next = &c.head, &c.head
+	return c
+}
+
+func (c *pageLRU) unlink(e *lruEntry) { e.prev.next, e.next.prev = e.next, e.prev }
+
+func (c *pageLRU) front(e *lruEntry) {
+	e.prev, e.next = &c.head, c.head.next
+	c.head.next.prev = e
+	c.head.next = e
+}
+
+func (c *pageLRU) get(pfn uint64) ([]byte, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.pages[pfn]
+	if !ok {
+		return nil, false
+	}
+	c.unlink(e)
+	c.front(e)
+	return e.data, true
+}
+
+func (c *pageLRU) put(pfn uint64, data []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.pages[pfn]; ok {
+		e.data = data
+		c.unlink(e)
+		c.front(e)
+		return
+	}
+	if len(c.pages) >= c.max {
+		old := c.head.prev
+		c.unlink(old)
+		delete(c.pages, old.pfn)
+	}
+	e := &lruEntry{pfn: pfn, data: data}
+	c.pages[pfn] = e
+	c.front(e)
 }
 
 // makedumpfile's flattened format: a 4096-byte header ("makedumpfile",

@@ -1,0 +1,202 @@
+package linux
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/btf"
+
+	"github.com/vmscope/vmscope/vmi"
+)
+
+// memBytes is guest-physical memory held in a slice.
+type memBytes []byte
+
+func (m memBytes) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off >= int64(len(m)) {
+		return 0, &vmi.HoleError{Addr: vmi.PA(off)}
+	}
+	n := copy(p, m[off:])
+	if n < len(p) {
+		return n, &vmi.HoleError{Addr: vmi.PA(off + int64(n))}
+	}
+	return n, nil
+}
+
+func (m memBytes) Ranges() []vmi.Range { return []vmi.Range{{Start: 0, Size: uint64(len(m))}} }
+
+// hostileKernel is a made-up kernel: 4 MiB of guest-physical memory whose
+// upper 2 MiB is mapped by one 2 MiB page at the start of the kernel image
+// range, BTF with a task_struct of the members the task walk reads, and one
+// symbol, init_task. put writes 64-bit values at kernel addresses.
+type hostileKernel struct {
+	*Kernel
+	mem memBytes
+}
+
+const (
+	hostileBase = vmi.VA(startKernelMap)
+	hostilePA   = 0x200000
+)
+
+func newHostileKernel(t *testing.T) *hostileKernel {
+	t.Helper()
+	mem := make(memBytes, 4<<20)
+	le := binary.LittleEndian
+	// PML4 at 0x1000, PDPT at 0x2000, PD at 0x3000: slot 511, 510, 0
+	le.PutUint64(mem[0x1000+511*8:], 0x2000|3)
+	le.PutUint64(mem[0x2000+510*8:], 0x3000|3)
+	le.PutUint64(mem[0x3000:], hostilePA|1<<7|3)
+
+	u32 := &btf.Int{Name: "unsigned int", Size: 4}
+	u64 := &btf.Int{Name: "long long unsigned int", Size: 8}
+	char := &btf.Int{Name: "char", Size: 1, Encoding: btf.Char}
+	lh := &btf.Struct{Name: "list_head", Size: 16}
+	lh.Members = []btf.Member{{Name: "next", Type: &btf.Pointer{Target: lh}}, {Name: "prev", Type: &btf.Pointer{Target: lh}, Offset: 64}}
+	ts := &btf.Struct{Name: "task_struct", Size: 128}
+	ptr := &btf.Pointer{Target: ts}
+	ts.Members = []btf.Member{
+		{Name: "tasks", Type: lh, Offset: 0},
+		{Name: "pid", Type: u32, Offset: 16 * 8},
+		{Name: "tgid", Type: u32, Offset: 20 * 8},
+		{Name: "flags", Type: u32, Offset: 24 * 8},
+		{Name: "__state", Type: u32, Offset: 28 * 8},
+		{Name: "exit_state", Type: u32, Offset: 32 * 8},
+		{Name: "start_time", Type: u64, Offset: 40 * 8},
+		{Name: "real_parent", Type: ptr, Offset: 48 * 8},
+		{Name: "cred", Type: ptr, Offset: 56 * 8},
+		{Name: "mm", Type: ptr, Offset: 64 * 8},
+		{Name: "comm", Type: &btf.Array{Index: u32, Type: char, Nelems: 16}, Offset: 72 * 8},
+	}
+	b, err := btf.NewBuilder([]btf.Type{ts}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := b.Marshal(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := LoadBTF(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &Kernel{
+		Mem:     mem,
+		AS:      vmi.AddressSpace{Mem: mem, Root: 0x1000},
+		Types:   spec,
+		Symbols: newSymbols([]Symbol{{Addr: hostileBase, Type: 'D', Name: "init_task"}}),
+	}
+	return &hostileKernel{Kernel: k, mem: mem}
+}
+
+func (h *hostileKernel) put(va vmi.VA, v uint64) {
+	binary.LittleEndian.PutUint64(h.mem[hostilePA+uint64(va-hostileBase):], v)
+}
+
+// task writes a task_struct at va with pid and the next pointer of its
+// tasks list_head.
+func (h *hostileKernel) task(va vmi.VA, pid uint32, next vmi.VA) {
+	h.put(va, uint64(next))
+	off := hostilePA + uint64(va-hostileBase)
+	binary.LittleEndian.PutUint32(h.mem[off+16:], pid)
+	binary.LittleEndian.PutUint32(h.mem[off+20:], pid)
+	copy(h.mem[off+72:off+88], "hostile")
+}
+
+// tasksWithin runs the task walk and fails the test if it has not ended
+// within a few seconds.
+func tasksWithin(t *testing.T, k *Kernel) ([]Task, []Problem) {
+	t.Helper()
+	type result struct {
+		tasks []Task
+		probs []Problem
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		tasks, probs, err := k.Tasks(context.Background(), false)
+		done <- result{tasks, probs, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		return r.tasks, r.probs
+	case <-time.After(20 * time.Second):
+		t.Fatal("task walk did not end")
+	}
+	return nil, nil
+}
+
+func TestHostileTaskList(t *testing.T) {
+	a, b, c := hostileBase+0x1000, hostileBase+0x2000, hostileBase+0x3000
+	nowhere := vmi.VA(0xffffffffbfe00000) // in the image range, not mapped
+
+	t.Run("cycle", func(t *testing.T) {
+		h := newHostileKernel(t)
+		h.task(hostileBase, 0, a)
+		h.task(a, 1, b)
+		h.task(b, 2, c)
+		h.task(c, 3, b) // back to b: never back to init_task
+		tasks, probs := tasksWithin(t, h.Kernel)
+		if len(tasks) != 3 {
+			t.Errorf("%d tasks before the cycle, want 3", len(tasks))
+		}
+		if len(probs) != 1 || probs[0].What != "task list" || !strings.Contains(probs[0].Err, "cycle") || vmi.VA(probs[0].Addr) != b {
+			t.Errorf("problems %+v, want one: the task list's cycle at %#x", probs, uint64(b))
+		}
+	})
+	t.Run("nowhere", func(t *testing.T) {
+		h := newHostileKernel(t)
+		h.task(hostileBase, 0, a)
+		h.task(a, 1, nowhere)
+		tasks, probs := tasksWithin(t, h.Kernel)
+		if len(tasks) != 1 || tasks[0].PID != 1 || tasks[0].Comm != "hostile" {
+			t.Errorf("tasks %+v, want pid 1 only", tasks)
+		}
+		var sawTask, sawList bool
+		for _, p := range probs {
+			sawTask = sawTask || (p.What == "task_struct" && vmi.VA(p.Addr) == nowhere)
+			sawList = sawList || (p.What == "task list" && vmi.VA(p.Addr) == nowhere)
+		}
+		if !sawTask || !sawList {
+			t.Errorf("problems %+v, want the task at %#x and the list past it", probs, uint64(nowhere))
+		}
+	})
+	t.Run("long", func(t *testing.T) {
+		// a list of more than MaxTasks distinct entries, 16 bytes apart
+		// (their task_structs overlap: their fields are garbage, read
+		// within bounds)
+		h := newHostileKernel(t)
+		first := hostileBase + 0x1000
+		h.task(hostileBase, 0, first)
+		for i := range MaxTasks + 1 {
+			e := first + vmi.VA(16*i)
+			h.put(e, uint64(e+16))
+		}
+		tasks, probs := tasksWithin(t, h.Kernel)
+		if len(tasks) != MaxTasks {
+			t.Errorf("%d tasks, want the cap %d", len(tasks), MaxTasks)
+		}
+		last := probs[len(probs)-1]
+		if last.What != "task list" || !strings.Contains(last.Err, "longer than") {
+			t.Errorf("last problem %+v, want the cap", last)
+		}
+	})
+	// a list whose entry points to itself, and the read error behind a
+	// pointer to nowhere, as callers test it
+	h := newHostileKernel(t)
+	h.task(hostileBase, 0, a)
+	h.task(a, 1, a)
+	if p := h.listWalk("x", hostileBase, 10, func(vmi.VA) bool { return true }); p == nil || !strings.Contains(p.Err, "cycle") {
+		t.Errorf("self-loop: problem %+v", p)
+	}
+	if _, err := h.ReadU64(nowhere); !errors.Is(err, vmi.ErrNotPresent) {
+		t.Errorf("read of nowhere: %v, want ErrNotPresent", err)
+	}
+}
