@@ -9,7 +9,7 @@ OUT=bench/out
 IMG=$OUT/usr.img
 STAGE=$OUT/stage
 V=$PWD/bin/vmscope
-command -v farm-bench >/dev/null || { echo "bench: farm-bench not found" >&2; exit 1; }
+source bench/timing.sh
 if [ ! -f "$IMG" ]; then
   rm -rf "$STAGE"
   mkdir -p "$STAGE/usr"

@@ -9,11 +9,9 @@ cat scan/rules/*.yar > "$RULES"
 D="-d filename= -d filepath= -d extension= -d filetype= -d owner= -d md5="
 X=$OUT/x; mkdir -p "$X"
 echo "== vmscope scan (A) vs debugfs rdump + yara -r -p $N (B)"
-farm-bench -n 3 --timeout 900 \
-  --vs "sh -c 'rm -rf $X/d && mkdir $X/d && debugfs -R \"rdump / $X/d\" $IMG 2>/dev/null && yara $D -r -p $N $RULES $X/d >/dev/null'" \
-  -- sh -c "$V scan --jobs $N --format ndjson $IMG >/dev/null; test \$? -le 1"
+bench_vs 3 "$V scan --jobs $N --format ndjson $IMG >/dev/null; test \$? -le 1" \
+  "rm -rf $X/d && mkdir $X/d && debugfs -R 'rdump / $X/d' $IMG 2>/dev/null && yara $D -r -p $N $RULES $X/d >/dev/null"
 echo "== vmscope scan (A) vs yara -r -p $N on the extracted tree (B)"
-farm-bench -n 3 --timeout 900 \
-  --vs "sh -c 'yara $D -r -p $N $RULES $STAGE >/dev/null'" \
-  -- sh -c "$V scan --jobs $N --format ndjson $IMG >/dev/null; test \$? -le 1"
+bench_vs 3 "$V scan --jobs $N --format ndjson $IMG >/dev/null; test \$? -le 1" \
+  "yara $D -r -p $N $RULES $STAGE >/dev/null"
 rm -rf "$X"
