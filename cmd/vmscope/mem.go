@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,7 +12,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vmscope/vmscope/vmi"
 	"github.com/vmscope/vmscope/vmi/linux"
+	"github.com/vmscope/vmscope/vmi/qemu"
 	"github.com/vmscope/vmscope/vmi/snapshot"
 )
 
@@ -20,12 +23,16 @@ type memFlags struct {
 	format    string
 	kallsyms  string
 	systemMap string
+	guest     string
+	pause     bool
 }
 
 func (f *memFlags) add(c *cobra.Command) {
 	c.Flags().StringVar(&f.format, "format", "table", "output format: table, json or ndjson")
 	c.Flags().StringVar(&f.kallsyms, "kallsyms", "", "a /proc/kallsyms of the same boot, instead of recovering kallsyms from memory")
 	c.Flags().StringVar(&f.systemMap, "system-map", "", "the kernel build's System.map, instead of recovering kallsyms from memory")
+	c.Flags().StringVar(&f.guest, "guest", "", "a running QEMU guest instead of a snapshot: gdb://HOST:PORT[,qmp=unix:SOCK]")
+	c.Flags().BoolVar(&f.pause, "pause", false, "with --guest: pause the guest for a consistent view, resume it after")
 }
 
 func newMemCmd() *cobra.Command {
@@ -37,23 +44,43 @@ func newMemCmd() *cobra.Command {
 	return c
 }
 
-// memSession is an opened snapshot and the kernel found in it.
+// memSession is an opened snapshot or live guest and the kernel found in it.
 type memSession struct {
-	snap *snapshot.Snapshot
-	k    *linux.Kernel
-	size int64
-	path string
+	mem    vmi.Memory
+	cpus   []vmi.CPU
+	format string // snapshot format, or "live"
+	k      *linux.Kernel
+	size   int64
+	path   string
+	close  func() error
 }
 
-func openMem(c *cobra.Command, path string, f *memFlags) (*memSession, error) {
+// Close releases the snapshot, or leaves the live guest as it was found.
+func (m *memSession) Close() error { return m.close() }
+
+// openMem opens the snapshot named by args, or the live guest of --guest,
+// and discovers its kernel.
+func openMem(c *cobra.Command, args []string, f *memFlags) (*memSession, error) {
 	if err := checkFormat(f.format, "table", "json", "ndjson"); err != nil {
 		return nil, err
 	}
-	s, err := snapshot.Open(path)
+	var m *memSession
+	var err error
+	switch {
+	case f.guest != "" && len(args) == 0:
+		m, err = openLive(c, f)
+	case f.guest == "" && len(args) == 1:
+		if f.pause {
+			return nil, usageError{fmt.Errorf("--pause goes with --guest")}
+		}
+		m, err = openSnapshot(args[0])
+	default:
+		return nil, usageError{fmt.Errorf("give a SNAPSHOT file or --guest, not both or neither")}
+	}
 	if err != nil {
 		return nil, err
 	}
-	opts := []linux.Option{linux.WithCPUs(s.CPUs())}
+	opts := []linux.Option{linux.WithCPUs(m.cpus)}
 	for _, in := range []struct {
 		p   string
 		opt func(io.Reader) linux.Option
@@ -63,22 +90,56 @@ func openMem(c *cobra.Command, path string, f *memFlags) (*memSession, error) {
 		}
 		fh, err := os.Open(in.p)
 		if err != nil {
-			s.Close()
+			m.Close()
 			return nil, err
 		}
 		defer fh.Close()
 		opts = append(opts, in.opt(fh))
 	}
-	k, err := linux.Discover(c.Context(), s, opts...)
+	if m.k, err = linux.Discover(c.Context(), m.mem, opts...); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("%s: %w", m.path, err)
+	}
+	return m, nil
+}
+
+func openSnapshot(path string) (*memSession, error) {
+	s, err := snapshot.Open(path)
 	if err != nil {
-		s.Close()
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, err
 	}
 	var size int64
 	if fi, err := os.Stat(path); err == nil {
 		size = fi.Size()
 	}
-	return &memSession{snap: s, k: k, size: size, path: path}, nil
+	return &memSession{mem: s, cpus: s.CPUs(), format: s.Format().String(), size: size, path: path, close: s.Close}, nil
+}
+
+// openLive attaches to a running guest. Closing it removes what was set,
+// detaches and resumes the guest if it ran, even when the command's context
+// was cancelled by SIGINT/SIGTERM.
+func openLive(c *cobra.Command, f *memFlags) (*memSession, error) {
+	g, err := qemu.Open(c.Context(), f.guest)
+	if err != nil {
+		return nil, err
+	}
+	cleanup := func() error {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Context()), 30*time.Second)
+		defer cancel()
+		return g.Close(ctx)
+	}
+	if f.pause {
+		if err := g.Pause(c.Context()); err != nil {
+			cleanup()
+			return nil, err
+		}
+	}
+	cpus, err := g.CPUs(c.Context())
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	return &memSession{mem: g, cpus: cpus, format: "live", path: f.guest, close: cleanup}, nil
 }
 
 // writeRows writes rows as a JSON document {key: rows, problems} or as
@@ -154,18 +215,18 @@ type memCPU struct {
 func newMemInfoCmd() *cobra.Command {
 	var f memFlags
 	c := &cobra.Command{
-		Use:   "info SNAPSHOT",
+		Use:   "info SNAPSHOT | --guest gdb://HOST:PORT[,qmp=unix:SOCK]",
 		Short: "Snapshot format, CPUs, kernel version, KASLR slide, symbol and type sources",
-		Args:  rangeArgs(1, 1),
+		Args:  rangeArgs(0, 1),
 		RunE: func(c *cobra.Command, args []string) error {
-			m, err := openMem(c, args[0], &f)
+			m, err := openMem(c, args, &f)
 			if err != nil {
 				return err
 			}
-			defer m.snap.Close()
+			defer m.Close()
 			k := m.k
 			d := memInfoDoc{
-				Snapshot: m.path, Format: m.snap.Format().String(), FileSize: m.size,
+				Snapshot: m.path, Format: m.format, FileSize: m.size,
 				CPUs: []memCPU{}, Kernel: k.Version,
 				PageTables: fmt.Sprintf("%#x", uint64(k.AS.Root)), PageTablesSrc: k.CR3From, LA57: k.AS.LA57,
 				Text: fmt.Sprintf("%#x", uint64(k.Text)), TextPA: fmt.Sprintf("%#x", uint64(k.TextPA)),
@@ -174,10 +235,10 @@ func newMemInfoCmd() *cobra.Command {
 				Symbols:    len(k.Symbols.List), SymbolSource: k.SymbolsSrc, TypeSource: k.TypesSrc,
 				BytesRead: k.BytesRead(),
 			}
-			for _, r := range m.snap.Ranges() {
+			for _, r := range m.mem.Ranges() {
 				d.MemoryBytes += r.Size
 			}
-			for _, cpu := range m.snap.CPUs() {
+			for _, cpu := range m.cpus {
 				d.CPUs = append(d.CPUs, memCPU{ID: cpu.ID, CR3: fmt.Sprintf("%#x", cpu.CR3), RIP: fmt.Sprintf("%#x", cpu.RIP)})
 			}
 			if f.format != "table" {
@@ -211,15 +272,15 @@ func newMemPsCmd() *cobra.Command {
 	var f memFlags
 	var threads bool
 	c := &cobra.Command{
-		Use:   "ps SNAPSHOT",
+		Use:   "ps SNAPSHOT | --guest gdb://HOST:PORT[,qmp=unix:SOCK]",
 		Short: "Processes: pid, ppid, tgid, comm, uid/gid, state, start time, argv (from the process's memory)",
-		Args:  rangeArgs(1, 1),
+		Args:  rangeArgs(0, 1),
 		RunE: func(c *cobra.Command, args []string) error {
-			m, err := openMem(c, args[0], &f)
+			m, err := openMem(c, args, &f)
 			if err != nil {
 				return err
 			}
-			defer m.snap.Close()
+			defer m.Close()
 			tasks, probs, err := m.k.Tasks(c.Context(), threads)
 			if err != nil {
 				return err
@@ -260,15 +321,15 @@ func newMemModulesCmd() *cobra.Command {
 	var f memFlags
 	var symbols bool
 	c := &cobra.Command{
-		Use:   "modules SNAPSHOT",
+		Use:   "modules SNAPSHOT | --guest gdb://HOST:PORT[,qmp=unix:SOCK]",
 		Short: "Loaded kernel modules: name, base, size, state (sorted by name); --symbols: their symbols as /proc/kallsyms",
-		Args:  rangeArgs(1, 1),
+		Args:  rangeArgs(0, 1),
 		RunE: func(c *cobra.Command, args []string) error {
-			m, err := openMem(c, args[0], &f)
+			m, err := openMem(c, args, &f)
 			if err != nil {
 				return err
 			}
-			defer m.snap.Close()
+			defer m.Close()
 			if symbols {
 				syms, probs, err := m.k.ModuleSymbols(c.Context())
 				if err != nil {
@@ -305,15 +366,15 @@ func newMemFilesCmd() *cobra.Command {
 	var f memFlags
 	var pid int
 	c := &cobra.Command{
-		Use:   "files SNAPSHOT",
+		Use:   "files SNAPSHOT | --guest gdb://HOST:PORT[,qmp=unix:SOCK]",
 		Short: "Open file descriptors with full paths; pipes and sockets named as /proc does",
-		Args:  rangeArgs(1, 1),
+		Args:  rangeArgs(0, 1),
 		RunE: func(c *cobra.Command, args []string) error {
-			m, err := openMem(c, args[0], &f)
+			m, err := openMem(c, args, &f)
 			if err != nil {
 				return err
 			}
-			defer m.snap.Close()
+			defer m.Close()
 			tasks, probs, err := m.k.Tasks(c.Context(), false)
 			if err != nil {
 				return err
@@ -341,15 +402,15 @@ func newMemFilesCmd() *cobra.Command {
 func newMemMountsCmd() *cobra.Command {
 	var f memFlags
 	c := &cobra.Command{
-		Use:   "mounts SNAPSHOT",
+		Use:   "mounts SNAPSHOT | --guest gdb://HOST:PORT[,qmp=unix:SOCK]",
 		Short: "Mounts of the initial mount namespace, in /proc/mounts order",
-		Args:  rangeArgs(1, 1),
+		Args:  rangeArgs(0, 1),
 		RunE: func(c *cobra.Command, args []string) error {
-			m, err := openMem(c, args[0], &f)
+			m, err := openMem(c, args, &f)
 			if err != nil {
 				return err
 			}
-			defer m.snap.Close()
+			defer m.Close()
 			mounts, probs, err := m.k.Mounts(c.Context())
 			if err != nil {
 				return err

@@ -1,0 +1,72 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestMemLiveEqualsDump pauses the fixture guest, runs every mem analysis
+// live through the GDB stub (--guest --pause), takes a dump-guest-memory at
+// that same moment, runs the analyses on the dump, and checks that the two
+// answers are identical; then that the guest's scenario processes are there
+// with their argv, and that the guest runs again afterwards.
+func TestMemLiveEqualsDump(t *testing.T) {
+	l := liveGuest(t)
+	ctx := context.Background()
+	if err := l.ref.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dump := filepath.Join(t.TempDir(), "now.elf")
+	if err := l.ref.DumpGuestMemory(ctx, dump, "elf"); err != nil {
+		t.Fatal(err)
+	}
+	for _, verb := range [][]string{{"ps"}, {"ps", "-t"}, {"modules"}, {"files"}, {"mounts"}} {
+		live, errLive, code := vmscope(t, append(append([]string{"mem"}, verb...), "--format", "json", "--guest", l.spec, "--pause")...)
+		if code != 0 {
+			t.Fatalf("mem %v --guest: exit %d: %s", verb, code, errLive)
+		}
+		fromDump, errDump, code := vmscope(t, append(append([]string{"mem"}, verb...), "--format", "json", dump)...)
+		if code != 0 {
+			t.Fatalf("mem %v DUMP: exit %d: %s", verb, code, errDump)
+		}
+		if live != fromDump {
+			t.Errorf("mem %v: live and dump answers differ:\n--- live\n%.2000s\n--- dump\n%.2000s", verb, live, fromDump)
+		}
+		if verb[0] == "ps" && len(verb) == 1 {
+			var doc struct {
+				Processes []struct {
+					Pid  int      `json:"pid"`
+					Args []string `json:"args"`
+				} `json:"processes"`
+			}
+			if err := json.Unmarshal([]byte(live), &doc); err != nil {
+				t.Fatal(err)
+			}
+			found := map[string]bool{}
+			for _, p := range doc.Processes {
+				found[strings.Join(p.Args, " ")] = true
+			}
+			// The fixture's scenario (testdata/guest/init.sh).
+			for _, want := range []string{"sleep 31337", "/bin/sh /tmp/worker.sh alpha beta", "sleep 100001", "nc -l -p 4444"} {
+				if !found[want] {
+					t.Errorf("process %q not found live", want)
+				}
+			}
+		}
+	}
+	st, err := l.ref.Status(ctx)
+	if err != nil || st.Status != "paused" {
+		t.Errorf("after --pause on a paused guest: %+v %v, want it left paused", st, err)
+	}
+	if err := l.ref.Cont(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// --pause on a running guest pauses it for the analysis and resumes it.
+	if _, errOut, code := vmscope(t, "mem", "modules", "--guest", l.spec, "--pause"); code != 0 {
+		t.Fatalf("mem modules --guest --pause: exit %d: %s", code, errOut)
+	}
+	l.mustRun(t)
+}
