@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vmscope/vmscope/vmi"
+	"github.com/vmscope/vmscope/vmi/linux"
 	"github.com/vmscope/vmscope/vmi/qemu"
 )
 
@@ -77,6 +78,12 @@ func newGuestInfoCmd() *cobra.Command {
 			fmt.Fprintf(w, "%-4s %-12s %-18s %-18s %-18s\n", "CPU", "MODE", "CR3", "RIP", "EFER")
 			for _, c := range cpus {
 				fmt.Fprintf(w, "%-4d %-12s %#-18x %#-18x %#-18x\n", c.ID, cpuMode(&c), c.CR3, c.RIP, c.EFER)
+			}
+			// The kernel, found as in a snapshot (vmi/linux), with no profile.
+			if k, err := linux.Discover(ctx, g, linux.WithCPUs(cpus)); err != nil {
+				fmt.Fprintf(w, "kernel: not found: %v\n", err)
+			} else {
+				fmt.Fprintf(w, "kernel: %s\nKASLR slide: %#x\nsymbols: %d from %s; types from %s\n", k.Version, k.Slide, len(k.Symbols.List), k.SymbolsSrc, k.TypesSrc)
 			}
 			return nil
 		},

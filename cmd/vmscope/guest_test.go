@@ -149,7 +149,7 @@ func TestGuestInfo(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	for _, want := range []string{"state: running", "vcpus: 1", "long/", "CR3", "memory: 4 ranges"} {
+	for _, want := range []string{"state: running", "vcpus: 1", "long/", "CR3", "memory: 4 ranges", "kernel: Linux version ", "symbols: "} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
