@@ -11,7 +11,14 @@
 //
 //	go build -tags libvmi ./...
 //
-// Without the tag this package is empty. Status: unverified. It has not
-// been compiled here (no LibVMI headers on this host) nor run against a
-// guest; the C calls follow LibVMI's public header (v0.14).
+// LibVMI installs libvmi/events.h only when a hypervisor driver (Xen or
+// KVM) is built; this package needs it. Open asks LibVMI for physical
+// access only (no OS initialisation): vmscope finds the kernel itself, so
+// LibVMI needs no System.map or offsets profile.
+//
+// Without the tag this package is empty. Checked against LibVMI 0.15 in
+// file mode on a flat raw dump of the real-guest fixture (libvmi_test.go:
+// physical reads equal vmscope's snapshot reader, and vmscope's kernel
+// discovery runs on this backend); registers, pause/resume and events need
+// a Xen or KVMi host and were not exercised.
 package libvmi

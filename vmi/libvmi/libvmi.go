@@ -14,7 +14,7 @@ static event_response_t event_cb(vmi_instance_t vmi, vmi_event_t *event) {
 	return goEventCallback(vmi, event);
 }
 
-static vmi_event_t *new_mem_event(addr_t gfn, vm_event_access_t access) {
+static vmi_event_t *new_mem_event(addr_t gfn, vmi_mem_access_t access) {
 	vmi_event_t *e = calloc(1, sizeof(vmi_event_t));
 	if (!e) return NULL;
 	e->version = VMI_EVENTS_VERSION;
@@ -70,8 +70,11 @@ type Event struct {
 	Addr vmi.VA // the RIP (step) or the accessed guest-linear address (mem)
 }
 
-// Open runs vmi_init_complete on a domain name (Xen, KVM with KVMi) or on
-// a memory file (file mode), with events when events is true.
+// Open attaches LibVMI to a domain name (Xen, KVM with KVMi) or to a
+// memory file (file mode), with events when events is true. It asks LibVMI
+// for physical access only (vmi_get_access_mode, then vmi_init without OS
+// initialisation): vmscope finds the kernel itself (vmi/linux), so LibVMI
+// needs no System.map or offsets profile.
 func Open(name string, events bool) (*Instance, error) {
 	cname := C.CString(name)
 	defer C.free(unsafe.Pointer(cname))
@@ -79,10 +82,14 @@ func Open(name string, events bool) (*Instance, error) {
 	if events {
 		flags |= C.VMI_INIT_EVENTS
 	}
+	var mode C.vmi_mode_t
+	if C.vmi_get_access_mode(nil, unsafe.Pointer(cname), flags, nil, &mode) != C.VMI_SUCCESS {
+		return nil, fmt.Errorf("%w: vmi_get_access_mode %q: no hypervisor or file by that name", ErrLibVMI, name)
+	}
 	var v C.vmi_instance_t
 	var ierr C.vmi_init_error_t
-	if C.vmi_init_complete(&v, unsafe.Pointer(cname), flags, nil, C.VMI_CONFIG_GLOBAL_FILE_ENTRY, nil, &ierr) != C.VMI_SUCCESS {
-		return nil, fmt.Errorf("%w: vmi_init_complete %q: init error %d", ErrLibVMI, name, int(ierr))
+	if C.vmi_init(&v, mode, unsafe.Pointer(cname), flags, nil, &ierr) != C.VMI_SUCCESS {
+		return nil, fmt.Errorf("%w: vmi_init %q (mode %d): init error %d", ErrLibVMI, name, int(mode), int(ierr))
 	}
 	in := &Instance{vmi: v, maxPA: uint64(C.vmi_get_max_physical_address(v)), events: make(chan Event, 256)}
 	instances.Store(uintptr(unsafe.Pointer(v)), in)
@@ -169,7 +176,7 @@ func (in *Instance) Resume(ctx context.Context) error {
 // WatchPage registers a memory access event on guest frame gfn
 // (access: "r", "w", "x" or a combination).
 func (in *Instance) WatchPage(gfn uint64, access string) error {
-	var a C.vm_event_access_t
+	var a C.vmi_mem_access_t
 	for _, c := range access {
 		switch c {
 		case 'r':
