@@ -17,6 +17,7 @@ build: deps
 fixtures: deps
 	bash testdata/fixtures.sh
 	bash testdata/guest/build.sh
+	bash testdata/guest-disk/build.sh
 
 demo: build
 	bash scripts/demo.sh

@@ -23,8 +23,10 @@
 //   - journal blocks and other metadata (bitmaps, descriptors, superblock)
 //     are not files: they are counted, not mapped.
 //
-// The journal is not replayed (an image from a running guest is read as its
-// on-disk state; see the package's TODO in the report).
+// A journal that needs recovery (an image of a running or crashed guest) is
+// replayed in memory ([Recovered], package fsparse/jbd2): the index, the
+// poll and the files handed to the scanner are read through the committed
+// transactions, and the blocks the replay replaces count as dirty.
 //
 // An [Index] is the previous view: built from an older image of the same
 // disk ([BuildIndex], metadata only: inode tables, extent trees,

@@ -47,6 +47,10 @@ type Stats struct {
 	JournalBlocks    int64 `json:"journal_blocks"` // not files
 	OtherBlocks      int64 `json:"other_blocks"`   // free space, bitmaps, descriptors, new allocations
 	Candidates       int   `json:"candidates"`     // inodes examined
+	// ReplayedBytes: device bytes read from the journal's committed
+	// transactions instead of their home blocks (a journal needing
+	// recovery); they count as dirty.
+	ReplayedBytes int64 `json:"replayed_bytes,omitempty"`
 }
 
 // Result of a poll of one volume.
@@ -281,7 +285,8 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 			}
 		}
 		after := map[string]uint32{}
-		if nx.Files[d] != nil {
+		// A directory whose inode number a file took now has no entries.
+		if r := nx.Files[d]; r != nil && r.IsDir() {
 			ents, err := v.Ext4.ReadDirInode(d)
 			if err != nil {
 				res.Errors = append(res.Errors, fmt.Errorf("%s: directory inode %d: %w", v.ID, d, err))
@@ -294,7 +299,7 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 			}
 		}
 		for name, c := range before {
-			if after[name] == c {
+			if after[name] == c && !replaced[c] {
 				continue
 			}
 			if r := mut(c); r != nil {
@@ -303,7 +308,9 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 			}
 		}
 		for name, c := range after {
-			if before[name] == c {
+			// A reused inode number keeps its name in the listing, but
+			// the new file has no names yet: add them.
+			if before[name] == c && !replaced[c] {
 				continue
 			}
 			r := mut(c)

@@ -63,6 +63,26 @@ type Selection struct {
 	store   Store
 	next    *Snapshot
 	closers []func() error
+	// recovered holds the volumes read through their journal replay.
+	recovered map[string]*fsparse.Volume
+}
+
+// recover replaces v by its journal-recovered view when it needs one and
+// returns the device ranges the replay changed. A replay that fails is an
+// error of the selection; the volume is then read as it is on disk.
+func (s *Selection) recover(ctx context.Context, v *fsparse.Volume) (*fsparse.Volume, rangeset.Set) {
+	rv, ov, err := Recovered(ctx, v)
+	if err != nil {
+		s.Errors = append(s.Errors, err)
+		return v, rangeset.Set{}
+	}
+	if rv != v {
+		if s.recovered == nil {
+			s.recovered = map[string]*fsparse.Volume{}
+		}
+		s.recovered[v.ID] = rv
+	}
+	return rv, replayedRanges(ov)
 }
 
 // OnClose registers f to run when the selection is closed (the caller's
@@ -94,9 +114,12 @@ func (s *Selection) Due() []Change {
 
 // Open opens the content of a due file.
 func (s *Selection) Open(c Change) (*fsparse.Volume, fsparse.File, error) {
-	v, err := s.Disk.Volume(c.Volume)
-	if err != nil {
-		return nil, nil, err
+	v := s.recovered[c.Volume]
+	if v == nil {
+		var err error
+		if v, err = s.Disk.Volume(c.Volume); err != nil {
+			return nil, nil, err
+		}
 	}
 	f, err := v.OpenInode(uint64(c.Ino))
 	return v, f, err
@@ -134,6 +157,11 @@ func Select(ctx context.Context, im *qcow.Image, d *fsparse.Disk, src string, st
 	prev, err := st.Load(id)
 	if err != nil {
 		return nil, err
+	}
+	if rulesDigest == "" && prev != nil {
+		// A poll that scans nothing (vmscope dirty) keeps the digest of
+		// the rules the files were last scanned with.
+		rulesDigest = prev.RulesDigest
 	}
 	src, err = pickSource(im, src)
 	if err != nil {
@@ -173,21 +201,27 @@ func Select(ctx context.Context, im *qcow.Image, d *fsparse.Disk, src string, st
 			sel.Errors = append(sel.Errors, fmt.Errorf("%s: %w", v.ID, ErrUnsupportedFS))
 			continue
 		}
+		v, replayed := sel.recover(ctx, v)
 		var x *Index
 		if old := prevIndex(prev, v.ID); old != nil && !full {
 			part := shift(dirty, v.Partition.Start, v.Partition.Size)
+			part.AddSet(replayed)
 			res, err := Poll(ctx, v, old, part, WithHashes())
 			if err != nil {
 				return nil, err
 			}
 			x = res.New
 			sel.Changes = append(sel.Changes, res.Changes...)
+			res.Stats.ReplayedBytes = replayed.Bytes()
 			sel.Stats[v.ID] = res.Stats
 			sel.Errors = append(sel.Errors, res.Errors...)
 		} else {
 			if x, err = BuildIndex(ctx, v); err != nil {
 				return nil, err
 			}
+			// Later polls compare a file whose data blocks are dirty with
+			// its digest: record every digest now.
+			sel.Errors = append(sel.Errors, hashAll(ctx, v, x)...)
 			sel.Changes = append(sel.Changes, everything(x, KindFull)...)
 		}
 		if rulesChanged && !full {
@@ -301,14 +335,21 @@ func Compare(ctx context.Context, old *qcow.Image, oldDisk *fsparse.Disk, cur *q
 			sel.Errors = append(sel.Errors, fmt.Errorf("%s: no matching filesystem in the older image", v.ID))
 			continue
 		}
+		ov, oldReplayed := sel.recover(ctx, ov)
+		delete(sel.recovered, ov.ID) // Open reads the newer image
+		v, replayed := sel.recover(ctx, v)
 		x, err := BuildIndex(ctx, ov)
 		if err != nil {
 			return nil, err
 		}
-		res, err := Poll(ctx, v, x, shift(dirty, v.Partition.Start, v.Partition.Size), WithOldDevice(ov.Device))
+		part := shift(dirty, v.Partition.Start, v.Partition.Size)
+		part.AddSet(replayed)
+		part.AddSet(oldReplayed)
+		res, err := Poll(ctx, v, x, part, WithOldDevice(ov.Device))
 		if err != nil {
 			return nil, err
 		}
+		res.Stats.ReplayedBytes = replayed.Bytes()
 		sel.Changes = append(sel.Changes, res.Changes...)
 		sel.Stats[v.ID] = res.Stats
 		sel.Errors = append(sel.Errors, res.Errors...)

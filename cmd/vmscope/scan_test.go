@@ -292,6 +292,14 @@ func TestScanDirty(t *testing.T) {
 	if code != 0 || len(last) != 0 {
 		t.Errorf("poll of an unchanged image: exit %d, findings %v", code, last)
 	}
+	// A listing poll (vmscope dirty) on the same state keeps the scanner's
+	// rules digest: the next scan poll does not rescan everything.
+	if _, stderr, code := vmscope(t, "dirty", "--state", st, top); code != 0 {
+		t.Fatalf("dirty --state: exit %d: %s", code, stderr)
+	}
+	if last, _, code = scanHits(t, "--dirty", "auto", "--state", st, top); code != 0 || len(last) != 0 {
+		t.Errorf("scan poll after a dirty listing: exit %d, findings %v", code, last)
+	}
 	if _, stderr, code := vmscope(t, "scan", "--dirty", "cow", top); code != 2 || !strings.Contains(stderr, "--state") {
 		t.Errorf("--dirty cow without --state: exit %d, %q", code, stderr)
 	}

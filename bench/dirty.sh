@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Dirty-file scanning at 1% churn: on the bench image (common.sh: ~60,000
+# files, 1 GiB of content), change 1% of the regular files with debugfs on a
+# copy (two thirds rewritten with new content, one third chmod'ed), carry the
+# changed blocks into an overlay and into a qcow2 with an enabled persistent
+# bitmap (blkdiff + qemu-io, as testdata/fixtures.sh does), then time in one
+# run, pair by pair: a full `vmscope scan` (B) against
+# `vmscope scan --dirty SOURCE --state S` with a warm state (A), for the cow,
+# bitmap and hash sources. The warm state is made by one first poll (a full
+# scan, timed once) before the changes; every timed dirty run starts from a
+# copy of it (the copy is in the figures). Prints the ratios, the state's size
+# per file and what each poll found.
+#   N=3 bash bench/dirty.sh
+source "$(dirname "$0")/common.sh"
+N=${N:-3}
+J=${JOBS:-$(nproc)}
+W=$OUT/dirty
+rm -rf "$W"
+mkdir -p "$W/new"
+VD=$W/vmscope
+go build -o "$VD" ./cmd/vmscope
+SCAN="$VD scan --jobs $J --format ndjson"
+
+# 1. The change: every 100th regular file with a plain name.
+find "$STAGE" -type f -printf '%P\n' | LC_ALL=C sort | grep -E '^[A-Za-z0-9._/+-]+$' |
+  awk 'NR % 100 == 0' > "$W/changed.list"
+CHANGED=$(wc -l < "$W/changed.list")
+i=0
+while read -r p; do
+  if [ $((i % 3)) -eq 0 ]; then
+    echo "sif /$p mode 0100600"
+  else
+    head -c $((4096 + (i * 997) % 60000)) /dev/urandom > "$W/new/$i"
+    echo "rm /$p"
+    echo "write $W/new/$i /$p"
+  fi
+  i=$((i + 1))
+done < "$W/changed.list" > "$W/debugfs.cmds"
+cp --sparse=always "$IMG" "$W/changed.img"
+debugfs -w -f "$W/debugfs.cmds" "$W/changed.img" >/dev/null 2>"$W/debugfs.err"
+go run ./testdata/blkdiff "$IMG" "$W/changed.img" "$W/chunks" > "$W/writes.txt"
+echo "churn: $CHANGED of $FILES files ($(wc -l < "$W/writes.txt") block runs written)"
+qio() { # qio IMG: the writes of writes.txt in one qemu-io call
+  local args=()
+  while read -r line; do args+=(-c "$line"); done < "$W/writes.txt"
+  qemu-io -f qcow2 "${args[@]}" "$1" >/dev/null
+}
+
+# 2. The images, each polled once before the change (the warm state).
+IMGABS=$(readlink -f "$IMG")
+qemu-img create -q -f qcow2 -b "$IMGABS" -F raw "$W/ov.qcow2"
+qemu-img convert -f raw -O qcow2 "$IMG" "$W/bm.qcow2"
+qemu-img bitmap --add --enable "$W/bm.qcow2" poll
+cp --sparse=always "$IMG" "$W/hash.img"
+first_poll() { # first_poll NAME IMAGE SOURCE
+  local TIMEFORMAT="first poll ($1, a full scan that fills the state): %R s"
+  time { $SCAN --dirty "$3" --state "$W/$1.state" "$2" >/dev/null 2>"$W/$1.first.err" || [ $? -le 1 ]; }
+  cp "$W/$1.state" "$W/$1.warm"
+}
+first_poll cow "$W/ov.qcow2" cow
+first_poll bitmap "$W/bm.qcow2" bitmap:poll
+first_poll hash "$W/hash.img" hash
+qio "$W/ov.qcow2"
+qio "$W/bm.qcow2"
+cp --sparse=always "$W/changed.img" "$W/hash.img"
+qemu-img info --output=json "$W/bm.qcow2" | grep -A3 '"bitmaps"' | tr -d ' \n'; echo
+
+ENTRIES=$(find "$STAGE" | wc -l)
+echo "state: $(stat -c %s "$W/cow.warm") bytes for $ENTRIES files and directories: $(( $(stat -c %s "$W/cow.warm") / ENTRIES )) bytes per file"
+
+# 3. What each poll finds (not timed).
+for s in cow:ov.qcow2:cow bitmap:bm.qcow2:bitmap:poll hash:hash.img:hash; do
+  name=${s%%:*}; rest=${s#*:}; img=${rest%%:*}; src=${rest#*:}
+  cp "$W/$name.warm" "$W/$name.state"
+  $SCAN --dirty "$src" --state "$W/$name.state" "$W/$img" 2>&1 >/dev/null | grep 'dirty source' || true
+done
+
+# 4. The timings: A dirty poll from the warm state, B full scan of the same image.
+for s in cow:ov.qcow2:cow bitmap:bm.qcow2:bitmap:poll hash:hash.img:hash; do
+  name=${s%%:*}; rest=${s#*:}; img=${rest%%:*}; src=${rest#*:}
+  echo "== $name: vmscope scan --dirty $src --state (A, warm state) vs full vmscope scan (B)"
+  bench_vs "$N" "cp $W/$name.warm $W/$name.state && $SCAN --dirty $src --state $W/$name.state $W/$img >/dev/null 2>&1; test \$? -le 1" \
+    "$SCAN $W/$img >/dev/null 2>&1; test \$? -le 1"
+done
+echo "== the state copy alone (in every A above)"
+bench_one "$N" cp "$W/cow.warm" "$W/cow.state"

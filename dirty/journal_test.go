@@ -1,0 +1,68 @@
+package dirty
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/vmscope/vmscope/internal/fixture"
+)
+
+// TestPollCrashedGuest: a poll of an image whose journal needs recovery
+// (the guest of testdata/guest-disk killed after its transactions were
+// committed) must see what recovery would: the reference is the full
+// comparison of the image before the boot with e2fsck's recovery of the
+// crashed image, and the files handed to the scanner must read as they do
+// after e2fsck.
+func TestPollCrashedGuest(t *testing.T) {
+	src := filepath.Join(fixture.Root(), "testdata", "out-guest-disk")
+	for _, n := range []string{"crash-before.img", "crash.img", "crash-fsck.img"} {
+		if _, err := os.Stat(filepath.Join(src, n)); err != nil {
+			fixture.Missing(t, "%s (bash testdata/guest-disk/build.sh)", filepath.Join(src, n))
+		}
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img") // one path: the state is per image
+	sh(t, dir, "cp", "--sparse=always", filepath.Join(src, "crash-before.img"), img)
+	before := snapshotTree(t, img)
+	var st memStore
+	poll(t, img, "hash", &st)
+
+	sh(t, dir, "cp", "--sparse=always", filepath.Join(src, "crash.img"), img)
+	_, ref := openVol(t, filepath.Join(src, "crash-fsck.img"))
+	after := walkAll(t, ref)
+	truth := truthDiff(before, after)
+
+	im, d := openDisk(t, img)
+	defer im.Close()
+	sel, err := Select(ctx, im, d, "hash", &st, "rules-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sel.Close()
+	for _, e := range sel.Errors {
+		t.Error(e)
+	}
+	t.Logf("stats %+v", sel.Stats)
+	if sel.Stats["disk"].ReplayedBytes == 0 {
+		t.Error("no journal replay")
+	}
+	checkStrict(t, truth, after, sel.Changes, 2)
+	for _, c := range sel.Due() {
+		_, f, err := sel.Open(c)
+		if err != nil {
+			t.Errorf("%s: %v", c.Path, err)
+			continue
+		}
+		h := sha256.New()
+		io.Copy(h, io.NewSectionReader(f, 0, f.Size()))
+		if got := hex.EncodeToString(h.Sum(nil)); got != after[c.Path].sum {
+			t.Errorf("%s: due file reads %s, after e2fsck %s", c.Path, got, after[c.Path].sum)
+		}
+	}
+}
