@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH=$PATH:/usr/sbin:/sbin
-OUT=bench/out
+OUT=bench/.out  # a dot folder: the go tool ignores the Go sources of the staged tree
 IMG=$OUT/usr.img
 STAGE=$OUT/stage
 V=$PWD/bin/vmscope

@@ -12,7 +12,7 @@ G=${VMSCOPE_GUEST:-testdata/out-guest}
 V=$PWD/bin/vmscope
 go build -o "$V" ./cmd/vmscope
 dumps=()
-for d in "$G/kaslr" bench/out/guest-2g; do
+for d in "$G/kaslr" bench/.out/guest-2g; do
   for f in guest.elf guest.kdump; do
     [ -f "$d/$f" ] && dumps+=("$d/$f")
   done
