@@ -9,7 +9,8 @@
 # bitmap and hash sources. The warm state is made by one first poll (a full
 # scan, timed once) before the changes; every timed dirty run starts from a
 # copy of it (the copy is in the figures). Prints the ratios, the state's size
-# per file and what each poll found.
+# per file and what each poll found; then (SCALE=1, the default) the same
+# churn on an image of four copies of the tree: poll(4x) / poll(1x), goal 1.5.
 #   N=3 bash bench/dirty.sh
 source "$(dirname "$0")/common.sh"
 N=${N:-3}
@@ -84,3 +85,35 @@ for s in cow:ov.qcow2:cow bitmap:bm.qcow2:bitmap:poll hash:hash.img:hash; do
 done
 echo "== the state copy alone (in every A above)"
 bench_one "$N" cp "$W/cow.warm" "$W/cow.state"
+
+# 5. Scaling: the same absolute churn (the same files, in the first of four
+# copies of the tree) on an image four times larger, cow source. A poll
+# must cost what changed, not what exists: A (4x image) / B (1x image)
+# should stay within 1.5. SCALE=0 skips it (it builds a ~4 GiB image once).
+if [ "${SCALE:-1}" = 1 ]; then
+  IMG4=$OUT/usr4.img
+  if [ ! -f "$IMG4" ]; then
+    rm -rf "$OUT/stage4"
+    mkdir -p "$OUT/stage4"
+    for k in 1 2 3 4; do cp -a "$STAGE" "$OUT/stage4/c$k"; done
+    mkfs.ext4 -q -F -b 4096 -d "$OUT/stage4" "$IMG4.tmp" 8G
+    rm -rf "$OUT/stage4"
+    mv "$IMG4.tmp" "$IMG4"
+  fi
+  sed -E 's# /([^ ]*)( mode 0100600)?$# /c1/\1\2#' "$W/debugfs.cmds" > "$W/debugfs4.cmds"
+  cp --sparse=always "$IMG4" "$W/changed4.img"
+  debugfs -w -f "$W/debugfs4.cmds" "$W/changed4.img" >/dev/null 2>"$W/debugfs4.err"
+  go run ./testdata/blkdiff "$IMG4" "$W/changed4.img" "$W/chunks4" > "$W/writes4.txt"
+  rm -f "$W/changed4.img"
+  qemu-img create -q -f qcow2 -b "$(readlink -f "$IMG4")" -F raw "$W/ov4.qcow2"
+  first_poll cow4 "$W/ov4.qcow2" cow
+  args=()
+  while read -r line; do args+=(-c "$line"); done < "$W/writes4.txt"
+  qemu-io -f qcow2 "${args[@]}" "$W/ov4.qcow2" >/dev/null
+  echo "4x image: $(stat -c %s "$IMG4") bytes, $(wc -l < "$W/writes4.txt") block runs written; state $(stat -c %s "$W/cow4.warm") bytes"
+  cp "$W/cow4.warm" "$W/cow4.state"
+  $SCAN --dirty cow --state "$W/cow4.state" "$W/ov4.qcow2" 2>&1 >/dev/null | grep 'dirty source' || true
+  echo "== scaling: vmscope scan --dirty cow, same churn, 4x image (A) vs 1x image (B)"
+  bench_vs "$N" "cp $W/cow4.warm $W/cow4.state && $SCAN --dirty cow --state $W/cow4.state $W/ov4.qcow2 >/dev/null 2>&1; test \$? -le 1" \
+    "cp $W/cow.warm $W/cow.state && $SCAN --dirty cow --state $W/cow.state $W/ov.qcow2 >/dev/null 2>&1; test \$? -le 1"
+fi

@@ -30,7 +30,13 @@
 //
 // An [Index] is the previous view: built from an older image of the same
 // disk ([BuildIndex], metadata only: inode tables, extent trees,
-// directories) or loaded from the poll state (package dirty/state).
+// directories) or kept in the poll state (package dirty/state). A stored
+// index ([StoredIndex]) is read on demand: a poll reads the digests of the
+// dirty inode-table blocks' slots, the records of the inodes whose slot
+// changed or whose blocks are dirty (the block → inode runs are looked up
+// by range) and the previous entries of the directories it re-lists; its
+// result is a [Delta] that the state saves alone. A poll's cost follows
+// the dirty ranges, not the size of the filesystem.
 // Evidence is read-only: nothing here writes to an image.
 package dirty
 

@@ -184,31 +184,124 @@ func guestDisk(t *testing.T, dir string) string {
 	return disk
 }
 
-// memStore keeps the poll state in memory, gob-encoded as dirty/state
-// keeps it (so nothing but what the state stores survives a poll).
-type memStore struct{ b []byte }
+// memStore keeps the poll state in memory as dirty/state keeps it: one
+// gob-encoded record per inode, read on demand through IndexSource, and a
+// poll saves only its delta (so nothing but what the state stores survives
+// a poll, and the delta path is what the guest workloads check).
+type memStore struct {
+	meta []byte
+	vols map[string]*memVol
+}
+
+type memVol struct {
+	uuid  string
+	bs    int64
+	files map[uint32][]byte
+	itab  map[uint64][]uint64
+}
+
+func (v *memVol) InodeBlock(blk uint64) ([]uint64, error) { return slices.Clone(v.itab[blk]), nil }
 
 func (m *memStore) Load(identity string) (*Snapshot, error) {
-	if m.b == nil {
+	if m.meta == nil {
 		return nil, nil
 	}
 	var s Snapshot
-	if err := gob.NewDecoder(bytes.NewReader(m.b)).Decode(&s); err != nil {
+	if err := gob.NewDecoder(bytes.NewReader(m.meta)).Decode(&s); err != nil {
 		return nil, err
 	}
 	if s.Identity != identity {
 		return nil, ErrOtherImage
 	}
+	s.Indexes = map[string]*Index{}
+	for id, v := range m.vols {
+		s.Indexes[id] = StoredIndex(id, v.uuid, v.bs, v)
+	}
 	return &s, nil
 }
 
 func (m *memStore) Save(s *Snapshot) error {
+	c := *s
+	c.Indexes = nil
 	var b bytes.Buffer
-	if err := gob.NewEncoder(&b).Encode(s); err != nil {
+	if err := gob.NewEncoder(&b).Encode(&c); err != nil {
 		return err
 	}
-	m.b = b.Bytes()
+	vols := map[string]*memVol{}
+	for id, x := range s.Indexes {
+		dx, ok := x.Delta()
+		v := m.vols[id]
+		if !ok || v == nil {
+			v = &memVol{uuid: x.UUID, bs: x.BlockSize, files: map[uint32][]byte{}, itab: map[uint64][]uint64{}}
+			dx = &Delta{Changed: map[uint32]*FileRec{}, Itab: map[uint64][]uint64{}}
+			x.Each(func(ino uint32, r *FileRec) { dx.Changed[ino] = r })
+			x.InodeBlocks(func(blk uint64, s []uint64) { dx.Itab[blk] = s })
+		}
+		changed, deleted := dx.Changed, dx.Deleted
+		for blk, s := range dx.Itab {
+			v.itab[blk] = slices.Clone(s)
+		}
+		for _, ino := range deleted {
+			delete(v.files, ino)
+		}
+		for ino, r := range changed {
+			var e bytes.Buffer
+			if err := gob.NewEncoder(&e).Encode(r); err != nil {
+				return err
+			}
+			v.files[ino] = e.Bytes()
+		}
+		vols[id] = v
+	}
+	m.meta, m.vols = b.Bytes(), vols
 	return nil
+}
+
+func (v *memVol) Rec(ino uint32) (*FileRec, error) {
+	b, ok := v.files[ino]
+	if !ok {
+		return nil, nil
+	}
+	r := &FileRec{}
+	return r, gob.NewDecoder(bytes.NewReader(b)).Decode(r)
+}
+
+func (v *memVol) All() (map[uint32]*FileRec, error) {
+	out := map[uint32]*FileRec{}
+	for ino := range v.files {
+		r, err := v.Rec(ino)
+		if err != nil {
+			return nil, err
+		}
+		out[ino] = r
+	}
+	return out, nil
+}
+
+func (v *memVol) Owners(lo, hi uint64, fn func(start, n uint64, ino uint32, kind Kind)) error {
+	all, err := v.All()
+	for ino, r := range all {
+		for _, run := range r.Runs {
+			if run.Start < hi && run.Start+run.Len > lo {
+				fn(run.Start, run.Len, ino, run.Kind)
+			}
+		}
+	}
+	return err
+}
+
+func (v *memVol) Children(dir uint32) ([]uint32, error) {
+	all, err := v.All()
+	var out []uint32
+	for ino, r := range all {
+		for _, l := range r.Names {
+			if l.Parent == dir {
+				out = append(out, ino)
+				break
+			}
+		}
+	}
+	return out, err
 }
 
 // openDisk opens an image and its disk; the caller closes the image.

@@ -102,6 +102,17 @@ type Index struct {
 
 	owners []owner // sorted by start; built by index()
 	maxLen uint64
+
+	// A stored index or a delta (stored.go).
+	src     IndexSource
+	missing map[uint32]bool // inodes src does not hold
+	all     bool            // every record of src is in Files
+	base    *Index
+	gone    map[uint32]bool
+	err     error // the first error reading src
+	// itab: per inode-table block, a digest of each inode slot (slotSum;
+	// 0: unknown). A poll reads only the slots whose digest changed.
+	itab map[uint64][]uint64
 }
 
 type owner struct {
@@ -156,7 +167,7 @@ func (x *Index) Paths(ino uint32) []string {
 			out = append(out, "/"+suffix)
 			return
 		}
-		r := x.Files[ino]
+		r := x.get(ino)
 		if r == nil || depth > 4096 || len(out) > 1024 {
 			return
 		}
@@ -195,6 +206,7 @@ func BuildIndex(ctx context.Context, v *fsparse.Volume) (*Index, error) {
 	x := &Index{Volume: v.ID, UUID: v.UUID, BlockSize: g.bs, Files: map[uint32]*FileRec{}}
 	per := g.bs / g.isz
 	buf := make([]byte, 16*g.bs)
+	x.itab = map[uint64][]uint64{}
 	for grp := range g.itable {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -207,6 +219,9 @@ func BuildIndex(ctx context.Context, v *fsparse.Volume) (*Index, error) {
 			blk := g.itable[grp] + b
 			if k, err := v.Device.ReadAt(p, int64(blk)*g.bs); k < len(p) {
 				return nil, fmt.Errorf("dirty: %s: inode table of group %d at block %d: %v: %w", v.ID, grp, blk, err, ext4.ErrCorrupt)
+			}
+			for j := uint64(0); j < n; j++ {
+				x.itab[blk+j] = slotSums(g, uint32(grp), blk+j, p[int64(j)*g.bs:int64(j+1)*g.bs])
 			}
 			for s := uint64(0); s < n*uint64(per); s++ {
 				idx := b*uint64(per) + s

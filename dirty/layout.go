@@ -2,6 +2,7 @@ package dirty
 
 import (
 	"encoding/binary"
+	"hash/fnv"
 	"sort"
 
 	"github.com/vmscope/vmscope/fsparse/ext4"
@@ -64,6 +65,19 @@ func (g *geometry) inodesInBlock(grp uint32, blk uint64) (lo, hi uint32) {
 	lo = uint32(uint64(grp)*uint64(g.ipg) + idx + 1)
 	hi = uint32(min(uint64(grp)*uint64(g.ipg)+idx+per, uint64(grp+1)*uint64(g.ipg), uint64(g.ninodes)) + 1)
 	return lo, hi
+}
+
+// slotSums digests each inode slot of inode-table block blk of group grp
+// (raw: the block's bytes), never 0 (0 means unknown).
+func slotSums(g *geometry, grp uint32, blk uint64, raw []byte) []uint64 {
+	first, end := g.inodesInBlock(grp, blk)
+	out := make([]uint64, end-first)
+	for i := range out {
+		h := fnv.New64a()
+		h.Write(raw[int64(i)*g.isz : int64(i+1)*g.isz])
+		out[i] = max(h.Sum64(), 1)
+	}
+	return out
 }
 
 // rawInUse tells from the raw bytes of an inode slot whether it holds a

@@ -59,11 +59,14 @@ type Result struct {
 	New     *Index // the index after the poll, for the state
 	Stats   Stats
 	Errors  []error // files that could not be read (the poll went on)
+
+	unhashed []uint32 // due files left without a digest (withDeferredHashes)
 }
 
 type pollOpts struct {
-	old  io.ReaderAt
-	hash bool
+	old       io.ReaderAt
+	hash      bool
+	deferHash bool
 }
 
 // Option changes a poll.
@@ -79,6 +82,12 @@ func WithOldDevice(r io.ReaderAt) Option { return func(o *pollOpts) { o.old = r 
 // content changed gets its new sha256 recorded.
 func WithHashes() Option { return func(o *pollOpts) { o.hash = true } }
 
+// withDeferredHashes is WithHashes, but the due files get their digest
+// later (Select: from the scan's reads, at Commit): Result.unhashed.
+func withDeferredHashes() Option {
+	return func(o *pollOpts) { o.hash, o.deferHash = true, true }
+}
+
 // Poll maps dirty (byte ranges of the volume's device, i.e. guest ranges
 // minus the partition start) to changed files of v against old.
 func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set, opts ...Option) (*Result, error) {
@@ -90,9 +99,6 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 		return nil, fmt.Errorf("dirty: volume %s is %s: %w", v.ID, v.Type, ErrUnsupportedFS)
 	}
 	g := readGeometry(v.Ext4)
-	if old.owners == nil {
-		old.index()
-	}
 	res := &Result{}
 	bs := g.bs
 	var blocks rangeset.Set // in filesystem blocks
@@ -114,6 +120,8 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 
 	// Inode-table blocks: every slot that is live now or was live before.
 	var itSet rangeset.Set
+	newSums := map[uint64][]uint64{}
+	slotOf := map[uint32]*uint64{}
 	runs := g.itableRuns()
 	raw := make([]byte, bs)
 	for _, br := range blocks.Ranges() {
@@ -131,13 +139,17 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 					return nil, fmt.Errorf("dirty: %s: inode table block %d: %v", v.ID, blk, err)
 				}
 				first, end := g.inodesInBlock(it.group, blk)
+				sums, prev := slotSums(g, it.group, blk, raw), old.slotDigests(blk)
+				newSums[blk] = sums
 				for ino := first; ino < end; ino++ {
-					if !tracked(g, ino) {
-						continue
+					i := ino - first
+					if !tracked(g, ino) || int(i) < len(prev) && prev[i] == sums[i] {
+						continue // the slot is as the last poll saw it
 					}
-					slot := raw[int64(ino-first)*g.isz:]
-					if rawInUse(slot) || old.Files[ino] != nil {
+					slot := raw[int64(i)*g.isz:]
+					if rawInUse(slot) || old.get(ino) != nil {
 						due(ino, KindInode)
+						slotOf[ino] = &sums[i]
 					}
 				}
 			}
@@ -149,7 +161,7 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 	var owned rangeset.Set
 	dataDirty := map[uint32]bool{}
 	for _, br := range blocks.Ranges() {
-		old.owned(uint64(br.Start), uint64(br.End), func(ow owner) {
+		old.ownedBy(uint64(br.Start), uint64(br.End), func(ow owner) {
 			due(ow.ino, ow.kind)
 			owned.Add(max(br.Start, int64(ow.start)), min(br.End, int64(ow.start+ow.n)))
 			if ow.kind == KindData || ow.kind == KindXattr {
@@ -173,17 +185,16 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 
 	// The new index shares the unchanged records with old; a record is
 	// copied before it is changed.
-	nx := &Index{Volume: v.ID, UUID: v.UUID, BlockSize: bs, Files: make(map[uint32]*FileRec, len(old.Files))}
-	for k, r := range old.Files {
-		nx.Files[k] = r
-	}
+	// For a stored index the new one is a delta: the records the poll
+	// changes, over the old ones.
+	nx := old.derive(v.ID, v.UUID, bs)
 	mut := func(ino uint32) *FileRec {
-		r := nx.Files[ino]
-		if r != nil && r == old.Files[ino] {
+		r := nx.get(ino)
+		if r != nil && r == old.get(ino) {
 			c := *r
 			c.Names = slices.Clone(r.Names)
 			c.children = nil
-			nx.Files[ino] = &c
+			nx.put(ino, &c)
 			r = &c
 		}
 		return r
@@ -200,10 +211,13 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 	slices.Sort(inos)
 	for _, ino := range inos {
 		why := reasons[ino]
-		or := old.Files[ino]
+		or := old.get(ino)
 		nr, err := readRec(v, ino)
 		if err != nil {
 			res.Errors = append(res.Errors, fmt.Errorf("%s: inode %d: %w", v.ID, ino, err))
+			if p := slotOf[ino]; p != nil {
+				*p = 0 // compare it again next poll
+			}
 			continue
 		}
 		ch := &Change{Volume: v.ID, Ino: ino, Reasons: kinds(why)}
@@ -212,13 +226,13 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 			continue
 		case or == nil:
 			nr.Names = nil
-			nx.Files[ino] = nr
+			nx.put(ino, nr)
 			ch.Change, ch.Rescan = Added, nr.IsRegular()
 			if nr.IsDir() {
 				relist = append(relist, ino)
 			}
 		case nr == nil:
-			delete(nx.Files, ino)
+			nx.del(ino)
 			ch.Change = Deleted
 			if or.IsDir() {
 				relist = append(relist, ino)
@@ -229,7 +243,7 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 			gone = append(gone, Change{Volume: v.ID, Ino: ino, Reasons: ch.Reasons, Change: Deleted,
 				Paths: old.Paths(ino), Type: or.TypeName(), Size: int64(or.Size)})
 			nr.Names = nil
-			nx.Files[ino] = nr
+			nx.put(ino, nr)
 			ch.Change, ch.Rescan = Added, nr.IsRegular()
 			if nr.IsDir() {
 				relist = append(relist, ino)
@@ -254,8 +268,12 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 			if !content {
 				nr.SHA256, nr.Verdict = or.SHA256, or.Verdict
 			}
-			nx.Files[ino] = nr
 			ch.Fields = metaDiff(or, nr)
+			if !content && len(ch.Fields) == 0 && sameMap(or, nr) {
+				nr = or // nothing to store
+			} else {
+				nx.put(ino, nr)
+			}
 			switch {
 			case content:
 				ch.Change, ch.Rescan = Modified, nr.IsRegular()
@@ -271,13 +289,21 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 		}
 	}
 
+	for blk, s := range newSums {
+		nx.setDigests(blk, s)
+	}
+
 	// Directories: compare the entries with the previous ones.
 	renamed := map[uint32]bool{}
 	for _, d := range relist {
 		before := map[string]uint32{}
-		if or := old.Files[d]; or != nil {
-			for _, c := range or.children {
-				for _, l := range old.Files[c].Names {
+		if or := old.get(d); or != nil {
+			for _, c := range old.childrenOf(d) {
+				cr := old.get(c)
+				if cr == nil {
+					continue
+				}
+				for _, l := range cr.Names {
 					if l.Parent == d {
 						before[l.Name] = c
 					}
@@ -286,14 +312,14 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 		}
 		after := map[string]uint32{}
 		// A directory whose inode number a file took now has no entries.
-		if r := nx.Files[d]; r != nil && r.IsDir() {
+		if r := nx.get(d); r != nil && r.IsDir() {
 			ents, err := v.Ext4.ReadDirInode(d)
 			if err != nil {
 				res.Errors = append(res.Errors, fmt.Errorf("%s: directory inode %d: %w", v.ID, d, err))
 				continue
 			}
 			for _, e := range ents {
-				if nx.Files[e.Ino] != nil && e.Ino != d {
+				if e.Ino != d && nx.get(e.Ino) != nil {
 					after[e.Name] = e.Ino
 				}
 			}
@@ -321,29 +347,31 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 			renamed[c] = true
 		}
 	}
-	nx.index()
+	if !nx.stored() {
+		nx.index()
+	}
 
 	for c := range renamed {
 		if changes[c] != nil {
 			continue
 		}
-		r := nx.Files[c]
+		r := nx.get(c)
 		if r == nil {
 			continue
 		}
 		changes[c] = &Change{Volume: v.ID, Ino: c, Change: Renamed, Reasons: []Kind{KindParentDir}}
 	}
 	for ino, ch := range changes {
-		r := nx.Files[ino]
+		r := nx.get(ino)
 		switch {
 		case ch.Change == Deleted:
-			r = old.Files[ino]
+			r = old.get(ino)
 			ch.Paths = old.Paths(ino)
 		case replaced[ino]:
 			ch.Paths = nx.Paths(ino)
 		default:
 			ch.Paths = nx.Paths(ino)
-			if old.Files[ino] != nil {
+			if old.get(ino) != nil {
 				if op := old.Paths(ino); !slices.Equal(op, ch.Paths) {
 					ch.OldPaths = op
 				}
@@ -360,7 +388,11 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 		} else {
 			ch.Path = fmt.Sprintf("<inode %d>", ino) // live but unreachable (orphan)
 		}
-		if o.hash && ch.Rescan && r.IsRegular() && ch.Change != Deleted {
+		if o.deferHash && ch.Rescan && r.IsRegular() && ch.Change != Deleted {
+			if r.SHA256 == "" { // else contentChanged hashed it
+				res.unhashed = append(res.unhashed, ino)
+			}
+		} else if o.hash && ch.Rescan && r.IsRegular() && ch.Change != Deleted {
 			sum, err := hashFile(ctx, v, ino)
 			if err != nil {
 				res.Errors = append(res.Errors, fmt.Errorf("%s: %s: %w", v.ID, ch.Path, err))
@@ -378,6 +410,9 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 			ch.Path = fmt.Sprintf("<inode %d>", ch.Ino)
 		}
 		res.Changes = append(res.Changes, ch)
+	}
+	if err := old.loadErr(); err != nil {
+		return nil, fmt.Errorf("dirty: %s: poll state: %w", v.ID, err)
 	}
 	SortChanges(res.Changes)
 	res.New = nx
@@ -405,6 +440,11 @@ func kinds(m map[Kind]bool) []Kind {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// sameMap reports whether two records of one inode hold the same blocks.
+func sameMap(a, b *FileRec) bool {
+	return a.Extents == b.Extents && a.Inline == b.Inline && a.ReadErr == b.ReadErr && slices.Equal(a.Runs, b.Runs)
 }
 
 // metaDiff names the metadata fields that differ.

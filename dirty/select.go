@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/vmscope/vmscope/cow"
 	"github.com/vmscope/vmscope/fsparse"
@@ -30,8 +31,10 @@ type Snapshot struct {
 
 // Store keeps snapshots between polls (package dirty/state: bbolt). Load
 // returns nil, nil when the store is empty, and an error wrapping
-// ErrOtherImage when it holds another image's state. Save replaces the
-// snapshot in one transaction.
+// ErrOtherImage when it holds another image's state; its indexes may be
+// stored ones (StoredIndex), read on demand. Save stores the snapshot in
+// one transaction: an index with a Delta (the poll of a stored index) as
+// its changes only, any other whole.
 type Store interface {
 	Load(identity string) (*Snapshot, error)
 	Save(s *Snapshot) error
@@ -65,6 +68,23 @@ type Selection struct {
 	closers []func() error
 	// recovered holds the volumes read through their journal replay.
 	recovered map[string]*fsparse.Volume
+	// unhashed: the volumes whose new or changed files still need their
+	// digest, recorded from the reads of the scan (Open) or at Commit.
+	unhashed []unhashed
+	pending  map[fileKey]bool // the files of unhashed with a list
+	mu       sync.Mutex
+	reads    map[fileKey]*hashingFile
+}
+
+type unhashed struct {
+	v    *fsparse.Volume
+	x    *Index
+	inos []uint32 // nil: every regular file of x (a full index)
+}
+
+type fileKey struct {
+	vol string
+	ino uint32
 }
 
 // recover replaces v by its journal-recovered view when it needs one and
@@ -122,7 +142,31 @@ func (s *Selection) Open(c Change) (*fsparse.Volume, fsparse.File, error) {
 		}
 	}
 	f, err := v.OpenInode(uint64(c.Ino))
-	return v, f, err
+	if err != nil || !c.Rescan || !s.pendingDigest(c.Volume, c.Ino) {
+		return v, f, err
+	}
+	// A poll records the digest of a new or changed file from the
+	// scanner's own reads instead of reading it twice.
+	hf := &hashingFile{File: f, h: sha256.New()}
+	s.mu.Lock()
+	if s.reads == nil {
+		s.reads = map[fileKey]*hashingFile{}
+	}
+	s.reads[fileKey{c.Volume, c.Ino}] = hf
+	s.mu.Unlock()
+	return v, hf, nil
+}
+
+func (s *Selection) pendingDigest(vol string, ino uint32) bool {
+	if s.pending[fileKey{vol, ino}] {
+		return true
+	}
+	for _, u := range s.unhashed {
+		if u.x.Volume == vol && u.inos == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // SetVerdict records the scan verdict of a due file for the state.
@@ -131,7 +175,7 @@ func (s *Selection) SetVerdict(c Change, verdict string) {
 		return // a comparison of two images keeps no state
 	}
 	if x := s.next.Indexes[c.Volume]; x != nil {
-		if r := x.Files[c.Ino]; r != nil {
+		if r := x.mutable(c.Ino); r != nil {
 			r.Verdict = verdict
 		}
 	}
@@ -139,10 +183,49 @@ func (s *Selection) SetVerdict(c Change, verdict string) {
 
 // Commit stores the new state in one transaction. Call it only after the
 // scan of the due files succeeded: a poll that dies changes nothing.
-func (s *Selection) Commit() error {
+func (s *Selection) Commit() error { return s.CommitContext(context.Background()) }
+
+// CommitContext is Commit; it first records the digest of every file the
+// poll found new or changed (after a first poll: every file): from the reads of the files opened with Open and read
+// whole, by reading the others (files the scan left out, or a poll that
+// scanned nothing). A file that cannot be read keeps no digest: it is due
+// whenever its blocks are dirty.
+func (s *Selection) CommitContext(ctx context.Context) error {
 	if s.store == nil {
 		return nil
 	}
+	for _, u := range s.unhashed {
+		known := map[uint32]string{}
+		s.mu.Lock()
+		for k, hf := range s.reads {
+			if sum, ok := hf.sum(); ok && k.vol == u.x.Volume {
+				known[k.ino] = sum
+			}
+		}
+		s.mu.Unlock()
+		if u.inos == nil {
+			hashAll(ctx, u.v, u.x, known)
+		}
+		for _, ino := range u.inos {
+			if ctx.Err() != nil {
+				break
+			}
+			sum, ok := known[ino]
+			if !ok {
+				var err error
+				if sum, err = hashFile(ctx, u.v, ino); err != nil {
+					continue
+				}
+			}
+			if r := u.x.mutable(ino); r != nil {
+				r.SHA256 = sum
+			}
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+	s.unhashed = nil
 	return s.store.Save(s.next)
 }
 
@@ -206,11 +289,18 @@ func Select(ctx context.Context, im *qcow.Image, d *fsparse.Disk, src string, st
 		if old := prevIndex(prev, v.ID); old != nil && !full {
 			part := shift(dirty, v.Partition.Start, v.Partition.Size)
 			part.AddSet(replayed)
-			res, err := Poll(ctx, v, old, part, WithHashes())
+			res, err := Poll(ctx, v, old, part, withDeferredHashes())
 			if err != nil {
 				return nil, err
 			}
 			x = res.New
+			sel.unhashed = append(sel.unhashed, unhashed{v, x, res.unhashed})
+			if sel.pending == nil {
+				sel.pending = map[fileKey]bool{}
+			}
+			for _, ino := range res.unhashed {
+				sel.pending[fileKey{v.ID, ino}] = true
+			}
 			sel.Changes = append(sel.Changes, res.Changes...)
 			res.Stats.ReplayedBytes = replayed.Bytes()
 			sel.Stats[v.ID] = res.Stats
@@ -220,8 +310,8 @@ func Select(ctx context.Context, im *qcow.Image, d *fsparse.Disk, src string, st
 				return nil, err
 			}
 			// Later polls compare a file whose data blocks are dirty with
-			// its digest: record every digest now.
-			sel.Errors = append(sel.Errors, hashAll(ctx, v, x)...)
+			// its digest: every digest is recorded by Commit.
+			sel.unhashed = append(sel.unhashed, unhashed{v, x, nil})
 			sel.Changes = append(sel.Changes, everything(x, KindFull)...)
 		}
 		if rulesChanged && !full {
@@ -235,6 +325,9 @@ func Select(ctx context.Context, im *qcow.Image, d *fsparse.Disk, src string, st
 				if !seen[c.Ino] {
 					sel.Changes = append(sel.Changes, c)
 				}
+			}
+			if err := x.loadErr(); err != nil {
+				return nil, fmt.Errorf("dirty: %s: poll state: %w", v.ID, err)
 			}
 		}
 		sel.next.Indexes[v.ID] = x
@@ -253,17 +346,18 @@ func prevIndex(s *Snapshot, id string) *Index {
 // everything lists every regular file of the index as due.
 func everything(x *Index, why Kind) []Change {
 	var out []Change
-	for ino, r := range x.Files {
+	x.loadAll()
+	x.each(func(ino uint32, r *FileRec) {
 		if !r.IsRegular() {
-			continue
+			return
 		}
 		ps := x.Paths(ino)
 		if len(ps) == 0 {
-			continue
+			return
 		}
 		out = append(out, Change{Volume: x.Volume, Path: ps[0], Paths: ps, Ino: ino, Type: "file",
 			Change: Modified, Reasons: []Kind{why}, Size: int64(r.Size), Rescan: true})
-	}
+	})
 	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
 	return out
 }

@@ -77,7 +77,7 @@ func runDirty(c *cobra.Command, image string, f *dirtyFlags) error {
 		if err := writeChanges(c.OutOrStdout(), f.format, sel); err != nil {
 			return err
 		}
-		if err := sel.Commit(); err != nil {
+		if err := sel.CommitContext(c.Context()); err != nil {
 			return err
 		}
 		return partial(c, sel)

@@ -70,5 +70,5 @@ func commitPoll(c *cobra.Command, sel *dirty.Selection, res *scan.Result) error 
 		}
 		sel.SetVerdict(ch, v)
 	}
-	return sel.Commit()
+	return sel.CommitContext(c.Context())
 }

@@ -7,17 +7,35 @@
 // scanner already links libyara; a second C library and its build flags
 // are not worth it for a key/value state). A poll is saved in ONE
 // transaction after it succeeds, so a poll that dies changes nothing and
-// the next one redoes it. Indexes are gob-encoded: guest names are bytes,
-// not always UTF-8, and JSON would mangle them. A state file holds one image: opening it for
+// the next one redoes it. A state file holds one image: opening it for
 // another image is refused (dirty.ErrOtherImage).
+//
+// Layout (schema vmscope-state-2), in bucket "vmscope":
+//
+//	schema, meta (JSON: identity, rules digest, source, chunk), hashes
+//	vol/<volume ID>/          one nested bucket per filesystem
+//	    info                  JSON: UUID, block size
+//	    files/  ino (4, big-endian)              → the file record (binary, rec.go)
+//	    runs/   start block (8, BE) + ino (4, BE) → length (uvarint) + kind
+//	    links/  parent (4, BE) + child (4, BE) + name → empty
+//	    itab/   inode-table block (8, BE) → a digest of each inode slot
+//	            (8 bytes each, little-endian): a poll reads only the
+//	            slots that changed
+//
+// Runs are stored in pieces of at most maxPiece blocks, so the runs that
+// overlap a dirty block range [lo, hi) are found by one cursor Seek to
+// lo-maxPiece; links give a directory's previous entries. A poll reads
+// only the records of the inodes its dirty ranges touch, and saves only
+// the records it changed. Names are stored as bytes: guest names are not
+// always UTF-8.
 package state
 
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/gob"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -26,14 +44,22 @@ import (
 	"github.com/vmscope/vmscope/dirty"
 )
 
-const schema = "vmscope-state-1"
+const schema = "vmscope-state-2"
+
+// maxPiece caps the blocks of one stored run.
+const maxPiece = 64
 
 var (
 	bucket     = []byte("vmscope")
 	keySchema  = []byte("schema")
 	keyMeta    = []byte("meta")
 	keyHashes  = []byte("hashes")
-	prefixIdx  = "index/"
+	keyInfo    = []byte("info")
+	bFiles     = []byte("files")
+	bRuns      = []byte("runs")
+	bLinks     = []byte("links")
+	bItab      = []byte("itab")
+	prefixVol  = "vol/"
 	maxEntries = 1 << 26
 )
 
@@ -52,8 +78,14 @@ func Open(path string) (*DB, error) {
 // Close closes the file.
 func (d *DB) Close() error { return d.db.Close() }
 
+type volInfo struct {
+	UUID      string `json:"uuid"`
+	BlockSize int64  `json:"block_size"`
+}
+
 // Load returns the snapshot of the image called identity, nil when the
-// state is empty, or an error wrapping dirty.ErrOtherImage.
+// state is empty, or an error wrapping dirty.ErrOtherImage. Its indexes
+// read their records from the file on demand.
 func (d *DB) Load(identity string) (*dirty.Snapshot, error) {
 	var s *dirty.Snapshot
 	err := d.db.View(func(tx *bolt.Tx) error {
@@ -82,14 +114,15 @@ func (d *DB) Load(identity string) (*dirty.Snapshot, error) {
 		}
 		s.Indexes = map[string]*dirty.Index{}
 		return b.ForEach(func(k, v []byte) error {
-			if !strings.HasPrefix(string(k), prefixIdx) {
+			id, ok := strings.CutPrefix(string(k), prefixVol)
+			if !ok || v != nil {
 				return nil
 			}
-			x := &dirty.Index{}
-			if err := gob.NewDecoder(bytes.NewReader(v)).Decode(x); err != nil {
-				return fmt.Errorf("state: %s: %w", k, err)
+			var in volInfo
+			if err := json.Unmarshal(b.Bucket(k).Get(keyInfo), &in); err != nil {
+				return fmt.Errorf("state: %s: info: %w", k, err)
 			}
-			s.Indexes[strings.TrimPrefix(string(k), prefixIdx)] = x
+			s.Indexes[id] = dirty.StoredIndex(id, in.UUID, in.BlockSize, &source{d.db, slices.Clone(k)})
 			return nil
 		})
 	})
@@ -99,17 +132,146 @@ func (d *DB) Load(identity string) (*dirty.Snapshot, error) {
 	return s, nil
 }
 
-// Save replaces the state with s in one transaction.
+// source reads one volume's records, each call in its own read
+// transaction (a read transaction held open would block the commit).
+type source struct {
+	db  *bolt.DB
+	vol []byte
+}
+
+func (s *source) view(fn func(vb *bolt.Bucket) error) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucket)
+		if b == nil || b.Bucket(s.vol) == nil {
+			return fmt.Errorf("state: %s: gone", s.vol)
+		}
+		return fn(b.Bucket(s.vol))
+	})
+}
+
+func (s *source) Rec(ino uint32) (*dirty.FileRec, error) {
+	var r *dirty.FileRec
+	err := s.view(func(vb *bolt.Bucket) error {
+		v := vb.Bucket(bFiles).Get(be32(ino))
+		if v == nil {
+			return nil
+		}
+		var err error
+		r, err = decodeRec(v)
+		if err != nil {
+			return fmt.Errorf("state: %s: inode %d: %w", s.vol, ino, err)
+		}
+		return nil
+	})
+	return r, err
+}
+
+func (s *source) Owners(lo, hi uint64, fn func(start, n uint64, ino uint32, kind dirty.Kind)) error {
+	return s.view(func(vb *bolt.Bucket) error {
+		from := uint64(0)
+		if lo > maxPiece {
+			from = lo - maxPiece
+		}
+		c := vb.Bucket(bRuns).Cursor()
+		for k, v := c.Seek(be64(from)); k != nil; k, v = c.Next() {
+			if len(k) != 12 {
+				return fmt.Errorf("state: %s: run key of %d bytes", s.vol, len(k))
+			}
+			start := binary.BigEndian.Uint64(k)
+			if start >= hi {
+				break
+			}
+			n, kind, err := decodeRun(v)
+			if err != nil {
+				return fmt.Errorf("state: %s: run at block %d: %w", s.vol, start, err)
+			}
+			if start+n > lo {
+				fn(start, n, binary.BigEndian.Uint32(k[8:]), kind)
+			}
+		}
+		return nil
+	})
+}
+
+func (s *source) Children(dir uint32) ([]uint32, error) {
+	var out []uint32
+	err := s.view(func(vb *bolt.Bucket) error {
+		p := be32(dir)
+		c := vb.Bucket(bLinks).Cursor()
+		for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
+			if len(k) < 8 {
+				return fmt.Errorf("state: %s: link key of %d bytes", s.vol, len(k))
+			}
+			ch := binary.BigEndian.Uint32(k[4:])
+			if len(out) == 0 || out[len(out)-1] != ch {
+				out = append(out, ch)
+			}
+		}
+		return nil
+	})
+	slices.Sort(out)
+	return slices.Compact(out), err
+}
+
+func (s *source) InodeBlock(blk uint64) ([]uint64, error) {
+	var out []uint64
+	err := s.view(func(vb *bolt.Bucket) error {
+		ib := vb.Bucket(bItab)
+		if ib == nil {
+			return nil
+		}
+		v := ib.Get(be64(blk))
+		if len(v)%8 != 0 || len(v) > 8<<10 {
+			return fmt.Errorf("state: %s: inode-table block %d: %d bytes of digests", s.vol, blk, len(v))
+		}
+		for i := 0; i < len(v); i += 8 {
+			out = append(out, binary.LittleEndian.Uint64(v[i:]))
+		}
+		return nil
+	})
+	return out, err
+}
+
+func putItab(b *bolt.Bucket, blk uint64, s []uint64) error {
+	v := make([]byte, 0, 8*len(s))
+	for _, x := range s {
+		v = binary.LittleEndian.AppendUint64(v, x)
+	}
+	return b.Put(be64(blk), v)
+}
+
+func (s *source) All() (map[uint32]*dirty.FileRec, error) {
+	out := map[uint32]*dirty.FileRec{}
+	err := s.view(func(vb *bolt.Bucket) error {
+		return vb.Bucket(bFiles).ForEach(func(k, v []byte) error {
+			r, err := decodeRec(v)
+			if err != nil || len(k) != 4 {
+				return fmt.Errorf("state: %s: record %x: %v", s.vol, k, err)
+			}
+			out[binary.BigEndian.Uint32(k)] = r
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Save stores s in one transaction: a volume whose index is the delta of a
+// poll of the stored one gets only its changed records written; any other
+// volume is written whole.
 func (d *DB) Save(s *dirty.Snapshot) error {
 	return d.db.Update(func(tx *bolt.Tx) error {
-		if tx.Bucket(bucket) != nil {
+		b := tx.Bucket(bucket)
+		if b != nil && string(b.Get(keySchema)) != schema {
 			if err := tx.DeleteBucket(bucket); err != nil {
 				return err
 			}
+			b = nil
 		}
-		b, err := tx.CreateBucket(bucket)
-		if err != nil {
-			return err
+		if b == nil {
+			var err error
+			if b, err = tx.CreateBucket(bucket); err != nil {
+				return err
+			}
 		}
 		meta, err := json.Marshal(s)
 		if err != nil {
@@ -119,20 +281,204 @@ func (d *DB) Save(s *dirty.Snapshot) error {
 		for i, x := range s.Hashes {
 			binary.LittleEndian.PutUint64(h[i*8:], x)
 		}
-		for k, v := range map[string][]byte{string(keySchema): []byte(schema), string(keyMeta): meta, string(keyHashes): h} {
-			if err := b.Put([]byte(k), v); err != nil {
+		for _, kv := range [][2][]byte{{keySchema, []byte(schema)}, {keyMeta, meta}, {keyHashes, h}} {
+			if err := b.Put(kv[0], kv[1]); err != nil {
+				return err
+			}
+		}
+		// Volumes no longer there.
+		var drop [][]byte
+		b.ForEach(func(k, v []byte) error {
+			if id, ok := strings.CutPrefix(string(k), prefixVol); ok && v == nil && s.Indexes[id] == nil {
+				drop = append(drop, slices.Clone(k))
+			}
+			return nil
+		})
+		for _, k := range drop {
+			if err := b.DeleteBucket(k); err != nil {
 				return err
 			}
 		}
 		for id, x := range s.Indexes {
-			var v bytes.Buffer
-			if err := gob.NewEncoder(&v).Encode(x); err != nil {
-				return err
-			}
-			if err := b.Put([]byte(prefixIdx+id), v.Bytes()); err != nil {
-				return err
+			if err := saveVolume(b, id, x); err != nil {
+				return fmt.Errorf("state: %s: %w", id, err)
 			}
 		}
 		return nil
 	})
 }
+
+func saveVolume(b *bolt.Bucket, id string, x *dirty.Index) error {
+	name := []byte(prefixVol + id)
+	dx, delta := x.Delta()
+	if delta && b.Bucket(name) != nil {
+		vb := b.Bucket(name)
+		files, runs, links := vb.Bucket(bFiles), vb.Bucket(bRuns), vb.Bucket(bLinks)
+		ib, err := vb.CreateBucketIfNotExists(bItab)
+		if err != nil {
+			return err
+		}
+		for blk, s := range dx.Itab {
+			if err := putItab(ib, blk, s); err != nil {
+				return err
+			}
+		}
+		for _, ino := range dx.Deleted {
+			if err := unlink(files, runs, links, ino); err != nil {
+				return err
+			}
+			if err := files.Delete(be32(ino)); err != nil {
+				return err
+			}
+		}
+		for ino, r := range dx.Changed {
+			if err := unlink(files, runs, links, ino); err != nil {
+				return err
+			}
+			if err := putRec(files, runs, links, ino, r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if b.Bucket(name) != nil {
+		if err := b.DeleteBucket(name); err != nil {
+			return err
+		}
+	}
+	vb, err := b.CreateBucket(name)
+	if err != nil {
+		return err
+	}
+	info, _ := json.Marshal(volInfo{x.UUID, x.BlockSize})
+	if err := vb.Put(keyInfo, info); err != nil {
+		return err
+	}
+	var bs [4]*bolt.Bucket
+	for i, n := range [][]byte{bFiles, bRuns, bLinks, bItab} {
+		if bs[i], err = vb.CreateBucket(n); err != nil {
+			return err
+		}
+	}
+	var inos []uint32
+	recs := map[uint32]*dirty.FileRec{}
+	x.Each(func(ino uint32, r *dirty.FileRec) {
+		inos = append(inos, ino)
+		recs[ino] = r
+	})
+	if err := x.Err(); err != nil {
+		return err
+	}
+	var blks []uint64
+	itab := map[uint64][]uint64{}
+	x.InodeBlocks(func(blk uint64, s []uint64) { blks = append(blks, blk); itab[blk] = s })
+	slices.Sort(blks)
+	bs[3].FillPercent = 0.9
+	for _, blk := range blks {
+		if err := putItab(bs[3], blk, itab[blk]); err != nil {
+			return err
+		}
+	}
+	// Written in key order, bbolt fills its pages; later polls change a
+	// few keys here and there.
+	slices.Sort(inos)
+	var runs, links [][]byte
+	bs[0].FillPercent = 0.9
+	for _, ino := range inos {
+		r := recs[ino]
+		if err := bs[0].Put(be32(ino), encodeRec(r)); err != nil {
+			return err
+		}
+		runs = append(runs, runKeys(ino, r)...)
+		for _, l := range r.Names {
+			links = append(links, linkKey(l, ino))
+		}
+	}
+	slices.SortFunc(runs, func(a, b []byte) int { return bytes.Compare(a[:12], b[:12]) })
+	slices.SortFunc(links, bytes.Compare)
+	bs[1].FillPercent, bs[2].FillPercent = 0.9, 0.9
+	for _, k := range runs {
+		if err := bs[1].Put(k[:12], k[12:]); err != nil {
+			return err
+		}
+	}
+	for _, k := range links {
+		if err := bs[2].Put(k, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unlink removes the runs and links of the stored record of ino.
+func unlink(files, runs, links *bolt.Bucket, ino uint32) error {
+	v := files.Get(be32(ino))
+	if v == nil {
+		return nil
+	}
+	r, err := decodeRec(v)
+	if err != nil {
+		return fmt.Errorf("inode %d: %w", ino, err)
+	}
+	for _, k := range runKeys(ino, r) {
+		if err := runs.Delete(k[:12]); err != nil {
+			return err
+		}
+	}
+	for _, l := range r.Names {
+		if err := links.Delete(linkKey(l, ino)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func putRec(files, runs, links *bolt.Bucket, ino uint32, r *dirty.FileRec) error {
+	if err := files.Put(be32(ino), encodeRec(r)); err != nil {
+		return err
+	}
+	for _, k := range runKeys(ino, r) {
+		if err := runs.Put(k[:12], k[12:]); err != nil {
+			return err
+		}
+	}
+	for _, l := range r.Names {
+		if err := links.Put(linkKey(l, ino), nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// runKeys returns key (12 bytes) + value of every stored piece of r's runs.
+func runKeys(ino uint32, r *dirty.FileRec) [][]byte {
+	var out [][]byte
+	for _, run := range r.Runs {
+		for s := run.Start; s < run.Start+run.Len; s += maxPiece {
+			n := min(maxPiece, run.Start+run.Len-s)
+			k := binary.BigEndian.AppendUint64(nil, s)
+			k = binary.BigEndian.AppendUint32(k, ino)
+			k = binary.AppendUvarint(k, n)
+			k = append(k, run.Kind...)
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+func decodeRun(v []byte) (uint64, dirty.Kind, error) {
+	n, k := binary.Uvarint(v)
+	if k <= 0 || n == 0 || n > maxPiece {
+		return 0, "", errBad
+	}
+	return n, dirty.Kind(v[k:]), nil
+}
+
+func linkKey(l dirty.Link, ino uint32) []byte {
+	k := binary.BigEndian.AppendUint32(nil, l.Parent)
+	k = binary.BigEndian.AppendUint32(k, ino)
+	return append(k, l.Name...)
+}
+
+func be32(x uint32) []byte { return binary.BigEndian.AppendUint32(nil, x) }
+func be64(x uint64) []byte { return binary.BigEndian.AppendUint64(nil, x) }
