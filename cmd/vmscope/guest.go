@@ -53,13 +53,11 @@ func newGuestInfoCmd() *cobra.Command {
 				return err
 			}
 			defer closeGuest(ctx, g, &err)
+			// The state the guest was in when vmscope attached (attaching
+			// the GDB stub stops it for a moment; Close restores it).
 			state := "unknown (no QMP)"
-			if q := g.QMP(); q != nil {
-				st, err := q.Status(ctx)
-				if err != nil {
-					return err
-				}
-				state = st.Status
+			if running, known := g.FoundRunning(); known {
+				state = map[bool]string{true: "running", false: "paused"}[running]
 			}
 			// registers of a consistent stop of all vCPUs
 			cpus, err := g.CPUs(ctx)

@@ -151,6 +151,11 @@ func Open(ctx context.Context, spec string) (*Guest, error) {
 	return g, nil
 }
 
+// FoundRunning reports the run state QMP gave when Open attached (known is
+// false without QMP). Attaching the GDB stub stops the guest for a moment;
+// this is the state the guest was in, and the one Close restores.
+func (g *Guest) FoundRunning() (running, known bool) { return !g.wasPaused, g.qmp != nil }
+
 func (g *Guest) setup(ctx context.Context) error {
 	var err error
 	if g.thread, err = g.gdb.Threads(ctx); err != nil {
