@@ -25,12 +25,14 @@ type memFlags struct {
 	systemMap string
 	guest     string
 	pause     bool
+	vmlinux   string
 }
 
 func (f *memFlags) add(c *cobra.Command) {
 	c.Flags().StringVar(&f.format, "format", "table", "output format: table, json or ndjson")
 	c.Flags().StringVar(&f.kallsyms, "kallsyms", "", "a /proc/kallsyms of the same boot, instead of recovering kallsyms from memory")
 	c.Flags().StringVar(&f.systemMap, "system-map", "", "the kernel build's System.map, instead of recovering kallsyms from memory")
+	c.Flags().StringVar(&f.vmlinux, "vmlinux", "", "the kernel build's vmlinux (ELF: BTF, and symbols when not stripped) or the distribution's vmlinuz, instead of the types (and symbols) in memory")
 	c.Flags().StringVar(&f.guest, "guest", "", "a running QEMU guest instead of a snapshot: gdb://HOST:PORT[,qmp=unix:SOCK]")
 	c.Flags().BoolVar(&f.pause, "pause", false, "with --guest: pause the guest for a consistent view, resume it after")
 }
@@ -95,6 +97,14 @@ func openMem(c *cobra.Command, args []string, f *memFlags) (*memSession, error) 
 		}
 		defer fh.Close()
 		opts = append(opts, in.opt(fh))
+	}
+	if f.vmlinux != "" {
+		ki, err := linux.ReadKernelImage(f.vmlinux)
+		if err != nil {
+			m.Close()
+			return nil, err
+		}
+		opts = append(opts, ki.Options()...)
 	}
 	if m.k, err = linux.Discover(c.Context(), m.mem, opts...); err != nil {
 		m.Close()

@@ -132,3 +132,27 @@ func TestMemCommands(t *testing.T) {
 		})
 	}
 }
+
+// TestMemVmlinux: the distribution's vmlinuz (a bzImage whose payload is the
+// stripped vmlinux) gives the types; every answer equals the one made with
+// the types found in memory.
+func TestMemVmlinux(t *testing.T) {
+	dump := guestDump(t, "kaslr")
+	vmlinuz := guestFile(t, "vmlinuz")
+	out, errOut, code := vmscope(t, "mem", "info", dump, "--vmlinux", vmlinuz)
+	if code != 0 || !strings.Contains(out, "BTF file") {
+		t.Fatalf("mem info --vmlinux: exit %d, %s%s", code, out, errOut)
+	}
+	for _, verb := range []string{"ps", "files", "mounts", "modules"} {
+		a, _, ca := vmscope(t, "mem", verb, "--format", "json", dump, "--vmlinux", vmlinuz)
+		b, _, cb := vmscope(t, "mem", verb, "--format", "json", dump)
+		if ca != 0 || cb != 0 || a != b {
+			t.Errorf("mem %s: with --vmlinux (exit %d) and without (exit %d) differ", verb, ca, cb)
+		}
+	}
+	bad := filepath.Join(t.TempDir(), "bad")
+	os.WriteFile(bad, []byte("not a kernel"), 0o644)
+	if _, errOut, code := vmscope(t, "mem", "ps", dump, "--vmlinux", bad); code != 2 || !strings.Contains(errOut, "kernel image") {
+		t.Errorf("bad --vmlinux: exit %d, %q", code, errOut)
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/cilium/ebpf/btf"
@@ -195,6 +197,27 @@ func FuzzBTF(f *testing.F) {
 		k := &Kernel{Types: spec}
 		for _, p := range []string{"tasks", "tasks.next", "pid", "comm"} {
 			k.Field("task_struct", p)
+		}
+	})
+}
+
+// FuzzKernelImage: a hostile bzImage header or payload gives an error, not
+// a panic or an unbounded allocation.
+func FuzzKernelImage(f *testing.F) {
+	hdr := make([]byte, 0x400)
+	copy(hdr[0x202:], "HdrS")
+	hdr[0x1f1] = 1
+	f.Add(append(append([]byte{}, hdr...), 0x02, 0x21, 0x4c, 0x18, 1, 2, 3, 4))
+	f.Add(append(append([]byte{}, hdr...), 0x1f, 0x8b, 8, 0, 0, 0, 0, 0))
+	f.Add([]byte("\x7fELF\x02\x01\x01"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p := filepath.Join(t.TempDir(), "k")
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		ki, err := ReadKernelImage(p)
+		if err == nil && ki.BTF == nil && ki.SystemMap == nil {
+			t.Fatal("an image with nothing in it was accepted")
 		}
 	})
 }
