@@ -4,4 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash bench/ls.sh
 bash bench/scan.sh
+bash bench/dirty.sh
+bash bench/mem.sh
+bash bench/diff.sh
 go test -run '^$' -bench . -benchtime 3x ./qcow/ ./fsparse/... ./scan/
