@@ -46,6 +46,26 @@ func newMemCmd() *cobra.Command {
 	return c
 }
 
+// memVerb builds a mem subcommand: it opens the snapshot or live guest,
+// discovers the kernel, runs run, and leaves the source as found.
+func memVerb(name, short string, f *memFlags, run func(c *cobra.Command, m *memSession) error) *cobra.Command {
+	c := &cobra.Command{
+		Use:   name + " SNAPSHOT | --guest gdb://HOST:PORT[,qmp=unix:SOCK]",
+		Short: short,
+		Args:  rangeArgs(0, 1),
+		RunE: func(c *cobra.Command, args []string) error {
+			m, err := openMem(c, args, f)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			return run(c, m)
+		},
+	}
+	f.add(c)
+	return c
+}
+
 // memSession is an opened snapshot or live guest and the kernel found in it.
 type memSession struct {
 	mem    vmi.Memory
@@ -224,105 +244,83 @@ type memCPU struct {
 
 func newMemInfoCmd() *cobra.Command {
 	var f memFlags
-	c := &cobra.Command{
-		Use:   "info SNAPSHOT | --guest gdb://HOST:PORT[,qmp=unix:SOCK]",
-		Short: "Snapshot format, CPUs, kernel version, KASLR slide, symbol and type sources",
-		Args:  rangeArgs(0, 1),
-		RunE: func(c *cobra.Command, args []string) error {
-			m, err := openMem(c, args, &f)
-			if err != nil {
-				return err
-			}
-			defer m.Close()
-			k := m.k
-			d := memInfoDoc{
-				Snapshot: m.path, Format: m.format, FileSize: m.size,
-				CPUs: []memCPU{}, Kernel: k.Version,
-				PageTables: fmt.Sprintf("%#x", uint64(k.AS.Root)), PageTablesSrc: k.CR3From, LA57: k.AS.LA57,
-				Text: fmt.Sprintf("%#x", uint64(k.Text)), TextPA: fmt.Sprintf("%#x", uint64(k.TextPA)),
-				KASLRSlide: fmt.Sprintf("%#x", k.Slide), PhysBase: fmt.Sprintf("%#x", k.PhysBase),
-				PageOffset: fmt.Sprintf("%#x", uint64(k.PageOffset)),
-				Symbols:    len(k.Symbols.List), SymbolSource: k.SymbolsSrc, TypeSource: k.TypesSrc,
-				BytesRead: k.BytesRead(),
-			}
-			for _, r := range m.mem.Ranges() {
-				d.MemoryBytes += r.Size
-			}
-			for _, cpu := range m.cpus {
-				d.CPUs = append(d.CPUs, memCPU{ID: cpu.ID, CR3: fmt.Sprintf("%#x", cpu.CR3), RIP: fmt.Sprintf("%#x", cpu.RIP)})
-			}
-			if f.format != "table" {
-				return writeJSON(c.OutOrStdout(), d)
-			}
-			tw := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintf(tw, "snapshot:\t%s\n", d.Snapshot)
-			fmt.Fprintf(tw, "format:\t%s\n", d.Format)
-			fmt.Fprintf(tw, "file size:\t%d\n", d.FileSize)
-			fmt.Fprintf(tw, "memory:\t%d bytes\n", d.MemoryBytes)
-			for _, cpu := range d.CPUs {
-				fmt.Fprintf(tw, "cpu %d:\tcr3 %s rip %s\n", cpu.ID, cpu.CR3, cpu.RIP)
-			}
-			fmt.Fprintf(tw, "kernel:\t%s\n", d.Kernel)
-			fmt.Fprintf(tw, "page tables:\t%s (found from %s, la57 %v)\n", d.PageTables, d.PageTablesSrc, d.LA57)
-			fmt.Fprintf(tw, "_text:\t%s at guest-physical %s\n", d.Text, d.TextPA)
-			fmt.Fprintf(tw, "KASLR slide:\t%s\n", d.KASLRSlide)
-			fmt.Fprintf(tw, "phys_base:\t%s\n", d.PhysBase)
-			fmt.Fprintf(tw, "page_offset_base:\t%s\n", d.PageOffset)
-			fmt.Fprintf(tw, "symbols:\t%d from %s\n", d.Symbols, d.SymbolSource)
-			fmt.Fprintf(tw, "types:\t%s\n", d.TypeSource)
-			fmt.Fprintf(tw, "discovery read:\t%d bytes\n", d.BytesRead)
-			return tw.Flush()
-		},
-	}
-	f.add(c)
+	c := memVerb("info", "Snapshot format, CPUs, kernel version, KASLR slide, symbol and type sources", &f, func(c *cobra.Command, m *memSession) error {
+		k := m.k
+		d := memInfoDoc{
+			Snapshot: m.path, Format: m.format, FileSize: m.size,
+			CPUs: []memCPU{}, Kernel: k.Version,
+			PageTables: fmt.Sprintf("%#x", uint64(k.AS.Root)), PageTablesSrc: k.CR3From, LA57: k.AS.LA57,
+			Text: fmt.Sprintf("%#x", uint64(k.Text)), TextPA: fmt.Sprintf("%#x", uint64(k.TextPA)),
+			KASLRSlide: fmt.Sprintf("%#x", k.Slide), PhysBase: fmt.Sprintf("%#x", k.PhysBase),
+			PageOffset: fmt.Sprintf("%#x", uint64(k.PageOffset)),
+			Symbols:    len(k.Symbols.List), SymbolSource: k.SymbolsSrc, TypeSource: k.TypesSrc,
+			BytesRead: k.BytesRead(),
+		}
+		for _, r := range m.mem.Ranges() {
+			d.MemoryBytes += r.Size
+		}
+		for _, cpu := range m.cpus {
+			d.CPUs = append(d.CPUs, memCPU{ID: cpu.ID, CR3: fmt.Sprintf("%#x", cpu.CR3), RIP: fmt.Sprintf("%#x", cpu.RIP)})
+		}
+		if f.format != "table" {
+			return writeJSON(c.OutOrStdout(), d)
+		}
+		tw := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
+		fmt.Fprintf(tw, "snapshot:\t%s\n", d.Snapshot)
+		fmt.Fprintf(tw, "format:\t%s\n", d.Format)
+		fmt.Fprintf(tw, "file size:\t%d\n", d.FileSize)
+		fmt.Fprintf(tw, "memory:\t%d bytes\n", d.MemoryBytes)
+		for _, cpu := range d.CPUs {
+			fmt.Fprintf(tw, "cpu %d:\tcr3 %s rip %s\n", cpu.ID, cpu.CR3, cpu.RIP)
+		}
+		fmt.Fprintf(tw, "kernel:\t%s\n", d.Kernel)
+		fmt.Fprintf(tw, "page tables:\t%s (found from %s, la57 %v)\n", d.PageTables, d.PageTablesSrc, d.LA57)
+		fmt.Fprintf(tw, "_text:\t%s at guest-physical %s\n", d.Text, d.TextPA)
+		fmt.Fprintf(tw, "KASLR slide:\t%s\n", d.KASLRSlide)
+		fmt.Fprintf(tw, "phys_base:\t%s\n", d.PhysBase)
+		fmt.Fprintf(tw, "page_offset_base:\t%s\n", d.PageOffset)
+		fmt.Fprintf(tw, "symbols:\t%d from %s\n", d.Symbols, d.SymbolSource)
+		fmt.Fprintf(tw, "types:\t%s\n", d.TypeSource)
+		fmt.Fprintf(tw, "discovery read:\t%d bytes\n", d.BytesRead)
+		return tw.Flush()
+	})
 	return c
 }
 
 func newMemPsCmd() *cobra.Command {
 	var f memFlags
 	var threads bool
-	c := &cobra.Command{
-		Use:   "ps SNAPSHOT | --guest gdb://HOST:PORT[,qmp=unix:SOCK]",
-		Short: "Processes: pid, ppid, tgid, comm, uid/gid, state, start time, argv (from the process's memory)",
-		Args:  rangeArgs(0, 1),
-		RunE: func(c *cobra.Command, args []string) error {
-			m, err := openMem(c, args, &f)
-			if err != nil {
-				return err
-			}
-			defer m.Close()
-			tasks, probs, err := m.k.Tasks(c.Context(), threads)
-			if err != nil {
-				return err
-			}
-			return writeRows(c, f.format, "processes", tasks, probs, func(w io.Writer) error {
-				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "PID\tPPID\tTGID\tUID\tGID\tS\tSTART\tCOMM\tARGS")
-				row := func(t linux.Task, tid bool) {
-					args := printable(strings.Join(t.Args, " "))
-					if t.Kernel {
-						args = "[" + printable(t.Name) + "]"
-					}
-					pid := fmt.Sprint(t.PID)
-					if tid {
-						pid = "  " + pid
-					}
-					fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\n", pid, t.PPID, t.TGID, t.UID, t.GID, t.State,
-						time.Duration(t.StartTime).Truncate(time.Millisecond), printable(t.Name), args)
+	c := memVerb("ps", "Processes: pid, ppid, tgid, comm, uid/gid, state, start time, argv (from the process's memory)", &f, func(c *cobra.Command, m *memSession) error {
+		tasks, probs, err := m.k.Tasks(c.Context(), threads)
+		if err != nil {
+			return err
+		}
+		return writeRows(c, f.format, "processes", tasks, probs, func(w io.Writer) error {
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "PID\tPPID\tTGID\tUID\tGID\tS\tSTART\tCOMM\tARGS")
+			row := func(t linux.Task, tid bool) {
+				args := printable(strings.Join(t.Args, " "))
+				if t.Kernel {
+					args = "[" + printable(t.Name) + "]"
 				}
-				for _, t := range tasks {
-					row(t, false)
-					for _, th := range t.Threads {
-						if th.PID != t.PID {
-							row(th, true)
-						}
+				pid := fmt.Sprint(t.PID)
+				if tid {
+					pid = "  " + pid
+				}
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\n", pid, t.PPID, t.TGID, t.UID, t.GID, t.State,
+					time.Duration(t.StartTime).Truncate(time.Millisecond), printable(t.Name), args)
+			}
+			for _, t := range tasks {
+				row(t, false)
+				for _, th := range t.Threads {
+					if th.PID != t.PID {
+						row(th, true)
 					}
 				}
-				return tw.Flush()
-			})
-		},
-	}
-	f.add(c)
+			}
+			return tw.Flush()
+		})
+	})
 	c.Flags().BoolVarP(&threads, "threads", "t", false, "list each process's threads")
 	return c
 }
@@ -330,44 +328,33 @@ func newMemPsCmd() *cobra.Command {
 func newMemModulesCmd() *cobra.Command {
 	var f memFlags
 	var symbols bool
-	c := &cobra.Command{
-		Use:   "modules SNAPSHOT | --guest gdb://HOST:PORT[,qmp=unix:SOCK]",
-		Short: "Loaded kernel modules: name, base, size, state (sorted by name); --symbols: their symbols as /proc/kallsyms",
-		Args:  rangeArgs(0, 1),
-		RunE: func(c *cobra.Command, args []string) error {
-			m, err := openMem(c, args, &f)
+	c := memVerb("modules", "Loaded kernel modules: name, base, size, state (sorted by name); --symbols: their symbols as /proc/kallsyms", &f, func(c *cobra.Command, m *memSession) error {
+		if symbols {
+			syms, probs, err := m.k.ModuleSymbols(c.Context())
 			if err != nil {
 				return err
 			}
-			defer m.Close()
-			if symbols {
-				syms, probs, err := m.k.ModuleSymbols(c.Context())
-				if err != nil {
-					return err
+			return writeRows(c, f.format, "symbols", syms, probs, func(w io.Writer) error {
+				for _, y := range syms {
+					fmt.Fprintf(w, "%016x %c %s\t[%s]\n", y.Addr, y.Type, printable(y.Name), printable(y.Module))
 				}
-				return writeRows(c, f.format, "symbols", syms, probs, func(w io.Writer) error {
-					for _, y := range syms {
-						fmt.Fprintf(w, "%016x %c %s\t[%s]\n", y.Addr, y.Type, printable(y.Name), printable(y.Module))
-					}
-					return nil
-				})
-			}
-			mods, probs, err := m.k.Modules(c.Context())
-			if err != nil {
-				return err
-			}
-			linux.SortModules(mods)
-			return writeRows(c, f.format, "modules", mods, probs, func(w io.Writer) error {
-				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "NAME\tBASE\tSIZE\tREFS\tSTATE")
-				for _, x := range mods {
-					fmt.Fprintf(tw, "%s\t%#x\t%d\t%d\t%s\n", printable(x.Name), x.Base, x.Size, x.Refs, x.State)
-				}
-				return tw.Flush()
+				return nil
 			})
-		},
-	}
-	f.add(c)
+		}
+		mods, probs, err := m.k.Modules(c.Context())
+		if err != nil {
+			return err
+		}
+		linux.SortModules(mods)
+		return writeRows(c, f.format, "modules", mods, probs, func(w io.Writer) error {
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tBASE\tSIZE\tREFS\tSTATE")
+			for _, x := range mods {
+				fmt.Fprintf(tw, "%s\t%#x\t%d\t%d\t%s\n", printable(x.Name), x.Base, x.Size, x.Refs, x.State)
+			}
+			return tw.Flush()
+		})
+	})
 	c.Flags().BoolVar(&symbols, "symbols", false, "list the modules' symbols in /proc/kallsyms order and format")
 	return c
 }
@@ -375,66 +362,44 @@ func newMemModulesCmd() *cobra.Command {
 func newMemFilesCmd() *cobra.Command {
 	var f memFlags
 	var pid int
-	c := &cobra.Command{
-		Use:   "files SNAPSHOT | --guest gdb://HOST:PORT[,qmp=unix:SOCK]",
-		Short: "Open file descriptors with full paths; pipes and sockets named as /proc does",
-		Args:  rangeArgs(0, 1),
-		RunE: func(c *cobra.Command, args []string) error {
-			m, err := openMem(c, args, &f)
-			if err != nil {
-				return err
+	c := memVerb("files", "Open file descriptors with full paths; pipes and sockets named as /proc does", &f, func(c *cobra.Command, m *memSession) error {
+		tasks, probs, err := m.k.Tasks(c.Context(), false)
+		if err != nil {
+			return err
+		}
+		files, fprobs, err := m.k.Files(c.Context(), tasks, pid)
+		if err != nil {
+			return err
+		}
+		probs = append(probs, fprobs...)
+		return writeRows(c, f.format, "files", files, probs, func(w io.Writer) error {
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "PID\tFD\tINODE\tPATH")
+			for _, x := range files {
+				fmt.Fprintf(tw, "%d\t%d\t%d\t%s\n", x.PID, x.FD, x.Inode, printable(x.Path))
 			}
-			defer m.Close()
-			tasks, probs, err := m.k.Tasks(c.Context(), false)
-			if err != nil {
-				return err
-			}
-			files, fprobs, err := m.k.Files(c.Context(), tasks, pid)
-			if err != nil {
-				return err
-			}
-			probs = append(probs, fprobs...)
-			return writeRows(c, f.format, "files", files, probs, func(w io.Writer) error {
-				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "PID\tFD\tINODE\tPATH")
-				for _, x := range files {
-					fmt.Fprintf(tw, "%d\t%d\t%d\t%s\n", x.PID, x.FD, x.Inode, printable(x.Path))
-				}
-				return tw.Flush()
-			})
-		},
-	}
-	f.add(c)
+			return tw.Flush()
+		})
+	})
 	c.Flags().IntVar(&pid, "pid", 0, "only this process")
 	return c
 }
 
 func newMemMountsCmd() *cobra.Command {
 	var f memFlags
-	c := &cobra.Command{
-		Use:   "mounts SNAPSHOT | --guest gdb://HOST:PORT[,qmp=unix:SOCK]",
-		Short: "Mounts of the initial mount namespace, in /proc/mounts order",
-		Args:  rangeArgs(0, 1),
-		RunE: func(c *cobra.Command, args []string) error {
-			m, err := openMem(c, args, &f)
-			if err != nil {
-				return err
+	c := memVerb("mounts", "Mounts of the initial mount namespace, in /proc/mounts order", &f, func(c *cobra.Command, m *memSession) error {
+		mounts, probs, err := m.k.Mounts(c.Context())
+		if err != nil {
+			return err
+		}
+		return writeRows(c, f.format, "mounts", mounts, probs, func(w io.Writer) error {
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SOURCE\tTARGET\tTYPE\tOPTIONS")
+			for _, x := range mounts {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", printable(x.Source), printable(x.Target), printable(x.FSType), x.Options)
 			}
-			defer m.Close()
-			mounts, probs, err := m.k.Mounts(c.Context())
-			if err != nil {
-				return err
-			}
-			return writeRows(c, f.format, "mounts", mounts, probs, func(w io.Writer) error {
-				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "SOURCE\tTARGET\tTYPE\tOPTIONS")
-				for _, x := range mounts {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", printable(x.Source), printable(x.Target), printable(x.FSType), x.Options)
-				}
-				return tw.Flush()
-			})
-		},
-	}
-	f.add(c)
+			return tw.Flush()
+		})
+	})
 	return c
 }
