@@ -23,6 +23,7 @@ import (
 	"io"
 	"regexp"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/cilium/ebpf/btf"
@@ -53,6 +54,11 @@ const (
 
 // Kernel is a Linux kernel found in guest-physical memory.
 type Kernel struct {
+	// fields caches BTF member lookups of this kernel (Field). It was a
+	// process-wide map keyed by the spec's address; after a spec was freed
+	// another could reuse the address and get its offsets.
+	fields sync.Map
+
 	Mem      vmi.Memory       // counting wrapper around the memory given
 	AS       vmi.AddressSpace // kernel address space (init_top_pgt)
 	CR3      vmi.PA           // page tables discovery started from

@@ -47,9 +47,9 @@ func TestNoCPUState(t *testing.T) {
 		if k.CR3From != "scan" || k.Version != truth.Version || len(k.Symbols.List) < 1000 {
 			t.Errorf("%s: from %s, version %q, %d symbols", name, k.CR3From, k.Version, len(k.Symbols.List))
 		}
-		tasks, _, err := k.Tasks(ctx, false)
+		tasks, probs, err := k.Tasks(ctx, false)
 		if err != nil || len(tasks) != len(truth.PS) {
-			t.Errorf("%s: %d tasks (%v), guest %d", name, len(tasks), err, len(truth.PS))
+			t.Errorf("%s: %d tasks (%v), guest %d; problems: %v", name, len(tasks), err, len(truth.PS), probs)
 		}
 		t.Logf("%s: page tables %#x from %s, discovery read %d bytes", name, uint64(k.AS.Root), k.CR3From, k.BytesRead())
 	}

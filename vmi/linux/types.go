@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"strings"
-	"sync"
 
 	"github.com/cilium/ebpf/btf"
 
@@ -18,7 +17,12 @@ type field struct {
 	typ btf.Type
 }
 
-var fieldCache sync.Map // key: *btf.Spec + path
+// cachedField is a looked-up member, with the spec it was found in: a
+// kernel's Types may be replaced, and the cache must not answer for another.
+type cachedField struct {
+	spec *btf.Spec
+	f    field
+}
 
 // Field returns the byte offset of path ("tasks", "f_path.dentry",
 // "core_layout.size") in struct typ, looking through anonymous struct and
@@ -29,9 +33,9 @@ func (k *Kernel) Field(typ, path string) (uint64, error) {
 }
 
 func (k *Kernel) field(typ, path string) (field, error) {
-	key := fmt.Sprintf("%p/%s/%s", k.Types, typ, path)
-	if v, ok := fieldCache.Load(key); ok {
-		return v.(field), nil
+	key := typ + "/" + path
+	if v, ok := k.fields.Load(key); ok && v.(cachedField).spec == k.Types {
+		return v.(cachedField).f, nil
 	}
 	if k.Types == nil {
 		return field{}, fmt.Errorf("linux: no BTF for %s.%s: %w", typ, path, ErrLayout)
@@ -56,7 +60,7 @@ func (k *Kernel) field(typ, path string) (field, error) {
 		f.off += off
 		f.typ = t
 	}
-	fieldCache.Store(key, f)
+	k.fields.Store(key, cachedField{k.Types, f})
 	return f, nil
 }
 
