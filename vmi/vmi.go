@@ -11,6 +11,7 @@
 package vmi
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -66,6 +67,17 @@ func (r Range) Contains(a PA) bool { return a >= r.Start && uint64(a-r.Start) < 
 type Memory interface {
 	io.ReaderAt
 	Ranges() []Range
+}
+
+// Live is a running guest every live backend offers (vmi/qemu through the
+// GDB stub and QMP, vmi/libvmi through LibVMI): its guest-physical memory,
+// its vCPUs' registers, and pause/resume. The live modules take a Live;
+// breakpoints and events are each backend's own.
+type Live interface {
+	Memory
+	CPUs(ctx context.Context) ([]CPU, error)
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
 }
 
 var (

@@ -96,6 +96,8 @@ func Open(name string, events bool) (*Instance, error) {
 	return in, nil
 }
 
+var _ vmi.Live = (*Instance)(nil)
+
 var instances sync.Map // vmi_instance_t -> *Instance, for the callback
 
 // ReadAt reads guest-physical memory (vmi.Memory).

@@ -114,6 +114,9 @@ type StopEvent struct {
 // ErrClosed is an operation on a closed Guest.
 var ErrClosed = errors.New("qemu: guest closed")
 
+// Guest is a vmi.Live.
+var _ vmi.Live = (*Guest)(nil)
+
 // Open attaches to a live guest described by spec
 // (gdb://HOST:PORT[,qmp=unix:PATH]). It reads the register layout, the
 // vCPUs and, with QMP, the guest-physical memory map, turns on
