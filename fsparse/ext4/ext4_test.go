@@ -17,8 +17,6 @@ import (
 	"syscall"
 	"testing"
 	"testing/fstest"
-
-	"github.com/vmscope/vmscope/internal/fixture"
 )
 
 func openImage(t testing.TB, path string) *FS {
@@ -573,74 +571,5 @@ func TestConcurrentReads(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
-	}
-}
-
-// TestSharedFixtures checks the larger images testdata/fixtures.sh builds
-// (skipped when they are not built) against their source trees: content of
-// every file, symlink targets, modes, owners and directory listings.
-func TestSharedFixtures(t *testing.T) {
-	for _, c := range []struct{ img, tree string }{
-		{"ext4.img", "tree"}, {"ext4-nocsum-1k.img", "tree"}, {"ext4-64k.img", "tree-small"},
-		{"ext4-inline.img", "tree-small"}, {"ext4-128.img", "tree-small"},
-		{"ext3.img", "tree"}, {"ext2.img", "tree"},
-	} {
-		t.Run(c.img, func(t *testing.T) {
-			img := fixture.Path(t, c.img)
-			src := fixture.Path(t, c.tree)
-			f := openImage(t, img)
-			res := &resolver{f: f, dirs: map[uint32]map[string]uint32{}}
-			n := 0
-			err := filepath.Walk(src, func(p string, st os.FileInfo, err error) error {
-				if err != nil {
-					return err
-				}
-				rel, _ := filepath.Rel(src, p)
-				rel = filepath.ToSlash(rel)
-				ino, err := res.lookup(rel)
-				if err != nil {
-					t.Errorf("lookup(%q): %v", rel, err)
-					return nil
-				}
-				in, err := f.Inode(ino)
-				if err != nil {
-					t.Errorf("%q: %v", rel, err)
-					return nil
-				}
-				n++
-				sys := st.Sys().(*syscall.Stat_t)
-				if rel != "." && (in.FileMode() != st.Mode() || in.Uid != sys.Uid || in.Gid != sys.Gid) {
-					t.Errorf("%q: mode %v %d:%d, source %v %d:%d", rel, in.FileMode(), in.Uid, in.Gid, st.Mode(), sys.Uid, sys.Gid)
-				}
-				switch {
-				case st.Mode().IsRegular():
-					want, _ := os.ReadFile(p)
-					fl, err := f.OpenInode(ino)
-					if err != nil {
-						t.Errorf("%q: %v", rel, err)
-						return nil
-					}
-					got, err := io.ReadAll(fl)
-					// mke2fs -d with inline_data drops a trailing hole from
-					// i_size (debugfs shows the same size we do).
-					if strings.Contains(c.img, "inline") && len(got) < len(want) && !bytes.ContainsFunc(want[len(got):], func(r rune) bool { return r != 0 }) {
-						want = want[:len(got)]
-					}
-					if err != nil || !bytes.Equal(got, want) {
-						t.Errorf("%q: content differs (len %d vs %d), %v", rel, len(got), len(want), err)
-					}
-				case st.Mode()&fs.ModeSymlink != 0:
-					want, _ := os.Readlink(p)
-					if got, err := f.ReadlinkInode(ino); err != nil || got != want {
-						t.Errorf("%q: link %q, %v; want %q", rel, got, err, want)
-					}
-				}
-				return nil
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("%d files compared", n)
-		})
 	}
 }
