@@ -4,7 +4,10 @@
 //
 // Every dirty source (a copy-on-write overlay, a persistent qcow2 bitmap, a
 // block-hash index of a raw image, a second image of the same disk) yields a
-// rangeset.Set of guest bytes. [Poll] clips it to each partition, turns it
+// rangeset.Set of guest bytes. The cumulative sources (overlay, bitmap) are
+// first narrowed to the 4 KiB blocks whose bytes changed since the last
+// poll, by the block hashes the poll state keeps (blocks.go). [Poll] clips
+// the ranges to each partition, turns them
 // into filesystem blocks and classifies them:
 //
 //   - inode-table blocks: every inode slot in them is compared with its

@@ -189,9 +189,15 @@ func guestDisk(t *testing.T, dir string) string {
 // poll saves only its delta (so nothing but what the state stores survives
 // a poll, and the delta path is what the guest workloads check).
 type memStore struct {
-	meta []byte
-	vols map[string]*memVol
+	meta   []byte
+	vols   map[string]*memVol
+	blocks memHashes // nil: no block hashes
+	chunks []uint64  // the hash source's chunk hashes
 }
+
+type memHashes map[uint64][]uint64
+
+func (h memHashes) HashGroup(g uint64) ([]uint64, error) { return slices.Clone(h[g]), nil }
 
 type memVol struct {
 	uuid  string
@@ -207,12 +213,16 @@ func (m *memStore) Load(identity string) (*Snapshot, error) {
 		return nil, nil
 	}
 	var s Snapshot
-	if err := gob.NewDecoder(bytes.NewReader(m.meta)).Decode(&s); err != nil {
+	if err := json.Unmarshal(m.meta, &s); err != nil {
 		return nil, err
 	}
 	if s.Identity != identity {
 		return nil, ErrOtherImage
 	}
+	if m.blocks != nil {
+		s.Blocks = NewBlockHashes(m.blocks)
+	}
+	s.Hashes = slices.Clone(m.chunks)
 	s.Indexes = map[string]*Index{}
 	for id, v := range m.vols {
 		s.Indexes[id] = StoredIndex(id, v.uuid, v.bs, v)
@@ -222,9 +232,21 @@ func (m *memStore) Load(identity string) (*Snapshot, error) {
 
 func (m *memStore) Save(s *Snapshot) error {
 	c := *s
-	c.Indexes = nil
-	var b bytes.Buffer
-	if err := gob.NewEncoder(&b).Encode(&c); err != nil {
+	c.Indexes, c.Blocks = nil, nil
+	blocks := m.blocks
+	if s.Blocks == nil {
+		blocks = nil
+	} else {
+		groups, replace := s.Blocks.Changed()
+		if replace || blocks == nil {
+			blocks = memHashes{}
+		}
+		for g, h := range groups {
+			blocks[g] = slices.Clone(h)
+		}
+	}
+	meta, err := json.Marshal(&c)
+	if err != nil {
 		return err
 	}
 	vols := map[string]*memVol{}
@@ -253,7 +275,7 @@ func (m *memStore) Save(s *Snapshot) error {
 		}
 		vols[id] = v
 	}
-	m.meta, m.vols = b.Bytes(), vols
+	m.meta, m.vols, m.blocks, m.chunks = meta, vols, blocks, slices.Clone(s.Hashes)
 	return nil
 }
 

@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -27,6 +29,17 @@ type Snapshot struct {
 	Chunk       int64             `json:"chunk,omitempty"`
 	Hashes      []uint64          `json:"-"` // block-hash index (hash source)
 	Indexes     map[string]*Index `json:"-"` // per volume ID
+	// Top is the top layer of the chain at the last poll (cow source):
+	// the next poll's overlays are the layers from the top down to it.
+	Top string `json:"top,omitempty"`
+	// Bitmaps are the enabled, consistent bitmaps of the image at the
+	// last poll (bitmap source): each holds every write since that poll,
+	// so the next poll may use any of them (bitmap rotation).
+	Bitmaps []string `json:"bitmaps,omitempty"`
+	// Blocks are the hashes of 4 KiB blocks at the last poll (blocks.go):
+	// for cow, of the blocks the overlays held; for bitmap, of the whole
+	// disk.
+	Blocks *BlockHashes `json:"-"`
 }
 
 // Store keeps snapshots between polls (package dirty/state: bbolt). Load
@@ -253,12 +266,12 @@ func Select(ctx context.Context, im *qcow.Image, d *fsparse.Disk, src string, st
 	sel := &Selection{Source: src, Disk: d, store: st, Stats: map[string]Stats{},
 		next: &Snapshot{Identity: id, RulesDigest: rulesDigest, Source: src, Indexes: map[string]*Index{}}}
 	var dirty rangeset.Set
-	full := prev == nil
+	full := prev == nil || prev.Source != src && src != "hash" && !rotatedBitmap(prev, src)
 	switch {
 	case src == "cow":
-		dirty, err = cow.Dirty(ctx, im, 1)
+		dirty, err = sel.cowDirty(ctx, im, prev, &full)
 	case strings.HasPrefix(src, "bitmap:"):
-		dirty, err = im.Layers()[0].BitmapDirty(ctx, strings.TrimPrefix(src, "bitmap:"))
+		dirty, err = sel.bitmapDirty(ctx, im, strings.TrimPrefix(src, "bitmap:"), prev, &full)
 	case src == "hash":
 		sel.next.Chunk = DefaultChunk
 		sel.next.Hashes, err = ChunkHashes(ctx, im, im.Size(), DefaultChunk)
@@ -271,12 +284,6 @@ func Select(ctx context.Context, im *qcow.Image, d *fsparse.Disk, src string, st
 	}
 	if err != nil {
 		return nil, err
-	}
-	if prev != nil && prev.Source != src && src != "hash" {
-		// A cow or bitmap source is cumulative; a new one still covers
-		// every write since it started, but not before: only a full pass
-		// is safe when the source changes.
-		full = true
 	}
 	rulesChanged := prev != nil && prev.RulesDigest != rulesDigest
 	for _, v := range d.Volumes {
@@ -334,6 +341,77 @@ func Select(ctx context.Context, im *qcow.Image, d *fsparse.Disk, src string, st
 	}
 	SortChanges(sel.Changes)
 	return sel, nil
+}
+
+// rotatedBitmap reports whether src is a bitmap that was enabled at the
+// last poll, which used another bitmap: it holds every write since that
+// poll (the rotation of incremental backup: a new bitmap is added and the
+// old one disabled in one transaction, the poll reads the old one).
+func rotatedBitmap(prev *Snapshot, src string) bool {
+	name, ok := strings.CutPrefix(src, "bitmap:")
+	return ok && strings.HasPrefix(prev.Source, "bitmap:") && slices.Contains(prev.Bitmaps, name)
+}
+
+// cowDirty returns the ranges written since the last poll according to the
+// overlays: what the layers from the top down to the last poll's top hold
+// (an external snapshot may have put new overlays above it), narrowed to
+// the blocks whose bytes changed since that poll. A block the overlays did
+// not hold then is compared with the layer below the last poll's top (a
+// backing file: unchanged since); the others with their hash. When the last
+// poll's top is gone from the chain (the overlay was committed or
+// discarded), *full is set: only a full pass is safe.
+func (sel *Selection) cowDirty(ctx context.Context, im *qcow.Image, prev *Snapshot, full *bool) (rangeset.Set, error) {
+	layers := im.Layers()
+	sel.next.Top = absPath(layers[0].Path)
+	k := 0
+	if !*full {
+		k = slices.IndexFunc(layers, func(l *qcow.Layer) bool { return absPath(l.Path) == prev.Top })
+		if k < 0 || k+1 >= len(layers) || prev.Blocks == nil {
+			*full, k = true, 0
+		}
+	}
+	d, err := cow.Dirty(ctx, im, k+1)
+	if err != nil {
+		return d, err
+	}
+	next := NewBlockHashes(nil)
+	sel.next.Blocks = next
+	if *full {
+		_, err = refine(ctx, im, im.Size(), d, nil, next, nil) // the hashes for the next poll
+		return d, err
+	}
+	return refine(ctx, im, im.Size(), d, prev.Blocks, next, layers[k+1])
+}
+
+// bitmapDirty returns the ranges of bitmap name narrowed to the blocks
+// whose bytes changed since the last poll (the bitmap is cumulative: it
+// holds every write since it was enabled). The first poll hashes the whole
+// disk.
+func (sel *Selection) bitmapDirty(ctx context.Context, im *qcow.Image, name string, prev *Snapshot, full *bool) (rangeset.Set, error) {
+	top := im.Layers()[0]
+	for _, b := range top.Bitmaps {
+		if b.Enabled && !b.InUse {
+			sel.next.Bitmaps = append(sel.next.Bitmaps, b.Name)
+		}
+	}
+	d, err := top.BitmapDirty(ctx, name)
+	if err != nil {
+		return d, err
+	}
+	if *full || prev.Blocks == nil {
+		*full = true
+		sel.next.Blocks, err = hashDisk(ctx, im, im.Size())
+		return d, err
+	}
+	sel.next.Blocks = prev.Blocks
+	return refine(ctx, im, im.Size(), d, prev.Blocks, prev.Blocks, nil)
+}
+
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
 }
 
 func prevIndex(s *Snapshot, id string) *Index {

@@ -297,6 +297,12 @@ func (l *Layer) openLib(below *Layer) (err error) {
 	return nil
 }
 
+// ReadAt reads the guest disk as this layer sees it: its own clusters over
+// the chain below it. For a backing file that is the disk as it was when
+// the overlay above it was made. io.SectionReader semantics at the end of
+// the disk; safe for concurrent use.
+func (l *Layer) ReadAt(p []byte, off int64) (int, error) { return l.readAt(p, off) }
+
 // readAt reads the guest disk of this layer with its chain merged, with
 // io.SectionReader semantics at the end of the disk.
 func (l *Layer) readAt(p []byte, off int64) (n int, err error) {

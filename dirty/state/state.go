@@ -10,9 +10,14 @@
 // the next one redoes it. A state file holds one image: opening it for
 // another image is refused (dirty.ErrOtherImage).
 //
-// Layout (schema vmscope-state-2), in bucket "vmscope":
+// Layout (schema vmscope-state-3), in bucket "vmscope":
 //
-//	schema, meta (JSON: identity, rules digest, source, chunk), hashes
+//	schema, meta (JSON: identity, rules digest, source, chunk, the
+//	overlay or bitmaps of the cursor), hashes (the chunk hashes of the
+//	hash source)
+//	blocks/ group (8, BE) → the hashes of its 256 blocks of 4 KiB (8 bytes
+//	        each, little-endian; one hash when all are the same): the
+//	        block hashes of the cow and bitmap sources (dirty.BlockHashes)
 //	vol/<volume ID>/          one nested bucket per filesystem
 //	    info                  JSON: UUID, block size
 //	    files/  ino (4, big-endian)              → the file record (binary, rec.go)
@@ -35,6 +40,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -44,7 +50,11 @@ import (
 	"github.com/vmscope/vmscope/dirty"
 )
 
-const schema = "vmscope-state-2"
+const schema = "vmscope-state-3"
+
+// oldSchemas are the layouts of earlier versions: such a state is read as
+// an empty one (the next poll is a full pass that rewrites it).
+var oldSchemas = []string{"vmscope-state-2"}
 
 // maxPiece caps the blocks of one stored run.
 const maxPiece = 64
@@ -59,6 +69,7 @@ var (
 	bRuns      = []byte("runs")
 	bLinks     = []byte("links")
 	bItab      = []byte("itab")
+	bBlocks    = []byte("blocks")
 	prefixVol  = "vol/"
 	maxEntries = 1 << 26
 )
@@ -93,7 +104,9 @@ func (d *DB) Load(identity string) (*dirty.Snapshot, error) {
 		if b == nil {
 			return nil
 		}
-		if v := string(b.Get(keySchema)); v != schema {
+		if v := string(b.Get(keySchema)); slices.Contains(oldSchemas, v) {
+			return nil
+		} else if v != schema {
 			return fmt.Errorf("state: schema %q, this vmscope reads %q: remove the file to start again", v, schema)
 		}
 		s = &dirty.Snapshot{}
@@ -111,6 +124,9 @@ func (d *DB) Load(identity string) (*dirty.Snapshot, error) {
 			for i := range s.Hashes {
 				s.Hashes[i] = binary.LittleEndian.Uint64(h[i*8:])
 			}
+		}
+		if b.Bucket(bBlocks) != nil {
+			s.Blocks = dirty.NewBlockHashes(hashSource{d.db})
 		}
 		s.Indexes = map[string]*dirty.Index{}
 		return b.ForEach(func(k, v []byte) error {
@@ -286,6 +302,9 @@ func (d *DB) Save(s *dirty.Snapshot) error {
 				return err
 			}
 		}
+		if err := saveBlocks(b, s.Blocks); err != nil {
+			return fmt.Errorf("state: block hashes: %w", err)
+		}
 		// Volumes no longer there.
 		var drop [][]byte
 		b.ForEach(func(k, v []byte) error {
@@ -306,6 +325,80 @@ func (d *DB) Save(s *dirty.Snapshot) error {
 		}
 		return nil
 	})
+}
+
+// hashSource reads stored block-hash groups, each in its own read
+// transaction.
+type hashSource struct{ db *bolt.DB }
+
+func (h hashSource) HashGroup(g uint64) ([]uint64, error) {
+	var out []uint64
+	err := h.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucket)
+		if b == nil || b.Bucket(bBlocks) == nil {
+			return nil
+		}
+		v := b.Bucket(bBlocks).Get(be64(g))
+		switch len(v) {
+		case 0:
+			return nil
+		case 8:
+			out = make([]uint64, dirty.HashGroup)
+			for i := range out {
+				out[i] = binary.LittleEndian.Uint64(v)
+			}
+		case 8 * dirty.HashGroup:
+			out = make([]uint64, dirty.HashGroup)
+			for i := range out {
+				out[i] = binary.LittleEndian.Uint64(v[8*i:])
+			}
+		default:
+			return fmt.Errorf("state: block hashes of group %d: %d bytes", g, len(v))
+		}
+		return nil
+	})
+	return out, err
+}
+
+// saveBlocks stores the changed block-hash groups (all of them, in a new
+// bucket, for a new map); nil removes them.
+func saveBlocks(b *bolt.Bucket, h *dirty.BlockHashes) error {
+	groups, replace := map[uint64][]uint64(nil), true
+	if h != nil {
+		groups, replace = h.Changed()
+	}
+	if replace && b.Bucket(bBlocks) != nil {
+		if err := b.DeleteBucket(bBlocks); err != nil {
+			return err
+		}
+	}
+	if h == nil {
+		return nil
+	}
+	bb, err := b.CreateBucketIfNotExists(bBlocks)
+	if err != nil {
+		return err
+	}
+	bb.FillPercent = 0.9
+	for _, g := range slices.Sorted(maps.Keys(groups)) {
+		s := groups[g]
+		if len(s) != dirty.HashGroup {
+			continue
+		}
+		var v []byte
+		if slices.Max(s) == slices.Min(s) {
+			v = binary.LittleEndian.AppendUint64(nil, s[0])
+		} else {
+			v = make([]byte, 0, 8*len(s))
+			for _, x := range s {
+				v = binary.LittleEndian.AppendUint64(v, x)
+			}
+		}
+		if err := bb.Put(be64(g), v); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func saveVolume(b *bolt.Bucket, id string, x *dirty.Index) error {

@@ -1,0 +1,295 @@
+package dirty
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"maps"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/vmscope/vmscope/internal/rangeset"
+)
+
+// The cumulative dirty sources (a copy-on-write overlay, a persistent
+// bitmap) report every guest range written since they started, not since
+// the last poll, and at their own granularity (a 64 KiB cluster or granule
+// holds many small files). The poll state keeps a hash of each 4 KiB block
+// as the last poll saw it, so a poll narrows the source's ranges to the
+// blocks whose bytes really changed since then ([refine]):
+//
+//   - cow: the blocks the overlays held at the last poll; a block they did
+//     not hold then was read from the layer below them, which a backing
+//     file never changes: it is compared with that layer's bytes;
+//   - bitmap: every block of the disk (hashed once, by the first poll, which
+//     scans everything anyway); a poll re-hashes only the bitmap's blocks.
+//
+// A hash is the first 8 bytes of the block's sha256: a guest cannot write a
+// block that keeps its hash (a second preimage of 64 bits of sha256), and
+// the standard library has no faster keyed hash.
+
+// HashBlock is the size of a hashed block.
+const HashBlock = 4096
+
+// HashGroup is the number of blocks whose hashes are stored together (1 MiB
+// of disk in 2 KiB).
+const HashGroup = 256
+
+// maxHashBlocks caps a block-hash map: 2^28 blocks of 4 KiB is 1 TiB of
+// dirty or hashed disk in 2 GiB of hashes.
+const maxHashBlocks = 1 << 28
+
+// HashSource reads the stored hashes of one group (HashGroup entries, 0 for
+// a block not hashed), nil when the group is not stored.
+type HashSource interface {
+	HashGroup(g uint64) ([]uint64, error)
+}
+
+// BlockHashes maps 4 KiB blocks of the guest disk to their hash, read on
+// demand from a stored source; 0 means not known.
+type BlockHashes struct {
+	src     HashSource
+	groups  map[uint64][]uint64 // read or changed
+	changed map[uint64]bool
+	// reset: the stored groups are replaced by these (a new map).
+	reset bool
+	err   error
+}
+
+// NewBlockHashes returns the hashes stored in src (nil: a new, empty map
+// that replaces the stored one when saved).
+func NewBlockHashes(src HashSource) *BlockHashes {
+	return &BlockHashes{src: src, groups: map[uint64][]uint64{}, changed: map[uint64]bool{}, reset: src == nil}
+}
+
+// Changed returns the groups to store and whether they replace every stored
+// group (a new map) or only the groups they name.
+func (h *BlockHashes) Changed() (groups map[uint64][]uint64, replace bool) {
+	out := make(map[uint64][]uint64, len(h.changed))
+	for g := range h.changed {
+		out[g] = h.groups[g]
+	}
+	if h.reset {
+		for g, s := range h.groups {
+			out[g] = s
+		}
+	}
+	return out, h.reset
+}
+
+// Groups returns the numbers of the groups held in memory, sorted.
+func (h *BlockHashes) Groups() []uint64 {
+	return slices.Sorted(maps.Keys(h.groups))
+}
+
+func (h *BlockHashes) group(g uint64) []uint64 {
+	if s, ok := h.groups[g]; ok {
+		return s
+	}
+	var s []uint64
+	if h.src != nil && !h.reset {
+		var err error
+		s, err = h.src.HashGroup(g)
+		if err != nil && h.err == nil {
+			h.err = err
+		}
+		if len(s) != HashGroup {
+			s = nil
+		}
+	}
+	h.groups[g] = s
+	return s
+}
+
+// get returns the hash of block b, 0 when not known.
+func (h *BlockHashes) get(b uint64) uint64 {
+	if s := h.group(b / HashGroup); s != nil {
+		return s[b%HashGroup]
+	}
+	return 0
+}
+
+func (h *BlockHashes) set(b, v uint64) {
+	g := b / HashGroup
+	s := h.group(g)
+	if s == nil {
+		s = make([]uint64, HashGroup)
+		h.groups[g] = s
+	}
+	if s[b%HashGroup] != v {
+		s[b%HashGroup] = v
+		h.changed[g] = true
+	}
+}
+
+// blockHash is the hash of one block; never 0 (0 means not known).
+func blockHash(p []byte) uint64 {
+	if isZero(p) && len(p) == HashBlock {
+		return zeroHash
+	}
+	s := sha256.Sum256(p)
+	return max(binary.LittleEndian.Uint64(s[:8]), 1)
+}
+
+var zeroHash = func() uint64 {
+	s := sha256.Sum256(make([]byte, HashBlock))
+	return max(binary.LittleEndian.Uint64(s[:8]), 1)
+}()
+
+var zeros [HashBlock]byte
+
+func isZero(p []byte) bool {
+	for len(p) >= HashBlock {
+		if !bytes.Equal(p[:HashBlock], zeros[:]) {
+			return false
+		}
+		p = p[HashBlock:]
+	}
+	return bytes.Equal(p, zeros[:len(p)])
+}
+
+// refineBuf is how much of the disk a refine worker reads at once.
+const refineBuf = 1 << 20
+
+// refineBatch is how many reads of refineBuf run before their results are
+// merged (it bounds the memory of a refine of a large dirty set).
+const refineBatch = 64
+
+// refineItem is one read of refine: blocks [start, start+n).
+type refineItem struct {
+	start, n int64
+	hash     []uint64 // per block; 0 where the block equals the old bytes
+	short    []bool   // per block: shorter than HashBlock (the end of the disk)
+	err      error
+}
+
+// refine returns the 4 KiB blocks (as guest byte ranges, clipped to size)
+// of the ranges dirty on disk r whose bytes changed since the last poll,
+// and records the hashes the next poll needs in next. The bytes of a block
+// at the last poll are known by their hash in prev (nil: none), else by
+// the bytes of old at the same offset (nil: not known: the block counts as
+// changed). With old, only the blocks that differ from it get a hash in
+// next: a block equal to old is compared with old again next time. prev
+// and next may be the same map (it is updated). The blocks are read and
+// hashed by one worker per CPU.
+func refine(ctx context.Context, r io.ReaderAt, size int64, dirty rangeset.Set, prev, next *BlockHashes, old io.ReaderAt) (rangeset.Set, error) {
+	var out rangeset.Set
+	var blocks rangeset.Set
+	for _, x := range dirty.Clip(0, size).Ranges() {
+		blocks.Add(x.Start/HashBlock, (x.End+HashBlock-1)/HashBlock)
+	}
+	if blocks.Bytes() > maxHashBlocks {
+		return out, fmt.Errorf("dirty: %d blocks of 4 KiB to hash: more than the %d a poll state holds", blocks.Bytes(), maxHashBlocks)
+	}
+	var items []refineItem
+	flush := func() error {
+		refineWork(ctx, r, size, old, items)
+		for i := range items {
+			it := &items[i]
+			if it.err != nil {
+				return it.err
+			}
+			for j, h := range it.hash {
+				bn := uint64(it.start + int64(j))
+				var was uint64
+				if prev != nil {
+					was = prev.get(bn)
+				}
+				// h == 0: equal to old, as it was at the last poll unless
+				// that poll kept a hash (it keeps one only for a block
+				// that differs from old). was == 0 and h != 0: it equaled
+				// old then, or it is not known.
+				if h != was {
+					off := int64(bn) * HashBlock
+					out.Add(off, min(off+HashBlock, size))
+				}
+				if h != 0 || was != 0 && next == prev {
+					next.set(bn, h)
+				}
+			}
+		}
+		items = items[:0]
+		if prev != nil && prev.err != nil {
+			return fmt.Errorf("dirty: poll state: block hashes: %w", prev.err)
+		}
+		return nil
+	}
+	for _, x := range blocks.Ranges() {
+		for b := x.Start; b < x.End; {
+			n := min(x.End-b, refineBuf/HashBlock)
+			items = append(items, refineItem{start: b, n: n})
+			b += n
+			if len(items) == refineBatch {
+				if err := flush(); err != nil {
+					return out, err
+				}
+			}
+		}
+	}
+	return out, flush()
+}
+
+// refineWork reads and hashes items, one worker per CPU.
+func refineWork(ctx context.Context, r io.ReaderAt, size int64, old io.ReaderAt, items []refineItem) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < min(runtime.GOMAXPROCS(0), len(items)); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, refineBuf)
+			var obuf []byte
+			if old != nil {
+				obuf = make([]byte, refineBuf)
+			}
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(items) {
+					return
+				}
+				it := &items[i]
+				if it.err = ctx.Err(); it.err != nil {
+					continue
+				}
+				off := it.start * HashBlock
+				p := buf[:min(it.n*HashBlock, size-off)]
+				if k, err := r.ReadAt(p, off); k < len(p) {
+					it.err = fmt.Errorf("dirty: reading the dirty blocks at byte %d: %w", off, err)
+					continue
+				}
+				var op []byte
+				if old != nil {
+					op = obuf[:len(p)]
+					if k, err := old.ReadAt(op, off); k < len(op) {
+						it.err = fmt.Errorf("dirty: reading the older layer at byte %d: %w", off, err)
+						continue
+					}
+				}
+				it.hash = make([]uint64, it.n)
+				for j := range it.hash {
+					lo, hi := int64(j)*HashBlock, min(int64(j+1)*HashBlock, int64(len(p)))
+					if op != nil && bytes.Equal(p[lo:hi], op[lo:hi]) {
+						continue // 0: as old
+					}
+					it.hash[j] = blockHash(p[lo:hi])
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// hashDisk hashes every block of disk r into a new map: the first poll of a
+// bitmap source, so that later polls know what each block held.
+func hashDisk(ctx context.Context, r io.ReaderAt, size int64) (*BlockHashes, error) {
+	var all rangeset.Set
+	all.Add(0, size)
+	h := NewBlockHashes(nil)
+	_, err := refine(ctx, r, size, all, nil, h, nil)
+	return h, err
+}
