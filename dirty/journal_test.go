@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -64,5 +65,38 @@ func TestPollCrashedGuest(t *testing.T) {
 		if got := hex.EncodeToString(h.Sum(nil)); got != after[c.Path].sum {
 			t.Errorf("%s: due file reads %s, after e2fsck %s", c.Path, got, after[c.Path].sum)
 		}
+	}
+}
+
+// TestPollFastCommitGuest: a poll of an image whose journal holds fast
+// commits (not replayed) must say so with an error, which keeps the poll
+// state where it was: it must not report a clean poll.
+func TestPollFastCommitGuest(t *testing.T) {
+	src := filepath.Join(fixture.Root(), "testdata", "out-guest-disk")
+	for _, n := range []string{"fc-crash-before.img", "fc-crash.img"} {
+		if _, err := os.Stat(filepath.Join(src, n)); err != nil {
+			fixture.Missing(t, "%s (bash testdata/guest-disk/build.sh)", filepath.Join(src, n))
+		}
+	}
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	sh(t, dir, "cp", "--sparse=always", filepath.Join(src, "fc-crash-before.img"), img)
+	var st memStore
+	poll(t, img, "hash", &st)
+	sh(t, dir, "cp", "--sparse=always", filepath.Join(src, "fc-crash.img"), img)
+	im, d := openDisk(t, img)
+	defer im.Close()
+	sel, err := Select(context.Background(), im, d, "hash", &st, "rules-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sel.Close()
+	found := false
+	for _, e := range sel.Errors {
+		t.Log(e)
+		found = found || errors.Is(e, ErrFastCommits)
+	}
+	if !found {
+		t.Error("no error for the journal's fast commits")
 	}
 }

@@ -447,14 +447,19 @@ func sameMap(a, b *FileRec) bool {
 	return a.Extents == b.Extents && a.Inline == b.Inline && a.ReadErr == b.ReadErr && slices.Equal(a.Runs, b.Runs)
 }
 
+// fields collects the names of the fields that differ.
+type fields []string
+
+func (f *fields) add(differs bool, name string) {
+	if differs {
+		*f = append(*f, name)
+	}
+}
+
 // metaDiff names the metadata fields that differ.
 func metaDiff(a, b *FileRec) []string {
-	var f []string
-	add := func(c bool, name string) {
-		if c {
-			f = append(f, name)
-		}
-	}
+	var f fields
+	add := f.add
 	add(a.Mode != b.Mode, "mode")
 	add(a.Uid != b.Uid, "uid")
 	add(a.Gid != b.Gid, "gid")

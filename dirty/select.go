@@ -18,6 +18,10 @@ import (
 	"github.com/vmscope/vmscope/qcow"
 )
 
+// ErrFastCommits: the ext4 journal of a volume that needs recovery holds
+// fast commits, which recovery would replay and this package does not.
+var ErrFastCommits = errors.New("dirty: journal fast commits not replayed")
+
 // ErrOtherImage: the poll state was made for another image.
 var ErrOtherImage = errors.New("dirty: the state belongs to another image")
 
@@ -108,6 +112,12 @@ func (s *Selection) recover(ctx context.Context, v *fsparse.Volume) (*fsparse.Vo
 	if err != nil {
 		s.Errors = append(s.Errors, err)
 		return v, rangeset.Set{}
+	}
+	if ov != nil && ov.FastCommits > 0 {
+		// What they changed may not be seen: an error keeps the poll
+		// state where it was (the next poll redoes this one).
+		s.Errors = append(s.Errors, fmt.Errorf("%s: %w: %d fast commits of journal transaction %d, logging inodes %v; e2fsck on a copy replays them, or poll again after the guest's next full commit",
+			v.ID, ErrFastCommits, ov.FastCommits, ov.FirstSeq+uint32(ov.Transactions), ov.FastCommitInodes))
 	}
 	if rv != v {
 		if s.recovered == nil {

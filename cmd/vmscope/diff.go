@@ -5,10 +5,13 @@ import (
 	"io"
 
 	"github.com/spf13/cobra"
+
+	"github.com/vmscope/vmscope/dirty"
 )
 
 func newDiffCmd() *cobra.Command {
 	var format string
+	var full bool
 	c := &cobra.Command{
 		Use:   "diff IMAGE_A IMAGE_B",
 		Short: "File-level diff of two images of the same disk (added, deleted, modified, metadata)",
@@ -16,7 +19,10 @@ func newDiffCmd() *cobra.Command {
 is a layer of the other's chain, or they share a backing file, only the ranges the
 layers above the shared one hold are read; otherwise the disks are compared chunk
 by chunk first. Files are then found from the differing blocks through the
-filesystem metadata, and content changes are confirmed against IMAGE_A's bytes.`,
+filesystem metadata, and content changes are confirmed against IMAGE_A's bytes.
+--full walks every filesystem of both images instead and compares them path by
+path with the sha256 of every file (virt-diff --checksum), trusting no
+block-level tracking: for images that do not share a disk history.`,
 		Args: rangeArgs(2, 2),
 		RunE: func(c *cobra.Command, args []string) error {
 			if err := checkFormat(format, "table", "json", "ndjson"); err != nil {
@@ -27,7 +33,17 @@ filesystem metadata, and content changes are confirmed against IMAGE_A's bytes.`
 				return err
 			}
 			defer im.Close()
-			sel, err := compareWith(c, args[0], im, d)
+			var sel *dirty.Selection
+			if full {
+				oim, od, err := openDisk(args[0])
+				if err != nil {
+					return err
+				}
+				defer oim.Close()
+				sel, err = dirty.FullCompare(c.Context(), od, d)
+			} else {
+				sel, err = compareWith(c, args[0], im, d)
+			}
 			if err != nil {
 				return err
 			}
@@ -38,6 +54,7 @@ filesystem metadata, and content changes are confirmed against IMAGE_A's bytes.`
 		},
 	}
 	c.Flags().StringVar(&format, "format", "table", "output format: table, json or ndjson")
+	c.Flags().BoolVar(&full, "full", false, "compare full walks of both images, with a sha256 of every file")
 	return c
 }
 

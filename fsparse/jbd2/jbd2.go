@@ -23,8 +23,13 @@
 //     their magic number back; with the checksum v2/v3 features a descriptor,
 //     revoke or commit block with a bad checksum ends the log, and a data
 //     block whose tag checksum does not match is not replayed.
-//   - Internal journal (the journal inode) only; an external journal device
-//     and fast-commit blocks are reported, not replayed.
+//   - Internal journal (the journal inode) only: an external journal device
+//     is an error (ErrUnsupported).
+//   - Fast commits (ext4 fast_commit) are found as ext4's replay scan finds
+//     them (a head of the transaction after the last full commit, complete
+//     up to a tail of that transaction) and reported with the inodes they
+//     log (Overlay.FastCommits), not replayed: replaying them rebuilds
+//     extent trees, bitmaps and directories.
 package jbd2
 
 import (
@@ -34,6 +39,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"slices"
 
 	"github.com/vmscope/vmscope/fsparse/ext4"
 )
@@ -120,6 +126,12 @@ type Overlay struct {
 	BadChecksums int // data blocks not replayed for a bad tag checksum
 	// Notes are what the replay could not do and why (fast-commit blocks).
 	Notes []string
+	// FastCommits counts the complete fast commits in the fast-commit area
+	// that belong to the transaction after the last full commit: journal
+	// recovery would replay them, this package does not (FastCommitInodes
+	// are the inodes they log).
+	FastCommits      int
+	FastCommitInodes []uint32
 }
 
 // jmap maps journal block numbers to filesystem blocks through the journal
@@ -338,9 +350,6 @@ func Replay(ctx context.Context, f *ext4.FS, dev io.ReaderAt) (*Overlay, error) 
 
 func (r *replayer) replay(ctx context.Context) (*Overlay, error) {
 	ov := &Overlay{BlockSize: r.bs, Blocks: map[uint64]Source{}, Journal: r.sb, FirstSeq: r.sb.Sequence}
-	if r.sb.NumFCBlocks != 0 {
-		ov.Notes = append(ov.Notes, "fast-commit blocks are not replayed")
-	}
 	if r.sb.Start == 0 {
 		return ov, nil
 	}
@@ -462,6 +471,11 @@ walk:
 		}
 		blk = next(blk)
 	}
+	if r.sb.NumFCBlocks != 0 {
+		if err := r.fastCommits(ctx, ov, seq); err != nil {
+			return nil, err
+		}
+	}
 	data := make([]byte, r.bs)
 	for _, l := range done {
 		if err := ctx.Err(); err != nil {
@@ -543,4 +557,92 @@ func (r *overlayReader) ReadAt(p []byte, off int64) (int, error) {
 		done += n
 	}
 	return done, nil
+}
+
+// Fast-commit tags (ext4's fs/ext4/fast_commit.h): little-endian
+// tag-length-value records that never cross a block.
+const (
+	fcAddRange = 1
+	fcDelRange = 2
+	fcCreat    = 3
+	fcLink     = 4
+	fcUnlink   = 5
+	fcInode    = 6
+	fcPad      = 7
+	fcTail     = 8
+	fcHead     = 9
+)
+
+// fastCommits reads the fast-commit area (the end of the journal) as
+// ext4's replay scan does: it holds fast commits of
+// transaction tid (the one after the last full commit) when it starts with
+// a head of that tid; each fast commit ends with a tail of that tid. The
+// complete ones are counted, with the inodes they log; they are not
+// replayed (that rebuilds extent trees, bitmaps and directories).
+func (r *replayer) fastCommits(ctx context.Context, ov *Overlay, tid uint32) error {
+	b := r.buf
+	le := binary.LittleEndian
+	var inodes, complete []uint32
+	seen := map[uint32]bool{}
+	// As jbd2 lays it out: the log ends at s_maxlen - num_fc_blocks
+	// (exclusive), the fast-commit area runs from the block after that
+	// one to s_maxlen.
+	start := uint64(r.sb.MaxLen-r.sb.NumFCBlocks) + 1
+scan:
+	for i := uint64(0); start+i < uint64(r.sb.MaxLen); i++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := r.read(start+i, b); err != nil {
+			return err
+		}
+		for off := 0; off+4 <= len(b); {
+			tag, n := le.Uint16(b[off:]), int(le.Uint16(b[off+2:]))
+			val := b[off+4:]
+			if n > len(val) {
+				break scan // a record past its block: the end of what was written
+			}
+			val = val[:n]
+			off += 4 + n
+			switch {
+			case i == 0 && off == 4+n && tag != fcHead:
+				break scan // no head: the area holds nothing to replay
+			case tag == fcHead:
+				if n < 8 || le.Uint32(val[4:]) != tid {
+					break scan // an older transaction's fast commits
+				}
+			case tag == fcTail:
+				if n < 8 || le.Uint32(val) != tid {
+					break scan
+				}
+				ov.FastCommits++
+				complete = append(complete[:0], inodes...)
+			case tag == fcPad:
+				off = len(b)
+			case tag >= fcAddRange && tag <= fcInode:
+				if n < 4 {
+					break scan
+				}
+				ino := le.Uint32(val)
+				if tag >= fcCreat && tag <= fcUnlink {
+					if n < 8 {
+						break scan
+					}
+					ino = le.Uint32(val[4:]) // after the parent's
+				}
+				if !seen[ino] {
+					seen[ino] = true
+					inodes = append(inodes, ino)
+				}
+			default:
+				break scan
+			}
+		}
+	}
+	if ov.FastCommits > 0 {
+		slices.Sort(complete)
+		ov.FastCommitInodes = complete
+		ov.Notes = append(ov.Notes, fmt.Sprintf("%d fast commits of transaction %d (inodes %v) are not replayed", ov.FastCommits, tid, complete))
+	}
+	return nil
 }

@@ -11,7 +11,12 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/vmscope/vmscope/fsparse/ext4"
@@ -269,6 +274,55 @@ func TestReplayBadSuper(t *testing.T) {
 	}
 }
 
+// fcJournal is a journal with one full commit (sequence 1) and a
+// fast-commit length of two blocks (the area is the last block: it starts
+// one block after the log's end) that holds recs (little-endian tag,
+// length, value).
+func fcJournal(recs ...[]byte) []byte {
+	b := newBuilder(1024, incompatRevoke|incompat64bit|incompatCsumV3|incompatFastCmt, 24)
+	binary.BigEndian.PutUint32(b.blocks[0][0x54:], 2)
+	b.start(3, 1)
+	b.transaction(3, 1, []uint64{50}, nil, 1, true)
+	copy(b.blocks[23], bytes.Join(recs, nil))
+	return b.bytes()
+}
+
+func fcRec(tag uint16, val ...uint32) []byte {
+	r := binary.LittleEndian.AppendUint16(nil, tag)
+	r = binary.LittleEndian.AppendUint16(r, uint16(4*len(val)))
+	for _, v := range val {
+		r = binary.LittleEndian.AppendUint32(r, v)
+	}
+	return r
+}
+
+// TestFastCommitSynthetic: complete fast commits of the transaction after
+// the last full commit are counted with their inodes; an incomplete one
+// (no tail), one of an older transaction, or an area without a head are
+// not.
+func TestFastCommitSynthetic(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		j      []byte
+		n      int
+		inodes []uint32
+	}{
+		{"two complete, one open", fcJournal(fcRec(fcHead, 0, 2), fcRec(fcInode, 12, 0, 0), fcRec(fcAddRange, 12, 0, 0, 0), fcRec(fcTail, 2, 0),
+			fcRec(fcCreat, 2, 14), fcRec(fcTail, 2, 0), fcRec(fcInode, 15, 0)), 2, []uint32{12, 14}},
+		{"older transaction", fcJournal(fcRec(fcHead, 0, 1), fcRec(fcInode, 12, 0), fcRec(fcTail, 1, 0)), 0, nil},
+		{"no head", fcJournal(fcRec(fcInode, 12, 0), fcRec(fcTail, 2, 0)), 0, nil},
+		{"tail of another transaction", fcJournal(fcRec(fcHead, 0, 2), fcRec(fcInode, 12, 0), fcRec(fcTail, 3, 0)), 0, nil},
+	} {
+		ov, err := replayBytes(context.Background(), c.j, 1024, 128)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if ov.Transactions != 1 || ov.FastCommits != c.n || !slices.Equal(ov.FastCommitInodes, c.inodes) {
+			t.Errorf("%s: %d transactions, %d fast commits, inodes %v; want 1, %d, %v", c.name, ov.Transactions, ov.FastCommits, ov.FastCommitInodes, c.n, c.inodes)
+		}
+	}
+}
+
 // FuzzReplay: any journal bytes give an overlay or an error; the overlay
 // only names blocks of the filesystem and journal blocks of the log.
 func FuzzReplay(f *testing.F) {
@@ -282,6 +336,7 @@ func FuzzReplay(f *testing.F) {
 	b2.start(1, 5)
 	b2.transaction(1, 5, []uint64{9}, nil, 3, true)
 	f.Add(b2.bytes())
+	f.Add(fcJournal(fcRec(fcHead, 0, 2), fcRec(fcInode, 12, 0), fcRec(fcCreat, 2, 14), fcRec(fcTail, 2, 0)))
 	f.Fuzz(func(t *testing.T, j []byte) {
 		if len(j) > 1<<20 {
 			return
@@ -369,14 +424,14 @@ func openFS(t *testing.T, r io.ReaderAt, size int64) *ext4.FS {
 	return f
 }
 
-// TestReplayCrashedGuest: the guest of testdata/guest-disk wrote with
-// commit=1 and was killed; the in-memory replay must give the tree that
-// e2fsck's recovery gives (crash-fsck.img), and the image must not be
-// that tree without it.
-func TestReplayCrashedGuest(t *testing.T) {
-	dir := filepath.Join(fixture.Root(), "testdata", "out-guest-disk")
-	crash := filepath.Join(dir, "crash.img")
-	for _, p := range []string{crash, filepath.Join(dir, "crash-fsck.img")} {
+// crashedGuest opens PREFIXcrash.img of testdata/guest-disk (its journal
+// needs recovery) and its filesystem; the fixture folder holds the
+// reference ref too.
+func crashedGuest(t *testing.T, prefix, ref string) (dir string, img *os.File, raw *ext4.FS) {
+	t.Helper()
+	dir = filepath.Join(fixture.Root(), "testdata", "out-guest-disk")
+	crash := filepath.Join(dir, prefix+"crash.img")
+	for _, p := range []string{crash, filepath.Join(dir, ref)} {
 		if _, err := os.Stat(p); err != nil {
 			fixture.Missing(t, "%s (bash testdata/guest-disk/build.sh)", p)
 		}
@@ -385,15 +440,24 @@ func TestReplayCrashedGuest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer img.Close()
+	t.Cleanup(func() { img.Close() })
+	st, _ := img.Stat()
+	raw = openFS(t, img, st.Size())
+	if !NeedsRecovery(raw.Super()) {
+		t.Fatalf("%s does not need recovery", crash)
+	}
+	return dir, img, raw
+}
+
+// TestReplayCrashedGuest: the guest of testdata/guest-disk wrote with
+// commit=1 and was killed; the in-memory replay must give the tree that
+// e2fsck's recovery gives (crash-fsck.img), and the image must not be
+// that tree without it.
+func TestReplayCrashedGuest(t *testing.T) {
+	dir, img, raw := crashedGuest(t, "", "crash-fsck.img")
 	st, _ := img.Stat()
 	before := sha256.New()
 	io.Copy(before, img)
-
-	raw := openFS(t, img, st.Size())
-	if !NeedsRecovery(raw.Super()) {
-		t.Fatal("crash.img does not need recovery")
-	}
 	ov, err := Replay(context.Background(), raw, img)
 	if err != nil {
 		t.Fatal(err)
@@ -441,10 +505,62 @@ func TestReplayCrashedGuest(t *testing.T) {
 		t.Error("the image reads the same without the replay: the fixture does not test it")
 	}
 	t.Logf("%d paths after recovery; without the replay %d paths differ", len(want), n)
+	if ov.FastCommits != 0 {
+		t.Errorf("a journal without fast_commit: %d fast commits", ov.FastCommits)
+	}
 	img.Seek(0, io.SeekStart)
 	after := sha256.New()
 	io.Copy(after, img)
 	if !bytes.Equal(before.Sum(nil), after.Sum(nil)) {
 		t.Error("crash.img changed")
+	}
+}
+
+// TestFastCommitCrashedGuest: the guest of testdata/guest-disk wrote and
+// fsync'ed on a filesystem with fast_commit (no full commit after), then
+// was killed. The fast commits must be found, with the inodes they log:
+// the inodes of the new and the appended file, as debugfs names them in
+// the guest kernel's own recovery of the image (it replays fast commits).
+func TestFastCommitCrashedGuest(t *testing.T) {
+	dir, img, raw := crashedGuest(t, "fc-", "fc-crash-recovered.img")
+	ref := filepath.Join(dir, "fc-crash-recovered.img")
+	ov, err := Replay(context.Background(), raw, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("journal: %d transactions from %d; %d fast commits, inodes %v; notes %q",
+		ov.Transactions, ov.FirstSeq, ov.FastCommits, ov.FastCommitInodes, ov.Notes)
+	if ov.FastCommits == 0 || len(ov.Notes) == 0 {
+		t.Fatal("no fast commit found")
+	}
+	// The reference: the fast-commit area as e2fsprogs' logdump reads it.
+	out, err := exec.Command(fixture.Tool(t, "debugfs"), "-R", "logdump", filepath.Join(dir, "fc-crash.img")).Output()
+	if err != nil {
+		t.Fatalf("debugfs logdump: %v", err)
+	}
+	_, area, ok := strings.Cut(string(out), "*** Fast Commit Area ***")
+	if !ok {
+		t.Fatalf("debugfs logdump shows no fast-commit area:\n%s", out)
+	}
+	var want []uint32
+	for _, m := range regexp.MustCompile(`\bino(?:de)? (\d+)`).FindAllStringSubmatch(area, -1) {
+		ino, _ := strconv.ParseUint(m[1], 10, 32)
+		if !slices.Contains(want, uint32(ino)) {
+			want = append(want, uint32(ino))
+		}
+	}
+	slices.Sort(want)
+	if !slices.Equal(ov.FastCommitInodes, want) {
+		t.Errorf("fast commits' inodes %v, debugfs logdump %v:%s", ov.FastCommitInodes, want, area)
+	}
+	// The guest fsync'ed an append to /data/append.log after the last full
+	// commit: its inode (in the kernel's recovery) is logged there.
+	out, err = exec.Command(fixture.Tool(t, "debugfs"), "-R", "stat /data/append.log", ref).Output()
+	m := regexp.MustCompile(`Inode: (\d+)`).FindSubmatch(out)
+	if err != nil || m == nil {
+		t.Fatalf("debugfs stat: %v: %s", err, out)
+	}
+	if ino, _ := strconv.ParseUint(string(m[1]), 10, 32); !slices.Contains(ov.FastCommitInodes, uint32(ino)) {
+		t.Errorf("/data/append.log (inode %d) is not among the fast commits' inodes %v", ino, ov.FastCommitInodes)
 	}
 }

@@ -8,8 +8,9 @@
 # kernel version, linked as testdata/out-guest-disk (git-ignored):
 #   vmlinuz initrd.gz kernel-version
 #   crash-before.img crash.img crash-fsck.img   see crash_fixture below
+#   fc-crash-before.img fc-crash.img fc-crash-recovered.img   see fc_crash_fixture
 # The images and boots are made by the tests (dirty/guest_test.go), or by
-# hand:  bash testdata/guest-disk/build.sh run WORK DISK...   (WORK 1|2|crash;
+# hand:  bash testdata/guest-disk/build.sh run WORK DISK...   (WORK 1|2|crash|fccrash|recover;
 # DISK a .qcow2 or a raw file; QEMU TCG, the console goes to stdout).
 set -euo pipefail
 export LC_ALL=C
@@ -34,6 +35,31 @@ log() { printf 'guest-disk: %s\n' "$*" >&2; }
 #   crash-fsck.img    crash.img after `e2fsck -fy` (journal recovered by e2fsprogs):
 #                     the reference for an in-memory replay
 crash_fixture() {
+  crash_boot crash ""
+}
+
+# The fast-commit crash fixture: the same tree on a filesystem with
+# fast_commit, changed by the fccrash workload (fsync'ed writes, no full
+# commit after them), then QEMU killed: fc-crash-before.img, fc-crash.img,
+# and fc-crash-recovered.img, the guest kernel's own recovery (a boot that
+# mounts the crashed filesystem and unmounts it cleanly: the kernel replays
+# fast commits; e2fsck 1.47.0 fails on them).
+fc_crash_fixture() {
+  crash_boot fccrash "-O fast_commit" fc-
+  cp --sparse=always "$cache/fc-crash.img" "$cache/fc-crash-recovered.img"
+  log "recover boot"
+  timeout 300 qemu-system-x86_64 -accel tcg -m 256 -smp 1 -nographic -display none -no-reboot \
+    -kernel "$cache/vmlinuz" -initrd "$cache/initrd.gz" \
+    -append "console=ttyS0 quiet panic=-1 vmscope.work=recover" -serial "file:$cache/console-recover.log" \
+    -monitor none -net none -drive "file=$cache/fc-crash-recovered.img,format=raw,if=virtio"
+  grep -q '=== DONE recover ===' "$cache/console-recover.log" || { log "recover boot failed:"; cat "$cache/console-recover.log" >&2; exit 1; }
+  e2fsck -fn "$cache/fc-crash-recovered.img" > "$cache/fc-e2fsck.log" 2>&1 || { log "the recovered filesystem has errors"; cat "$cache/fc-e2fsck.log" >&2; exit 1; }
+}
+
+# crash_boot WORK MKFS_OPTIONS [PREFIX] builds PREFIX{crash-before,crash}.img,
+# and crash-fsck.img without a prefix.
+crash_boot() {
+  local work=$1 mkfsopt=$2 p=${3:-}
   local t=$cache/crash-tree
   mkdir -p "$t"/{etc,data,olddir/sub,unrelated,w2,newtree}
   echo "127.0.0.1 localhost" > "$t/etc/hosts"
@@ -51,24 +77,26 @@ crash_fixture() {
   for i in $(seq 0 299); do printf 'unrelated file %d\n' "$i" > "$t/unrelated/f$(printf %03d "$i")"; done
   echo edit > "$t/w2/edit.txt"; echo rm > "$t/w2/rm.txt"
   ln -s etc/hosts "$t/lnk"
-  mkfs.ext4 -q -F -b 4096 -E root_owner=0:0 -d "$t" "$cache/crash-before.img" 48M
+  # shellcheck disable=SC2086
+  mkfs.ext4 -q -F -b 4096 -E root_owner=0:0 $mkfsopt -d "$t" "$cache/${p}crash-before.img" 48M
   rm -rf "$t"
-  cp --sparse=always "$cache/crash-before.img" "$cache/crash.img"
-  log "crash boot"
+  cp --sparse=always "$cache/${p}crash-before.img" "$cache/${p}crash.img"
+  log "$work boot"
   qemu-system-x86_64 -accel tcg -m 256 -smp 1 -nographic -display none -no-reboot \
     -kernel "$cache/vmlinuz" -initrd "$cache/initrd.gz" \
-    -append "console=ttyS0 quiet panic=-1 vmscope.work=crash" -serial "file:$cache/console-crash.log" \
-    -monitor none -net none -drive "file=$cache/crash.img,format=raw,if=virtio" &
+    -append "console=ttyS0 quiet panic=-1 vmscope.work=$work" -serial "file:$cache/console-$work.log" \
+    -monitor none -net none -drive "file=$cache/${p}crash.img,format=raw,if=virtio" &
   local pid=$! i=0
-  until grep -q '=== CRASH-READY ===' "$cache/console-crash.log" 2>/dev/null; do
-    if grep -q '=== FAIL' "$cache/console-crash.log" 2>/dev/null || ! kill -0 "$pid" 2>/dev/null || [ $i -ge 1500 ]; then
+  until grep -q '=== CRASH-READY ===' "$cache/console-$work.log" 2>/dev/null; do
+    if grep -q '=== FAIL' "$cache/console-$work.log" 2>/dev/null || ! kill -0 "$pid" 2>/dev/null || [ $i -ge 1500 ]; then
       kill -9 "$pid" 2>/dev/null || true
-      log "crash boot failed:"; cat "$cache/console-crash.log" >&2; exit 1
+      log "$work boot failed:"; cat "$cache/console-$work.log" >&2; exit 1
     fi
     sleep 0.2; i=$((i+1))
   done
   kill -9 "$pid"; wait "$pid" 2>/dev/null || true
-  dumpe2fs -h "$cache/crash.img" 2>/dev/null | grep -q needs_recovery || { log "crash.img does not need recovery"; exit 1; }
+  dumpe2fs -h "$cache/${p}crash.img" 2>/dev/null | grep -q needs_recovery || { log "${p}crash.img does not need recovery"; exit 1; }
+  [ -z "$p" ] || return 0
   cp --sparse=always "$cache/crash.img" "$cache/crash-fsck.img"
   local rc=0
   e2fsck -fy "$cache/crash-fsck.img" > "$cache/e2fsck.log" 2>&1 || rc=$?
@@ -96,6 +124,7 @@ if [ ! -f "$cache/.done" ]; then
   cp "$kdir/vmlinuz" "$cache/vmlinuz"
   echo "$kver" > "$cache/kernel-version"
   crash_fixture
+  fc_crash_fixture
   touch "$cache/.done"
 fi
 if [ "$(readlink "$out" 2>/dev/null)" != "$cache" ]; then

@@ -6,7 +6,7 @@
 # each, the ground truth of the dirty-file tests (dirty/guest_test.go).
 #
 # Kernel command line:
-#   vmscope.work=1|2|crash   which workload (see work_* below)
+#   vmscope.work=1|2|crash|fccrash|recover   which workload (see work_* below)
 # Clean workloads end with sync, umount and `poweroff -f`, so QEMU exits and
 # stores its persistent bitmaps. "crash" mounts with commit=1, writes, waits
 # for the journal to commit, prints "=== CRASH-READY ===" and blocks: the
@@ -58,6 +58,22 @@ work_crash() {
   rm -rf unrelated/f01*
 }
 
+# work_fccrash: changes that reach the journal only as fast commits (the
+# filesystem has fast_commit; mounted with commit=600, so no full commit
+# follows): a new file and an append, each fsync'ed.
+work_fccrash() {
+  echo "fast commit new file" > data/fc-new.txt
+  sync data/fc-new.txt
+  echo "fast commit appended line" >> data/append.log
+  sync data/append.log
+}
+
+# work_recover: nothing; mounting the crashed filesystem recovered its
+# journal (fast commits included), the clean unmount writes it back.
+work_recover() {
+  :
+}
+
 # `/init work NAME` runs one workload in the current directory, stopping at
 # the first failing command.
 if [ "${1:-}" = work ]; then
@@ -80,6 +96,7 @@ fail() { echo "=== FAIL $* ==="; poweroff -f; }
 
 opts=""
 [ "$work" = crash ] && opts="-o commit=1"
+[ "$work" = fccrash ] && opts="-o commit=600"
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 mounted=""
@@ -94,8 +111,10 @@ for dev in /dev/vd[a-z]; do
   (cd "$mnt" && sh /init work "$work") || fail "work $work on $part"
 done
 [ -n "$mounted" ] || fail "no virtio disk"
-if [ "$work" = crash ]; then
-  sleep 3   # commit=1: the transactions reach the journal, not their home blocks
+if [ "$work" = crash ] || [ "$work" = fccrash ]; then
+  # crash, commit=1: the transactions reach the journal, not their home
+  # blocks; fccrash: the fsyncs returned once their fast commits were written
+  [ "$work" = crash ] && sleep 3
   echo "=== CRASH-READY ==="
   while :; do sleep 3600; done
 fi

@@ -1,0 +1,109 @@
+package dirty
+
+import (
+	"bytes"
+	"context"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/vmscope/vmscope/internal/rangeset"
+)
+
+// refineDisks returns a 16 MiB disk of random bytes and a copy with one
+// byte changed in every 64th block (the written blocks), and those blocks.
+func refineDisks() (old, cur []byte, written rangeset.Set) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	old = make([]byte, 16<<20)
+	for i := range old {
+		old[i] = byte(rng.Uint32())
+	}
+	cur = bytes.Clone(old)
+	for b := int64(0); b < int64(len(cur))/HashBlock; b += 64 {
+		cur[b*HashBlock+100] ^= 0xFF
+		written.Add(b*HashBlock, (b+1)*HashBlock)
+	}
+	return old, cur, written
+}
+
+// TestRefine: against the older bytes, then against the hashes the first
+// refine kept, only the written blocks are changed; a block that goes back
+// to its older bytes is changed once more, then no longer hashed.
+func TestRefine(t *testing.T) {
+	ctx := context.Background()
+	old, cur, written := refineDisks()
+	var all rangeset.Set
+	all.Add(0, int64(len(cur)))
+	size := int64(len(cur))
+	h1 := NewBlockHashes(nil)
+	got, err := refine(ctx, bytes.NewReader(cur), size, all, nil, h1, bytes.NewReader(old))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rangeset.Equal(got, written) {
+		t.Fatalf("against the older layer: %v, want %v", got.Ranges()[:3], written.Ranges()[:3])
+	}
+	// Nothing written since: nothing changed.
+	h2 := NewBlockHashes(nil)
+	if got, _ = refine(ctx, bytes.NewReader(cur), size, all, h1, h2, bytes.NewReader(old)); got.Bytes() != 0 {
+		t.Fatalf("second refine: %d bytes changed", got.Bytes())
+	}
+	// Block 0 back to the old bytes, block 1 written.
+	copy(cur, old[:HashBlock])
+	cur[HashBlock+5] ^= 1
+	h3 := NewBlockHashes(nil)
+	got, _ = refine(ctx, bytes.NewReader(cur), size, all, h2, h3, bytes.NewReader(old))
+	var want rangeset.Set
+	want.Add(0, 2*HashBlock)
+	if !rangeset.Equal(got, want) {
+		t.Fatalf("third refine: %v, want %v", got.Ranges(), want.Ranges())
+	}
+	if h3.get(0) != 0 || h3.get(1) == 0 || h3.get(64) == 0 {
+		t.Errorf("kept hashes: block 0 %x (want none: as the older layer), 1 %x, 64 %x", h3.get(0), h3.get(1), h3.get(64))
+	}
+	// Without an older layer (a bitmap): a map updated in place.
+	hd, err := hashDisk(ctx, bytes.NewReader(cur), size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur[70*HashBlock] ^= 1
+	got, _ = refine(ctx, bytes.NewReader(cur), size, all, hd, hd, nil)
+	want = rangeset.Set{}
+	want.Add(70*HashBlock, 71*HashBlock)
+	if !rangeset.Equal(got, want) {
+		t.Fatalf("bitmap refine: %v, want %v", got.Ranges(), want.Ranges())
+	}
+}
+
+// BenchmarkRefine: narrowing 16 MiB of overlay clusters against the older
+// layer (the cow source's first poll after a change).
+func BenchmarkRefine(b *testing.B) {
+	ctx := context.Background()
+	old, cur, _ := refineDisks()
+	var all rangeset.Set
+	all.Add(0, int64(len(cur)))
+	b.SetBytes(int64(len(cur)))
+	for b.Loop() {
+		if _, err := refine(ctx, bytes.NewReader(cur), int64(len(cur)), all, nil, NewBlockHashes(nil), bytes.NewReader(old)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkRefineHashes: the same against stored hashes (the bitmap
+// source, or a cow block written at an earlier poll).
+func BenchmarkRefineHashes(b *testing.B) {
+	ctx := context.Background()
+	_, cur, _ := refineDisks()
+	prev, err := hashDisk(ctx, bytes.NewReader(cur), int64(len(cur)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	var all rangeset.Set
+	all.Add(0, int64(len(cur)))
+	b.SetBytes(int64(len(cur)))
+	for b.Loop() {
+		if _, err := refine(ctx, bytes.NewReader(cur), int64(len(cur)), all, prev, prev, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
