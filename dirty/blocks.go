@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"maps"
 	"runtime"
 	"slices"
 	"sync"
@@ -44,17 +43,19 @@ const HashGroup = 256
 // dirty or hashed disk in 2 GiB of hashes.
 const maxHashBlocks = 1 << 28
 
-// HashSource reads the stored hashes of one group (HashGroup entries, 0 for
-// a block not hashed), nil when the group is not stored.
+// HashSource reads the stored hashes of one group: HashGroup entries (0
+// for a block not hashed), or one entry when every block of the group has
+// that hash; nil when the group is not stored.
 type HashSource interface {
 	HashGroup(g uint64) ([]uint64, error)
 }
 
 // BlockHashes maps 4 KiB blocks of the guest disk to their hash, read on
-// demand from a stored source; 0 means not known.
+// demand from a stored source; 0 means not known. A group whose blocks all
+// have the same hash (unwritten space: zeros) is held as that one hash.
 type BlockHashes struct {
 	src     HashSource
-	groups  map[uint64][]uint64 // read or changed
+	groups  map[uint64][]uint64 // read or changed: HashGroup entries, or 1 (uniform)
 	changed map[uint64]bool
 	// reset: the stored groups are replaced by these (a new map).
 	reset bool
@@ -67,8 +68,9 @@ func NewBlockHashes(src HashSource) *BlockHashes {
 	return &BlockHashes{src: src, groups: map[uint64][]uint64{}, changed: map[uint64]bool{}, reset: src == nil}
 }
 
-// Changed returns the groups to store and whether they replace every stored
-// group (a new map) or only the groups they name.
+// Changed returns the groups to store (HashGroup hashes, or one for a
+// uniform group) and whether they replace every stored group (a new map)
+// or only the groups they name.
 func (h *BlockHashes) Changed() (groups map[uint64][]uint64, replace bool) {
 	out := make(map[uint64][]uint64, len(h.changed))
 	for g := range h.changed {
@@ -76,15 +78,12 @@ func (h *BlockHashes) Changed() (groups map[uint64][]uint64, replace bool) {
 	}
 	if h.reset {
 		for g, s := range h.groups {
-			out[g] = s
+			if s != nil {
+				out[g] = s
+			}
 		}
 	}
 	return out, h.reset
-}
-
-// Groups returns the numbers of the groups held in memory, sorted.
-func (h *BlockHashes) Groups() []uint64 {
-	return slices.Sorted(maps.Keys(h.groups))
 }
 
 func (h *BlockHashes) group(g uint64) []uint64 {
@@ -98,7 +97,7 @@ func (h *BlockHashes) group(g uint64) []uint64 {
 		if err != nil && h.err == nil {
 			h.err = err
 		}
-		if len(s) != HashGroup {
+		if len(s) != HashGroup && len(s) != 1 {
 			s = nil
 		}
 	}
@@ -108,22 +107,45 @@ func (h *BlockHashes) group(g uint64) []uint64 {
 
 // get returns the hash of block b, 0 when not known.
 func (h *BlockHashes) get(b uint64) uint64 {
-	if s := h.group(b / HashGroup); s != nil {
+	switch s := h.group(b / HashGroup); len(s) {
+	case 0:
+		return 0
+	case 1:
+		return s[0]
+	default:
 		return s[b%HashGroup]
 	}
-	return 0
 }
 
 func (h *BlockHashes) set(b, v uint64) {
 	g := b / HashGroup
 	s := h.group(g)
-	if s == nil {
-		s = make([]uint64, HashGroup)
-		h.groups[g] = s
+	switch {
+	case len(s) == 1 && s[0] == v:
+		return
+	case len(s) <= 1:
+		full := make([]uint64, HashGroup)
+		if len(s) == 1 {
+			for i := range full {
+				full[i] = s[0]
+			}
+		}
+		h.groups[g], s = full, full
 	}
 	if s[b%HashGroup] != v {
 		s[b%HashGroup] = v
 		h.changed[g] = true
+	}
+}
+
+// compact holds the groups [lo, hi] whose blocks all have one hash as that
+// hash.
+func (h *BlockHashes) compact(lo, hi uint64) {
+	for g := lo; g <= hi; g++ {
+		s := h.groups[g]
+		if len(s) == HashGroup && slices.Min(s) == slices.Max(s) {
+			h.groups[g] = []uint64{s[0]}
+		}
 	}
 }
 
@@ -212,6 +234,9 @@ func refine(ctx context.Context, r io.ReaderAt, size int64, dirty rangeset.Set, 
 					next.set(bn, h)
 				}
 			}
+		}
+		if len(items) > 0 {
+			next.compact(uint64(items[0].start)/HashGroup, uint64(items[len(items)-1].start+items[len(items)-1].n-1)/HashGroup)
 		}
 		items = items[:0]
 		if prev != nil && prev.err != nil {

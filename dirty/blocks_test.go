@@ -72,6 +72,30 @@ func TestRefine(t *testing.T) {
 	if !rangeset.Equal(got, want) {
 		t.Fatalf("bitmap refine: %v, want %v", got.Ranges(), want.Ranges())
 	}
+
+	// Unwritten space: a group of zero blocks is held as one hash, and
+	// becomes a whole group again when one of its blocks changes.
+	zeros := make([]byte, 2<<20)
+	zsize := int64(len(zeros))
+	hz, err := hashDisk(ctx, bytes.NewReader(zeros), zsize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hz.groups[0]) != 1 || hz.get(5) != zeroHash {
+		t.Fatalf("a zero group: %d hashes, block 5 %x", len(hz.groups[0]), hz.get(5))
+	}
+	zeros[5*HashBlock] = 1
+	var zall rangeset.Set
+	zall.Add(0, zsize)
+	got, _ = refine(ctx, bytes.NewReader(zeros), zsize, zall, hz, hz, nil)
+	want = rangeset.Set{}
+	want.Add(5*HashBlock, 6*HashBlock)
+	if !rangeset.Equal(got, want) || len(hz.groups[0]) != HashGroup || hz.get(5) == zeroHash || hz.get(6) != zeroHash {
+		t.Errorf("a zero group after a write: %v, %d hashes", got.Ranges(), len(hz.groups[0]))
+	}
+	if g, _ := hz.Changed(); len(g[0]) != HashGroup || len(g[1]) != 1 {
+		t.Errorf("groups to store: %d and %d hashes", len(g[0]), len(g[1]))
+	}
 }
 
 // BenchmarkRefine: narrowing 16 MiB of overlay clusters against the older

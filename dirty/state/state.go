@@ -343,10 +343,7 @@ func (h hashSource) HashGroup(g uint64) ([]uint64, error) {
 		case 0:
 			return nil
 		case 8:
-			out = make([]uint64, dirty.HashGroup)
-			for i := range out {
-				out[i] = binary.LittleEndian.Uint64(v)
-			}
+			out = []uint64{binary.LittleEndian.Uint64(v)}
 		case 8 * dirty.HashGroup:
 			out = make([]uint64, dirty.HashGroup)
 			for i := range out {
@@ -382,7 +379,7 @@ func saveBlocks(b *bolt.Bucket, h *dirty.BlockHashes) error {
 	bb.FillPercent = 0.9
 	for _, g := range slices.Sorted(maps.Keys(groups)) {
 		s := groups[g]
-		if len(s) != dirty.HashGroup {
+		if len(s) != dirty.HashGroup && len(s) != 1 {
 			continue
 		}
 		var v []byte

@@ -5,9 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 
 	bolt "go.etcd.io/bbolt"
@@ -209,4 +213,97 @@ func FuzzDecodeRec(f *testing.F) {
 			t.Fatalf("re-encoding: %v\n%+v\n%+v", err, g, r)
 		}
 	})
+}
+
+// TestBlockHashesThroughState: the block hashes a bitmap poll keeps survive
+// the state file. A bitmap's blocks rewritten with the same bytes (data of
+// the filesystem, and zeros over unused space: a uniform group) are not
+// changed; a block rewritten with other bytes is, alone.
+func TestBlockHashesThroughState(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	src := fixture.Path(t, "ext4.img")
+	img := filepath.Join(dir, "bm.qcow2")
+	run := func(tool string, args ...string) {
+		t.Helper()
+		if out, err := exec.Command(fixture.Tool(t, tool), args...).CombinedOutput(); err != nil {
+			t.Fatalf("%s %v: %v\n%s", tool, args, err, out)
+		}
+	}
+	run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", src, img)
+	run("qemu-img", "bitmap", "--add", "--enable", img, "b")
+	db, err := Open(filepath.Join(dir, "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	poll := func() *dirty.Selection {
+		t.Helper()
+		im, err := qcow.Open(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer im.Close()
+		d, err := fsparse.Open(im, im.Size())
+		if err != nil {
+			t.Fatal(err)
+		}
+		sel, err := dirty.Select(ctx, im, d, "bitmap:b", db, "r")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range sel.Errors {
+			t.Error(e)
+		}
+		if err := sel.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		return sel
+	}
+	poll()
+	// The first 256 KiB of /data/big.bin (contiguous, where debugfs maps
+	// it) written back as they are, and 1 MiB of zeros over the unused
+	// space at 4 MiB.
+	bmap := func(n int) int64 {
+		out, err := exec.Command(fixture.Tool(t, "debugfs"), "-R", fmt.Sprintf("bmap /data/big.bin %d", n), src).Output()
+		fields := strings.Fields(string(out))
+		if err != nil || len(fields) == 0 {
+			t.Fatalf("debugfs bmap: %v: %s", err, out)
+		}
+		b, err := strconv.ParseInt(fields[len(fields)-1], 10, 64)
+		if err != nil {
+			t.Fatalf("debugfs bmap: %s", out)
+		}
+		return b
+	}
+	const dataLen = 256 << 10
+	first := bmap(0)
+	if bmap(dataLen/4096-1) != first+dataLen/4096-1 {
+		t.Fatal("the first 256 KiB of /data/big.bin are not contiguous")
+	}
+	dataOff := first * 4096
+	same := filepath.Join(dir, "same.bin")
+	f, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, dataLen)
+	_, err = f.ReadAt(buf, dataOff)
+	f.Close()
+	if err != nil || bytes.Count(buf, []byte{0}) == len(buf) {
+		t.Fatalf("no data at %d in ext4.img (%v)", dataOff, err)
+	}
+	if err := os.WriteFile(same, buf, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run("qemu-io", "-f", "qcow2", "-c", fmt.Sprintf("write -s %s %d %d", same, dataOff, dataLen), "-c", "write -z 4M 1M", img)
+	sel := poll()
+	if s := sel.Stats["disk"]; s.DirtyBytes != 0 || len(sel.Changes) != 0 {
+		t.Errorf("rewritten with the same bytes: %d dirty bytes, %d changes", s.DirtyBytes, len(sel.Changes))
+	}
+	run("qemu-io", "-f", "qcow2", "-c", fmt.Sprintf("write -P 0x55 %d 4096", dataOff+8192), img)
+	sel = poll()
+	if s := sel.Stats["disk"]; s.DirtyBytes != 4096 || len(sel.Changes) != 1 || sel.Changes[0].Path != "/data/big.bin" {
+		t.Errorf("one block of /data/big.bin written: %d dirty bytes, changes %+v", s.DirtyBytes, sel.Changes)
+	}
 }
