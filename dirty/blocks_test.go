@@ -3,6 +3,8 @@ package dirty
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"math/rand/v2"
 	"testing"
 
@@ -128,6 +130,27 @@ func BenchmarkRefineHashes(b *testing.B) {
 	for b.Loop() {
 		if _, err := refine(ctx, bytes.NewReader(cur), int64(len(cur)), all, prev, prev, nil); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestChunkHashes: every chunk's hash is the first 8 bytes of its sha256,
+// zero chunks and the short last chunk included.
+func TestChunkHashes(t *testing.T) {
+	_, disk, _ := refineDisks()
+	clear(disk[3<<20 : 5<<20]) // zero chunks
+	disk = disk[:len(disk)-1000]
+	got, err := ChunkHashes(context.Background(), bytes.NewReader(disk), int64(len(disk)), DefaultChunk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (len(disk) + DefaultChunk - 1) / DefaultChunk; len(got) != want {
+		t.Fatalf("%d hashes, want %d", len(got), want)
+	}
+	for i := range got {
+		s := sha256.Sum256(disk[i*DefaultChunk : min((i+1)*DefaultChunk, len(disk))])
+		if want := binary.LittleEndian.Uint64(s[:8]); got[i] != want {
+			t.Fatalf("chunk %d: %x, want %x", i, got[i], want)
 		}
 	}
 }
