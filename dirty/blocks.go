@@ -48,6 +48,8 @@ const maxHashBlocks = 1 << 28
 // that hash; nil when the group is not stored.
 type HashSource interface {
 	HashGroup(g uint64) ([]uint64, error)
+	// EachGroup calls fn for every stored group, in order.
+	EachGroup(fn func(g uint64, hashes []uint64)) error
 }
 
 // BlockHashes maps 4 KiB blocks of the guest disk to their hash, read on
@@ -138,6 +140,38 @@ func (h *BlockHashes) set(b, v uint64) {
 	}
 }
 
+// Known returns the blocks that have a hash, as guest byte ranges (a
+// block's range is not clipped to the disk's end).
+func (h *BlockHashes) Known() (rangeset.Set, error) {
+	var out rangeset.Set
+	add := func(g uint64, s []uint64) {
+		for i, v := range s {
+			if v == 0 {
+				continue
+			}
+			if len(s) == 1 {
+				out.Add(int64(g*HashGroup)*HashBlock, int64((g+1)*HashGroup)*HashBlock)
+				return
+			}
+			b := int64(g*HashGroup) + int64(i)
+			out.Add(b*HashBlock, (b+1)*HashBlock)
+		}
+	}
+	if h.src != nil && !h.reset {
+		if err := h.src.EachGroup(func(g uint64, s []uint64) {
+			if _, ok := h.groups[g]; !ok {
+				add(g, s)
+			}
+		}); err != nil {
+			return out, err
+		}
+	}
+	for g, s := range h.groups {
+		add(g, s)
+	}
+	return out, nil
+}
+
 // compact holds the groups [lo, hi] whose blocks all have one hash as that
 // hash.
 func (h *BlockHashes) compact(lo, hi uint64) {
@@ -185,21 +219,32 @@ const refineBatch = 64
 // refineItem is one read of refine: blocks [start, start+n).
 type refineItem struct {
 	start, n int64
-	hash     []uint64 // per block; 0 where the block equals the old bytes
-	short    []bool   // per block: shorter than HashBlock (the end of the disk)
+	hash     []uint64 // per block; 0 where it was not needed
+	eqOld    []bool   // per block: equal to the old bytes
+	eqNext   []bool   // per block: equal to the next poll's reference
 	err      error
+}
+
+// refineRefs are what refine compares the blocks with.
+type refineRefs struct {
+	// prev: the hashes of the last poll (nil: none); next: where the
+	// hashes for the next poll go (may be prev: it is updated).
+	prev, next *BlockHashes
+	// old: the disk as it was at the last poll for the blocks prev holds
+	// no hash of (nil: not known: such a block counts as changed).
+	old io.ReaderAt
+	// nextOld: the next poll's old; next keeps a hash only of the blocks
+	// that differ from it (nil: of every block).
+	nextOld io.ReaderAt
 }
 
 // refine returns the 4 KiB blocks (as guest byte ranges, clipped to size)
 // of the ranges dirty on disk r whose bytes changed since the last poll,
-// and records the hashes the next poll needs in next. The bytes of a block
-// at the last poll are known by their hash in prev (nil: none), else by
-// the bytes of old at the same offset (nil: not known: the block counts as
-// changed). With old, only the blocks that differ from it get a hash in
-// next: a block equal to old is compared with old again next time. prev
-// and next may be the same map (it is updated). The blocks are read and
-// hashed by one worker per CPU.
-func refine(ctx context.Context, r io.ReaderAt, size int64, dirty rangeset.Set, prev, next *BlockHashes, old io.ReaderAt) (rangeset.Set, error) {
+// and records in ref.next the hashes the next poll needs. A block's bytes
+// at the last poll are known by its hash in ref.prev, else as the bytes of
+// ref.old at the same offset. The blocks are read and hashed by one worker
+// per CPU.
+func refine(ctx context.Context, r io.ReaderAt, size int64, dirty rangeset.Set, ref refineRefs) (rangeset.Set, error) {
 	var out rangeset.Set
 	var blocks rangeset.Set
 	for _, x := range dirty.Clip(0, size).Ranges() {
@@ -208,9 +253,10 @@ func refine(ctx context.Context, r io.ReaderAt, size int64, dirty rangeset.Set, 
 	if blocks.Bytes() > maxHashBlocks {
 		return out, fmt.Errorf("dirty: %d blocks of 4 KiB to hash: more than the %d a poll state holds", blocks.Bytes(), maxHashBlocks)
 	}
+	prev, next := ref.prev, ref.next
 	var items []refineItem
 	flush := func() error {
-		refineWork(ctx, r, size, old, items)
+		refineWork(ctx, r, size, ref.old, ref.nextOld, items)
 		for i := range items {
 			it := &items[i]
 			if it.err != nil {
@@ -222,21 +268,28 @@ func refine(ctx context.Context, r io.ReaderAt, size int64, dirty rangeset.Set, 
 				if prev != nil {
 					was = prev.get(bn)
 				}
-				// h == 0: equal to old, as it was at the last poll unless
-				// that poll kept a hash (it keeps one only for a block
-				// that differs from old). was == 0 and h != 0: it equaled
-				// old then, or it is not known.
-				if h != was {
+				// A block equal to old is as it was at the last poll,
+				// unless that poll kept a hash of it (it keeps one only
+				// of a block that differs from old).
+				now := h
+				if it.eqOld[j] {
+					now = 0
+				}
+				if now != was {
 					off := int64(bn) * HashBlock
 					out.Add(off, min(off+HashBlock, size))
 				}
-				if h != 0 || was != 0 && next == prev {
+				switch {
+				case !it.eqNext[j]:
 					next.set(bn, h)
+				case next == prev && was != 0:
+					next.set(bn, 0)
 				}
 			}
 		}
 		if len(items) > 0 {
-			next.compact(uint64(items[0].start)/HashGroup, uint64(items[len(items)-1].start+items[len(items)-1].n-1)/HashGroup)
+			last := items[len(items)-1]
+			next.compact(uint64(items[0].start)/HashGroup, uint64(last.start+last.n-1)/HashGroup)
 		}
 		items = items[:0]
 		if prev != nil && prev.err != nil {
@@ -260,7 +313,7 @@ func refine(ctx context.Context, r io.ReaderAt, size int64, dirty rangeset.Set, 
 }
 
 // refineWork reads and hashes items, one worker per CPU.
-func refineWork(ctx context.Context, r io.ReaderAt, size int64, old io.ReaderAt, items []refineItem) {
+func refineWork(ctx context.Context, r io.ReaderAt, size int64, old, nextOld io.ReaderAt, items []refineItem) {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for w := 0; w < min(runtime.GOMAXPROCS(0), len(items)); w++ {
@@ -268,9 +321,18 @@ func refineWork(ctx context.Context, r io.ReaderAt, size int64, old io.ReaderAt,
 		go func() {
 			defer wg.Done()
 			buf := make([]byte, refineBuf)
-			var obuf []byte
+			var obuf, nbuf []byte
 			if old != nil {
 				obuf = make([]byte, refineBuf)
+			}
+			if nextOld != nil && nextOld != old {
+				nbuf = make([]byte, refineBuf)
+			}
+			read := func(src io.ReaderAt, p []byte, off int64, what string) error {
+				if k, err := src.ReadAt(p, off); k < len(p) {
+					return fmt.Errorf("dirty: reading %s at byte %d: %w", what, off, err)
+				}
+				return nil
 			}
 			for {
 				i := int(next.Add(1)) - 1
@@ -283,25 +345,37 @@ func refineWork(ctx context.Context, r io.ReaderAt, size int64, old io.ReaderAt,
 				}
 				off := it.start * HashBlock
 				p := buf[:min(it.n*HashBlock, size-off)]
-				if k, err := r.ReadAt(p, off); k < len(p) {
-					it.err = fmt.Errorf("dirty: reading the dirty blocks at byte %d: %w", off, err)
+				if it.err = read(r, p, off, "the dirty blocks"); it.err != nil {
 					continue
 				}
-				var op []byte
-				if old != nil {
+				var op, np []byte
+				if obuf != nil {
 					op = obuf[:len(p)]
-					if k, err := old.ReadAt(op, off); k < len(op) {
-						it.err = fmt.Errorf("dirty: reading the older layer at byte %d: %w", off, err)
+					if it.err = read(old, op, off, "the older layer"); it.err != nil {
 						continue
 					}
 				}
-				it.hash = make([]uint64, it.n)
+				if nbuf != nil {
+					np = nbuf[:len(p)]
+					if it.err = read(nextOld, np, off, "the layer below the top"); it.err != nil {
+						continue
+					}
+				}
+				it.hash, it.eqOld, it.eqNext = make([]uint64, it.n), make([]bool, it.n), make([]bool, it.n)
 				for j := range it.hash {
 					lo, hi := int64(j)*HashBlock, min(int64(j+1)*HashBlock, int64(len(p)))
-					if op != nil && bytes.Equal(p[lo:hi], op[lo:hi]) {
-						continue // 0: as old
+					blk := p[lo:hi]
+					it.eqOld[j] = op != nil && bytes.Equal(blk, op[lo:hi])
+					switch {
+					case nextOld == nil:
+					case nextOld == old:
+						it.eqNext[j] = it.eqOld[j]
+					default:
+						it.eqNext[j] = bytes.Equal(blk, np[lo:hi])
 					}
-					it.hash[j] = blockHash(p[lo:hi])
+					if !it.eqOld[j] || !it.eqNext[j] {
+						it.hash[j] = blockHash(blk)
+					}
 				}
 			}
 		}()
@@ -315,6 +389,6 @@ func hashDisk(ctx context.Context, r io.ReaderAt, size int64) (*BlockHashes, err
 	var all rangeset.Set
 	all.Add(0, size)
 	h := NewBlockHashes(nil)
-	_, err := refine(ctx, r, size, all, nil, h, nil)
+	_, err := refine(ctx, r, size, all, refineRefs{next: h})
 	return h, err
 }

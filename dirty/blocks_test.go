@@ -33,11 +33,12 @@ func refineDisks() (old, cur []byte, written rangeset.Set) {
 func TestRefine(t *testing.T) {
 	ctx := context.Background()
 	old, cur, written := refineDisks()
+	oldR := bytes.NewReader(old)
 	var all rangeset.Set
 	all.Add(0, int64(len(cur)))
 	size := int64(len(cur))
 	h1 := NewBlockHashes(nil)
-	got, err := refine(ctx, bytes.NewReader(cur), size, all, nil, h1, bytes.NewReader(old))
+	got, err := refine(ctx, bytes.NewReader(cur), size, all, refineRefs{next: h1, old: oldR, nextOld: oldR})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,14 +47,14 @@ func TestRefine(t *testing.T) {
 	}
 	// Nothing written since: nothing changed.
 	h2 := NewBlockHashes(nil)
-	if got, _ = refine(ctx, bytes.NewReader(cur), size, all, h1, h2, bytes.NewReader(old)); got.Bytes() != 0 {
+	if got, _ = refine(ctx, bytes.NewReader(cur), size, all, refineRefs{prev: h1, next: h2, old: oldR, nextOld: oldR}); got.Bytes() != 0 {
 		t.Fatalf("second refine: %d bytes changed", got.Bytes())
 	}
 	// Block 0 back to the old bytes, block 1 written.
 	copy(cur, old[:HashBlock])
 	cur[HashBlock+5] ^= 1
 	h3 := NewBlockHashes(nil)
-	got, _ = refine(ctx, bytes.NewReader(cur), size, all, h2, h3, bytes.NewReader(old))
+	got, _ = refine(ctx, bytes.NewReader(cur), size, all, refineRefs{prev: h2, next: h3, old: oldR, nextOld: oldR})
 	var want rangeset.Set
 	want.Add(0, 2*HashBlock)
 	if !rangeset.Equal(got, want) {
@@ -68,7 +69,7 @@ func TestRefine(t *testing.T) {
 		t.Fatal(err)
 	}
 	cur[70*HashBlock] ^= 1
-	got, _ = refine(ctx, bytes.NewReader(cur), size, all, hd, hd, nil)
+	got, _ = refine(ctx, bytes.NewReader(cur), size, all, refineRefs{prev: hd, next: hd})
 	want = rangeset.Set{}
 	want.Add(70*HashBlock, 71*HashBlock)
 	if !rangeset.Equal(got, want) {
@@ -89,7 +90,7 @@ func TestRefine(t *testing.T) {
 	zeros[5*HashBlock] = 1
 	var zall rangeset.Set
 	zall.Add(0, zsize)
-	got, _ = refine(ctx, bytes.NewReader(zeros), zsize, zall, hz, hz, nil)
+	got, _ = refine(ctx, bytes.NewReader(zeros), zsize, zall, refineRefs{prev: hz, next: hz})
 	want = rangeset.Set{}
 	want.Add(5*HashBlock, 6*HashBlock)
 	if !rangeset.Equal(got, want) || len(hz.groups[0]) != HashGroup || hz.get(5) == zeroHash || hz.get(6) != zeroHash {
@@ -105,11 +106,12 @@ func TestRefine(t *testing.T) {
 func BenchmarkRefine(b *testing.B) {
 	ctx := context.Background()
 	old, cur, _ := refineDisks()
+	oldR := bytes.NewReader(old)
 	var all rangeset.Set
 	all.Add(0, int64(len(cur)))
 	b.SetBytes(int64(len(cur)))
 	for b.Loop() {
-		if _, err := refine(ctx, bytes.NewReader(cur), int64(len(cur)), all, nil, NewBlockHashes(nil), bytes.NewReader(old)); err != nil {
+		if _, err := refine(ctx, bytes.NewReader(cur), int64(len(cur)), all, refineRefs{next: NewBlockHashes(nil), old: oldR, nextOld: oldR}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -128,7 +130,7 @@ func BenchmarkRefineHashes(b *testing.B) {
 	all.Add(0, int64(len(cur)))
 	b.SetBytes(int64(len(cur)))
 	for b.Loop() {
-		if _, err := refine(ctx, bytes.NewReader(cur), int64(len(cur)), all, prev, prev, nil); err != nil {
+		if _, err := refine(ctx, bytes.NewReader(cur), int64(len(cur)), all, refineRefs{prev: prev, next: prev}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -42,8 +42,9 @@ func overwrite(blk int64) string { return fmt.Sprintf("write -P 0x59 %d 4096", b
 // and those in the new one must all be found, without a full pass (a poll
 // that looked at the new top overlay alone would miss the first); a poll
 // with nothing written since finds nothing, however much the overlays hold;
-// and when the overlay the last poll saw is gone from the chain (discarded:
-// a new overlay on the base) only a full pass is safe.
+// an overlay made anew at the same path (the VM reverted) is seen changing
+// back; and when the overlay the last poll saw is gone from the chain
+// (discarded: a new overlay on the base) only a full pass is safe.
 func TestCowChainRotation(t *testing.T) {
 	dir, writes := workload(t)
 	path := func(n string) string { return filepath.Join(dir, n) }
@@ -77,6 +78,17 @@ func TestCowChainRotation(t *testing.T) {
 		t.Errorf("nothing written since the last poll, yet %d dirty bytes", s.DirtyBytes)
 	}
 
+	// The VM reverted: ov2 made anew at the same path, on ov1. The block
+	// of /sub/f010 that ov2 held is read from ov1 again: f010 changed back.
+	sh(t, dir, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "ov1.qcow2", "-F", "qcow2", "ov2.qcow2")
+	reverted := tree(t, path("ov2.qcow2"))
+	truth = truthDiff(after, reverted)
+	if truth["/sub/f010"] != Modified {
+		t.Fatalf("the reference does not see the revert: %v", truth)
+	}
+	sel = poll(t, path("ov2.qcow2"), "cow", &st)
+	checkAgainstTruth(t, truth, reverted, sel.Changes)
+
 	sh(t, dir, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.img", "-F", "raw", "ov3.qcow2")
 	sel = poll(t, path("ov3.qcow2"), "cow", &st)
 	if !hasReason(sel.Changes, KindFull) {
@@ -88,7 +100,8 @@ func TestCowChainRotation(t *testing.T) {
 // new bitmap is added and the old one disabled, the poll reads the old one;
 // the next poll reads the new one. Each poll must report exactly what was
 // written since the previous one, with no full pass; a bitmap that was not
-// enabled at the last poll may have missed writes: it forces a full pass.
+// enabled at the last poll, or that holds less than it did then (cleared),
+// may have missed writes: it forces a full pass.
 func TestBitmapRotation(t *testing.T) {
 	dir, writes := workload(t)
 	path := func(n string) string { return filepath.Join(dir, n) }
@@ -135,6 +148,15 @@ func TestBitmapRotation(t *testing.T) {
 	checkStrict(t, truth, end, sel.Changes, 0)
 	if s := sel.Stats["disk"]; s.DirtyBytes != HashBlock {
 		t.Errorf("dirty bytes %d, want the one block written (%d)", s.DirtyBytes, HashBlock)
+	}
+
+	// b2 removed and added again after a write: the write is in no bitmap
+	// any more, and b2 holds less than at the last poll.
+	qemuIO(t, dir, "bm.qcow2", []string{overwrite(fileBlock(t, dir, "changed.img", "/sub/f011"))})
+	sh(t, dir, "qemu-img", "bitmap", "--remove", "bm.qcow2", "b2")
+	sh(t, dir, "qemu-img", "bitmap", "--add", "--enable", "bm.qcow2", "b2")
+	if sel = poll(t, img, "bitmap:b2", &st); !hasReason(sel.Changes, KindFull) {
+		t.Error("a bitmap that lost its bits did not force a full pass")
 	}
 
 	sh(t, dir, "qemu-img", "bitmap", "--add", "--enable", "bm.qcow2", "b3")

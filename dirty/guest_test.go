@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -198,6 +199,13 @@ type memStore struct {
 type memHashes map[uint64][]uint64
 
 func (h memHashes) HashGroup(g uint64) ([]uint64, error) { return slices.Clone(h[g]), nil }
+
+func (h memHashes) EachGroup(fn func(g uint64, hashes []uint64)) error {
+	for _, g := range slices.Sorted(maps.Keys(h)) {
+		fn(g, slices.Clone(h[g]))
+	}
+	return nil
+}
 
 type memVol struct {
 	uuid  string

@@ -40,6 +40,10 @@ type Snapshot struct {
 	// last poll (bitmap source): each holds every write since that poll,
 	// so the next poll may use any of them (bitmap rotation).
 	Bitmaps []string `json:"bitmaps,omitempty"`
+	// BitmapSets are the dirty ranges of those bitmaps at the last poll:
+	// an enabled bitmap only grows, so one that holds less now was
+	// cleared (or removed and added again) since.
+	BitmapSets map[string][]rangeset.Range `json:"bitmap_sets,omitempty"`
 	// Blocks are the hashes of 4 KiB blocks at the last poll (blocks.go):
 	// for cow, of the blocks the overlays held; for bitmap, of the whole
 	// disk.
@@ -387,10 +391,22 @@ func (sel *Selection) cowDirty(ctx context.Context, im *qcow.Image, prev *Snapsh
 	next := NewBlockHashes(nil)
 	sel.next.Blocks = next
 	if *full {
-		_, err = refine(ctx, im, im.Size(), d, nil, next, nil) // the hashes for the next poll
+		// The hashes for the next poll.
+		_, err = refine(ctx, im, im.Size(), d, refineRefs{next: next, nextOld: layers[1]})
 		return d, err
 	}
-	return refine(ctx, im, im.Size(), d, prev.Blocks, next, layers[k+1])
+	// The blocks that differed from the layer below at the last poll are
+	// looked at too: an overlay made anew at the same path (the VM
+	// reverted) no longer holds them, and they changed back.
+	known, err := prev.Blocks.Known()
+	if err != nil {
+		return d, fmt.Errorf("dirty: poll state: block hashes: %w", err)
+	}
+	// The last poll's hashes are of blocks that differed from the layer
+	// below its top; the next poll's, of blocks that differ from the layer
+	// below today's top.
+	return refine(ctx, im, im.Size(), rangeset.Union(d, known),
+		refineRefs{prev: prev.Blocks, next: next, old: layers[k+1], nextOld: layers[1]})
 }
 
 // bitmapDirty returns the ranges of bitmap name narrowed to the blocks
@@ -399,14 +415,28 @@ func (sel *Selection) cowDirty(ctx context.Context, im *qcow.Image, prev *Snapsh
 // disk.
 func (sel *Selection) bitmapDirty(ctx context.Context, im *qcow.Image, name string, prev *Snapshot, full *bool) (rangeset.Set, error) {
 	top := im.Layers()[0]
+	sel.next.BitmapSets = map[string][]rangeset.Range{}
 	for _, b := range top.Bitmaps {
 		if b.Enabled && !b.InUse {
 			sel.next.Bitmaps = append(sel.next.Bitmaps, b.Name)
+			set, err := top.BitmapDirty(ctx, b.Name)
+			if err != nil {
+				return set, err
+			}
+			sel.next.BitmapSets[b.Name] = set.Ranges()
 		}
 	}
 	d, err := top.BitmapDirty(ctx, name)
 	if err != nil {
 		return d, err
+	}
+	// An enabled bitmap only grows. One that holds less than it did at the
+	// last poll was cleared, or removed and added again: the writes before
+	// that are lost, only a full pass is safe.
+	if !*full {
+		if was, ok := prev.BitmapSets[name]; ok && !rangeset.Subtract(rangeset.Of(was...), d).Empty() {
+			*full = true
+		}
 	}
 	if *full || prev.Blocks == nil {
 		*full = true
@@ -414,7 +444,7 @@ func (sel *Selection) bitmapDirty(ctx context.Context, im *qcow.Image, name stri
 		return d, err
 	}
 	sel.next.Blocks = prev.Blocks
-	return refine(ctx, im, im.Size(), d, prev.Blocks, prev.Blocks, nil)
+	return refine(ctx, im, im.Size(), d, refineRefs{prev: prev.Blocks, next: prev.Blocks})
 }
 
 func absPath(p string) string {

@@ -338,23 +338,48 @@ func (h hashSource) HashGroup(g uint64) ([]uint64, error) {
 		if b == nil || b.Bucket(bBlocks) == nil {
 			return nil
 		}
-		v := b.Bucket(bBlocks).Get(be64(g))
-		switch len(v) {
-		case 0:
-			return nil
-		case 8:
-			out = []uint64{binary.LittleEndian.Uint64(v)}
-		case 8 * dirty.HashGroup:
-			out = make([]uint64, dirty.HashGroup)
-			for i := range out {
-				out[i] = binary.LittleEndian.Uint64(v[8*i:])
-			}
-		default:
-			return fmt.Errorf("state: block hashes of group %d: %d bytes", g, len(v))
-		}
-		return nil
+		var err error
+		out, err = decodeHashGroup(g, b.Bucket(bBlocks).Get(be64(g)))
+		return err
 	})
 	return out, err
+}
+
+// decodeHashGroup decodes a stored group: HashGroup hashes, or one (a
+// uniform group); nil for none.
+func decodeHashGroup(g uint64, v []byte) ([]uint64, error) {
+	switch len(v) {
+	case 0:
+		return nil, nil
+	case 8:
+		return []uint64{binary.LittleEndian.Uint64(v)}, nil
+	case 8 * dirty.HashGroup:
+		out := make([]uint64, dirty.HashGroup)
+		for i := range out {
+			out[i] = binary.LittleEndian.Uint64(v[8*i:])
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("state: block hashes of group %d: %d bytes", g, len(v))
+}
+
+func (h hashSource) EachGroup(fn func(g uint64, hashes []uint64)) error {
+	return h.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucket)
+		if b == nil || b.Bucket(bBlocks) == nil {
+			return nil
+		}
+		return b.Bucket(bBlocks).ForEach(func(k, v []byte) error {
+			if len(k) != 8 {
+				return fmt.Errorf("state: block hashes: key of %d bytes", len(k))
+			}
+			s, err := decodeHashGroup(binary.BigEndian.Uint64(k), v)
+			if err == nil && s != nil {
+				fn(binary.BigEndian.Uint64(k), s)
+			}
+			return err
+		})
+	})
 }
 
 // saveBlocks stores the changed block-hash groups (all of them, in a new
