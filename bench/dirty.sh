@@ -87,7 +87,21 @@ done
 echo "== the state copy alone (made before every A above, untimed)"
 bench_one "$N" cp "$W/cow.warm" "$W/cow.state"
 
-# 5. Scaling: the same absolute churn (the same files, in the first of four
+# 5. vmscope diff of the overlay against its base (only the ranges the
+# overlay holds) against diff --full (a full walk of both images with a
+# sha256 of every file), and whether they report the same paths.
+# virt-diff --checksum is compared in bench/diff.sh, on fewer files: under
+# TCG it takes about 80 ms a file, two hours for this image.
+echo "== vmscope diff BASE OVERLAY (A) vs vmscope diff --full BASE OVERLAY (B)"
+bench_vs "$N" "$VD diff --format ndjson $IMG $W/ov.qcow2 >/dev/null" "$VD diff --full --format ndjson $IMG $W/ov.qcow2 >/dev/null"
+paths() { grep -v '"type":"dir"' "$1" | grep -oE '"(path|old_paths)":(\[[^]]*\]|"[^"]*")' | grep -oE '"/[^"]*"' | tr -d '"' | LC_ALL=C sort -u; }
+"$VD" diff --format ndjson "$IMG" "$W/ov.qcow2" > "$W/diff.out"
+"$VD" diff --full --format ndjson "$IMG" "$W/ov.qcow2" > "$W/diff-full.out"
+paths "$W/diff.out" > "$W/diff.paths"
+paths "$W/diff-full.out" > "$W/diff-full.paths"
+echo "paths: diff $(wc -l < "$W/diff.paths"), diff --full $(wc -l < "$W/diff-full.paths"), in one only: $(LC_ALL=C comm -3 "$W/diff.paths" "$W/diff-full.paths" | wc -l)"
+
+# 6. Scaling: the same absolute churn (the same files, in the first of four
 # copies of the tree) on an image four times larger, cow source. A poll
 # must cost what changed, not what exists: A (4x image) / B (1x image)
 # should stay within 1.5. SCALE=0 skips it (it builds a ~4 GiB image once).
