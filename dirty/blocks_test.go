@@ -27,6 +27,11 @@ func refineDisks() (old, cur []byte, written rangeset.Set) {
 	return old, cur, written
 }
 
+// whole is every byte of disk.
+func whole(disk []byte) rangeset.Set {
+	return rangeset.Of(rangeset.Range{Start: 0, End: int64(len(disk))})
+}
+
 // TestRefine: against the older bytes, then against the hashes the first
 // refine kept, only the written blocks are changed; a block that goes back
 // to its older bytes is changed once more, then no longer hashed.
@@ -34,8 +39,7 @@ func TestRefine(t *testing.T) {
 	ctx := context.Background()
 	old, cur, written := refineDisks()
 	oldR := bytes.NewReader(old)
-	var all rangeset.Set
-	all.Add(0, int64(len(cur)))
+	all := whole(cur)
 	size := int64(len(cur))
 	h1 := NewBlockHashes(nil)
 	got, err := refine(ctx, bytes.NewReader(cur), size, all, refineRefs{next: h1, old: oldR, nextOld: oldR})
@@ -88,8 +92,7 @@ func TestRefine(t *testing.T) {
 		t.Fatalf("a zero group: %d hashes, block 5 %x", len(hz.groups[0]), hz.get(5))
 	}
 	zeros[5*HashBlock] = 1
-	var zall rangeset.Set
-	zall.Add(0, zsize)
+	zall := whole(zeros)
 	got, _ = refine(ctx, bytes.NewReader(zeros), zsize, zall, refineRefs{prev: hz, next: hz})
 	want = rangeset.Set{}
 	want.Add(5*HashBlock, 6*HashBlock)
@@ -107,8 +110,7 @@ func BenchmarkRefine(b *testing.B) {
 	ctx := context.Background()
 	old, cur, _ := refineDisks()
 	oldR := bytes.NewReader(old)
-	var all rangeset.Set
-	all.Add(0, int64(len(cur)))
+	all := whole(cur)
 	b.SetBytes(int64(len(cur)))
 	for b.Loop() {
 		if _, err := refine(ctx, bytes.NewReader(cur), int64(len(cur)), all, refineRefs{next: NewBlockHashes(nil), old: oldR, nextOld: oldR}); err != nil {
@@ -126,8 +128,7 @@ func BenchmarkRefineHashes(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var all rangeset.Set
-	all.Add(0, int64(len(cur)))
+	all := whole(cur)
 	b.SetBytes(int64(len(cur)))
 	for b.Loop() {
 		if _, err := refine(ctx, bytes.NewReader(cur), int64(len(cur)), all, refineRefs{prev: prev, next: prev}); err != nil {
