@@ -28,11 +28,13 @@ func newDirtyCmd() *cobra.Command {
   --state PATH   since the last poll recorded in PATH (bbolt); the first poll lists
                  every file and fills the state; --source picks the dirty source
                  (auto, cow, bitmap:NAME, hash); --bitmap NAME is --source bitmap:NAME
-vmscope never writes to the image, so a bitmap is cumulative from when it was
-enabled: each poll reports only files that changed against the state. To start
-each poll from an empty bitmap, rotate it as incremental backup does: a QMP
-transaction of block-dirty-bitmap-add (new, persistent) and
-block-dirty-bitmap-disable (old), poll the old one, then block-dirty-bitmap-remove it.`,
+vmscope never writes to the image, so an overlay and a bitmap are cumulative;
+the state keeps a hash of every 4 KiB block as the last poll saw it, so each
+poll reports only what changed since. To keep a bitmap small, rotate it as
+incremental backup does: a QMP transaction of block-dirty-bitmap-add (new,
+persistent) and block-dirty-bitmap-disable (old), poll the old one, then
+block-dirty-bitmap-remove it; poll the new one next time. A bitmap that was
+not enabled at the last poll, or holds less than then, makes a full pass.`,
 		Args: rangeArgs(1, 1),
 		RunE: func(c *cobra.Command, args []string) error { return runDirty(c, args[0], &f) },
 	}
