@@ -44,21 +44,32 @@ func hashAll(ctx context.Context, v *fsparse.Volume, x *Index, known map[uint32]
 // hashingFile hashes the bytes read through it while the reads run from
 // the start of the file without a gap (as the scanner's first pass does,
 // blocks overlapping or not); sum says whether they covered the file.
+// done, when set, gets the digest once the reads have covered the file
+// (the caller can then forget the file: a poll keeps only the digest).
 type hashingFile struct {
 	fsparse.File
-	mu sync.Mutex
-	h  hash.Hash
-	to int64
+	mu   sync.Mutex
+	h    hash.Hash
+	to   int64
+	done func(sum string)
 }
 
 func (f *hashingFile) ReadAt(p []byte, off int64) (int, error) {
 	n, err := f.File.ReadAt(p, off)
+	var done func(string)
+	var sum string
 	f.mu.Lock()
 	if end := off + int64(n); off <= f.to && end > f.to {
 		f.h.Write(p[f.to-off : n])
 		f.to = end
+		if f.to == f.Size() && f.done != nil {
+			done, sum, f.done = f.done, hex.EncodeToString(f.h.Sum(nil)), nil
+		}
 	}
 	f.mu.Unlock()
+	if done != nil {
+		done(sum)
+	}
 	return n, err
 }
 

@@ -94,7 +94,10 @@ type Selection struct {
 	unhashed []unhashed
 	pending  map[fileKey]bool // the files of unhashed with a list
 	mu       sync.Mutex
-	reads    map[fileKey]*hashingFile
+	due      []Change
+	dueOnce  sync.Once
+	reads    map[fileKey]*hashingFile // opened, not yet read whole
+	sums     map[fileKey]string       // read whole: their digests
 }
 
 type unhashed struct {
@@ -148,15 +151,24 @@ func (s *Selection) Close() error {
 	return errors.Join(errs...)
 }
 
-// Due returns the changes whose content must be scanned.
+// Due returns the changes whose content must be scanned (the same slice at
+// every call: the caller must not modify it).
 func (s *Selection) Due() []Change {
-	var out []Change
-	for _, c := range s.Changes {
-		if c.Rescan {
-			out = append(out, c)
+	s.dueOnce.Do(func() {
+		n := 0
+		for _, c := range s.Changes {
+			if c.Rescan {
+				n++
+			}
 		}
-	}
-	return out
+		s.due = make([]Change, 0, n)
+		for _, c := range s.Changes {
+			if c.Rescan {
+				s.due = append(s.due, c)
+			}
+		}
+	})
+	return s.due
 }
 
 // Open opens the content of a due file.
@@ -174,12 +186,24 @@ func (s *Selection) Open(c Change) (*fsparse.Volume, fsparse.File, error) {
 	}
 	// A poll records the digest of a new or changed file from the
 	// scanner's own reads instead of reading it twice.
+	key := fileKey{c.Volume, c.Ino}
 	hf := &hashingFile{File: f, h: sha256.New()}
+	// Once read whole, only its digest is kept: a first poll opens every
+	// file, and holding them all until Commit costs kilobytes a file.
+	hf.done = func(sum string) {
+		s.mu.Lock()
+		if s.sums == nil {
+			s.sums = map[fileKey]string{}
+		}
+		s.sums[key] = sum
+		delete(s.reads, key)
+		s.mu.Unlock()
+	}
 	s.mu.Lock()
 	if s.reads == nil {
 		s.reads = map[fileKey]*hashingFile{}
 	}
-	s.reads[fileKey{c.Volume, c.Ino}] = hf
+	s.reads[key] = hf
 	s.mu.Unlock()
 	return v, hf, nil
 }
@@ -213,9 +237,9 @@ func (s *Selection) SetVerdict(c Change, verdict string) {
 func (s *Selection) Commit() error { return s.CommitContext(context.Background()) }
 
 // CommitContext is Commit; it first records the digest of every file the
-// poll found new or changed (after a first poll: every file): from the reads of the files opened with Open and read
-// whole, by reading the others (files the scan left out, or a poll that
-// scanned nothing). A file that cannot be read keeps no digest: it is due
+// poll found new or changed (after a first poll: every file): from the
+// reads of the files opened with Open and read whole, by reading the others
+// (files the scan left out, or a poll that scanned nothing). A file that cannot be read keeps no digest: it is due
 // whenever its blocks are dirty.
 func (s *Selection) CommitContext(ctx context.Context) error {
 	if s.store == nil {
@@ -224,7 +248,12 @@ func (s *Selection) CommitContext(ctx context.Context) error {
 	for _, u := range s.unhashed {
 		known := map[uint32]string{}
 		s.mu.Lock()
-		for k, hf := range s.reads {
+		for k, sum := range s.sums {
+			if k.vol == u.x.Volume {
+				known[k.ino] = sum
+			}
+		}
+		for k, hf := range s.reads { // empty files, read by nobody
 			if sum, ok := hf.sum(); ok && k.vol == u.x.Volume {
 				known[k.ino] = sum
 			}

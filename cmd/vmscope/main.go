@@ -84,8 +84,26 @@ func main() {
 	endProfile := startProfile(os.Getenv("VMSCOPE_CPUPROFILE"))
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	endProfile()
+	writeHeapProfile(os.Getenv("VMSCOPE_MEMPROFILE"))
 	stop()
 	os.Exit(code)
+}
+
+// writeHeapProfile writes the profile of the memory allocated during the
+// run to path (the environment variable VMSCOPE_MEMPROFILE); "" does
+// nothing.
+func writeHeapProfile(path string) {
+	if path == "" {
+		return
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.Lookup("allocs").WriteTo(f, 0)
+		f.Close()
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "vmscope: VMSCOPE_MEMPROFILE: %v\n", err)
+	}
 }
 
 // startProfile writes a CPU profile of the run to path (the environment

@@ -3,8 +3,11 @@ package state
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -310,5 +313,71 @@ func TestBlockHashesThroughState(t *testing.T) {
 	sel = poll()
 	if s := sel.Stats["disk"]; s.DirtyBytes != 4096 || len(sel.Changes) != 1 || sel.Changes[0].Path != "/data/big.bin" {
 		t.Errorf("one block of /data/big.bin written: %d dirty bytes, changes %+v", s.DirtyBytes, sel.Changes)
+	}
+}
+
+// TestDigestsFromScanReads: a first poll records each file's sha256 from
+// the scanner's own reads (overlapping blocks, as scan reads them) instead
+// of reading the files again; the stored digests must be the files'
+// sha256, as debugfs cat gives the content for a sample of them.
+func TestDigestsFromScanReads(t *testing.T) {
+	ctx := context.Background()
+	db, err := Open(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	im, d := open(t, "ext4.img")
+	sel, err := dirty.Select(ctx, im, d, "hash", db, "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	due := sel.Due()
+	if len(due) < 100 {
+		t.Fatalf("first poll: %d due", len(due))
+	}
+	buf := make([]byte, 64<<10)
+	for _, c := range due {
+		_, f, err := sel.Open(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Blocks of 64 KiB that overlap by 4 KiB, then the head again.
+		for off := int64(0); off < f.Size(); off += int64(len(buf)) - 4096 {
+			f.ReadAt(buf, off)
+		}
+		f.ReadAt(buf[:100], 0)
+	}
+	if err := sel.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := db.Load(dirty.Identity(im, d))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := map[uint32]*dirty.FileRec{}
+	snap.Indexes["disk"].Each(func(ino uint32, r *dirty.FileRec) { stored[ino] = r })
+	v, _ := d.Volume("disk")
+	for i, c := range due {
+		r := stored[c.Ino]
+		f, err := v.OpenInode(uint64(c.Ino))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := sha256.New()
+		io.Copy(h, io.NewSectionReader(f, 0, f.Size()))
+		want := hex.EncodeToString(h.Sum(nil))
+		if i < 5 {
+			out, err := exec.Command(fixture.Tool(t, "debugfs"), "-R", "cat "+c.Path, fixture.Path(t, "ext4.img")).Output()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s := sha256.Sum256(out); hex.EncodeToString(s[:]) != want {
+				t.Fatalf("%s: our read and debugfs cat differ", c.Path)
+			}
+		}
+		if r == nil || r.SHA256 != want {
+			t.Errorf("%s: stored digest %v, want %s", c.Path, r, want)
+		}
 	}
 }
