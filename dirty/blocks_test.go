@@ -6,9 +6,12 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
+	"github.com/vmscope/vmscope/internal/fixture"
 	"github.com/vmscope/vmscope/internal/rangeset"
+	"github.com/vmscope/vmscope/qcow"
 )
 
 // refineDisks returns a 16 MiB disk of random bytes and a copy with one
@@ -155,5 +158,34 @@ func TestChunkHashes(t *testing.T) {
 		if want := binary.LittleEndian.Uint64(s[:8]); got[i] != want {
 			t.Fatalf("chunk %d: %x, want %x", i, got[i], want)
 		}
+	}
+}
+
+// TestChunkHashesData: skipping the runs the image says read as zeros
+// (a sparse raw file's holes) gives the hashes of reading them.
+func TestChunkHashesData(t *testing.T) {
+	ctx := context.Background()
+	im, err := qcow.Open(fixture.Path(t, "ext4.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	data, err := im.DataRanges(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if data.Bytes() >= im.Size()/2 {
+		t.Fatalf("ext4.img: %d of %d bytes of data: not sparse enough to test", data.Bytes(), im.Size())
+	}
+	want, err := ChunkHashes(ctx, im, im.Size(), DefaultChunk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ChunkHashesData(ctx, im, im.Size(), DefaultChunk, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, want) {
+		t.Error("the hashes differ when the holes are skipped")
 	}
 }

@@ -27,6 +27,12 @@ const maxChunks = 1 << 26
 // unwritten or sparse range) is recognised without hashing it. The disk is
 // read in runs of 16 chunks, one worker per CPU.
 func ChunkHashes(ctx context.Context, r io.ReaderAt, size, chunk int64) ([]uint64, error) {
+	return ChunkHashesData(ctx, r, size, chunk, rangeset.Of(rangeset.Range{Start: 0, End: size}))
+}
+
+// ChunkHashesData is ChunkHashes for a disk that reads as zeros outside
+// data (qcow.Image.DataRanges): those runs of chunks are not read.
+func ChunkHashesData(ctx context.Context, r io.ReaderAt, size, chunk int64, data rangeset.Set) ([]uint64, error) {
 	if chunk < 512 || chunk > 64<<20 || size < 0 || (size+chunk-1)/chunk > maxChunks {
 		return nil, fmt.Errorf("dirty: hash index of a %d-byte disk in chunks of %d bytes: out of range", size, chunk)
 	}
@@ -53,6 +59,12 @@ func ChunkHashes(ctx context.Context, r io.ReaderAt, size, chunk int64) ([]uint6
 					return
 				}
 				p := buf[:min(run*chunk, size-first*chunk)]
+				if int64(len(p)) == run*chunk && !data.Overlaps(first*chunk, first*chunk+int64(len(p))) {
+					for i := range int64(run) {
+						out[first+i] = zeroSum
+					}
+					continue
+				}
 				if k, err := r.ReadAt(p, first*chunk); k < len(p) {
 					errs[w] = fmt.Errorf("dirty: hash index: reading chunk %d at byte %d: %w", first, first*chunk, err)
 					return

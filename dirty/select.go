@@ -317,7 +317,10 @@ func Select(ctx context.Context, im *qcow.Image, d *fsparse.Disk, src string, st
 		dirty, err = sel.bitmapDirty(ctx, im, strings.TrimPrefix(src, "bitmap:"), prev, &full)
 	case src == "hash":
 		sel.next.Chunk = DefaultChunk
-		sel.next.Hashes, err = ChunkHashes(ctx, im, im.Size(), DefaultChunk)
+		var data rangeset.Set
+		if data, err = im.DataRanges(ctx); err == nil {
+			sel.next.Hashes, err = ChunkHashesData(ctx, im, im.Size(), DefaultChunk, data)
+		}
 		if err == nil && prev != nil {
 			if prev.Chunk != DefaultChunk || prev.Hashes == nil {
 				full = true

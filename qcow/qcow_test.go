@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"io"
 	"io/fs"
@@ -379,5 +380,57 @@ func TestClose(t *testing.T) {
 	}
 	if _, err := im.ReadAt(make([]byte, 10), 0); err == nil {
 		t.Error("read after Close succeeded")
+	}
+}
+
+// TestDataRanges: the disk reads as zeros outside DataRanges, which holds
+// every range qemu-img map says has data (at any depth of the chain); for
+// a raw file both come from SEEK_DATA, and they are equal.
+func TestDataRanges(t *testing.T) {
+	d := fixtures(t)
+	for _, name := range goodImages {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(d, name)
+			im := mustOpen(t, path)
+			got, err := im.DataRanges(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := run(t, "qemu-img", "map", "--output=json", path)
+			var ents []struct {
+				Start  int64 `json:"start"`
+				Length int64 `json:"length"`
+				Data   bool  `json:"data"`
+			}
+			if err := json.Unmarshal([]byte(out), &ents); err != nil {
+				t.Fatal(err)
+			}
+			var data rangeset.Set
+			for _, e := range ents {
+				if e.Data {
+					data.Add(e.Start, e.Start+e.Length)
+				}
+			}
+			if miss := rangeset.Subtract(data, got); !miss.Empty() {
+				t.Errorf("qemu-img map has data outside DataRanges: %v", miss)
+			}
+			if im.Layers()[0].Format == Raw && !rangeset.Equal(got, data) {
+				t.Errorf("raw: DataRanges %v, qemu-img map data %v", got, data)
+			}
+			var all rangeset.Set
+			all.Add(0, im.Size())
+			buf := make([]byte, 1<<20)
+			for _, r := range rangeset.Subtract(all, got).Ranges() {
+				for off := r.Start; off < r.End; off += int64(len(buf)) {
+					p := buf[:min(int64(len(buf)), r.End-off)]
+					if _, err := im.ReadAt(p, off); err != nil {
+						t.Fatal(err)
+					}
+					if !bytes.Equal(p, make([]byte, len(p))) {
+						t.Fatalf("non-zero bytes at %d, outside DataRanges", off)
+					}
+				}
+			}
+		})
 	}
 }
