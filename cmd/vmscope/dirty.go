@@ -3,9 +3,12 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
+	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
 	"github.com/vmscope/vmscope/dirty"
@@ -170,5 +173,11 @@ func writeChanges(w io.Writer, format string, sel *dirty.Selection) error {
 		return err
 	}
 	fmt.Fprintf(w, "%d changes (source: %s)\n", len(sel.Changes), sel.Source)
+	vols := slices.Sorted(maps.Keys(sel.Stats))
+	for _, v := range vols {
+		st := sel.Stats[v]
+		fmt.Fprintf(w, "%s: %s in changed blocks (%d blocks: %d inode-table, %d of files, %d journal, %d other); %d inodes examined\n",
+			v, humanize.IBytes(uint64(st.DirtyBytes)), st.DirtyBlocks, st.InodeTableBlocks, st.FileBlocks, st.JournalBlocks, st.OtherBlocks, st.Candidates)
+	}
 	return nil
 }
