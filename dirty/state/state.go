@@ -79,10 +79,11 @@ type DB struct{ db *bolt.DB }
 
 // Open opens or creates the state file at path.
 func Open(path string) (*DB, error) {
-	// A large initial map (address space, not memory) spares the commit of
-	// a first poll the remaps of a growing file, each of which copies
-	// every node the transaction holds.
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, InitialMmapSize: 1 << 30})
+	// A large initial map (address space, not memory: 256 MiB holds the
+	// state of some 400,000 files) spares the commit of a first poll the
+	// remaps of a growing file, each of which copies every node the
+	// transaction holds.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, InitialMmapSize: 256 << 20})
 	if err != nil {
 		return nil, fmt.Errorf("state %s: %w (another vmscope holding it?)", path, err)
 	}
