@@ -22,9 +22,11 @@ import (
 // as the last poll saw it, so a poll narrows the source's ranges to the
 // blocks whose bytes really changed since then ([refine]):
 //
-//   - cow: the blocks the overlays held at the last poll; a block they did
-//     not hold then was read from the layer below them, which a backing
-//     file never changes: it is compared with that layer's bytes;
+//   - cow: the blocks that differed at the last poll from the layer below
+//     the top overlay; any other block equalled that layer, a backing file
+//     that has not changed since: it is compared with that layer's bytes.
+//     When an external snapshot adds an overlay, the next hashes are of
+//     the blocks that differ from the layer below the new top;
 //   - bitmap: every block of the disk (hashed once, by the first poll, which
 //     scans everything anyway); a poll re-hashes only the bitmap's blocks.
 //
@@ -39,9 +41,10 @@ const HashBlock = 4096
 // of disk in 2 KiB).
 const HashGroup = 256
 
-// maxHashBlocks caps a block-hash map: 2^28 blocks of 4 KiB is 1 TiB of
-// dirty or hashed disk in 2 GiB of hashes.
-const maxHashBlocks = 1 << 28
+// maxHashGroups caps the groups of distinct hashes a map holds in memory:
+// 2^20 groups is 1 TiB of written disk in 2 GiB of hashes (unwritten space
+// costs 8 bytes a MiB).
+var maxHashGroups = 1 << 20 // a variable for the test of the bound
 
 // HashSource reads the stored hashes of one group: HashGroup entries (0
 // for a block not hashed), or one entry when every block of the group has
@@ -58,6 +61,7 @@ type HashSource interface {
 type BlockHashes struct {
 	src     HashSource
 	groups  map[uint64][]uint64 // read or changed: HashGroup entries, or 1 (uniform)
+	full    int                 // groups of HashGroup entries
 	changed map[uint64]bool
 	// reset: the stored groups are replaced by these (a new map).
 	reset bool
@@ -104,6 +108,9 @@ func (h *BlockHashes) group(g uint64) []uint64 {
 		}
 	}
 	h.groups[g] = s
+	if len(s) == HashGroup {
+		h.full++
+	}
 	return s
 }
 
@@ -133,6 +140,7 @@ func (h *BlockHashes) set(b, v uint64) {
 			}
 		}
 		h.groups[g], s = full, full
+		h.full++
 	}
 	if s[b%HashGroup] != v {
 		s[b%HashGroup] = v
@@ -179,6 +187,7 @@ func (h *BlockHashes) compact(lo, hi uint64) {
 		s := h.groups[g]
 		if len(s) == HashGroup && slices.Min(s) == slices.Max(s) {
 			h.groups[g] = []uint64{s[0]}
+			h.full--
 		}
 	}
 }
@@ -250,9 +259,6 @@ func refine(ctx context.Context, r io.ReaderAt, size int64, dirty rangeset.Set, 
 	for _, x := range dirty.Clip(0, size).Ranges() {
 		blocks.Add(x.Start/HashBlock, (x.End+HashBlock-1)/HashBlock)
 	}
-	if blocks.Bytes() > maxHashBlocks {
-		return out, fmt.Errorf("dirty: %d blocks of 4 KiB to hash: more than the %d a poll state holds", blocks.Bytes(), maxHashBlocks)
-	}
 	prev, next := ref.prev, ref.next
 	var items []refineItem
 	flush := func() error {
@@ -294,6 +300,9 @@ func refine(ctx context.Context, r io.ReaderAt, size int64, dirty rangeset.Set, 
 		items = items[:0]
 		if prev != nil && prev.err != nil {
 			return fmt.Errorf("dirty: poll state: block hashes: %w", prev.err)
+		}
+		if next.full > maxHashGroups || prev != nil && prev.full > maxHashGroups {
+			return fmt.Errorf("dirty: block hashes of more than %d MiB of written disk: more than a poll state holds", maxHashGroups)
 		}
 		return nil
 	}

@@ -189,3 +189,18 @@ func TestChunkHashesData(t *testing.T) {
 		t.Error("the hashes differ when the holes are skipped")
 	}
 }
+
+// TestRefineBound: a map of more distinct hashes than the bound is an
+// error, not an unbounded allocation; unwritten space does not count.
+func TestRefineBound(t *testing.T) {
+	defer func(n int) { maxHashGroups = n }(maxHashGroups)
+	maxHashGroups = 2
+	_, disk, _ := refineDisks() // 16 MiB of random bytes: 16 groups
+	if _, err := hashDisk(context.Background(), bytes.NewReader(disk), int64(len(disk))); err == nil {
+		t.Error("16 groups of distinct hashes under a bound of 2: no error")
+	}
+	zeros := make([]byte, 64<<20)
+	if _, err := hashDisk(context.Background(), bytes.NewReader(zeros), int64(len(zeros))); err != nil {
+		t.Errorf("64 MiB of zeros: %v", err)
+	}
+}
