@@ -191,11 +191,8 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 	mut := func(ino uint32) *FileRec {
 		r := nx.get(ino)
 		if r != nil && r == old.get(ino) {
-			c := *r
-			c.Names = slices.Clone(r.Names)
-			c.children = nil
-			nx.put(ino, &c)
-			r = &c
+			r = r.clone()
+			nx.put(ino, r)
 		}
 		return r
 	}

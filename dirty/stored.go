@@ -146,13 +146,19 @@ func (x *Index) del(ino uint32) {
 func (x *Index) mutable(ino uint32) *FileRec {
 	r := x.get(ino)
 	if r != nil && x.base != nil && !x.own(ino) {
-		cp := *r
-		cp.Names = slices.Clone(r.Names)
-		cp.children = nil
-		x.put(ino, &cp)
-		r = &cp
+		r = r.clone()
+		x.put(ino, r)
 	}
 	return r
+}
+
+// clone copies r to be changed: its own names, no children (an index
+// builds those).
+func (r *FileRec) clone() *FileRec {
+	c := *r
+	c.Names = slices.Clone(r.Names)
+	c.children = nil
+	return &c
 }
 
 // own reports whether x (a delta) already holds its own copy of ino.

@@ -64,14 +64,10 @@ func (d *dec) u() uint64 {
 	return x
 }
 
+// i reads a varint: the zig-zag encoding of binary.AppendVarint over u.
 func (d *dec) i() int64 {
-	x, n := binary.Varint(d.b)
-	if n <= 0 {
-		d.bad, d.b = true, nil
-		return 0
-	}
-	d.b = d.b[n:]
-	return x
+	x := d.u()
+	return int64(x>>1) ^ -int64(x&1)
 }
 
 func (d *dec) s() string {

@@ -45,13 +45,7 @@ func (k *Kernel) Modules(ctx context.Context) ([]Module, []Problem, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	var out []Module
-	var probs []Problem
-	if p := k.listWalk("module list", head, maxListLen, func(e vmi.VA) bool {
-		if ctx.Err() != nil {
-			return false
-		}
-		a := e - vmi.VA(listOff)
+	return collectList(ctx, k, "module list", head, listOff, func(a vmi.VA) (Module, bool, *Problem) {
 		o := k.obj("module", a)
 		m := Module{Addr: uint64(a)}
 		m.Name = o.str("name", int(min(nameSize, 256)))
@@ -60,22 +54,15 @@ func (k *Kernel) Modules(ctx context.Context) ([]Module, []Problem, error) {
 		m.Refs = int(int32(o.u32("refcnt"))) - 1 // MODULE_REF_BASE
 		st := o.uint("state")
 		if o.err != nil {
-			probs = append(probs, problem("module "+m.Name, a, o.err))
-			return true
+			p := problem("module "+m.Name, a, o.err)
+			return m, false, &p
 		}
 		m.State = states[st]
 		if m.State == "" {
 			m.State = fmt.Sprintf("state %d", st)
 		}
-		out = append(out, m)
-		return true
-	}); p != nil {
-		probs = append(probs, *p)
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, nil, err
-	}
-	return out, probs, nil
+		return m, true, nil
+	})
 }
 
 func (k *Kernel) fieldSize(typ, path string) (uint64, error) {

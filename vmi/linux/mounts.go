@@ -57,30 +57,18 @@ func (k *Kernel) Mounts(ctx context.Context) ([]Mount, []Problem, error) {
 	if err := firstErr(t.err, n.err); err != nil {
 		return nil, nil, err
 	}
-	var out []Mount
-	var probs []Problem
-	if p := k.listWalk("mount list", mntns+vmi.VA(listOff), maxListLen, func(e vmi.VA) bool {
-		if ctx.Err() != nil {
-			return false
-		}
-		a := e - vmi.VA(entOff)
+	return collectList(ctx, k, "mount list", mntns+vmi.VA(listOff), entOff, func(a vmi.VA) (Mount, bool, *Problem) {
 		m, err := k.mount(a)
 		var fe *fsOptionsError
 		if errors.As(err, &fe) {
-			probs = append(probs, problem("options of mount "+m.Target, a, err))
+			p := problem("options of mount "+m.Target, a, err)
+			return m, true, &p
 		} else if err != nil {
-			probs = append(probs, problem("mount", a, err))
-			return true
+			p := problem("mount", a, err)
+			return m, false, &p
 		}
-		out = append(out, m)
-		return true
-	}); p != nil {
-		probs = append(probs, *p)
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, nil, err
-	}
-	return out, probs, nil
+		return m, true, nil
+	})
 }
 
 func (k *Kernel) mount(a vmi.VA) (Mount, error) {

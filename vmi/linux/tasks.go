@@ -49,6 +49,34 @@ type Task struct {
 	Threads   []Task   `json:"threads,omitempty"` // with threads requested; the leader included
 }
 
+// collectList walks the list at head whose entries sit entOff bytes into
+// their structures (at most maxListLen) and calls item with each
+// structure's address: item returns a value to keep (when ok) and a
+// problem to report (when not nil). A cancelled ctx stops the walk.
+func collectList[T any](ctx context.Context, k *Kernel, what string, head vmi.VA, entOff uint64, item func(a vmi.VA) (v T, ok bool, p *Problem)) ([]T, []Problem, error) {
+	var out []T
+	var probs []Problem
+	if p := k.listWalk(what, head, maxListLen, func(e vmi.VA) bool {
+		if ctx.Err() != nil {
+			return false
+		}
+		v, ok, p := item(e - vmi.VA(entOff))
+		if p != nil {
+			probs = append(probs, *p)
+		}
+		if ok {
+			out = append(out, v)
+		}
+		return true
+	}); p != nil {
+		probs = append(probs, *p)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	return out, probs, nil
+}
+
 // listWalk follows a circular list_head from head (a kernel address of a
 // struct list_head), calling fn with each entry's list_head address; it
 // stops at head, at a cycle, after max entries or at a read error.

@@ -23,25 +23,13 @@ func (k *Kernel) Workqueues(ctx context.Context) ([]string, []Problem, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	var out []string
-	var probs []Problem
-	if p := k.listWalk("workqueue list", head, maxListLen, func(e vmi.VA) bool {
-		if ctx.Err() != nil {
-			return false
-		}
-		o := k.obj("workqueue_struct", e-vmi.VA(listOff))
+	return collectList(ctx, k, "workqueue list", head, listOff, func(a vmi.VA) (string, bool, *Problem) {
+		o := k.obj("workqueue_struct", a)
 		name := o.str("name", int(min(n, 256)))
 		if o.err != nil {
-			probs = append(probs, problem("workqueue", e-vmi.VA(listOff), o.err))
-			return true
+			p := problem("workqueue", a, o.err)
+			return "", false, &p
 		}
-		out = append(out, name)
-		return true
-	}); p != nil {
-		probs = append(probs, *p)
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, nil, err
-	}
-	return out, probs, nil
+		return name, true, nil
+	})
 }
