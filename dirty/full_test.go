@@ -4,6 +4,8 @@ import (
 	"context"
 	"path/filepath"
 	"testing"
+
+	"github.com/vmscope/vmscope/internal/testdisk"
 )
 
 // TestFullCompare checks the full walk against what the workload's debugfs
@@ -13,9 +15,9 @@ import (
 func TestFullCompare(t *testing.T) {
 	ctx := context.Background()
 	dir, _ := workload(t)
-	oim, od := openDisk(t, filepath.Join(dir, "base.img"))
+	oim, od := testdisk.Open(t, filepath.Join(dir, "base.img"))
 	defer oim.Close()
-	cim, cd := openDisk(t, filepath.Join(dir, "changed.img"))
+	cim, cd := testdisk.Open(t, filepath.Join(dir, "changed.img"))
 	defer cim.Close()
 	full, err := FullCompare(ctx, od, cd)
 	if err != nil {

@@ -18,8 +18,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmscope/vmscope/fsparse"
 	"github.com/vmscope/vmscope/internal/fixture"
+	"github.com/vmscope/vmscope/internal/testdisk"
 	"github.com/vmscope/vmscope/qcow"
 )
 
@@ -334,25 +334,10 @@ func (v *memVol) Children(dir uint32) ([]uint32, error) {
 	return out, err
 }
 
-// openDisk opens an image and its disk; the caller closes the image.
-func openDisk(t *testing.T, path string) (*qcow.Image, *fsparse.Disk) {
-	t.Helper()
-	im, err := qcow.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := fsparse.Open(im, im.Size())
-	if err != nil {
-		im.Close()
-		t.Fatal(err)
-	}
-	return im, d
-}
-
 // snapshotTree is the reference view of the image's (only) volume.
 func snapshotTree(t *testing.T, path string) map[string]node {
 	t.Helper()
-	im, d := openDisk(t, path)
+	im, d := testdisk.Open(t, path)
 	defer im.Close()
 	v, err := d.Volume("")
 	if err != nil {
@@ -365,7 +350,7 @@ func snapshotTree(t *testing.T, path string) map[string]node {
 func poll(t *testing.T, path, src string, st Store) *Selection {
 	t.Helper()
 	ctx := context.Background()
-	im, d := openDisk(t, path)
+	im, d := testdisk.Open(t, path)
 	defer im.Close()
 	start := time.Now()
 	sel, err := Select(ctx, im, d, src, st, "rules-1")

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/vmscope/vmscope/internal/fixture"
+	"github.com/vmscope/vmscope/internal/testdisk"
 )
 
 // TestPollCrashedGuest: a poll of an image whose journal needs recovery
@@ -39,7 +40,7 @@ func TestPollCrashedGuest(t *testing.T) {
 	after := walkAll(t, ref)
 	truth := truthDiff(before, after)
 
-	im, d := openDisk(t, img)
+	im, d := testdisk.Open(t, img)
 	defer im.Close()
 	sel, err := Select(ctx, im, d, "hash", &st, "rules-1")
 	if err != nil {
@@ -84,7 +85,7 @@ func TestPollFastCommitGuest(t *testing.T) {
 	var st memStore
 	poll(t, img, "hash", &st)
 	sh(t, dir, "cp", "--sparse=always", filepath.Join(src, "fc-crash.img"), img)
-	im, d := openDisk(t, img)
+	im, d := testdisk.Open(t, img)
 	defer im.Close()
 	sel, err := Select(context.Background(), im, d, "hash", &st, "rules-1")
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/vmscope/vmscope/fsparse"
 	"github.com/vmscope/vmscope/internal/fixture"
+	"github.com/vmscope/vmscope/internal/testdisk"
 	"github.com/vmscope/vmscope/qcow"
 )
 
@@ -121,15 +122,7 @@ func checkAgainstTruth(t *testing.T, truth map[string]string, after map[string]n
 
 func openVol(t *testing.T, path string) (*qcow.Image, *fsparse.Volume) {
 	t.Helper()
-	im, err := qcow.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { im.Close() })
-	d, err := fsparse.Open(im, im.Size())
-	if err != nil {
-		t.Fatal(err)
-	}
+	im, d := testdisk.Open(t, path)
 	v, err := d.Volume("")
 	if err != nil {
 		t.Fatal(err)

@@ -22,20 +22,12 @@ import (
 	"github.com/vmscope/vmscope/dirty"
 	"github.com/vmscope/vmscope/fsparse"
 	"github.com/vmscope/vmscope/internal/fixture"
+	"github.com/vmscope/vmscope/internal/testdisk"
 	"github.com/vmscope/vmscope/qcow"
 )
 
 func open(t *testing.T, name string) (*qcow.Image, *fsparse.Disk) {
-	im, err := qcow.Open(fixture.Path(t, name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { im.Close() })
-	d, err := fsparse.Open(im, im.Size())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return im, d
+	return testdisk.Open(t, fixture.Path(t, name))
 }
 
 func TestPollsThroughState(t *testing.T) {
@@ -247,15 +239,8 @@ func TestBlockHashesThroughState(t *testing.T) {
 	defer db.Close()
 	poll := func() *dirty.Selection {
 		t.Helper()
-		im, err := qcow.Open(img)
-		if err != nil {
-			t.Fatal(err)
-		}
+		im, d := testdisk.Open(t, img)
 		defer im.Close()
-		d, err := fsparse.Open(im, im.Size())
-		if err != nil {
-			t.Fatal(err)
-		}
 		sel, err := dirty.Select(ctx, im, d, "bitmap:b", db, "r")
 		if err != nil {
 			t.Fatal(err)
