@@ -36,13 +36,11 @@ type Snapshot struct {
 	// Top is the top layer of the chain at the last poll (cow source):
 	// the next poll's overlays are the layers from the top down to it.
 	Top string `json:"top,omitempty"`
-	// Bitmaps are the enabled, consistent bitmaps of the image at the
-	// last poll (bitmap source): each holds every write since that poll,
-	// so the next poll may use any of them (bitmap rotation).
-	Bitmaps []string `json:"bitmaps,omitempty"`
-	// BitmapSets are the dirty ranges of those bitmaps at the last poll:
-	// an enabled bitmap only grows, so one that holds less now was
-	// cleared (or removed and added again) since.
+	// BitmapSets are the enabled, consistent bitmaps of the image at the
+	// last poll (bitmap source) and their dirty ranges then. Each holds
+	// every write since that poll, so the next poll may use any of them
+	// (bitmap rotation); an enabled bitmap only grows, so one that holds
+	// less now was cleared (or removed and added again) since.
 	BitmapSets map[string][]rangeset.Range `json:"bitmap_sets,omitempty"`
 	// Blocks are the hashes of 4 KiB blocks at the last poll (blocks.go):
 	// for cow, of the blocks the overlays held; for bitmap, of the whole
@@ -395,7 +393,8 @@ func Select(ctx context.Context, im *qcow.Image, d *fsparse.Disk, src string, st
 // old one disabled in one transaction, the poll reads the old one).
 func rotatedBitmap(prev *Snapshot, src string) bool {
 	name, ok := strings.CutPrefix(src, "bitmap:")
-	return ok && strings.HasPrefix(prev.Source, "bitmap:") && slices.Contains(prev.Bitmaps, name)
+	_, enabled := prev.BitmapSets[name]
+	return ok && strings.HasPrefix(prev.Source, "bitmap:") && enabled
 }
 
 // cowDirty returns the ranges written since the last poll according to the
@@ -448,19 +447,24 @@ func (sel *Selection) cowDirty(ctx context.Context, im *qcow.Image, prev *Snapsh
 func (sel *Selection) bitmapDirty(ctx context.Context, im *qcow.Image, name string, prev *Snapshot, full *bool) (rangeset.Set, error) {
 	top := im.Layers()[0]
 	sel.next.BitmapSets = map[string][]rangeset.Range{}
+	var d rangeset.Set
 	for _, b := range top.Bitmaps {
 		if b.Enabled && !b.InUse {
-			sel.next.Bitmaps = append(sel.next.Bitmaps, b.Name)
 			set, err := top.BitmapDirty(ctx, b.Name)
 			if err != nil {
 				return set, err
 			}
 			sel.next.BitmapSets[b.Name] = set.Ranges()
+			if b.Name == name {
+				d = set
+			}
 		}
 	}
-	d, err := top.BitmapDirty(ctx, name)
-	if err != nil {
-		return d, err
+	if _, ok := sel.next.BitmapSets[name]; !ok { // disabled (rotated out), or refused
+		var err error
+		if d, err = top.BitmapDirty(ctx, name); err != nil {
+			return d, err
+		}
 	}
 	// An enabled bitmap only grows. One that holds less than it did at the
 	// last poll was cleared, or removed and added again: the writes before
@@ -472,6 +476,7 @@ func (sel *Selection) bitmapDirty(ctx context.Context, im *qcow.Image, name stri
 	}
 	if *full || prev.Blocks == nil {
 		*full = true
+		var err error
 		sel.next.Blocks, err = hashDisk(ctx, im, im.Size())
 		return d, err
 	}
