@@ -130,13 +130,22 @@ func (k *Kernel) obj(typ string, addr vmi.VA) *obj {
 	return &obj{k: k, as: k.AS, typ: typ, addr: addr}
 }
 
-func (o *obj) fieldAddr(path string) vmi.VA {
+// member looks up a field of o's type; ok is false once o has an error.
+func (o *obj) member(path string) (f field, ok bool) {
 	if o.err != nil {
-		return 0
+		return f, false
 	}
 	f, err := o.k.field(o.typ, path)
 	if err != nil {
 		o.err = err
+		return f, false
+	}
+	return f, true
+}
+
+func (o *obj) fieldAddr(path string) vmi.VA {
+	f, ok := o.member(path)
+	if !ok {
 		return 0
 	}
 	return o.addr + vmi.VA(f.off)
@@ -147,6 +156,11 @@ func (o *obj) read(path string, n int) []byte {
 	if o.err != nil {
 		return make([]byte, n)
 	}
+	return o.readAt(a, n, path)
+}
+
+// readAt reads n bytes of field path, at a.
+func (o *obj) readAt(a vmi.VA, n int, path string) []byte {
 	b := make([]byte, n)
 	if _, err := o.as.ReadVirt(b, a); err != nil {
 		o.err = fmt.Errorf("linux: %s.%s at %#x: %w", o.typ, path, uint64(a), err)
@@ -160,12 +174,8 @@ func (o *obj) ptr(path string) vmi.VA { return vmi.VA(o.u64(path)) }
 
 // uint reads an integer member of whatever size BTF gives it.
 func (o *obj) uint(path string) uint64 {
-	if o.err != nil {
-		return 0
-	}
-	f, err := o.k.field(o.typ, path)
-	if err != nil {
-		o.err = err
+	f, ok := o.member(path)
+	if !ok {
 		return 0
 	}
 	sz, err := btf.Sizeof(f.typ)
@@ -174,7 +184,7 @@ func (o *obj) uint(path string) uint64 {
 		return 0
 	}
 	var b [8]byte
-	copy(b[:], o.read(path, sz))
+	copy(b[:], o.readAt(o.addr+vmi.VA(f.off), sz, path))
 	return binary.LittleEndian.Uint64(b[:])
 }
 
