@@ -10,6 +10,7 @@ import (
 
 	"github.com/vmscope/vmscope/fsparse"
 	"github.com/vmscope/vmscope/internal/fixture"
+	"github.com/vmscope/vmscope/internal/rangeset"
 	"github.com/vmscope/vmscope/internal/testdisk"
 	"github.com/vmscope/vmscope/qcow"
 )
@@ -142,7 +143,16 @@ func TestOverlayFixtureVsTruth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := Poll(ctx, newV, old, top, WithOldDevice(oldV.Device))
+	res := pollLogged(t, newV, old, top, WithOldDevice(oldV.Device))
+	before, after := walkAll(t, oldV), walkAll(t, newV)
+	checkAgainstTruth(t, truthDiff(before, after), after, res.Changes)
+}
+
+// pollLogged runs Poll, fails the test on its errors and logs what it
+// found.
+func pollLogged(t *testing.T, v *fsparse.Volume, old *Index, dirty rangeset.Set, opts ...Option) *Result {
+	t.Helper()
+	res, err := Poll(context.Background(), v, old, dirty, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,9 +160,8 @@ func TestOverlayFixtureVsTruth(t *testing.T) {
 		t.Error(e)
 	}
 	for _, c := range res.Changes {
-		t.Logf("%-9s %-28s %v %v %v", c.Change, c.Path, c.Reasons, c.Fields, c.OldPaths)
+		t.Logf("%-9s %-28s %v %v old=%v", c.Change, c.Path, c.Reasons, c.Fields, c.OldPaths)
 	}
 	t.Logf("stats %+v", res.Stats)
-	before, after := walkAll(t, oldV), walkAll(t, newV)
-	checkAgainstTruth(t, truthDiff(before, after), after, res.Changes)
+	return res
 }

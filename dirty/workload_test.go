@@ -173,17 +173,7 @@ func TestWorkloadSources(t *testing.T) {
 					}
 				}
 			}
-			res, err := Poll(ctx, v, old, dirty, WithHashes())
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, e := range res.Errors {
-				t.Error(e)
-			}
-			for _, c := range res.Changes {
-				t.Logf("%-9s %-28s %v %v old=%v", c.Change, c.Path, c.Reasons, c.Fields, c.OldPaths)
-			}
-			t.Logf("stats %+v", res.Stats)
+			res := pollLogged(t, v, old, dirty, WithHashes())
 			checkAgainstTruth(t, truth, after, res.Changes)
 
 			// A second poll on the new index with the same (cumulative)
