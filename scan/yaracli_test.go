@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/vmscope/vmscope/internal/fixture"
 )
 
 const eicar = `X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*`
@@ -83,11 +85,7 @@ func write(t testing.TB, root, p string, b []byte) {
 }
 
 func needYara(t *testing.T) string {
-	y, err := exec.LookPath("yara")
-	if err != nil {
-		t.Skip("yara CLI not installed")
-	}
-	return y
+	return fixture.Tool(t, "yara") // scripts/deps.sh installs it: CI must not skip
 }
 
 // externalsFor gives the -d arguments for one guest file, as Scan sets them.

@@ -67,18 +67,8 @@ func liveGuest(t *testing.T) *cliLive {
 // guestFile is a file of the real-guest fixture (testdata/guest/build.sh;
 // $VMSCOPE_GUEST overrides its folder, as in vmi/internal/guesttest).
 func guestFile(t *testing.T, name string) string {
-	dir := os.Getenv("VMSCOPE_GUEST")
-	if dir == "" {
-		dir = filepath.Join(fixture.Root(), "testdata", "out-guest")
-	}
-	p := filepath.Join(dir, name)
-	if _, err := os.Stat(p); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("guest fixture missing under CI: %s", p)
-		}
-		t.Skipf("guest fixture missing (run bash testdata/guest/build.sh): %s", p)
-	}
-	return p
+	t.Helper()
+	return fixture.GuestPath(t, name)
 }
 
 func bootCLIGuest(kernel, initrd string) (*cliLive, error) {

@@ -19,18 +19,8 @@ import (
 // tests in vmi/linux check the walks against the guest's own view; this
 // one checks the CLI says what the library says).
 func guestDump(t *testing.T, mode string) string {
-	d := os.Getenv("VMSCOPE_GUEST")
-	if d == "" {
-		d = filepath.Join(fixture.Root(), "testdata", "out-guest")
-	}
-	p := filepath.Join(d, mode, "guest.elf")
-	if _, err := os.Stat(p); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("guest fixture missing under CI: %s", p)
-		}
-		t.Skipf("guest fixture missing (run bash testdata/guest/build.sh): %s", p)
-	}
-	return p
+	t.Helper()
+	return fixture.GuestPath(t, mode, "guest.elf")
 }
 
 type libView struct {

@@ -44,10 +44,7 @@ const pg = 4096
 // when it is built, else pages of a deterministic pattern.
 func seedPages(n int) [][]byte {
 	pages := make([][]byte, n)
-	var src *os.File
-	if p := filepath.Join(guesttest.Dir(), guesttest.NoKASLR, guesttest.ELFDump); true {
-		src, _ = os.Open(p)
-	}
+	src, _ := os.Open(filepath.Join(guesttest.Dir(), guesttest.NoKASLR, guesttest.ELFDump))
 	for i := range pages {
 		pages[i] = make([]byte, pg)
 		if src != nil {

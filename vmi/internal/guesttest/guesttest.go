@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -46,32 +45,15 @@ const (
 	InfoMem    = "infomem.txt"   // HMP info mem; empty in mode LA57
 )
 
-// Dir is the fixture folder: $VMSCOPE_GUEST, else testdata/out-guest.
-func Dir() string {
-	if d := os.Getenv("VMSCOPE_GUEST"); d != "" {
-		return d
-	}
-	return filepath.Join(fixture.Root(), "testdata", "out-guest")
-}
-
-// Missing skips the test, or fails it under CI.
-func Missing(t testing.TB, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") != "" {
-		t.Fatalf("guest fixture missing under CI: "+format, args...)
-	}
-	t.Skipf("guest fixture missing (run bash testdata/guest/build.sh): "+format, args...)
-}
+// Dir is the fixture folder (fixture.GuestDir).
+func Dir() string { return fixture.GuestDir() }
 
 // Path returns the path of a file of the fixture (elems joined under Dir,
-// e.g. Path(t, KASLR, ELFDump), Path(t, "vmlinuz")), or skips/fails.
+// e.g. Path(t, KASLR, ELFDump), Path(t, "vmlinuz")), or skips/fails
+// (fixture.GuestPath).
 func Path(t testing.TB, elems ...string) string {
 	t.Helper()
-	p := filepath.Join(append([]string{Dir()}, elems...)...)
-	if _, err := os.Stat(p); err != nil {
-		Missing(t, "%s", p)
-	}
-	return p
+	return fixture.GuestPath(t, elems...)
 }
 
 // Load parses the ground truth of a boot mode, or skips/fails.
