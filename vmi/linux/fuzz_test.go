@@ -159,7 +159,13 @@ func seedBTF(t testing.TB) []byte {
 		{Name: "pid", Type: u64},
 		{Name: "", Type: &btf.Union{Size: 16, Members: []btf.Member{{Name: "tasks", Type: lh}}}, Offset: 128},
 	}}
-	b, err := btf.NewBuilder([]btf.Type{ts}, nil)
+	return marshalBTF(t, ts)
+}
+
+// marshalBTF encodes types as raw BTF.
+func marshalBTF(t testing.TB, types ...btf.Type) []byte {
+	t.Helper()
+	b, err := btf.NewBuilder(types, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

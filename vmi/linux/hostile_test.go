@@ -72,15 +72,7 @@ func newHostileKernel(t *testing.T) *hostileKernel {
 		{Name: "mm", Type: ptr, Offset: 64 * 8},
 		{Name: "comm", Type: &btf.Array{Index: u32, Type: char, Nelems: 16}, Offset: 72 * 8},
 	}
-	b, err := btf.NewBuilder([]btf.Type{ts}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := b.Marshal(nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec, err := LoadBTF(raw)
+	spec, err := LoadBTF(marshalBTF(t, ts))
 	if err != nil {
 		t.Fatal(err)
 	}
