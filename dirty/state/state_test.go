@@ -26,17 +26,24 @@ import (
 	"github.com/vmscope/vmscope/qcow"
 )
 
+// newDB opens a new state file, closed when the test ends.
+func newDB(t *testing.T) *DB {
+	t.Helper()
+	db, err := Open(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
 func open(t *testing.T, name string) (*qcow.Image, *fsparse.Disk) {
 	return testdisk.Open(t, fixture.Path(t, name))
 }
 
 func TestPollsThroughState(t *testing.T) {
 	ctx := context.Background()
-	db, err := Open(filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := newDB(t)
 	im, d := open(t, "overlay-raw.qcow2")
 	poll := func(rules string) *dirty.Selection {
 		t.Helper()
@@ -88,11 +95,7 @@ func TestPollsThroughState(t *testing.T) {
 // runs and links buckets hold exactly the records' runs and names.
 func TestDeltaEqualsRebuild(t *testing.T) {
 	ctx := context.Background()
-	db, err := Open(filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := newDB(t)
 	im, d := open(t, "overlay-raw.qcow2")
 	for i, rules := range []string{"r1", "r1", "r2", "r2"} {
 		sel, err := dirty.Select(ctx, im, d, "auto", db, rules)
@@ -232,11 +235,7 @@ func TestBlockHashesThroughState(t *testing.T) {
 	}
 	run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", src, img)
 	run("qemu-img", "bitmap", "--add", "--enable", img, "b")
-	db, err := Open(filepath.Join(dir, "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := newDB(t)
 	poll := func() *dirty.Selection {
 		t.Helper()
 		im, d := testdisk.Open(t, img)
@@ -307,11 +306,7 @@ func TestBlockHashesThroughState(t *testing.T) {
 // sha256, as debugfs cat gives the content for a sample of them.
 func TestDigestsFromScanReads(t *testing.T) {
 	ctx := context.Background()
-	db, err := Open(filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := newDB(t)
 	im, d := open(t, "ext4.img")
 	sel, err := dirty.Select(ctx, im, d, "hash", db, "r")
 	if err != nil {
