@@ -9,13 +9,20 @@ import (
 	"github.com/vmscope/vmscope/vmi/snapshot"
 )
 
-func open(t testing.TB, mode, file string) (*snapshot.Snapshot, *linux.Kernel) {
+// openDump opens a dump of the guest fixture, closed when the test ends.
+func openDump(t testing.TB, mode, file string) *snapshot.Snapshot {
 	t.Helper()
 	s, err := snapshot.Open(guesttest.Path(t, mode, file))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func open(t testing.TB, mode, file string) (*snapshot.Snapshot, *linux.Kernel) {
+	t.Helper()
+	s := openDump(t, mode, file)
 	k, err := linux.Discover(context.Background(), s, linux.WithCPUs(s.CPUs()))
 	if err != nil {
 		t.Fatal(err)

@@ -20,11 +20,7 @@ func TestNoCPUState(t *testing.T) {
 	ctx := context.Background()
 	mode := guesttest.KASLR
 	truth := guesttest.Load(t, mode)
-	s, err := snapshot.Open(guesttest.Path(t, mode, guesttest.ELFDump))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openDump(t, mode, guesttest.ELFDump)
 	lime := filepath.Join(t.TempDir(), "guest.lime")
 	f, err := os.Create(lime)
 	if err != nil {
@@ -61,11 +57,7 @@ func TestSymbolFiles(t *testing.T) {
 	ctx := context.Background()
 	mode := guesttest.KASLR
 	truth := guesttest.Load(t, mode)
-	s, err := snapshot.Open(guesttest.Path(t, mode, guesttest.ELFDump))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openDump(t, mode, guesttest.ELFDump)
 	text, _ := truth.Symbol("_text")
 	slide := text - 0xffffffff81000000
 	var ks, sm strings.Builder
