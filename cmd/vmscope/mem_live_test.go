@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -33,7 +34,7 @@ func TestMemLiveEqualsDump(t *testing.T) {
 			t.Fatalf("mem %v DUMP: exit %d: %s", verb, code, errDump)
 		}
 		if live != fromDump {
-			t.Errorf("mem %v: live and dump answers differ:\n--- live\n%.2000s\n--- dump\n%.2000s", verb, live, fromDump)
+			t.Errorf("mem %v: live and dump answers differ:\n%s", verb, firstDiff(live, fromDump))
 		}
 		if verb[0] == "ps" && len(verb) == 1 {
 			var doc struct {
@@ -69,4 +70,17 @@ func TestMemLiveEqualsDump(t *testing.T) {
 		t.Fatalf("mem modules --guest --pause: exit %d: %s", code, errOut)
 	}
 	l.mustRun(t)
+}
+
+// firstDiff shows the first lines where a (live) and b (dump) differ, with
+// a little context.
+func firstDiff(a, b string) string {
+	la, lb := strings.Split(a, "\n"), strings.Split(b, "\n")
+	i := 0
+	for i < len(la) && i < len(lb) && la[i] == lb[i] {
+		i++
+	}
+	lo := max(i-3, 0)
+	part := func(l []string) string { return strings.Join(l[min(lo, len(l)):min(i+6, len(l))], "\n") }
+	return fmt.Sprintf("line %d of %d / %d\n--- live\n%s\n--- dump\n%s", i+1, len(la), len(lb), part(la), part(lb))
 }

@@ -780,9 +780,14 @@ func (g *Guest) Close(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	// Detach removes anything left (QEMU clears all breakpoints of the
-	// process) and resumes the guest.
-	if err := g.gdb.Detach(ctx); err != nil {
-		errs = append(errs, err)
+	// process) and resumes the guest, even one QMP had paused. A guest
+	// found paused is left without it: closing the connection leaves it
+	// stopped (its breakpoints are removed above), so it never runs between
+	// the detach and the QMP stop below.
+	if !g.wasPaused {
+		if err := g.gdb.Detach(ctx); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	g.cancel()
 	errs = append(errs, g.gdb.Close())
