@@ -43,8 +43,8 @@
 // Evidence is read-only: nothing here writes to an image.
 package dirty
 
-import "errors"
+import "github.com/vmscope/vmscope/vmerr"
 
 // ErrUnsupportedFS: the volume holds a filesystem this package cannot map
 // blocks of (only ext2/3/4 so far); its files are all due.
-var ErrUnsupportedFS = errors.New("dirty: block mapping needs an ext2/3/4 filesystem")
+var ErrUnsupportedFS = vmerr.New("dirty: block mapping needs an ext2/3/4 filesystem", vmerr.ErrUnsupported)

@@ -16,8 +16,8 @@ package fsparse
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
+	"github.com/vmscope/vmscope/vmerr"
 	"io"
 	"strings"
 )
@@ -26,11 +26,11 @@ import (
 // error of the filesystem parser.
 var (
 	// ErrCorrupt: a partition table is malformed.
-	ErrCorrupt = errors.New("fsparse: corrupt partition table")
+	ErrCorrupt = vmerr.New("fsparse: corrupt partition table", vmerr.ErrCorrupt)
 	// ErrNoVolume: a path names a volume the disk does not have.
-	ErrNoVolume = errors.New("fsparse: no such volume")
+	ErrNoVolume = vmerr.New("fsparse: no such volume", vmerr.ErrNotPresent)
 	// ErrUnsupported: a filesystem this package cannot read.
-	ErrUnsupported = errors.New("fsparse: unsupported filesystem")
+	ErrUnsupported = vmerr.New("fsparse: unsupported filesystem", vmerr.ErrUnsupported)
 )
 
 // Limits on what a hostile table may ask for.

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/vmscope/vmscope/vmerr"
 
 	"github.com/vmscope/vmscope/internal/rangeset"
 )
@@ -17,7 +18,7 @@ import (
 var ErrBitmapInUse = errors.New("bitmap in use (inconsistent)")
 
 // ErrNoBitmap: the image has no persistent bitmap of that name.
-var ErrNoBitmap = errors.New("no such bitmap")
+var ErrNoBitmap = vmerr.New("no such bitmap", vmerr.ErrNotPresent)
 
 // Bitmap table entry bits (docs/interop/qcow2.txt, "Bitmap table").
 const (

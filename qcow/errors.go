@@ -3,6 +3,7 @@ package qcow
 import (
 	"errors"
 	"fmt"
+	"github.com/vmscope/vmscope/vmerr"
 )
 
 // Sentinel categories. Every error from this package wraps one of them,
@@ -11,11 +12,11 @@ import (
 var (
 	// ErrCorrupt: a structure of the image is invalid or points outside the
 	// file (bad header field, L1/L2 entry, truncated file, bad compressed data).
-	ErrCorrupt = errors.New("corrupt image")
+	ErrCorrupt = vmerr.New("corrupt image", vmerr.ErrCorrupt)
 	// ErrUnsupported: a valid image using something this package does not
 	// read (another disk format, encryption, external data file, unknown
 	// incompatible feature, compression type, backing protocol).
-	ErrUnsupported = errors.New("unsupported image")
+	ErrUnsupported = vmerr.New("unsupported image", vmerr.ErrUnsupported)
 	// ErrChain: the backing chain cannot be followed (missing backing file,
 	// loop, too deep, format of a backing file does not match its record).
 	ErrChain = errors.New("bad backing chain")

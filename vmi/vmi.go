@@ -12,8 +12,8 @@ package vmi
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"github.com/vmscope/vmscope/vmerr"
 	"io"
 	"math"
 )
@@ -83,10 +83,10 @@ type Live interface {
 var (
 	// ErrNotPresent is a read of guest memory that is not there: a hole in
 	// guest-physical memory or a virtual address with no mapping.
-	ErrNotPresent = errors.New("vmi: not present")
+	ErrNotPresent = vmerr.New("vmi: not present", vmerr.ErrNotPresent)
 	// ErrCorrupt is guest state that breaks its own rules (a page-table
 	// walk that cannot end, a reserved bit set).
-	ErrCorrupt = errors.New("vmi: corrupt")
+	ErrCorrupt = vmerr.New("vmi: corrupt", vmerr.ErrCorrupt)
 )
 
 // HoleError is a read of guest-physical memory at an address that is not

@@ -40,6 +40,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/vmscope/vmscope/vmerr"
 	"io"
 	"time"
 )
@@ -48,8 +49,8 @@ import (
 // problem wraps one of them.
 var (
 	ErrNotExt      = errors.New("ext4: not an ext2/3/4 filesystem")
-	ErrCorrupt     = errors.New("ext4: corrupt filesystem")
-	ErrUnsupported = errors.New("ext4: unsupported feature")
+	ErrCorrupt     = vmerr.New("ext4: corrupt filesystem", vmerr.ErrCorrupt)
+	ErrUnsupported = vmerr.New("ext4: unsupported feature", vmerr.ErrUnsupported)
 	// ErrNotDir is returned (inside an *fs.PathError) when a path element
 	// that must be a directory is not one.
 	ErrNotDir = errors.New("ext4: not a directory")

@@ -35,8 +35,8 @@ package jbd2
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
+	"github.com/vmscope/vmscope/vmerr"
 	"hash/crc32"
 	"io"
 	"slices"
@@ -47,10 +47,10 @@ import (
 // Errors by category.
 var (
 	// ErrCorrupt: a journal structure is out of bounds or inconsistent.
-	ErrCorrupt = errors.New("jbd2: corrupt journal")
+	ErrCorrupt = vmerr.New("jbd2: corrupt journal", vmerr.ErrCorrupt)
 	// ErrUnsupported: a journal this package does not replay (external
 	// device, unknown incompatible features).
-	ErrUnsupported = errors.New("jbd2: unsupported journal")
+	ErrUnsupported = vmerr.New("jbd2: unsupported journal", vmerr.ErrUnsupported)
 )
 
 const (

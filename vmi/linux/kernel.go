@@ -20,6 +20,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/vmscope/vmscope/vmerr"
 	"io"
 	"regexp"
 	"strings"
@@ -37,7 +38,7 @@ var (
 	// ErrLayout is a kernel structure found in a layout this package does
 	// not read (a kallsyms table of another kernel generation, BTF without
 	// a type it needs).
-	ErrLayout = errors.New("linux: unsupported layout")
+	ErrLayout = vmerr.New("linux: unsupported layout", vmerr.ErrUnsupported)
 )
 
 // x86-64 virtual memory layout constants of the architecture (not of a

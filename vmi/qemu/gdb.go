@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/vmscope/vmscope/vmerr"
 	"net"
 	"strconv"
 	"strings"
@@ -320,7 +321,7 @@ func (e *StubError) Error() string {
 }
 
 // ErrUnsupported is the empty reply: the stub does not know the packet.
-var ErrUnsupported = errors.New("qemu: gdb stub does not support the packet")
+var ErrUnsupported = vmerr.New("qemu: gdb stub does not support the packet", vmerr.ErrUnsupported)
 
 func checkReply(payload string, r []byte) error {
 	if isErrorReply(r) {

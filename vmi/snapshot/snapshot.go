@@ -16,8 +16,8 @@
 package snapshot
 
 import (
-	"errors"
 	"fmt"
+	"github.com/vmscope/vmscope/vmerr"
 	"io"
 	"os"
 	"sort"
@@ -27,10 +27,10 @@ import (
 
 var (
 	// ErrCorrupt is a snapshot that breaks its format's rules.
-	ErrCorrupt = errors.New("snapshot: corrupt")
+	ErrCorrupt = vmerr.New("snapshot: corrupt", vmerr.ErrCorrupt)
 	// ErrUnsupported is a valid snapshot using something this package does
 	// not read (an LZO-compressed kdump page, a 32-bit ELF core).
-	ErrUnsupported = errors.New("snapshot: unsupported")
+	ErrUnsupported = vmerr.New("snapshot: unsupported", vmerr.ErrUnsupported)
 )
 
 // Format is a snapshot file format.
