@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages vmscope's build, tests and fixtures need.
-# Idempotent: does nothing when everything is present. Waits for the dpkg lock.
+# Idempotent: does nothing when everything is present. Waits for the dpkg lock (apt's DPkg::Lock::Timeout).
 set -euo pipefail
 
 pkgs=(
@@ -26,18 +26,8 @@ done
 
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO=sudo
-wait_lock() {
-  for _ in $(seq 1 300); do
-    if ! fuser /var/lib/dpkg/lock-frontend /var/lib/dpkg/lock /var/lib/apt/lists/lock >/dev/null 2>&1; then
-      return 0
-    fi
-    sleep 2
-  done
-  echo "deps.sh: dpkg lock still held after 10 minutes" >&2
-  return 1
-}
 export DEBIAN_FRONTEND=noninteractive
-wait_lock
-$SUDO apt-get update -qq
-wait_lock
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# apt waits for the dpkg and list locks itself (up to 10 minutes).
+lock=(-o DPkg::Lock::Timeout=600)
+$SUDO apt-get "${lock[@]}" update -qq
+$SUDO apt-get "${lock[@]}" install -y -qq --no-install-recommends "${missing[@]}"

@@ -34,6 +34,10 @@ PATH=$PATH:/usr/sbin:/sbin
 hash=$(cat "$here/fixtures.sh" "$here/gentree/main.go" | sha256sum | cut -c1-16)
 cache=${VMSCOPE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vmscope}/fixtures-$hash
 out=$here/out
+mkdir -p "$(dirname "$cache")"
+# One build at a time per cache folder (parallel checkouts share the cache).
+exec 9>"$cache.lock"
+flock 9
 
 if [ -f "$cache/.done" ]; then
   if [ "$(readlink "$out" 2>/dev/null)" != "$cache" ]; then
@@ -47,8 +51,9 @@ for tool in mkfs.ext4 debugfs e2fsck qemu-img qemu-io sfdisk mkfs.vfat mcopy; do
   command -v "$tool" >/dev/null || { echo "fixtures.sh: $tool missing (run scripts/deps.sh)" >&2; exit 1; }
 done
 
-# Older builds of the fixtures are of no further use.
-find "$(dirname "$cache")" -maxdepth 1 -name 'fixtures-*' ! -name "fixtures-$hash" -exec rm -rf {} + 2>/dev/null || true
+# Builds of other versions of this script untouched for a week are pruned
+# (a recent one may belong to another checkout).
+find "$(dirname "$cache")" -maxdepth 1 -name 'fixtures-*' ! -name "fixtures-$hash" ! -name '*.lock' -mtime +7 -exec rm -rf {} + 2>/dev/null || true
 rm -rf "$cache"
 mkdir -p "$cache"
 cd "$cache"

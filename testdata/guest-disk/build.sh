@@ -24,6 +24,10 @@ kver=$(cat "$kdir/kernel-version")
 hash=$( (cat "$here/build.sh" "$here/init.sh"; echo "$kver") | sha256sum | cut -c1-16)
 cache=${VMSCOPE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vmscope}/guest-disk-$hash
 out=$here/../out-guest-disk
+mkdir -p "$(dirname "$cache")"
+# One build at a time per cache folder (parallel checkouts share the cache).
+exec 9>"$cache.lock"
+flock 9
 
 log() { printf 'guest-disk: %s\n' "$*" >&2; }
 
@@ -104,7 +108,7 @@ crash_boot() {
 }
 
 if [ ! -f "$cache/.done" ]; then
-  find "$(dirname "$cache")" -maxdepth 1 -name 'guest-disk-*' ! -name "guest-disk-$hash" -exec rm -rf {} + 2>/dev/null || true
+  find "$(dirname "$cache")" -maxdepth 1 -name 'guest-disk-*' ! -name '*.lock' ! -name "guest-disk-$hash" -mtime +7 -exec rm -rf {} + 2>/dev/null || true
   rm -rf "$cache"
   mkdir -p "$cache"
   root=$cache/initramfs

@@ -33,6 +33,10 @@ hash=$(cat "$here/build.sh" "$here/init.sh" "$here/threader/main.go" \
   sha256sum | cut -c1-16)
 cache=${VMSCOPE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vmscope}/guest-$hash
 out=$here/../out-guest
+mkdir -p "$(dirname "$cache")"
+# One build at a time per cache folder (parallel checkouts share the cache).
+exec 9>"$cache.lock"
+flock 9
 
 link() {
   if [ "$(readlink "$out" 2>/dev/null)" != "$cache" ]; then
@@ -54,8 +58,9 @@ if [ ${#need[@]} -gt 0 ] || ! dpkg-query -W -f='${Status}' busybox-static 2>/dev
   bash "$repo/scripts/deps.sh"
 fi
 
-# Older builds of the guest are of no further use.
-find "$(dirname "$cache")" -maxdepth 1 -name 'guest-*' ! -name "guest-$hash" -exec rm -rf {} + 2>/dev/null || true
+# Builds of other versions untouched for a week are pruned (a recent one may
+# belong to another checkout); guest-disk-* builds are not ours.
+find "$(dirname "$cache")" -maxdepth 1 -name 'guest-*' ! -name 'guest-disk-*' ! -name '*.lock' ! -name "guest-$hash" -mtime +7 -exec rm -rf {} + 2>/dev/null || true
 rm -rf "$cache"
 mkdir -p "$cache"
 cd "$cache"
