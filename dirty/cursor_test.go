@@ -145,7 +145,7 @@ func TestBitmapRotation(t *testing.T) {
 	if hasReason(sel.Changes, KindFull) {
 		t.Error("a rotated bitmap made a full pass")
 	}
-	checkStrict(t, truth, end, sel.Changes, 0)
+	checkStrict(t, truth, end, sel.Changes)
 	if s := sel.Stats["disk"]; s.DirtyBytes != HashBlock {
 		t.Errorf("dirty bytes %d, want the one block written (%d)", s.DirtyBytes, HashBlock)
 	}

@@ -348,151 +348,216 @@ func Replay(ctx context.Context, f *ext4.FS, dev io.ReaderAt) (*Overlay, error) 
 	return r.replay(ctx)
 }
 
+// logged is a tag of a committed transaction.
+type logged struct {
+	tag
+	seq uint32
+}
+
+// logWalk is the state of one pass over the log: the circular log's
+// bounds, the transaction being read, and what committed transactions
+// left (their tags in order, and the latest revoking sequence of each
+// revoked fs block).
+type logWalk struct {
+	r             *replayer
+	first, end    uint64 // the log's blocks: [first, end)
+	limit         uint64 // one lap of the log
+	steps         uint64
+	seq           uint32 // the transaction being read
+	blk           uint64 // the journal block being read
+	pending       []tag
+	pendingRevoke map[uint64]bool
+	done          []logged
+	revoked       map[uint64]uint32
+	transactions  int
+}
+
+// replay runs recovery's passes: it walks the log (scan), then lays the
+// committed, unrevoked, checksum-valid blocks into an overlay (apply), with
+// the fast commits found after the last full commit.
 func (r *replayer) replay(ctx context.Context) (*Overlay, error) {
 	ov := &Overlay{BlockSize: r.bs, Blocks: map[uint64]Source{}, Journal: r.sb, FirstSeq: r.sb.Sequence}
 	if r.sb.Start == 0 {
 		return ov, nil
 	}
-	logEnd := uint64(r.sb.MaxLen - r.sb.NumFCBlocks)
-	first := uint64(r.sb.First)
-	next := func(b uint64) uint64 {
-		if b++; b >= logEnd {
-			return first
-		}
-		return b
+	w, err := r.scan(ctx)
+	if err != nil {
+		return nil, err
 	}
-	tb := r.sb.tagBytes()
+	ov.Transactions = w.transactions
+	if r.sb.NumFCBlocks != 0 {
+		if err := r.fastCommits(ctx, ov, w.seq); err != nil {
+			return nil, err
+		}
+	}
+	if err := r.apply(ctx, ov, w); err != nil {
+		return nil, err
+	}
+	return ov, nil
+}
+
+// scan walks the log from s_start until a block that is not the next one
+// of the sequence (the end of the log) or a bad block checksum, at most one
+// lap of the log.
+func (r *replayer) scan(ctx context.Context) (*logWalk, error) {
+	w := &logWalk{r: r, first: uint64(r.sb.First), end: uint64(r.sb.MaxLen - r.sb.NumFCBlocks),
+		seq: r.sb.Sequence, blk: uint64(r.sb.Start), pendingRevoke: map[uint64]bool{}, revoked: map[uint64]uint32{}}
+	w.limit = w.end - w.first
 	tail := 0
 	if r.sb.csum() {
 		tail = 4
 	}
-	type logged struct {
-		tag
-		seq uint32
-	}
-	var done []logged              // tags of committed transactions, in order
-	revoked := map[uint64]uint32{} // fs block → latest committed revoking sequence
-	var pending []tag
-	pendingRevoke := map[uint64]bool{}
-	seq := r.sb.Sequence
-	blk := uint64(r.sb.Start)
 	b := r.buf
-	steps := uint64(0)
-	limit := logEnd - first
-walk:
-	for steps < limit {
+	be := binary.BigEndian
+	for w.steps < w.limit {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		if err := r.read(blk, b); err != nil {
+		if err := r.read(w.blk, b); err != nil {
 			return nil, err
 		}
-		be := binary.BigEndian
-		if be.Uint32(b[0:]) != magic || be.Uint32(b[8:]) != seq {
-			break // the end of the log
+		if be.Uint32(b[0:]) != magic || be.Uint32(b[8:]) != w.seq {
+			return w, nil // the end of the log
 		}
-		steps++
+		w.steps++
 		switch be.Uint32(b[4:]) {
 		case typeDescriptor:
 			if !r.blockCsumOK(b, len(b)-tail) {
-				break walk
+				return w, nil
 			}
-			var tags []tag
-			off := 12
-			for off+tb <= len(b)-tail {
-				var t tag
-				t.fsBlock = uint64(be.Uint32(b[off:]))
-				if r.sb.FeatureIncompat&incompatCsumV3 != 0 {
-					t.flags = be.Uint32(b[off+4:])
-					if r.sb.is64() {
-						t.fsBlock |= uint64(be.Uint32(b[off+8:])) << 32
-					}
-					t.sum = be.Uint32(b[off+12:])
-				} else {
-					t.sum = uint32(be.Uint16(b[off+4:]))
-					t.flags = uint32(be.Uint16(b[off+6:]))
-					if r.sb.is64() {
-						t.fsBlock |= uint64(be.Uint32(b[off+8:])) << 32
-					}
-				}
-				off += tb
-				if t.flags&flagSameUUID == 0 {
-					off += 16
-				}
-				tags = append(tags, t)
-				if t.flags&flagLastTag != 0 || len(tags) > int(limit) {
-					break
-				}
+			if err := w.descriptor(b, tail); err != nil {
+				return nil, err
 			}
-			for i := range tags {
-				blk = next(blk)
-				steps++
-				if steps > limit {
-					return nil, fmt.Errorf("jbd2: transaction %d: descriptor tags run past one lap of the log: %w", seq, ErrCorrupt)
-				}
-				tags[i].jBlock = blk
-			}
-			pending = append(pending, tags...)
 		case typeRevoke:
 			if !r.blockCsumOK(b, len(b)-tail) {
-				break walk
+				return w, nil
 			}
-			n := int(be.Uint32(b[12:]))
-			if n < 16 || n > len(b)-tail {
-				return nil, fmt.Errorf("jbd2: revoke block of transaction %d at journal block %d: r_count %d: %w", seq, blk, n, ErrCorrupt)
-			}
-			rs := 4
-			if r.sb.is64() {
-				rs = 8
-			}
-			for off := 16; off+rs <= n; off += rs {
-				if rs == 8 {
-					pendingRevoke[be.Uint64(b[off:])] = true
-				} else {
-					pendingRevoke[uint64(be.Uint32(b[off:]))] = true
-				}
+			if err := w.revoke(b, tail); err != nil {
+				return nil, err
 			}
 		case typeCommit:
 			if !r.blockCsumOK(b, 16) {
-				break walk
+				return w, nil
 			}
-			for _, t := range pending {
-				done = append(done, logged{t, seq})
-			}
-			for fb := range pendingRevoke {
-				revoked[fb] = seq // sequences increase along the walk
-			}
-			pending = pending[:0]
-			clear(pendingRevoke)
-			ov.Transactions++
-			seq++
+			w.commit()
 		default:
-			return nil, fmt.Errorf("jbd2: journal block %d of transaction %d: block type %d: %w", blk, seq, be.Uint32(b[4:]), ErrCorrupt)
+			return nil, fmt.Errorf("jbd2: journal block %d of transaction %d: block type %d: %w", w.blk, w.seq, be.Uint32(b[4:]), ErrCorrupt)
 		}
-		blk = next(blk)
+		w.blk = w.next(w.blk)
 	}
-	if r.sb.NumFCBlocks != 0 {
-		if err := r.fastCommits(ctx, ov, seq); err != nil {
-			return nil, err
+	return w, nil
+}
+
+// next is the journal block after b, wrapping at the end of the log.
+func (w *logWalk) next(b uint64) uint64 {
+	if b++; b >= w.end {
+		return w.first
+	}
+	return b
+}
+
+// descriptor reads the tags of a descriptor block b; the logged copies
+// follow it, one journal block each.
+func (w *logWalk) descriptor(b []byte, tail int) error {
+	sb := w.r.sb
+	be := binary.BigEndian
+	tb := sb.tagBytes()
+	var tags []tag
+	off := 12
+	for off+tb <= len(b)-tail {
+		var t tag
+		t.fsBlock = uint64(be.Uint32(b[off:]))
+		if sb.FeatureIncompat&incompatCsumV3 != 0 {
+			t.flags = be.Uint32(b[off+4:])
+			if sb.is64() {
+				t.fsBlock |= uint64(be.Uint32(b[off+8:])) << 32
+			}
+			t.sum = be.Uint32(b[off+12:])
+		} else {
+			t.sum = uint32(be.Uint16(b[off+4:]))
+			t.flags = uint32(be.Uint16(b[off+6:]))
+			if sb.is64() {
+				t.fsBlock |= uint64(be.Uint32(b[off+8:])) << 32
+			}
+		}
+		off += tb
+		if t.flags&flagSameUUID == 0 {
+			off += 16
+		}
+		tags = append(tags, t)
+		if t.flags&flagLastTag != 0 || len(tags) > int(w.limit) {
+			break
 		}
 	}
+	for i := range tags {
+		w.blk = w.next(w.blk)
+		w.steps++
+		if w.steps > w.limit {
+			return fmt.Errorf("jbd2: transaction %d: descriptor tags run past one lap of the log: %w", w.seq, ErrCorrupt)
+		}
+		tags[i].jBlock = w.blk
+	}
+	w.pending = append(w.pending, tags...)
+	return nil
+}
+
+// revoke reads a revoke block b: the fs blocks whose earlier copies must
+// not be replayed.
+func (w *logWalk) revoke(b []byte, tail int) error {
+	be := binary.BigEndian
+	n := int(be.Uint32(b[12:]))
+	if n < 16 || n > len(b)-tail {
+		return fmt.Errorf("jbd2: revoke block of transaction %d at journal block %d: r_count %d: %w", w.seq, w.blk, n, ErrCorrupt)
+	}
+	rs := 4
+	if w.r.sb.is64() {
+		rs = 8
+	}
+	for off := 16; off+rs <= n; off += rs {
+		if rs == 8 {
+			w.pendingRevoke[be.Uint64(b[off:])] = true
+		} else {
+			w.pendingRevoke[uint64(be.Uint32(b[off:]))] = true
+		}
+	}
+	return nil
+}
+
+// commit closes the transaction being read: its tags and revokes count.
+func (w *logWalk) commit() {
+	for _, t := range w.pending {
+		w.done = append(w.done, logged{t, w.seq})
+	}
+	for fb := range w.pendingRevoke {
+		w.revoked[fb] = w.seq // sequences increase along the walk
+	}
+	w.pending = w.pending[:0]
+	clear(w.pendingRevoke)
+	w.transactions++
+	w.seq++
+}
+
+// apply lays the committed copies into the overlay, in log order (a later
+// copy of a block wins), skipping revoked copies and, with checksums, those
+// whose tag checksum fails.
+func (r *replayer) apply(ctx context.Context, ov *Overlay, w *logWalk) error {
 	data := make([]byte, r.bs)
-	for _, l := range done {
+	for _, l := range w.done {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return err
 		}
-		if rs, ok := revoked[l.fsBlock]; ok && int32(l.seq-rs) <= 0 {
+		if rs, ok := w.revoked[l.fsBlock]; ok && int32(l.seq-rs) <= 0 {
 			ov.Revoked++
 			continue
 		}
 		if l.fsBlock >= r.fsN {
-			return nil, fmt.Errorf("jbd2: transaction %d logs fs block %d beyond %d blocks: %w", l.seq, l.fsBlock, r.fsN, ErrCorrupt)
+			return fmt.Errorf("jbd2: transaction %d logs fs block %d beyond %d blocks: %w", l.seq, l.fsBlock, r.fsN, ErrCorrupt)
 		}
 		pb, _ := r.jm.phys(l.jBlock)
 		if r.sb.csum() {
 			// The tag's checksum covers the block as logged (escaped).
 			if err := r.read(l.jBlock, data); err != nil {
-				return nil, err
+				return err
 			}
 			if !r.dataCsumOK(l.seq, data, l.sum) {
 				ov.BadChecksums++
@@ -501,7 +566,7 @@ walk:
 		}
 		ov.Blocks[l.fsBlock] = Source{Block: pb, Escaped: l.flags&flagEscape != 0}
 	}
-	return ov, nil
+	return nil
 }
 
 // ReaderAt returns dev with the overlay's blocks in place of their home

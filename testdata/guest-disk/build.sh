@@ -6,7 +6,7 @@
 #
 # Output, in a cache folder named by the hash of this script, init.sh and the
 # kernel version, linked as testdata/out-guest-disk (git-ignored):
-#   vmlinuz initrd.gz kernel-version
+#   vmlinuz initrd.gz kernel-version   (the initramfs holds testdata/guest-disk/lister)
 #   crash-before.img crash.img crash-fsck.img   see crash_fixture below
 #   fc-crash-before.img fc-crash.img fc-crash-recovered.img   see fc_crash_fixture
 # The images and boots are made by the tests (dirty/guest_test.go), or by
@@ -21,7 +21,7 @@ PATH=$PATH:/usr/local/go/bin:/usr/sbin:/sbin
 bash "$repo/testdata/guest/build.sh"
 kdir=$(readlink -f "$repo/testdata/out-guest")
 kver=$(cat "$kdir/kernel-version")
-hash=$( (cat "$here/build.sh" "$here/init.sh"; echo "$kver") | sha256sum | cut -c1-16)
+hash=$( (cat "$here/build.sh" "$here/init.sh" "$here/lister/main.go"; echo "$kver") | sha256sum | cut -c1-16)
 cache=${VMSCOPE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vmscope}/guest-disk-$hash
 out=$here/../out-guest-disk
 mkdir -p "$(dirname "$cache")"
@@ -119,6 +119,7 @@ if [ ! -f "$cache/.done" ]; then
   done
   cp "$here/init.sh" "$root/init"
   chmod 755 "$root/init"
+  (cd "$repo" && CGO_ENABLED=0 go build -trimpath -o "$root/bin/lister" ./testdata/guest-disk/lister)
   moddir=$kdir/kernel/lib/modules/$kver/kernel/drivers
   for m in virtio/virtio_ring virtio/virtio virtio/virtio_pci_legacy_dev virtio/virtio_pci_modern_dev virtio/virtio_pci block/virtio_blk; do
     cp "$moddir/$m.ko" "$root/lib/modules/"

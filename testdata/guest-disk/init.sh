@@ -12,6 +12,10 @@
 # for the journal to commit, prints "=== CRASH-READY ===" and blocks: the
 # host kills QEMU, leaving committed transactions in the journal.
 # Markers on the serial console: "=== DONE <work> ===", "=== FAIL <what> ===".
+# Before and after its workload, each filesystem is listed by the guest
+# itself (testdata/guest-disk/lister: path, inode, mode, owner, size, times,
+# sha256, xattrs, as JSON lines between "=== LIST before|after vdX ===" and
+# "=== END LIST ... ==="): the tests' reference of what changed.
 export PATH=/bin:/sbin
 
 # work_1: one of every kind of change the dirty poll must find.
@@ -37,6 +41,7 @@ work_1() {
   rm -rf olddir
   ln -sfn etc/passwd lnk
   dd if=/dev/urandom of=big.bin bs=65536 count=64 2>/dev/null
+  lister setxattr unrelated/f150 user.vmscope tagged
 }
 
 # work_2: a second, disjoint workload on the same filesystem.
@@ -94,6 +99,14 @@ work=$(sed -n 's/.*vmscope\.work=\([a-z0-9]*\).*/\1/p' /proc/cmdline)
 
 fail() { echo "=== FAIL $* ==="; poweroff -f; }
 
+# list TAG DIR: the guest's listing of the filesystem at DIR, taken with
+# the filesystem remounted noatime (readlink would touch a symlink's atime).
+list() {
+  mount -o remount,noatime "$2" || return 1
+  lister list "$1" "$2" || return 1
+  mount -o remount,relatime "$2"
+}
+
 opts=""
 [ "$work" = crash ] && opts="-o commit=1"
 [ "$work" = fccrash ] && opts="-o commit=600"
@@ -108,17 +121,27 @@ for dev in /dev/vd[a-z]; do
   mkdir -p "$mnt"
   mount -t ext4 $opts "$part" "$mnt" || fail "mount $part"
   mounted="$mounted $mnt"
+  [ "$work" = fccrash ] || list "before ${dev##*/}" "$mnt" || fail "list before $part"
   (cd "$mnt" && sh /init work "$work") || fail "work $work on $part"
 done
 [ -n "$mounted" ] || fail "no virtio disk"
 if [ "$work" = crash ] || [ "$work" = fccrash ]; then
   # crash, commit=1: the transactions reach the journal, not their home
   # blocks; fccrash: the fsyncs returned once their fast commits were written
-  [ "$work" = crash ] && sleep 3
+  if [ "$work" = crash ]; then
+    # fsync every file: its data too (delayed allocation would leave it to
+    # the flusher) is in the committed transactions, so that the guest's
+    # listing is what they hold; a global sync would also write the
+    # metadata home and leave the journal nothing to replay
+    for mnt in $mounted; do find "$mnt" -type f -print0 | xargs -0 sync || fail "fsync $mnt"; done
+    sleep 3
+    for mnt in $mounted; do list "after ${mnt##*/}" "$mnt" || fail "list after $mnt"; done
+  fi
   echo "=== CRASH-READY ==="
   while :; do sleep 3600; done
 fi
 sync
+for mnt in $mounted; do list "after ${mnt##*/}" "$mnt" || fail "list after $mnt"; done
 for mnt in $mounted; do umount "$mnt" || fail "umount $mnt"; done
 echo "=== DONE $work ==="
 poweroff -f
