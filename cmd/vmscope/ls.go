@@ -93,7 +93,7 @@ func listVolume(c *cobra.Command, out *lsWriter, v *fsparse.Volume, name string,
 	ok := true
 	report := func(e fsparse.Entry, err error) {
 		ok = false
-		fmt.Fprintf(c.ErrOrStderr(), "vmscope: %s:%s: %v\n", v.ID, printable(e.Path), err)
+		fmt.Fprintf(c.ErrOrStderr(), "vmscope: %s:%s: %v\n", v.ID, displayPath(e), err)
 	}
 	start, err := v.Lstat(name)
 	if err != nil {
@@ -111,6 +111,9 @@ func listVolume(c *cobra.Command, out *lsWriter, v *fsparse.Volume, name string,
 			if e.Err != nil {
 				report(e, e.Err)
 			}
+			if e.Problem != nil {
+				report(e, *e.Problem)
+			}
 			if err := out.write(e); err != nil {
 				return false, err
 			}
@@ -124,12 +127,27 @@ func listVolume(c *cobra.Command, out *lsWriter, v *fsparse.Volume, name string,
 				return nil
 			}
 		}
+		if e.Problem != nil {
+			report(e, *e.Problem)
+		}
 		if e.Path == start.Path && start.Type == "dir" {
 			return nil // fls -r does not list the starting directory itself
 		}
 		return out.write(e)
 	})
 	return ok, err
+}
+
+// displayPath is e's path for a terminal, escaped as ls -b does. When an
+// element of the path is a name that cannot be a file name, fsparse has the
+// path in that form already (every element through fsparse.EscapeName:
+// "lnk/evil" is lnk\057evil), so such a name never reads as a path with an
+// extra level.
+func displayPath(e fsparse.Entry) string {
+	if e.Shown != "" {
+		return e.Shown
+	}
+	return printable(e.Path)
 }
 
 // lsWriter renders entries in one of the output formats.
@@ -171,7 +189,7 @@ func (l *lsWriter) write(e fsparse.Entry) error {
 			l.w.WriteByte('\n')
 		}
 	default:
-		p := printable(e.Path)
+		p := displayPath(e)
 		if l.volPrefix {
 			p = e.Volume + ":" + p
 		}

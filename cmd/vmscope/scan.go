@@ -99,6 +99,11 @@ func runScan(c *cobra.Command, image string, f *scanFlags) error {
 		return err
 	}
 	defer im.Close()
+	if f.output != "" {
+		if err := refuseEvidence(f.output, chainFiles(im)); err != nil {
+			return err
+		}
+	}
 
 	report := &scan.Report{Version: version, Rules: rules, Image: scan.ImageInfo{Path: image, Format: string(im.Format()), Size: im.Size()}}
 	for _, l := range im.Layers() {
