@@ -87,10 +87,7 @@ exit status is then 2.`,
 					return err
 				}
 			}
-			if x.failed {
-				return errPartial
-			}
-			return nil
+			return x.probs.err()
 		},
 	}
 	c.Flags().IntVar(&jobs, "jobs", 4, "files copied in parallel")
@@ -101,14 +98,15 @@ type extractor struct {
 	jobs   int
 	stderr io.Writer
 	mu     sync.Mutex
-	failed bool
+	probs  problemCount
 }
 
 func (x *extractor) fail(v *fsparse.Volume, e fsparse.Entry, err error) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.failed = true
-	fmt.Fprintf(x.stderr, "vmscope: %s:%s: %v\n", v.ID, displayPath(e), err)
+	msg := fmt.Sprintf("%s:%s: %v", v.ID, displayPath(e), err)
+	x.probs.add(msg)
+	fmt.Fprintf(x.stderr, "vmscope: %s\n", msg)
 }
 
 // volume copies the tree at name on v into root. Names under root are the
