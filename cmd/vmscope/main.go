@@ -71,10 +71,25 @@ func newRoot() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "vmscope",
 		Short:         "Agentless forensic scanner for virtual machines",
-		Long:          "vmscope inspects VM disk images (raw, qcow2, backing chains) from outside the guest: it lists, extracts and scans guest files without mounting or booting anything. Images are opened read-only.",
+		Long: `vmscope inspects virtual machines from outside the guest, without an agent, without
+mounting or booting anything; evidence is opened read-only.
+
+Disk images (raw, qcow2, backing chains):
+  info      format, backing chain, partitions, filesystems, bitmaps
+  ls, cat   list files, print one (like fls / icat)
+  extract   copy a tree out into a directory
+  scan      YARA over every file (or only the changed ones: --dirty)
+  dirty     files changed since a point (overlay, dirty bitmap, poll state)
+  diff      files that differ between two images
+Memory (dumps: ELF, kdump, LiME, raw; or a live QEMU guest):
+  mem       ps, files, modules, mounts, info... of the Linux kernel in memory
+Live QEMU guests (GDB stub and QMP):
+  guest     info, dump, break, release... a running guest`,
+		Version:       versionString(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newInfoCmd(), newLsCmd(), newCatCmd(), newExtractCmd(), newScanCmd(), newDirtyCmd(), newDiffCmd(), newMemCmd())
 	root.AddCommand(newGuestCmd())
