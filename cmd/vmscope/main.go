@@ -69,8 +69,8 @@ type usageError struct{ error }
 
 func newRoot() *cobra.Command {
 	root := &cobra.Command{
-		Use:           "vmscope",
-		Short:         "Agentless forensic scanner for virtual machines",
+		Use:   "vmscope",
+		Short: "Agentless forensic scanner for virtual machines",
 		Long: `vmscope inspects virtual machines from outside the guest, without an agent, without
 mounting or booting anything; evidence is opened read-only.
 
