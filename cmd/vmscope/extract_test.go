@@ -59,6 +59,12 @@ func debugfs(t *testing.T, img string, write bool, req string) string {
 // allows. metadata_csum is off, so a patched block needs no checksum.
 // host is the absolute host directory the guest symlink d/lnk points to.
 func hostileImage(t *testing.T, dir, host string) (string, []namePatch) {
+	return buildHostile(t, dir, host, false)
+}
+
+// buildHostile is hostileImage; with only, the image holds nothing but
+// the issue's case: d/lnk -> host and an entry named "lnk/evil".
+func buildHostile(t *testing.T, dir, host string, only bool) (string, []namePatch) {
 	src := filepath.Join(dir, "src")
 	must := func(err error) {
 		t.Helper()
@@ -74,32 +80,25 @@ func hostileImage(t *testing.T, dir, host string) (string, []namePatch) {
 		must(os.MkdirAll(filepath.Dir(filepath.Join(src, p)), 0o755))
 		must(os.Symlink(target, filepath.Join(src, p)))
 	}
-	link(host, "d/lnk")            // absolute, to the host
-	file("d/lnkQevil", "evil\n")   // -> "lnk/evil"
-	link("../../..", "d/up")       // climbs out of DIR/d by three levels
-	file("d/upQx", "up-x\n")       // -> "up/x"
-	file("d/upQdir/inner", "in\n") // -> "up/dir", a directory
-	link("s2", "d/s1")             // a chain: s1 -> s2 -> ../..
-	link("../..", "d/s2")
-	file("d/s1Qz", "s1-z\n")       // -> "s1/z"
-	file("d/QQ/f", "dotdot\n")     // -> "..", a directory in slot 3+
-	file("d/Q", "dot\n")           // -> "."
-	file("d/nulQx", "nul\n")       // -> "nul\x00x"
-	file("d/emptyname", "empty\n") // -> ""
-	file("QQ/f2", "rootdotdot\n")  // -> ".." in the root directory
-	file("e/dirA/fa", "a\n")       // linked again as e/dirlink
-	file("e/dupf", "dup-file\n")   // a file and ...
-	file("e/dupd/g", "dup-dir\n")  // ... a directory -> "dupf"
+	link(host, "d/lnk")          // absolute, to the host
+	file("d/lnkQevil", "evil\n") // -> "lnk/evil"
+	if !only {
+		otherHostile(file, link)
+	}
 	img := filepath.Join(dir, "hostile.img")
 	out, err := exec.Command(tool(t, "mkfs.ext4"), "-q", "-F", "-t", "ext4", "-O", "^metadata_csum", "-b", "4096",
 		"-E", "root_owner=0:0", "-d", src, img, "16M").CombinedOutput()
 	if err != nil {
 		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
 	}
-	debugfs(t, img, true, "ln /e/dirA /e/dirlink")
+	if !only {
+		debugfs(t, img, true, "ln /e/dirA /e/dirlink")
+	}
 
 	patches := []namePatch{
 		{dir: "/d", from: "lnkQevil", to: "lnk/evil"},
+	}
+	more := []namePatch{
 		{dir: "/d", from: "upQx", to: "up/x"},
 		{dir: "/d", from: "upQdir", to: "up/dir"},
 		{dir: "/d", from: "s1Qz", to: "s1/z"},
@@ -109,6 +108,9 @@ func hostileImage(t *testing.T, dir, host string) (string, []namePatch) {
 		{dir: "/d", from: "emptyname", to: ""},
 		{dir: "/", from: "QQ", to: ".."},
 		{dir: "/e", from: "dupd", to: "dupf"},
+	}
+	if !only {
+		patches = append(patches, more...)
 	}
 	f, err := os.OpenFile(img, os.O_RDWR, 0)
 	must(err)
@@ -156,6 +158,24 @@ func hostileImage(t *testing.T, dir, host string) (string, []namePatch) {
 	return img, patches
 }
 
+// otherHostile adds the other hostile entries of hostileImage to its tree.
+func otherHostile(file func(p, content string), link func(target, p string)) {
+	link("../../..", "d/up")       // climbs out of DIR/d by three levels
+	file("d/upQx", "up-x\n")       // -> "up/x"
+	file("d/upQdir/inner", "in\n") // -> "up/dir", a directory
+	link("s2", "d/s1")             // a chain: s1 -> s2 -> ../..
+	link("../..", "d/s2")
+	file("d/s1Qz", "s1-z\n")       // -> "s1/z"
+	file("d/QQ/f", "dotdot\n")     // -> "..", a directory in slot 3+
+	file("d/Q", "dot\n")           // -> "."
+	file("d/nulQx", "nul\n")       // -> "nul\x00x"
+	file("d/emptyname", "empty\n") // -> ""
+	file("QQ/f2", "rootdotdot\n")  // -> ".." in the root directory
+	file("e/dirA/fa", "a\n")       // linked again as e/dirlink
+	file("e/dupf", "dup-file\n")   // a file and ...
+	file("e/dupd/g", "dup-dir\n")  // ... a directory -> "dupf"
+}
+
 // treeListing lists everything under root except skip: path, type, mode,
 // size, content digest, link target.
 func treeListing(t *testing.T, root, skip string) string {
@@ -192,6 +212,33 @@ func treeListing(t *testing.T, root, skip string) string {
 	}
 	sort.Strings(lines)
 	return strings.Join(lines, "\n")
+}
+
+// TestExtractSlashThroughHostSymlink is the issue's case alone: a guest
+// symlink d/lnk to an absolute host directory and an entry named
+// "lnk/evil". extract must not create host/evil.
+func TestExtractSlashThroughHostSymlink(t *testing.T) {
+	tmp := t.TempDir()
+	host := filepath.Join(tmp, "host")
+	if err := os.MkdirAll(host, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	img, _ := buildHostile(t, t.TempDir(), host, true)
+	dest := filepath.Join(tmp, "out")
+	if err := os.MkdirAll(dest, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	before := treeListing(t, tmp, dest)
+	_, stderr, code := vmscope(t, "extract", img, dest)
+	if _, err := os.Lstat(filepath.Join(host, "evil")); err == nil {
+		t.Fatalf("extract created %s on the host (exit %d)", filepath.Join(host, "evil"), code)
+	}
+	if after := treeListing(t, tmp, dest); after != before {
+		t.Errorf("extract changed files outside DIR:\n%s\n%s", before, after)
+	}
+	if code != 2 || !strings.Contains(stderr, `entry "lnk/evil"`) {
+		t.Errorf("exit %d, stderr %q: want the name reported and exit 2", code, stderr)
+	}
 }
 
 // TestExtractHostileNames extracts an image whose names and symlinks try to
