@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"debug/elf"
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -267,5 +269,76 @@ func TestMemVmlinux(t *testing.T) {
 	os.WriteFile(bad, []byte("not a kernel"), 0o644)
 	if _, errOut, code := vmscope(t, "mem", "ps", dump, "--vmlinux", bad); code != 2 || !strings.Contains(errOut, "kernel image") {
 		t.Errorf("bad --vmlinux: exit %d, %q", code, errOut)
+	}
+}
+
+// TestMemProblemsSummary corrupts the guest's last task_struct in a copy of
+// the ELF dump (its first 4 KiB zeroed, found from mem ps, the direct map
+// base of mem info and the dump's program headers): mem ps and mem files
+// list the problems in JSON, print a one-line summary on stderr in every
+// format, and exit 2.
+func TestMemProblemsSummary(t *testing.T) {
+	dump := guestDump(t, "kaslr")
+	out, _, code := vmscope(t, "mem", "ps", "--format", "json", dump)
+	var ps struct {
+		Processes []struct {
+			Addr uint64 `json:"addr"`
+		} `json:"processes"`
+	}
+	if err := json.Unmarshal([]byte(out), &ps); code != 0 || err != nil || len(ps.Processes) == 0 {
+		t.Fatalf("mem ps: exit %d, %v", code, err)
+	}
+	out, _, _ = vmscope(t, "mem", "info", "--format", "json", dump)
+	var info struct {
+		PageOffset string `json:"page_offset_base"`
+	}
+	json.Unmarshal([]byte(out), &info)
+	base, err := strconv.ParseUint(strings.TrimPrefix(info.PageOffset, "0x"), 16, 64)
+	if err != nil {
+		t.Fatalf("page_offset_base %q", info.PageOffset)
+	}
+	pa := ps.Processes[len(ps.Processes)-1].Addr - base
+	ef, err := elf.Open(dump)
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := int64(-1)
+	for _, p := range ef.Progs {
+		if p.Type == elf.PT_LOAD && pa >= p.Paddr && pa+4096 <= p.Paddr+p.Filesz {
+			off = int64(p.Off + pa - p.Paddr)
+		}
+	}
+	ef.Close()
+	if off < 0 {
+		t.Fatalf("task_struct at %#x in no PT_LOAD", pa)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.elf")
+	if b, err := exec.Command("cp", "--sparse=always", dump, bad).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, b)
+	}
+	f, err := os.OpenFile(bad, os.O_WRONLY, 0)
+	if err == nil {
+		_, err = f.WriteAt(make([]byte, 4096), off)
+		f.Close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, verb := range []string{"ps", "files"} {
+		for _, format := range []string{"json", "ndjson", "table"} {
+			out, stderr, code := vmscope(t, "mem", verb, "--format", format, bad)
+			n := summary(t, "mem "+verb+" "+format, stderr)
+			if code != 2 || n < 1 {
+				t.Errorf("mem %s --format %s: exit %d, summary of %d problems", verb, format, code, n)
+			}
+			if format == "json" {
+				var doc struct {
+					Problems []json.RawMessage `json:"problems"`
+				}
+				if err := json.Unmarshal([]byte(out), &doc); err != nil || len(doc.Problems) != n {
+					t.Errorf("mem %s json: %d problems in the document, summary says %d (%v)", verb, len(doc.Problems), n, err)
+				}
+			}
+		}
 	}
 }
