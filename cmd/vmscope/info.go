@@ -64,9 +64,14 @@ func newInfoCmd() *cobra.Command {
 				return err
 			}
 			if format == "json" {
-				return writeJSON(c.OutOrStdout(), doc)
+				err = writeJSON(c.OutOrStdout(), doc)
+			} else {
+				err = writeInfoTable(c.OutOrStdout(), doc)
 			}
-			return writeInfoTable(c.OutOrStdout(), doc)
+			if err == nil && len(doc.Problems) > 0 {
+				err = problems(len(doc.Problems), doc.Problems[0])
+			}
+			return err
 		},
 	}
 	c.Flags().StringVar(&format, "format", "table", "output format: table or json")

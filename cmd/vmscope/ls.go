@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
@@ -60,25 +61,21 @@ A directory that cannot be read is reported on stderr and the listing goes on; t
 					targets = append(targets, target{v, "."})
 				}
 			}
+			var probs problemCount
 			for _, p := range d.Problems {
+				probs.add(p)
 				fmt.Fprintf(c.ErrOrStderr(), "vmscope: %v\n", p)
 			}
 			out := newLsWriter(c.OutOrStdout(), format, long, len(d.Volumes) > 1)
-			failed := len(d.Problems) > 0
 			for _, t := range targets {
-				ok, err := listVolume(c, out, t.v, t.name, recursive)
-				if err != nil {
+				if err := listVolume(c, out, t.v, t.name, recursive, &probs); err != nil {
 					return err
 				}
-				failed = failed || !ok
 			}
 			if err := out.close(); err != nil {
 				return err
 			}
-			if failed {
-				return errPartial
-			}
-			return nil
+			return probs.err()
 		},
 	}
 	c.Flags().BoolVarP(&recursive, "recursive", "r", false, "list subdirectories recursively")
@@ -87,35 +84,39 @@ A directory that cannot be read is reported on stderr and the listing goes on; t
 	return c
 }
 
-// listVolume lists name on v. It reports whether everything could be read;
-// an error stops the command.
-func listVolume(c *cobra.Command, out *lsWriter, v *fsparse.Volume, name string, recursive bool) (bool, error) {
-	ok := true
+// listVolume lists name on v. What cannot be read, or is not as a file
+// system allows, is reported on stderr and counted in probs; an error stops
+// the command.
+func listVolume(c *cobra.Command, out *lsWriter, v *fsparse.Volume, name string, recursive bool, probs *problemCount) error {
 	report := func(e fsparse.Entry, err error) {
-		ok = false
-		fmt.Fprintf(c.ErrOrStderr(), "vmscope: %s:%s: %v\n", v.ID, printable(e.Path), err)
+		msg := fmt.Sprintf("%s:%s: %v", v.ID, displayPath(e), err)
+		probs.add(msg)
+		fmt.Fprintf(c.ErrOrStderr(), "vmscope: %s\n", msg)
 	}
 	start, err := v.Lstat(name)
 	if err != nil {
-		return false, err
+		return err
 	}
 	if !recursive {
 		if start.Type != "dir" {
-			return true, out.write(start)
+			return out.write(start)
 		}
 		ents, err := v.ReadDir(name)
 		if err != nil {
-			return false, err
+			return err
 		}
 		for _, e := range ents {
 			if e.Err != nil {
 				report(e, e.Err)
 			}
+			if e.Problem != nil {
+				report(e, *e.Problem)
+			}
 			if err := out.write(e); err != nil {
-				return false, err
+				return err
 			}
 		}
-		return ok, nil
+		return nil
 	}
 	err = v.Walk(c.Context(), name, func(e fsparse.Entry, err error) error {
 		if err != nil {
@@ -124,12 +125,51 @@ func listVolume(c *cobra.Command, out *lsWriter, v *fsparse.Volume, name string,
 				return nil
 			}
 		}
+		if e.Problem != nil {
+			report(e, *e.Problem)
+		}
 		if e.Path == start.Path && start.Type == "dir" {
 			return nil // fls -r does not list the starting directory itself
 		}
 		return out.write(e)
 	})
-	return ok, err
+	return err
+}
+
+// problemCount counts the problems a command met and keeps the first, for
+// the summary run prints on stderr.
+type problemCount struct {
+	mu    sync.Mutex
+	n     int
+	first any
+}
+
+func (p *problemCount) add(what any) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n == 0 {
+		p.first = what
+	}
+	p.n++
+}
+
+// err is nil without problems, else errPartial with the summary.
+func (p *problemCount) err() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return problems(p.n, p.first)
+}
+
+// displayPath is e's path for a terminal, escaped as ls -b does. When an
+// element of the path is a name that cannot be a file name, fsparse has the
+// path in that form already (every element through fsparse.EscapeName:
+// "lnk/evil" is lnk\057evil), so such a name never reads as a path with an
+// extra level.
+func displayPath(e fsparse.Entry) string {
+	if e.Shown != "" {
+		return e.Shown
+	}
+	return printable(e.Path)
 }
 
 // lsWriter renders entries in one of the output formats.
@@ -171,7 +211,7 @@ func (l *lsWriter) write(e fsparse.Entry) error {
 			l.w.WriteByte('\n')
 		}
 	default:
-		p := printable(e.Path)
+		p := displayPath(e)
 		if l.volPrefix {
 			p = e.Volume + ":" + p
 		}

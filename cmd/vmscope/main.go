@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -32,17 +33,63 @@ var errFindings = errors.New("findings")
 // on the way (reported already); it maps to exit code 2.
 var errPartial = errors.New("completed with errors")
 
+// problemsError is errPartial with what run prints on stderr: a one-line
+// summary of the problems the command met, in every output format (a JSON
+// report carries them in its problems array, and stderr still says so).
+type problemsError struct {
+	n     int
+	first string
+}
+
+// problems returns errPartial for n problems, first being the first one
+// (an error or a string); n == 0 gives nil.
+func problems(n int, first any) error {
+	if n == 0 {
+		return nil
+	}
+	f := strings.Join(strings.Fields(fmt.Sprint(first)), " ")
+	if len(f) > 300 {
+		f = f[:300] + "..."
+	}
+	return &problemsError{n: n, first: f}
+}
+
+func (e *problemsError) Error() string {
+	s := "s"
+	if e.n == 1 {
+		s = ""
+	}
+	return fmt.Sprintf("%d problem%s; the first: %s", e.n, s, e.first)
+}
+
+func (e *problemsError) Is(target error) bool { return target == errPartial }
+
 // usageError marks bad arguments or flags.
 type usageError struct{ error }
 
 func newRoot() *cobra.Command {
 	root := &cobra.Command{
-		Use:           "vmscope",
-		Short:         "Agentless forensic scanner for virtual machines",
-		Long:          "vmscope inspects VM disk images (raw, qcow2, backing chains) from outside the guest: it lists, extracts and scans guest files without mounting or booting anything. Images are opened read-only.",
+		Use:   "vmscope",
+		Short: "Agentless forensic scanner for virtual machines",
+		Long: `vmscope inspects virtual machines from outside the guest, without an agent, without
+mounting or booting anything; evidence is opened read-only.
+
+Disk images (raw, qcow2, backing chains):
+  info      format, backing chain, partitions, filesystems, bitmaps
+  ls, cat   list files, print one (like fls / icat)
+  extract   copy a tree out into a directory
+  scan      YARA over every file (or only the changed ones: --dirty)
+  dirty     files changed since a point (overlay, dirty bitmap, poll state)
+  diff      files that differ between two images
+Memory (dumps: ELF, kdump, LiME, raw; or a live QEMU guest):
+  mem       ps, files, modules, mounts, info... of the Linux kernel in memory
+Live QEMU guests (GDB stub and QMP):
+  guest     info, dump, break, release... a running guest`,
+		Version:       versionString(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newInfoCmd(), newLsCmd(), newCatCmd(), newExtractCmd(), newScanCmd(), newDirtyCmd(), newDiffCmd(), newMemCmd())
 	root.AddCommand(newGuestCmd())
@@ -69,6 +116,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
+	if pe := (*problemsError)(nil); errors.As(err, &pe) {
+		fmt.Fprintf(stderr, "vmscope: %v\n", pe)
+	}
 	if err != nil && !errors.Is(err, errFindings) && !errors.Is(err, errPartial) {
 		fmt.Fprintf(stderr, "vmscope: %v\n", err)
 		var u usageError

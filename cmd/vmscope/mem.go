@@ -203,7 +203,8 @@ func writeRows[T any](c *cobra.Command, format, key string, rows []T, probs []li
 		}
 	}
 	if len(probs) > 0 {
-		return errPartial
+		p := probs[0]
+		return problems(len(probs), fmt.Sprintf("%s at %#x: %s", p.What, p.Addr, p.Err))
 	}
 	return nil
 }

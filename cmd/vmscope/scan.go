@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -99,6 +100,11 @@ func runScan(c *cobra.Command, image string, f *scanFlags) error {
 		return err
 	}
 	defer im.Close()
+	if f.output != "" {
+		if err := refuseEvidence(f.output, chainFiles(im)); err != nil {
+			return err
+		}
+	}
 
 	report := &scan.Report{Version: version, Rules: rules, Image: scan.ImageInfo{Path: image, Format: string(im.Format()), Size: im.Size()}}
 	for _, l := range im.Layers() {
@@ -183,13 +189,14 @@ func runScan(c *cobra.Command, image string, f *scanFlags) error {
 			return err
 		}
 	}
-	switch {
-	case res.Summary.Findings > 0:
-		return errFindings
-	case res.Summary.Errors > 0:
-		return errPartial
+	var perr error
+	if len(res.Errors) > 0 {
+		perr = problems(len(res.Errors), res.Errors[0])
 	}
-	return nil
+	if res.Summary.Findings > 0 {
+		return errors.Join(errFindings, perr)
+	}
+	return perr
 }
 
 // feed walks every volume and sends its regular files to the scanner. A

@@ -6,13 +6,62 @@ import (
 	"fmt"
 	"io/fs"
 	"strings"
+
+	"github.com/vmscope/vmscope/vmerr"
 )
 
 // DirEntry is one directory entry.
 type DirEntry struct {
+	// Name is the entry's name as stored: bytes, not a path. It may hold
+	// anything a corrupt or hostile directory holds; Problem says when it
+	// cannot be a path element.
 	Name string
 	Ino  uint32
 	Type fs.FileMode // type bits only
+	// Offset is the byte offset of the entry's record in the filesystem,
+	// -1 when it lies in an inline directory's system.data attribute.
+	Offset int64
+	// Problem is nil for a name that can be a path element. For a name
+	// that holds '/' or NUL, is empty, or is "." or ".." outside the first
+	// two slots of the directory, it is a vmerr.Problem naming the
+	// directory inode and Offset, wrapping ErrBadName.
+	Problem error
+}
+
+// ErrBadName is the reason of a DirEntry.Problem: the name cannot be a
+// path element. Such an entry is listed, never joined into a path as it is.
+var ErrBadName = vmerr.New("ext4: name is not a valid path element", vmerr.ErrCorrupt)
+
+// nameProblem says why name cannot be a path element, "" when it can.
+// slot is the record's index in the directory's first block (-1 elsewhere):
+// "." may only be slot 0 and ".." slot 1.
+func nameProblem(name []byte, slot int) string {
+	switch {
+	case len(name) == 0:
+		return "empty name"
+	case len(name) == 1 && name[0] == '.' && slot != 0:
+		return `"." outside the first slot`
+	case len(name) == 2 && name[0] == '.' && name[1] == '.' && slot != 1:
+		return `".." outside the second slot`
+	case bytes.IndexByte(name, '/') >= 0:
+		return "name holds '/'"
+	case bytes.IndexByte(name, 0) >= 0:
+		return "name holds NUL"
+	}
+	return ""
+}
+
+// inodeByte is the byte offset of inode ino in the filesystem.
+func (f *FS) inodeByte(ino uint32) (int64, bool) {
+	sb := f.sb
+	if ino < 1 || ino > sb.InodesCount {
+		return 0, false
+	}
+	g := (ino - 1) / sb.InodesPerGroup
+	if g >= f.ngroup {
+		return 0, false
+	}
+	return int64(f.itable[g]*f.bs + uint64((ino-1)%sb.InodesPerGroup)*uint64(sb.InodeSize)), true
 }
 
 // dirRun is how many directory blocks are read with one ReadAt.
@@ -38,9 +87,11 @@ func direntType(t uint8) (fs.FileMode, bool) {
 	return 0, false
 }
 
-// dirVisitor gets each live entry (not "." or ".."); name is only valid
-// during the call. It returns true to stop.
-type dirVisitor func(name []byte, ino uint32, ftype uint8) bool
+// dirVisitor gets each live entry except "." and ".." in their slots; name
+// is only valid during the call, off is the record's byte offset in the
+// filesystem (-1 when unknown), bad says why the name cannot be a path
+// element ("" when it can). It returns true to stop.
+type dirVisitor func(name []byte, ino uint32, ftype uint8, off int64, bad string) bool
 
 // recLen decodes rec_len as ext2fs_get_rec_len does for 64 KiB blocks.
 func recLen(v uint16, bs int) int {
@@ -54,14 +105,16 @@ func recLen(v uint16, bs int) int {
 }
 
 // parseDirChunk parses the records of one directory block (or one inline
-// region). where names the chunk for errors. It returns stop=true when fn
-// asked to stop.
-func (f *FS) parseDirChunk(b []byte, where func() string, fn dirVisitor) (bool, error) {
+// region). where names the chunk for errors; base is the chunk's byte offset
+// in the filesystem (-1 when unknown); first says it is the directory's
+// first block, whose first two records are "." and "..". It returns
+// stop=true when fn asked to stop.
+func (f *FS) parseDirChunk(b []byte, where func() string, base int64, first bool, fn dirVisitor) (bool, error) {
 	filetype := f.sb.FeatureIncompat&incompatFiletype != 0
 	off := 0
 	// Every record is at least 12 bytes, so the loop ends within len(b)/12
 	// steps.
-	for off < len(b) {
+	for slot := 0; off < len(b); slot++ {
 		if len(b)-off < 8 {
 			return false, fmt.Errorf("%s: record at offset %d: %d bytes left: %w", where(), off, len(b)-off, ErrCorrupt)
 		}
@@ -82,12 +135,19 @@ func (f *FS) parseDirChunk(b []byte, where func() string, fn dirVisitor) (bool, 
 			if ino > f.sb.InodesCount {
 				return false, fmt.Errorf("%s: record at offset %d: inode %d > %d: %w", where(), off, ino, f.sb.InodesCount, ErrCorrupt)
 			}
-			if nl == 0 {
-				return false, fmt.Errorf("%s: record at offset %d: empty name: %w", where(), off, ErrCorrupt)
-			}
 			name := b[off+8 : off+8+nl]
-			if !(nl == 1 && name[0] == '.') && !(nl == 2 && name[0] == '.' && name[1] == '.') {
-				if fn(name, ino, ft) {
+			s := -1
+			if first {
+				s = slot
+			}
+			bad := nameProblem(name, s)
+			dot := bad == "" && len(name) <= 2 && name[0] == '.' && (len(name) == 1 || name[1] == '.')
+			if !dot {
+				at := int64(-1)
+				if base >= 0 {
+					at = base + int64(off)
+				}
+				if fn(name, ino, ft, at, bad) {
 					return true, nil
 				}
 			}
@@ -107,7 +167,11 @@ func (f *FS) walkDir(in *Inode, fn dirVisitor) error {
 		if pi := le32(in.block[:], 0); pi == 0 || pi > f.sb.InodesCount {
 			return fmt.Errorf("%s: parent inode %d: %w", where(), pi, ErrCorrupt)
 		}
-		stop, err := f.parseDirChunk(in.block[4:], where, fn)
+		base := int64(-1)
+		if o, ok := f.inodeByte(in.Ino); ok {
+			base = o + 40 + 4 // i_block, after the parent inode number
+		}
+		stop, err := f.parseDirChunk(in.block[4:], where, base, false, fn)
 		if err != nil || stop {
 			return err
 		}
@@ -116,7 +180,7 @@ func (f *FS) walkDir(in *Inode, fn dirVisitor) error {
 			return err
 		}
 		wx := func() string { return fmt.Sprintf("ext4: inline directory inode %d (system.data)", in.Ino) }
-		_, err = f.parseDirChunk(val, wx, fn)
+		_, err = f.parseDirChunk(val, wx, -1, false, fn)
 		return err
 	}
 	if err := f.checkSize(in); err != nil {
@@ -150,7 +214,7 @@ func (f *FS) walkDir(in *Inode, fn dirVisitor) error {
 				where := func() string {
 					return fmt.Sprintf("ext4: directory inode %d block %d (file block %d)", in.Ino, blk, e.Logical+i+j)
 				}
-				stop, err := f.parseDirChunk(b[j*bs:(j+1)*bs], where, fn)
+				stop, err := f.parseDirChunk(b[j*bs:(j+1)*bs], where, int64(blk*bs), e.Logical+i+j == 0, fn)
 				if err != nil || stop {
 					return err
 				}
@@ -161,8 +225,9 @@ func (f *FS) walkDir(in *Inode, fn dirVisitor) error {
 }
 
 // ReadDirInode lists directory inode ino in on-disk order, without "." and
-// "..". Without the filetype feature (or for an unknown dirent type) the
-// type comes from the entry's inode.
+// ".." in their slots. Without the filetype feature (or for an unknown
+// dirent type) the type comes from the entry's inode. An entry whose name
+// cannot be a path element is listed with its Problem set.
 func (f *FS) ReadDirInode(ino uint32) ([]DirEntry, error) {
 	in, err := f.Inode(ino)
 	if err != nil {
@@ -170,7 +235,7 @@ func (f *FS) ReadDirInode(ino uint32) ([]DirEntry, error) {
 	}
 	var out []DirEntry
 	var typeErr error
-	err = f.walkDir(in, func(name []byte, ino uint32, ft uint8) bool {
+	err = f.walkDir(in, func(name []byte, ino uint32, ft uint8, off int64, bad string) bool {
 		t, ok := direntType(ft)
 		if !ok {
 			ci, err := f.Inode(ino)
@@ -180,7 +245,15 @@ func (f *FS) ReadDirInode(ino uint32) ([]DirEntry, error) {
 			}
 			t = ci.FileMode().Type()
 		}
-		out = append(out, DirEntry{Name: string(name), Ino: ino, Type: t})
+		de := DirEntry{Name: string(name), Ino: ino, Type: t, Offset: off}
+		if bad != "" {
+			de.Problem = vmerr.Problem{
+				Where:  fmt.Sprintf("ext4: directory inode %d: entry %q (inode %d)", in.Ino, name, ino),
+				Offset: off,
+				Err:    fmt.Errorf("%w: %s", ErrBadName, bad),
+			}
+		}
+		out = append(out, de)
 		return false
 	})
 	if err == nil {
@@ -196,8 +269,8 @@ func (f *FS) ReadDirInode(ino uint32) ([]DirEntry, error) {
 func (f *FS) lookupIn(in *Inode, name string) (uint32, error) {
 	var found uint32
 	nb := []byte(name)
-	err := f.walkDir(in, func(n []byte, ino uint32, _ uint8) bool {
-		if bytes.Equal(n, nb) {
+	err := f.walkDir(in, func(n []byte, ino uint32, _ uint8, _ int64, bad string) bool {
+		if bad == "" && bytes.Equal(n, nb) {
 			found = ino
 			return true
 		}

@@ -188,9 +188,11 @@ func (fl *File) ReadDir(n int) ([]fs.DirEntry, error) {
 		if err != nil {
 			return nil, &fs.PathError{Op: "readdir", Path: fl.name, Err: err}
 		}
-		fl.dir = make([]fs.DirEntry, len(ents))
-		for i, e := range ents {
-			fl.dir[i] = dirEntry{fsys: fl.fsys, e: e}
+		fl.dir = make([]fs.DirEntry, 0, len(ents))
+		for _, e := range ents {
+			if e.Problem == nil { // io/fs cannot name it (see DirEntry.Problem)
+				fl.dir = append(fl.dir, dirEntry{fsys: fl.fsys, e: e})
+			}
 		}
 		fl.dirOK = true
 	}
@@ -344,9 +346,11 @@ func (f *FS) ReadDir(name string) ([]fs.DirEntry, error) {
 	if err != nil {
 		return nil, &fs.PathError{Op: "readdir", Path: name, Err: err}
 	}
-	out := make([]fs.DirEntry, len(ents))
-	for i, e := range ents {
-		out[i] = dirEntry{fsys: f, e: e}
+	out := make([]fs.DirEntry, 0, len(ents))
+	for _, e := range ents {
+		if e.Problem == nil { // io/fs cannot name it (see DirEntry.Problem)
+			out = append(out, dirEntry{fsys: f, e: e})
+		}
 	}
 	slices.SortFunc(out, func(a, b fs.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
 	return out, nil

@@ -269,8 +269,14 @@ func exercise(t testing.TB, f *FS) {
 			ents, err := f.ReadDirInode(ino)
 			if check("ReadDirInode", err) {
 				for _, e := range ents {
-					if e.Ino == 0 || e.Ino > sb.InodesCount || e.Name == "" {
+					if e.Ino == 0 || e.Ino > sb.InodesCount {
 						t.Fatalf("bad entry %+v", e)
+					}
+					// Names are data: one that cannot be a path element
+					// comes with its problem, the others are path elements.
+					bad := e.Name == "" || e.Name == "." || e.Name == ".." || strings.ContainsAny(e.Name, "/\x00")
+					if bad != (e.Problem != nil) || (bad && !errors.Is(e.Problem, ErrBadName)) {
+						t.Fatalf("entry %q: problem %v", e.Name, e.Problem)
 					}
 					queue = append(queue, e.Ino)
 				}
