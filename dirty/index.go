@@ -41,6 +41,9 @@ const (
 	KindParentDir Kind = "parent-directory"
 	KindRules     Kind = "rules-changed"
 	KindFull      Kind = "first-poll"
+	// KindUnscanned: changed since its last scan, found by a poll that
+	// scanned nothing (vmscope dirty).
+	KindUnscanned Kind = "unscanned"
 )
 
 // FileRec is what the index remembers of one live inode.

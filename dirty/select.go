@@ -46,6 +46,13 @@ type Snapshot struct {
 	// for cow, of the blocks the overlays held; for bitmap, of the whole
 	// disk.
 	Blocks *BlockHashes `json:"-"`
+	// Unscanned is the scan side of the state, apart from the cursor
+	// above: per volume, the regular files whose content changed since
+	// they were last scanned with RulesDigest. A poll that scans nothing
+	// (vmscope dirty) moves the cursor and adds the files it found
+	// changed here; a scan poll scans them with its own changes and
+	// removes those it gave a verdict.
+	Unscanned map[string][]uint32 `json:"unscanned,omitempty"`
 }
 
 // Store keeps snapshots between polls (package dirty/state: bbolt). Load
@@ -91,11 +98,15 @@ type Selection struct {
 	// digest, recorded from the reads of the scan (Open) or at Commit.
 	unhashed []unhashed
 	pending  map[fileKey]bool // the files of unhashed with a list
-	mu       sync.Mutex
-	due      []Change
-	dueOnce  sync.Once
-	reads    map[fileKey]*hashingFile // opened, not yet read whole
-	sums     map[fileKey]string       // read whole: their digests
+	// unscanned: the files of the last state's Unscanned that this poll
+	// did not find changed again (they are due all the same).
+	unscanned []Change
+	scanned   map[fileKey]bool // the due files given a verdict
+	mu        sync.Mutex
+	due       []Change
+	dueOnce   sync.Once
+	reads     map[fileKey]*hashingFile // opened, not yet read whole
+	sums      map[fileKey]string       // read whole: their digests
 }
 
 type unhashed struct {
@@ -149,11 +160,13 @@ func (s *Selection) Close() error {
 	return errors.Join(errs...)
 }
 
-// Due returns the changes whose content must be scanned (the same slice at
-// every call: the caller must not modify it).
+// Due returns the changes whose content must be scanned: the files this
+// poll found new or changed, and those an earlier poll that scanned
+// nothing found changed (reason KindUnscanned). It is the same slice at
+// every call: the caller must not modify it.
 func (s *Selection) Due() []Change {
 	s.dueOnce.Do(func() {
-		n := 0
+		n := len(s.unscanned)
 		for _, c := range s.Changes {
 			if c.Rescan {
 				n++
@@ -165,6 +178,8 @@ func (s *Selection) Due() []Change {
 				s.due = append(s.due, c)
 			}
 		}
+		s.due = append(s.due, s.unscanned...)
+		SortChanges(s.due)
 	})
 	return s.due
 }
@@ -223,6 +238,12 @@ func (s *Selection) SetVerdict(c Change, verdict string) {
 	if s.next == nil {
 		return // a comparison of two images keeps no state
 	}
+	s.mu.Lock()
+	if s.scanned == nil {
+		s.scanned = map[fileKey]bool{}
+	}
+	s.scanned[fileKey{c.Volume, c.Ino}] = true
+	s.mu.Unlock()
 	if x := s.next.Indexes[c.Volume]; x != nil {
 		if r := x.mutable(c.Ino); r != nil {
 			r.Verdict = verdict
@@ -280,6 +301,21 @@ func (s *Selection) CommitContext(ctx context.Context) error {
 		}
 	}
 	s.unhashed = nil
+	// The due files without a verdict stay due for the next scan poll,
+	// wherever the cursor goes.
+	s.next.Unscanned = nil
+	for _, c := range s.Due() {
+		if s.scanned[fileKey{c.Volume, c.Ino}] {
+			continue
+		}
+		if s.next.Unscanned == nil {
+			s.next.Unscanned = map[string][]uint32{}
+		}
+		s.next.Unscanned[c.Volume] = append(s.next.Unscanned[c.Volume], c.Ino)
+	}
+	for _, inos := range s.next.Unscanned {
+		slices.Sort(inos)
+	}
 	return s.store.Save(s.next)
 }
 
@@ -382,9 +418,45 @@ func Select(ctx context.Context, im *qcow.Image, d *fsparse.Disk, src string, st
 			}
 		}
 		sel.next.Indexes[v.ID] = x
+		if prev != nil {
+			sel.unscanned = append(sel.unscanned, stillUnscanned(x, prev.Unscanned[v.ID], sel.Changes)...)
+		}
+		if err := x.loadErr(); err != nil {
+			return nil, fmt.Errorf("dirty: %s: poll state: %w", v.ID, err)
+		}
 	}
 	SortChanges(sel.Changes)
 	return sel, nil
+}
+
+// stillUnscanned returns, as due changes, the files of inos (changed since
+// their last scan, by the last state) that are still regular files of x
+// and that changes does not already make due.
+func stillUnscanned(x *Index, inos []uint32, changes []Change) []Change {
+	if len(inos) == 0 {
+		return nil
+	}
+	due := map[uint32]bool{}
+	for _, c := range changes {
+		if c.Volume == x.Volume && c.Rescan {
+			due[c.Ino] = true
+		}
+	}
+	var out []Change
+	for _, ino := range inos {
+		r := x.get(ino)
+		if due[ino] || r == nil || !r.IsRegular() {
+			continue
+		}
+		due[ino] = true
+		ps := x.Paths(ino)
+		if len(ps) == 0 {
+			continue
+		}
+		out = append(out, Change{Volume: x.Volume, Path: ps[0], Paths: ps, Ino: ino, Type: "file",
+			Change: Modified, Reasons: []Kind{KindUnscanned}, Size: int64(r.Size), Rescan: true})
+	}
+	return out
 }
 
 // rotatedBitmap reports whether src is a bitmap that was enabled at the

@@ -82,10 +82,15 @@ func runDirty(c *cobra.Command, image string, f *dirtyFlags) error {
 		if err := writeChanges(c.OutOrStdout(), f.format, sel); err != nil {
 			return err
 		}
-		if err := sel.CommitContext(c.Context()); err != nil {
-			return err
+		if len(sel.Errors) > 0 {
+			// As a scan poll: what could not be read is looked at again
+			// by the next poll, which redoes this one.
+			fmt.Fprintf(c.ErrOrStderr(), "vmscope: poll state not updated: %d errors; the next poll redoes this one\n", len(sel.Errors))
+			return partial(c, sel)
 		}
-		return partial(c, sel)
+		// A listing moves the cursor; the files it lists stay due for the
+		// next scan poll (the state keeps them apart as unscanned).
+		return sel.CommitContext(c.Context())
 	case f.base != "":
 		sel, err = compareWith(c, f.base, im, d)
 	default:
