@@ -14,7 +14,7 @@ import (
 )
 
 func snap(id, rules string) *dirty.Snapshot {
-	return &dirty.Snapshot{Identity: id, RulesDigest: rules, Source: "hash", Indexes: map[string]*dirty.Index{}}
+	return &dirty.Snapshot{Identity: id, RulesDigest: rules, Cursor: dirty.Cursor{Source: "hash"}, Indexes: map[string]*dirty.Index{}}
 }
 
 // TestOpenWaitsForHolder: a second open of a state file another open holds
@@ -105,7 +105,7 @@ func TestUnscannedThroughState(t *testing.T) {
 	im, d := open(t, "overlay-raw.qcow2")
 	poll := func(verdicts bool) *dirty.Selection {
 		t.Helper()
-		sel, err := dirty.Select(ctx, im, d, "auto", db, "r1")
+		sel, err := dirty.Select(ctx, im, d, dirty.Auto(im), db, "r1")
 		if err != nil {
 			t.Fatal(err)
 		}

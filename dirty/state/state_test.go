@@ -48,7 +48,7 @@ func TestPollsThroughState(t *testing.T) {
 	// A scan poll: every due file gets a verdict.
 	poll := func(rules string) *dirty.Selection {
 		t.Helper()
-		sel, err := dirty.Select(ctx, im, d, "auto", db, rules)
+		sel, err := dirty.Select(ctx, im, d, dirty.Auto(im), db, rules)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -89,7 +89,7 @@ func TestPollsThroughState(t *testing.T) {
 	}
 
 	other, od := open(t, "ext4-changed.img")
-	if _, err := dirty.Select(ctx, other, od, "auto", db, "r2"); !errors.Is(err, dirty.ErrOtherImage) {
+	if _, err := dirty.Select(ctx, other, od, dirty.Auto(other), db, "r2"); !errors.Is(err, dirty.ErrOtherImage) {
 		t.Errorf("another image's state: err = %v", err)
 	}
 }
@@ -102,7 +102,7 @@ func TestDeltaEqualsRebuild(t *testing.T) {
 	db := newDB(t)
 	im, d := open(t, "overlay-raw.qcow2")
 	for i, rules := range []string{"r1", "r1", "r2", "r2"} {
-		sel, err := dirty.Select(ctx, im, d, "auto", db, rules)
+		sel, err := dirty.Select(ctx, im, d, dirty.Auto(im), db, rules)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -244,7 +244,11 @@ func TestBlockHashesThroughState(t *testing.T) {
 		t.Helper()
 		im, d := testdisk.Open(t, img)
 		defer im.Close()
-		sel, err := dirty.Select(ctx, im, d, "bitmap:b", db, "r")
+		src, err := dirty.Bitmap(im, "b")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sel, err := dirty.Select(ctx, im, d, src, db, "r")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -312,7 +316,7 @@ func TestDigestsFromScanReads(t *testing.T) {
 	ctx := context.Background()
 	db := newDB(t)
 	im, d := open(t, "ext4.img")
-	sel, err := dirty.Select(ctx, im, d, "hash", db, "r")
+	sel, err := dirty.Select(ctx, im, d, dirty.Hash(im), db, "r")
 	if err != nil {
 		t.Fatal(err)
 	}
