@@ -337,14 +337,14 @@ func Select(ctx context.Context, im *qcow.Image, d *fsparse.Disk, src Source, st
 	}
 	rulesChanged := prev != nil && prev.RulesDigest != rulesDigest
 	for _, v := range d.Volumes {
-		if v.Ext4 == nil {
+		if !mappable(v) {
 			sel.Errors = append(sel.Errors, fmt.Errorf("%s: %w", v.ID, ErrUnsupportedFS))
 			continue
 		}
 		v, replayed := sel.recover(ctx, v)
 		var x *Index
 		if old := prevIndex(prev, v.ID); old != nil && !full {
-			part := shift(dirty, v.Partition.Start, v.Partition.Size)
+			part := toVolume(dirty, diskMap(v))
 			part.AddSet(replayed)
 			res, err := Poll(ctx, v, old, part, withDeferredHashes())
 			if err != nil {
@@ -455,13 +455,10 @@ func everything(x *Index, why Kind) []Change {
 	return out
 }
 
-// shift clips guest ranges to a partition and makes them partition-relative.
-func shift(s rangeset.Set, start, size int64) rangeset.Set {
-	var out rangeset.Set
-	for _, r := range s.Clip(start, start+size).Ranges() {
-		out.Add(r.Start-start, r.End-start)
-	}
-	return out
+// mappable reports whether the dirty mapping knows the filesystem of v.
+func mappable(v *fsparse.Volume) bool {
+	_, err := OpenFS(v)
+	return err == nil
 }
 
 // Compare finds the files that differ between an older image old and a
@@ -480,11 +477,11 @@ func compare(ctx context.Context, ref Reference, curDisk *fsparse.Disk) (*Select
 	oldDisk := ref.Older()
 	sel := &Selection{Source: ref.String(), Disk: curDisk, Stats: map[string]Stats{}}
 	for _, v := range curDisk.Volumes {
-		if v.Ext4 == nil {
+		if !mappable(v) {
 			continue
 		}
 		ov, err := oldDisk.Volume(v.ID)
-		if err != nil || ov.Ext4 == nil || ov.UUID != v.UUID || ov.Partition.Start != v.Partition.Start {
+		if err != nil || !mappable(ov) || ov.UUID != v.UUID || !slices.Equal(diskMap(ov), diskMap(v)) {
 			sel.Errors = append(sel.Errors, fmt.Errorf("%s: no matching filesystem in the older image", v.ID))
 			continue
 		}
@@ -495,7 +492,7 @@ func compare(ctx context.Context, ref Reference, curDisk *fsparse.Disk) (*Select
 		if err != nil {
 			return nil, err
 		}
-		part := shift(dirty, v.Partition.Start, v.Partition.Size)
+		part := toVolume(dirty, diskMap(v))
 		part.AddSet(replayed)
 		part.AddSet(oldReplayed)
 		res, err := Poll(ctx, v, x, part, WithOldDevice(ov.Device))

@@ -18,7 +18,8 @@
 // files a poll that scanned nothing (vmscope dirty) found changed, due for
 // the next scan whatever the cursor says.
 //
-// Layout (schema vmscope-state-3), in bucket "vmscope":
+// Layout (schema vmscope-state-4: file modes as io/fs modes), in bucket
+// "vmscope":
 //
 //	schema, meta (JSON: identity, rules digest, source, chunk, the
 //	overlay or bitmaps of the cursor), hashes (the chunk hashes of the
@@ -67,11 +68,11 @@ import (
 	"github.com/vmscope/vmscope/dirty"
 )
 
-const schema = "vmscope-state-3"
+const schema = "vmscope-state-4"
 
 // oldSchemas are the layouts of earlier versions: such a state is read as
 // an empty one (the next poll is a full pass that rewrites it).
-var oldSchemas = []string{"vmscope-state-2"}
+var oldSchemas = []string{"vmscope-state-2", "vmscope-state-3"}
 
 // maxPiece caps the blocks of one stored run.
 const maxPiece = 64
