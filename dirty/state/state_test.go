@@ -185,7 +185,7 @@ func TestDeltaEqualsRebuild(t *testing.T) {
 }
 
 func TestRecRoundTrip(t *testing.T) {
-	r := &dirty.FileRec{Ino: 12, Mode: 0o100644, Uid: 1000, Gid: 1000, Size: 1 << 40, Links: 2, Flags: 0x80000,
+	r := &dirty.FileRec{Ino: 12, Mode: 0o644, Uid: 1000, Gid: 1000, Size: 1 << 40, Links: 2, Flags: 0x80000,
 		Gen: 7, Atime: -1, Mtime: 1700000000123456789, Ctime: 3, Crtime: 4, Xattr: 99, Target: "x",
 		Extents: 1<<64 - 1, Runs: []dirty.Run{{Start: 5, Len: 300, Kind: dirty.KindData}, {Start: 9, Len: 1, Kind: dirty.KindExtent}},
 		Names: []dirty.Link{{Parent: 2, Name: "caf\xe9"}, {Parent: 11, Name: ""}}, SHA256: "ab", Verdict: "clean", ReadErr: "e", Inline: true}
