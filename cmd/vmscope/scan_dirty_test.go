@@ -277,3 +277,30 @@ func TestStateOnePollAtATime(t *testing.T) {
 		t.Errorf("the refused poll changed the state file")
 	}
 }
+
+// TestListingWithErrorsKeepsState: a dirty listing that meets an error (a
+// journal with fast commits, which a poll does not replay) exits 2 and
+// leaves the state as it was, as a scan poll does: the next poll redoes it.
+func TestListingWithErrorsKeepsState(t *testing.T) {
+	src := filepath.Join(fixture.Root(), "testdata", "out-guest-disk")
+	for _, n := range []string{"fc-crash-before.img", "fc-crash.img"} {
+		if _, err := os.Stat(filepath.Join(src, n)); err != nil {
+			fixture.Missing(t, "%s (bash testdata/guest-disk/build.sh)", filepath.Join(src, n))
+		}
+	}
+	dir := t.TempDir()
+	img, st := filepath.Join(dir, "disk.img"), filepath.Join(dir, "state.db")
+	run1(t, dir, "cp", "--sparse=always", filepath.Join(src, "fc-crash-before.img"), img)
+	if _, stderr, code := vmscope(t, "dirty", img, "--state", st, "--source", "hash"); code != 0 {
+		t.Fatalf("first poll: exit %d: %s", code, stderr)
+	}
+	before := stateOf(t, st)
+	run1(t, dir, "cp", "--sparse=always", filepath.Join(src, "fc-crash.img"), img)
+	_, stderr, code := vmscope(t, "dirty", img, "--state", st, "--source", "hash")
+	if code != 2 || !strings.Contains(stderr, "fast commits") || !strings.Contains(stderr, "poll state not updated") {
+		t.Errorf("poll of a journal with fast commits: exit %d: %s", code, stderr)
+	}
+	if after := stateOf(t, st); after != before {
+		t.Error("a poll that ended with an error changed the state file")
+	}
+}
