@@ -87,6 +87,7 @@ type Selection struct {
 	// did not find changed again (they are due all the same).
 	unscanned []Change
 	scanned   map[fileKey]bool // the due files given a verdict
+	read      map[fileKey]bool // the files opened with Open and read
 	mu        sync.Mutex
 	due       []Change
 	dueOnce   sync.Once
@@ -179,12 +180,23 @@ func (s *Selection) Open(c Change) (*fsparse.Volume, fsparse.File, error) {
 		}
 	}
 	f, err := v.OpenInode(uint64(c.Ino))
-	if err != nil || !c.Rescan || !s.pendingDigest(c.Volume, c.Ino) {
+	if err != nil {
+		return v, f, err
+	}
+	key := fileKey{c.Volume, c.Ino}
+	f = &readFile{File: f, read: func() {
+		s.mu.Lock()
+		if s.read == nil {
+			s.read = map[fileKey]bool{}
+		}
+		s.read[key] = true
+		s.mu.Unlock()
+	}}
+	if !c.Rescan || !s.pendingDigest(c.Volume, c.Ino) {
 		return v, f, err
 	}
 	// A poll records the digest of a new or changed file from the
 	// scanner's own reads instead of reading it twice.
-	key := fileKey{c.Volume, c.Ino}
 	hf := &hashingFile{File: f, h: sha256.New()}
 	// Once read whole, only its digest is kept: a first poll opens every
 	// file, and holding them all until Commit costs kilobytes a file.
@@ -204,6 +216,27 @@ func (s *Selection) Open(c Change) (*fsparse.Volume, fsparse.File, error) {
 	s.reads[key] = hf
 	s.mu.Unlock()
 	return v, hf, nil
+}
+
+// readFile notes that its content was read.
+type readFile struct {
+	fsparse.File
+	once sync.Once
+	read func()
+}
+
+func (f *readFile) ReadAt(p []byte, off int64) (int, error) {
+	f.once.Do(f.read)
+	return f.File.ReadAt(p, off)
+}
+
+// Read reports whether the content of c, opened with Open, was read (a
+// file the scanner left out by a path filter or a size limit never is: it
+// must get no verdict, and stays due).
+func (s *Selection) Read(c Change) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.read[fileKey{c.Volume, c.Ino}]
 }
 
 func (s *Selection) pendingDigest(vol string, ino uint32) bool {

@@ -86,6 +86,7 @@ func selectDirty(ctx context.Context, c *cobra.Command, im *qcow.Image, d *fspar
 
 // commitPoll records the verdicts and saves the poll state, but only when
 // every due file was read: a file that failed must be due again next poll.
+// A file the scan left out by a filter gets no verdict: it stays due.
 func commitPoll(c *cobra.Command, sel *dirty.Selection, res *scan.Result) error {
 	if len(res.Errors) > 0 {
 		fmt.Fprintf(c.ErrOrStderr(), "vmscope: poll state not updated: %d errors; the next poll redoes this one\n", len(res.Errors))
@@ -96,6 +97,9 @@ func commitPoll(c *cobra.Command, sel *dirty.Selection, res *scan.Result) error 
 		matched[f.Partition+":"+f.Path] = true
 	}
 	for _, ch := range sel.Due() {
+		if !sel.Read(ch) {
+			continue // left out (--include, --exclude, --max-filesize): still due
+		}
 		v := "clean"
 		part := ch.Volume
 		if part == "disk" {

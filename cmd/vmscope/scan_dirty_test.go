@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -302,5 +303,46 @@ func TestListingWithErrorsKeepsState(t *testing.T) {
 	}
 	if after := stateOf(t, st); after != before {
 		t.Error("a poll that ended with an error changed the state file")
+	}
+}
+
+// TestFilteredScanLeavesFilesDue: a scan poll that leaves a changed file
+// out (--include, --max-filesize) gives it no verdict: the file stays due
+// until a scan reads it.
+func TestFilteredScanLeavesFilesDue(t *testing.T) {
+	rules := filepath.Join(fixture.Root(), "testdata", "rules", "markers.yar")
+	dir, writes, _ := guestWrites(t)
+	img, format := dirtyImage(t, dir, "hash")
+	st := filepath.Join(t.TempDir(), "state.db")
+	scanPoll := func(extra ...string) map[hit]bool {
+		t.Helper()
+		hits, errs, code := scanHits(t, append([]string{"--rules", rules, "--dirty", "hash", "--state", st, img}, extra...)...)
+		if len(errs) > 0 || code == 2 {
+			t.Fatalf("scan %v: exit %d, errors %v", extra, code, errs)
+		}
+		return hits
+	}
+	if hits := scanPoll(); len(hits) != 0 {
+		t.Fatalf("first poll: %v", hits)
+	}
+	args := []string{"-f", format}
+	for _, w := range writes {
+		args = append(args, "-c", w)
+	}
+	run1(t, dir, "qemu-io", append(args, img)...)
+	dropped := hit{"", "/sub/dropped.txt", "Marker_Middle"}
+	conf := hit{"", "/etc/app.conf", "Eicar_Anywhere"}
+	for _, c := range []struct {
+		filter []string
+		want   map[hit]bool
+	}{
+		{[]string{"--include", "dropped.txt"}, map[hit]bool{dropped: true}},
+		{[]string{"--max-filesize", "5000"}, map[hit]bool{}},
+		{nil, map[hit]bool{conf: true}},
+		{nil, map[hit]bool{}},
+	} {
+		if got := scanPoll(c.filter...); !maps.Equal(got, c.want) {
+			t.Errorf("scan %v: findings %v, want %v", c.filter, got, c.want)
+		}
 	}
 }
