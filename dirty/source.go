@@ -3,32 +3,38 @@ package dirty
 import (
 	"context"
 	"fmt"
-	"path/filepath"
-	"slices"
 	"strings"
 
 	"github.com/vmscope/vmscope/cow"
+	"github.com/vmscope/vmscope/dirty/source"
 	"github.com/vmscope/vmscope/fsparse"
 	"github.com/vmscope/vmscope/internal/rangeset"
 	"github.com/vmscope/vmscope/qcow"
 )
 
 // A Source is a dirty source of one image: the guest byte ranges written
-// since a cursor, and the cursor to save for the next poll. The copy-on-write
-// overlays (package cow), a persistent qcow2 bitmap, the block-hash index of
-// a raw image and an older image of the same disk are sources; VMDK change
-// tracking or a cloud block-change API would be more.
-type Source interface {
-	// String names the source as a Selection and the state record it:
-	// cow, bitmap:NAME, hash, base:PATH.
-	String() string
-	// Since returns the guest ranges written since the cursor of prev (nil:
-	// none, the first poll) and puts the cursor to save in next. full
-	// reports that the ranges may miss writes since prev (the cursor was
-	// lost: a committed overlay, a cleared bitmap): only a full pass is
-	// safe.
-	Since(ctx context.Context, prev *Cursor, next *Cursor) (dirty rangeset.Set, full bool, err error)
-}
+// since a cursor, and the cursor to save (package dirty/source). The
+// copy-on-write overlays (cow.Source), a persistent qcow2 bitmap, the
+// block-hash index of a raw image and an older image of the same disk are
+// sources.
+type Source = source.Source
+
+// Cursor is where a source's last poll left off, kept in the poll state.
+type Cursor = source.Cursor
+
+// The block hashes of the cumulative sources (package dirty/source).
+type (
+	BlockHashes = source.BlockHashes
+	HashSource  = source.HashSource
+)
+
+const (
+	HashBlock = source.HashBlock
+	HashGroup = source.HashGroup
+)
+
+// NewBlockHashes returns the hashes stored in src (nil: a new, empty map).
+func NewBlockHashes(src HashSource) *BlockHashes { return source.NewBlockHashes(src) }
 
 // A Reference is a source that has the older image itself (base:IMAGE): the
 // previous index is built from its volumes rather than kept in a state,
@@ -38,32 +44,11 @@ type Reference interface {
 	Older() *fsparse.Disk
 }
 
-// Cursor is where a source's last poll left off, kept in the poll state.
-type Cursor struct {
-	Source string `json:"source"` // the dirty source of the last poll
-	Chunk  int64  `json:"chunk,omitempty"`
-	// Hashes is the block-hash index (hash source).
-	Hashes []uint64 `json:"-"`
-	// Top is the top layer of the chain at the last poll (cow source):
-	// the next poll's overlays are the layers from the top down to it.
-	Top string `json:"top,omitempty"`
-	// BitmapSets are the enabled, consistent bitmaps of the image at the
-	// last poll (bitmap source) and their dirty ranges then. Each holds
-	// every write since that poll, so the next poll may use any of them
-	// (bitmap rotation); an enabled bitmap only grows, so one that holds
-	// less now was cleared (or removed and added again) since.
-	BitmapSets map[string][]rangeset.Range `json:"bitmap_sets,omitempty"`
-	// Blocks are the hashes of 4 KiB blocks at the last poll (blocks.go):
-	// for cow, of the blocks the overlays held; for bitmap, of the whole
-	// disk.
-	Blocks *BlockHashes `json:"-"`
-}
-
 // Auto picks the source of im: its overlays when it has any, else its first
 // enabled and consistent bitmap, else the block-hash index.
 func Auto(im *qcow.Image) Source {
-	if len(im.Layers()) > 1 {
-		return &cowSource{im}
+	if c, err := cow.NewSource(im); err == nil {
+		return c
 	}
 	for _, b := range im.Layers()[0].Bitmaps {
 		if b.Enabled && !b.InUse {
@@ -73,13 +58,14 @@ func Auto(im *qcow.Image) Source {
 	return Hash(im)
 }
 
-// Cow is the copy-on-write source: what the overlays of im hold (cow.Dirty),
-// narrowed to the blocks whose bytes changed since the last poll.
+// Cow is the copy-on-write source: what the overlays of im hold, narrowed
+// to the blocks whose bytes changed since the last poll (cow.Source).
 func Cow(im *qcow.Image) (Source, error) {
-	if top := im.Layers()[0]; len(im.Layers()) < 2 {
-		return nil, fmt.Errorf("%w: %s", cow.ErrNoOverlay, top.Path)
+	c, err := cow.NewSource(im)
+	if err != nil {
+		return nil, err
 	}
-	return &cowSource{im}, nil
+	return c, nil
 }
 
 // Bitmap is the source of the persistent dirty bitmap name of im's top
@@ -101,56 +87,6 @@ func Hash(im *qcow.Image) Source { return &chunkSource{im} }
 // where the two disks differ. It keeps no cursor.
 func Base(old *qcow.Image, oldDisk *fsparse.Disk, cur *qcow.Image) Reference {
 	return &baseSource{old, oldDisk, cur}
-}
-
-type cowSource struct{ im *qcow.Image }
-
-func (*cowSource) String() string { return "cow" }
-
-// Since returns the ranges written since the last poll according to the
-// overlays: what the layers from the top down to the last poll's top hold
-// (an external snapshot may have put new overlays above it), narrowed to
-// the blocks whose bytes changed since that poll. A block the overlays did
-// not hold then is compared with the layer below the last poll's top (a
-// backing file: unchanged since); the others with their hash. When the last
-// poll's top is gone from the chain (the overlay was committed or
-// discarded), only a full pass is safe.
-func (s *cowSource) Since(ctx context.Context, prev, next *Cursor) (rangeset.Set, bool, error) {
-	im := s.im
-	layers := im.Layers()
-	next.Top = absPath(layers[0].Path)
-	full := prev == nil || prev.Source != s.String()
-	k := 0
-	if !full {
-		k = slices.IndexFunc(layers, func(l *qcow.Layer) bool { return absPath(l.Path) == prev.Top })
-		if k < 0 || k+1 >= len(layers) || prev.Blocks == nil {
-			full, k = true, 0
-		}
-	}
-	d, err := cow.Dirty(ctx, im, k+1)
-	if err != nil {
-		return d, full, err
-	}
-	nh := NewBlockHashes(nil)
-	next.Blocks = nh
-	if full {
-		// The hashes for the next poll.
-		_, err = refine(ctx, im, im.Size(), d, refineRefs{next: nh, nextOld: layers[1]})
-		return d, full, err
-	}
-	// The blocks that differed from the layer below at the last poll are
-	// looked at too: an overlay made anew at the same path (the VM
-	// reverted) no longer holds them, and they changed back.
-	known, err := prev.Blocks.Known()
-	if err != nil {
-		return d, full, fmt.Errorf("dirty: poll state: block hashes: %w", err)
-	}
-	// The last poll's hashes are of blocks that differed from the layer
-	// below its top; the next poll's, of blocks that differ from the layer
-	// below today's top.
-	d, err = refine(ctx, im, im.Size(), rangeset.Union(d, known),
-		refineRefs{prev: prev.Blocks, next: nh, old: layers[k+1], nextOld: layers[1]})
-	return d, full, err
 }
 
 type bitmapSource struct {
@@ -199,11 +135,11 @@ func (s *bitmapSource) Since(ctx context.Context, prev, next *Cursor) (rangeset.
 	}
 	if full || prev.Blocks == nil {
 		var err error
-		next.Blocks, err = hashDisk(ctx, im, im.Size())
+		next.Blocks, err = source.HashDisk(ctx, im, im.Size())
 		return d, true, err
 	}
 	next.Blocks = prev.Blocks
-	d, err := refine(ctx, im, im.Size(), d, refineRefs{prev: prev.Blocks, next: prev.Blocks})
+	d, err := source.Refine(ctx, im, im.Size(), d, source.Refs{Prev: prev.Blocks, Next: prev.Blocks})
 	return d, false, err
 }
 
@@ -265,11 +201,4 @@ func (s *baseSource) Since(ctx context.Context, _, _ *Cursor) (rangeset.Set, boo
 	}
 	d, err = compareDisks(ctx, s.old, s.cur)
 	return d, false, err
-}
-
-func absPath(p string) string {
-	if a, err := filepath.Abs(p); err == nil {
-		return a
-	}
-	return p
 }
