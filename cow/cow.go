@@ -9,6 +9,9 @@
 //     qcow.Layer.Allocated (the semantics of `qemu-img map`, depth 0).
 //   - The result is a rangeset.Set of guest bytes clipped to the top layer's
 //     virtual size, the currency every dirty source shares.
+//   - Source is the copy-on-write dirty source (a dirty/source.Source): the
+//     ranges the overlays hold, narrowed by the block hashes of the last
+//     poll to the blocks whose bytes changed since.
 package cow
 
 import (

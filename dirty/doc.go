@@ -2,13 +2,17 @@
 // through the filesystem's own metadata, and keeps the poll state that makes
 // the next poll cost what changed rather than what exists.
 //
-// Every dirty source (a copy-on-write overlay, a persistent qcow2 bitmap, a
-// block-hash index of a raw image, a second image of the same disk) yields a
-// rangeset.Set of guest bytes. The cumulative sources (overlay, bitmap) are
-// first narrowed to the 4 KiB blocks whose bytes changed since the last
-// poll, by the block hashes the poll state keeps (blocks.go). [Poll] clips
-// the ranges to each partition, turns them
-// into filesystem blocks and classifies them:
+// Every dirty source ([Source]: a copy-on-write overlay (cow.Source), a
+// persistent qcow2 bitmap, a block-hash index of a raw image, a second
+// image of the same disk) yields a rangeset.Set of guest bytes written since its cursor, and
+// the cursor to save. What the mapping needs from a filesystem is [FS]
+// (inode tables, records with the blocks each inode owns, directory
+// listings, the journal); ext4 implements it. A volume's ranges are found
+// through its map to disk ranges ([Extent]), not a shift by one offset.
+// The cumulative sources (overlay, bitmap) are first narrowed to the 4 KiB
+// blocks whose bytes changed since the last poll, by the block hashes the
+// poll state keeps (package dirty/source). [Poll] takes the ranges of one volume,
+// turns them into filesystem blocks and classifies them:
 //
 //   - inode-table blocks: every inode slot in them is compared with its
 //     previous record: added, deleted, content changed (size, block map,

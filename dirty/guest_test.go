@@ -353,7 +353,7 @@ func poll(t *testing.T, path, src string, st Store) *Selection {
 	im, d := testdisk.Open(t, path)
 	defer im.Close()
 	start := time.Now()
-	sel, err := Select(ctx, im, d, src, st, "rules-1")
+	sel, err := Select(ctx, im, d, sourceOf(t, im, src), st, "rules-1")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/vmscope/vmscope/dirty/source"
 	"github.com/vmscope/vmscope/internal/rangeset"
 )
 
@@ -71,7 +72,7 @@ func ChunkHashesData(ctx context.Context, r io.ReaderAt, size, chunk int64, data
 				}
 				for i := int64(0); i*chunk < int64(len(p)); i++ {
 					c := p[i*chunk : min((i+1)*chunk, int64(len(p)))]
-					if int64(len(c)) == chunk && isZero(c) {
+					if int64(len(c)) == chunk && source.IsZero(c) {
 						out[first+i] = zeroSum
 						continue
 					}

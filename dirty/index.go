@@ -3,17 +3,15 @@ package dirty
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"io/fs"
 	"path"
 	"sort"
 
 	"github.com/vmscope/vmscope/fsparse"
-	"github.com/vmscope/vmscope/fsparse/ext4"
+	"github.com/vmscope/vmscope/vmerr"
 )
 
 // Link is one directory entry naming an inode.
@@ -41,58 +39,45 @@ const (
 	KindParentDir Kind = "parent-directory"
 	KindRules     Kind = "rules-changed"
 	KindFull      Kind = "first-poll"
+	// KindUnscanned: changed since its last scan, found by a poll that
+	// scanned nothing (vmscope dirty).
+	KindUnscanned Kind = "unscanned"
 )
 
 // FileRec is what the index remembers of one live inode.
 type FileRec struct {
-	Ino      uint32 `json:"ino"`
-	Mode     uint16 `json:"mode"` // raw i_mode (type and permission bits)
-	Uid      uint32 `json:"uid"`
-	Gid      uint32 `json:"gid"`
-	Size     uint64 `json:"size"`
-	Links    uint16 `json:"links"`
-	Flags    uint32 `json:"flags"`
-	Gen      uint32 `json:"gen"`
-	Atime    int64  `json:"atime"` // Unix nanoseconds
-	Mtime    int64  `json:"mtime"`
-	Ctime    int64  `json:"ctime"`
-	Crtime   int64  `json:"crtime"`
-	Xattr    uint64 `json:"xattr,omitempty"`
-	Target   string `json:"target,omitempty"` // symlink target
-	Extents  uint64 `json:"extents"`          // FNV-64 of the block map
-	Runs     []Run  `json:"runs,omitempty"`   // the block → inode index, per inode
-	Names    []Link `json:"names,omitempty"`
-	SHA256   string `json:"sha256,omitempty"` // content digest, when known
-	Verdict  string `json:"verdict,omitempty"`
-	ReadErr  string `json:"err,omitempty"` // the inode's map could not be read
-	Inline   bool   `json:"inline,omitempty"`
+	Ino      uint32      `json:"ino"`
+	Mode     fs.FileMode `json:"mode"` // type and permission bits
+	Uid      uint32      `json:"uid"`
+	Gid      uint32      `json:"gid"`
+	Size     uint64      `json:"size"`
+	Links    uint16      `json:"links"`
+	Flags    uint32      `json:"flags"`
+	Gen      uint32      `json:"gen"`
+	Atime    int64       `json:"atime"` // Unix nanoseconds
+	Mtime    int64       `json:"mtime"`
+	Ctime    int64       `json:"ctime"`
+	Crtime   int64       `json:"crtime"`
+	Xattr    uint64      `json:"xattr,omitempty"`
+	Target   string      `json:"target,omitempty"` // symlink target
+	Extents  uint64      `json:"extents"`          // FNV-64 of the block map
+	Runs     []Run       `json:"runs,omitempty"`   // the block → inode index, per inode
+	Names    []Link      `json:"names,omitempty"`
+	SHA256   string      `json:"sha256,omitempty"` // content digest, when known
+	Verdict  string      `json:"verdict,omitempty"`
+	ReadErr  string      `json:"err,omitempty"` // the inode's map could not be read
+	Inline   bool        `json:"inline,omitempty"`
 	children []uint32
 }
 
 // IsDir and IsRegular test the type bits.
-func (r *FileRec) IsDir() bool     { return r.Mode&0xF000 == 0x4000 }
-func (r *FileRec) IsRegular() bool { return r.Mode&0xF000 == 0x8000 }
+func (r *FileRec) IsDir() bool     { return r.Mode.IsDir() }
+func (r *FileRec) IsRegular() bool { return r.Mode.IsRegular() }
 
 // TypeName names the file type as fsparse does.
-func (r *FileRec) TypeName() string {
-	switch r.Mode & 0xF000 {
-	case 0x4000:
-		return "dir"
-	case 0xA000:
-		return "symlink"
-	case 0x1000:
-		return "fifo"
-	case 0xC000:
-		return "socket"
-	case 0x2000:
-		return "char"
-	case 0x6000:
-		return "block"
-	}
-	return "file"
-}
+func (r *FileRec) TypeName() string { return fsparse.TypeName(r.Mode) }
 
-// Index is the file index of one ext filesystem: every live inode with its
+// Index is the file index of one filesystem: every live inode with its
 // metadata, names and blocks. It is what a poll compares against.
 type Index struct {
 	Volume    string              `json:"volume"`
@@ -196,54 +181,17 @@ func (x *Index) Paths(ino uint32) []string {
 const rootIno = 2
 
 // BuildIndex reads every live inode of the volume (the used part of each
-// group's inode table) with its block map, and every directory, into an
-// index. It reads metadata only: inode tables, extent trees, directories.
+// inode table) with its block map, and every directory, into an index. It
+// reads metadata only: inode tables, extent trees, directories.
 func BuildIndex(ctx context.Context, v *fsparse.Volume) (*Index, error) {
-	if v.Ext4 == nil {
-		return nil, fmt.Errorf("dirty: volume %s is %s: %w", v.ID, v.Type, ErrUnsupportedFS)
+	fsys, err := OpenFS(v)
+	if err != nil {
+		return nil, err
 	}
-	g := readGeometry(v.Ext4)
-	x := &Index{Volume: v.ID, UUID: v.UUID, BlockSize: g.bs, Files: map[uint32]*FileRec{}}
-	per := g.bs / g.isz
-	buf := make([]byte, 16*g.bs)
-	x.itab = map[uint64][]uint64{}
-	for grp := range g.itable {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		nused := uint64(g.used[grp])
-		nblk := (nused + uint64(per) - 1) / uint64(per)
-		for b := uint64(0); b < nblk; b += 16 {
-			n := min(16, nblk-b)
-			p := buf[:int64(n)*g.bs]
-			blk := g.itable[grp] + b
-			if k, err := v.Device.ReadAt(p, int64(blk)*g.bs); k < len(p) {
-				return nil, fmt.Errorf("dirty: %s: inode table of group %d at block %d: %v: %w", v.ID, grp, blk, err, ext4.ErrCorrupt)
-			}
-			for j := uint64(0); j < n; j++ {
-				x.itab[blk+j] = slotSums(g, uint32(grp), blk+j, p[int64(j)*g.bs:int64(j+1)*g.bs])
-			}
-			for s := uint64(0); s < n*uint64(per); s++ {
-				idx := b*uint64(per) + s
-				if idx >= nused {
-					break
-				}
-				ino := uint32(uint64(grp)*uint64(g.ipg) + idx + 1)
-				if ino > g.ninodes {
-					break
-				}
-				if !tracked(g, ino) || !rawInUse(p[int64(s)*g.isz:]) {
-					continue
-				}
-				r, err := readRec(v, ino)
-				if err != nil {
-					return nil, err
-				}
-				if r != nil {
-					x.Files[ino] = r
-				}
-			}
-		}
+	bs := fsys.BlockSize()
+	x := &Index{Volume: v.ID, UUID: v.UUID, BlockSize: bs, Files: map[uint32]*FileRec{}, itab: map[uint64][]uint64{}}
+	if err := x.readTables(ctx, v, fsys); err != nil {
+		return nil, err
 	}
 	for ino, r := range x.Files {
 		if err := ctx.Err(); err != nil {
@@ -252,7 +200,7 @@ func BuildIndex(ctx context.Context, v *fsparse.Volume) (*Index, error) {
 		if !r.IsDir() || r.ReadErr != "" {
 			continue
 		}
-		ents, err := v.Ext4.ReadDirInode(ino)
+		ents, err := fsys.ReadDir(ino)
 		if err != nil {
 			r.ReadErr = err.Error()
 			continue
@@ -270,6 +218,49 @@ func BuildIndex(ctx context.Context, v *fsparse.Volume) (*Index, error) {
 	return x, nil
 }
 
+// readTables reads the used part of every inode table: the slot digests of
+// each block and the record of every live, tracked inode.
+func (x *Index) readTables(ctx context.Context, v *fsparse.Volume, fsys FS) error {
+	bs, isz := fsys.BlockSize(), fsys.SlotSize()
+	per := uint64(bs / isz)
+	buf := make([]byte, 16*bs)
+	for _, t := range fsys.InodeTables() {
+		nblk := min((uint64(t.Used)+per-1)/per, t.Len)
+		for b := uint64(0); b < nblk; b += 16 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			n := min(16, nblk-b)
+			p := buf[:int64(n)*bs]
+			blk := t.Start + b
+			if k, err := v.Device.ReadAt(p, int64(blk)*bs); k < len(p) {
+				return fmt.Errorf("dirty: %s: inode table %d at block %d: %v: %w", v.ID, t.Group, blk, err, vmerr.ErrCorrupt)
+			}
+			for j := uint64(0); j < n; j++ {
+				raw := p[int64(j)*bs : int64(j+1)*bs]
+				x.itab[blk+j] = slotSums(fsys, t, blk+j, raw)
+				lo, hi := fsys.SlotsIn(t, blk+j)
+				for ino := lo; ino < hi; ino++ {
+					if uint64(b+j)*per+uint64(ino-lo) >= uint64(t.Used) {
+						break
+					}
+					if !fsys.Tracked(ino) || !fsys.SlotInUse(raw[int64(ino-lo)*isz:]) {
+						continue
+					}
+					r, err := fsys.Record(ino)
+					if err != nil {
+						return err
+					}
+					if r != nil {
+						x.Files[ino] = r
+					}
+				}
+			}
+		}
+	}
+	return nil
+}
+
 func sortLinks(ls []Link) {
 	sort.Slice(ls, func(i, j int) bool {
 		if ls[i].Parent != ls[j].Parent {
@@ -278,80 +269,6 @@ func sortLinks(ls []Link) {
 		return ls[i].Name < ls[j].Name
 	})
 }
-
-// tracked reports whether inode ino is a file of the user's tree: the root
-// and every inode from the first non-reserved one (the journal, resize and
-// other reserved inodes are not files).
-func tracked(g *geometry, ino uint32) bool {
-	return ino == rootIno || (ino >= g.first && ino != g.journal)
-}
-
-// readRec reads inode ino of the volume into a record, or nil when the slot
-// holds no live inode. A block map that cannot be read is noted in ReadErr
-// (one bad file does not stop a poll).
-func readRec(v *fsparse.Volume, ino uint32) (*FileRec, error) {
-	in, err := v.Ext4.Inode(ino)
-	if err != nil {
-		return nil, err
-	}
-	if in.Mode == 0 || in.Links == 0 {
-		return nil, nil
-	}
-	r := &FileRec{
-		Ino: ino, Mode: in.Mode, Uid: in.Uid, Gid: in.Gid, Size: in.Size, Links: in.Links,
-		Flags: in.Flags, Gen: in.Generation, Atime: nanos(in.Atime), Mtime: nanos(in.Mtime),
-		Ctime: nanos(in.Ctime), Xattr: in.XattrBlock, Inline: in.HasInlineData(),
-	}
-	if in.HasCrtime {
-		r.Crtime = nanos(in.Crtime)
-	}
-	if in.IsSymlink() {
-		if t, err := v.Ext4.ReadlinkInode(ino); err == nil {
-			r.Target = t
-		} else {
-			r.ReadErr = err.Error()
-		}
-	}
-	ext, err := v.Ext4.Extents(ino)
-	if err != nil {
-		r.ReadErr = err.Error()
-		return r, nil
-	}
-	meta, err := v.Ext4.MetadataBlocks(ino)
-	if err != nil {
-		r.ReadErr = err.Error()
-		return r, nil
-	}
-	h := fnv.New64a()
-	var b [25]byte
-	kind := KindData
-	if in.IsDir() {
-		kind = KindDir
-	}
-	for _, e := range ext {
-		binary.LittleEndian.PutUint64(b[0:], e.Logical)
-		binary.LittleEndian.PutUint64(b[8:], e.Physical)
-		binary.LittleEndian.PutUint64(b[16:], e.Len)
-		b[24] = 0
-		if e.Unwritten {
-			b[24] = 1
-		}
-		h.Write(b[:])
-		r.Runs = append(r.Runs, Run{e.Physical, e.Len, kind})
-	}
-	for _, m := range meta {
-		binary.LittleEndian.PutUint64(b[0:], m)
-		h.Write(b[:8])
-		r.Runs = append(r.Runs, Run{m, 1, KindExtent})
-	}
-	if in.XattrBlock != 0 {
-		r.Runs = append(r.Runs, Run{in.XattrBlock, 1, KindXattr})
-	}
-	r.Extents = h.Sum64()
-	return r, nil
-}
-
-func nanos(t interface{ UnixNano() int64 }) int64 { return t.UnixNano() }
 
 // hashFile returns the sha256 of the regular file ino of the volume.
 func hashFile(ctx context.Context, v *fsparse.Volume, ino uint32) (string, error) {
@@ -377,5 +294,3 @@ func (c ctxReader) ReadAt(p []byte, off int64) (int, error) {
 	}
 	return c.r.ReadAt(p, off)
 }
-
-var _ fs.FileMode

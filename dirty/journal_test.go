@@ -47,7 +47,7 @@ func TestPollCrashedGuest(t *testing.T) {
 
 	im, d := testdisk.Open(t, img)
 	defer im.Close()
-	sel, err := Select(ctx, im, d, "hash", &st, "rules-1")
+	sel, err := Select(ctx, im, d, Hash(im), &st, "rules-1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func TestPollFastCommitGuest(t *testing.T) {
 	sh(t, dir, "cp", "--sparse=always", filepath.Join(src, "fc-crash.img"), img)
 	im, d := testdisk.Open(t, img)
 	defer im.Close()
-	sel, err := Select(context.Background(), im, d, "hash", &st, "rules-1")
+	sel, err := Select(context.Background(), im, d, Hash(im), &st, "rules-1")
 	if err != nil {
 		t.Fatal(err)
 	}

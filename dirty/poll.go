@@ -88,211 +88,274 @@ func withDeferredHashes() Option {
 	return func(o *pollOpts) { o.hash, o.deferHash = true, true }
 }
 
-// Poll maps dirty (byte ranges of the volume's device, i.e. guest ranges
-// minus the partition start) to changed files of v against old.
+// Poll maps dirty (byte ranges of the volume's device: the disk's dirty
+// ranges translated through the volume's map) to changed files of v
+// against old. Its steps, in order: the dirty blocks, the inode slots that
+// changed in dirty inode-table blocks, the owners of dirty blocks in the
+// previous index, each candidate inode compared with its record, the
+// directories re-listed, then the paths, renames and digests of the
+// changes.
 func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set, opts ...Option) (*Result, error) {
-	var o pollOpts
+	fsys, err := OpenFS(v)
+	if err != nil {
+		return nil, err
+	}
+	p := &poller{ctx: ctx, v: v, fs: fsys, old: old, res: &Result{},
+		reasons: map[uint32]map[Kind]bool{}, newSums: map[uint64][]uint64{}, slotOf: map[uint32]*uint64{},
+		dataDirty: map[uint32]bool{}, changes: map[uint32]*Change{}, replaced: map[uint32]bool{}, renamed: map[uint32]bool{}}
 	for _, f := range opts {
-		f(&o)
+		f(&p.o)
 	}
-	if v.Ext4 == nil {
-		return nil, fmt.Errorf("dirty: volume %s is %s: %w", v.ID, v.Type, ErrUnsupportedFS)
+	p.dirtyBlocks(dirty)
+	if err := p.inodeSlots(); err != nil {
+		return nil, err
 	}
-	g := readGeometry(v.Ext4)
-	res := &Result{}
-	bs := g.bs
-	var blocks rangeset.Set // in filesystem blocks
-	for _, r := range dirty.Clip(0, int64(g.blocks)*bs).Ranges() {
-		blocks.Add(r.Start/bs, (r.End+bs-1)/bs)
-		res.Stats.DirtyBytes += r.Len()
+	p.ownedBlocks()
+	p.count()
+	// The new index shares the unchanged records with old; a record is
+	// copied before it is changed. For a stored index the new one is a
+	// delta: the records the poll changes, over the old ones.
+	p.nx = old.derive(v.ID, v.UUID, fsys.BlockSize())
+	if err := p.examine(); err != nil {
+		return nil, err
 	}
-	res.Stats.DirtyBlocks = blocks.Bytes()
+	for blk, s := range p.newSums {
+		p.nx.setDigests(blk, s)
+	}
+	p.relistDirs()
+	if !p.nx.stored() {
+		p.nx.index()
+	}
+	p.addRenames()
+	p.describe()
+	if err := old.loadErr(); err != nil {
+		return nil, fmt.Errorf("dirty: %s: poll state: %w", v.ID, err)
+	}
+	SortChanges(p.res.Changes)
+	p.res.New = p.nx
+	return p.res, nil
+}
 
-	reasons := map[uint32]map[Kind]bool{}
-	due := func(ino uint32, k Kind) {
-		m := reasons[ino]
-		if m == nil {
-			m = map[Kind]bool{}
-			reasons[ino] = m
-		}
-		m[k] = true
-	}
+// poller is the work of one Poll.
+type poller struct {
+	ctx context.Context
+	v   *fsparse.Volume
+	fs  FS
+	old *Index
+	nx  *Index // the index after the poll
+	o   pollOpts
+	res *Result
 
-	// Inode-table blocks: every slot that is live now or was live before.
-	var itSet rangeset.Set
-	newSums := map[uint64][]uint64{}
-	slotOf := map[uint32]*uint64{}
-	runs := g.itableRuns()
+	blocks    rangeset.Set // dirty, in filesystem blocks
+	reasons   map[uint32]map[Kind]bool
+	itSet     rangeset.Set        // dirty inode-table blocks
+	newSums   map[uint64][]uint64 // their slot digests now
+	slotOf    map[uint32]*uint64  // the digest of each candidate's slot
+	dataDirty map[uint32]bool     // inodes with dirty data or xattr blocks
+	changes   map[uint32]*Change  // by inode
+	gone      []Change            // files whose inode number was reused
+	replaced  map[uint32]bool     // inodes freed and reused
+	relist    []uint32            // directories to re-list
+	renamed   map[uint32]bool     // inodes whose names changed
+}
+
+func (p *poller) due(ino uint32, k Kind) {
+	m := p.reasons[ino]
+	if m == nil {
+		m = map[Kind]bool{}
+		p.reasons[ino] = m
+	}
+	m[k] = true
+}
+
+// mut returns the record of ino in the new index to change: its own copy.
+func (p *poller) mut(ino uint32) *FileRec {
+	r := p.nx.get(ino)
+	if r != nil && r == p.old.get(ino) {
+		r = r.clone()
+		p.nx.put(ino, r)
+	}
+	return r
+}
+
+// dirtyBlocks turns the dirty byte ranges into filesystem blocks.
+func (p *poller) dirtyBlocks(dirty rangeset.Set) {
+	bs := p.fs.BlockSize()
+	for _, r := range dirty.Clip(0, int64(p.fs.Blocks())*bs).Ranges() {
+		p.blocks.Add(r.Start/bs, (r.End+bs-1)/bs)
+		p.res.Stats.DirtyBytes += r.Len()
+	}
+	p.res.Stats.DirtyBlocks = p.blocks.Bytes()
+}
+
+// inodeSlots reads the dirty inode-table blocks: every slot whose digest
+// changed since the last poll and that is live now or was live before
+// makes its inode a candidate.
+func (p *poller) inodeSlots() error {
+	bs, isz := p.fs.BlockSize(), p.fs.SlotSize()
+	tables := p.fs.InodeTables()
 	raw := make([]byte, bs)
-	for _, br := range blocks.Ranges() {
-		for _, it := range runs {
-			lo, hi := max(uint64(br.Start), it.start), min(uint64(br.End), it.start+it.n)
+	for _, br := range p.blocks.Ranges() {
+		for _, it := range tables {
+			lo, hi := max(uint64(br.Start), it.Start), min(uint64(br.End), it.Start+it.Len)
 			if lo >= hi {
 				continue
 			}
-			itSet.Add(int64(lo), int64(hi))
+			p.itSet.Add(int64(lo), int64(hi))
 			for blk := lo; blk < hi; blk++ {
-				if err := ctx.Err(); err != nil {
-					return nil, err
+				if err := p.ctx.Err(); err != nil {
+					return err
 				}
-				if n, err := v.Device.ReadAt(raw, int64(blk)*bs); n < len(raw) {
-					return nil, fmt.Errorf("dirty: %s: inode table block %d: %v", v.ID, blk, err)
+				if n, err := p.v.Device.ReadAt(raw, int64(blk)*bs); n < len(raw) {
+					return fmt.Errorf("dirty: %s: inode table block %d: %v", p.v.ID, blk, err)
 				}
-				first, end := g.inodesInBlock(it.group, blk)
-				sums, prev := slotSums(g, it.group, blk, raw), old.slotDigests(blk)
-				newSums[blk] = sums
+				first, end := p.fs.SlotsIn(it, blk)
+				sums, prev := slotSums(p.fs, it, blk, raw), p.old.slotDigests(blk)
+				p.newSums[blk] = sums
 				for ino := first; ino < end; ino++ {
 					i := ino - first
-					if !tracked(g, ino) || int(i) < len(prev) && prev[i] == sums[i] {
+					if !p.fs.Tracked(ino) || int(i) < len(prev) && prev[i] == sums[i] {
 						continue // the slot is as the last poll saw it
 					}
-					slot := raw[int64(i)*g.isz:]
-					if rawInUse(slot) || old.get(ino) != nil {
-						due(ino, KindInode)
-						slotOf[ino] = &sums[i]
+					if p.fs.SlotInUse(raw[int64(i)*isz:]) || p.old.get(ino) != nil {
+						p.due(ino, KindInode)
+						p.slotOf[ino] = &sums[i]
 					}
 				}
 			}
 		}
 	}
-	res.Stats.InodeTableBlocks = itSet.Bytes()
+	p.res.Stats.InodeTableBlocks = p.itSet.Bytes()
+	return nil
+}
 
-	// Blocks owned by files of the previous index.
+// ownedBlocks makes the owners of dirty blocks in the previous index
+// candidates (block → owner index).
+func (p *poller) ownedBlocks() {
 	var owned rangeset.Set
-	dataDirty := map[uint32]bool{}
-	for _, br := range blocks.Ranges() {
-		old.ownedBy(uint64(br.Start), uint64(br.End), func(ow owner) {
-			due(ow.ino, ow.kind)
+	for _, br := range p.blocks.Ranges() {
+		p.old.ownedBy(uint64(br.Start), uint64(br.End), func(ow owner) {
+			p.due(ow.ino, ow.kind)
 			owned.Add(max(br.Start, int64(ow.start)), min(br.End, int64(ow.start+ow.n)))
 			if ow.kind == KindData || ow.kind == KindXattr {
-				dataDirty[ow.ino] = true
+				p.dataDirty[ow.ino] = true
 			}
 		})
 	}
-	owned = rangeset.Subtract(owned, itSet)
-	res.Stats.FileBlocks = owned.Bytes()
-	if g.journal != 0 {
-		if ext, err := v.Ext4.Extents(g.journal); err == nil {
-			var j rangeset.Set
-			for _, e := range ext {
-				j.Add(int64(e.Physical), int64(e.Physical+e.Len))
-			}
-			res.Stats.JournalBlocks = rangeset.Intersect(j, blocks).Bytes()
-		}
-	}
-	res.Stats.OtherBlocks = res.Stats.DirtyBlocks - res.Stats.InodeTableBlocks - res.Stats.FileBlocks - res.Stats.JournalBlocks
-	res.Stats.Candidates = len(reasons)
+	p.res.Stats.FileBlocks = rangeset.Subtract(owned, p.itSet).Bytes()
+}
 
-	// The new index shares the unchanged records with old; a record is
-	// copied before it is changed.
-	// For a stored index the new one is a delta: the records the poll
-	// changes, over the old ones.
-	nx := old.derive(v.ID, v.UUID, bs)
-	mut := func(ino uint32) *FileRec {
-		r := nx.get(ino)
-		if r != nil && r == old.get(ino) {
-			r = r.clone()
-			nx.put(ino, r)
-		}
-		return r
-	}
+// count fills the rest of the stats: journal and other blocks, candidates.
+func (p *poller) count() {
+	st := &p.res.Stats
+	st.JournalBlocks = rangeset.Intersect(p.fs.Journal(), p.blocks).Bytes()
+	st.OtherBlocks = st.DirtyBlocks - st.InodeTableBlocks - st.FileBlocks - st.JournalBlocks
+	st.Candidates = len(p.reasons)
+}
 
-	changes := map[uint32]*Change{}
-	var gone []Change
-	replaced := map[uint32]bool{}
-	var relist []uint32
-	inos := make([]uint32, 0, len(reasons))
-	for ino := range reasons {
+// examine compares each candidate inode with its previous record: added,
+// deleted, reused, content changed, metadata only.
+func (p *poller) examine() error {
+	inos := make([]uint32, 0, len(p.reasons))
+	for ino := range p.reasons {
 		inos = append(inos, ino)
 	}
 	slices.Sort(inos)
 	for _, ino := range inos {
-		why := reasons[ino]
-		or := old.get(ino)
-		nr, err := readRec(v, ino)
-		if err != nil {
-			res.Errors = append(res.Errors, fmt.Errorf("%s: inode %d: %w", v.ID, ino, err))
-			if p := slotOf[ino]; p != nil {
-				*p = 0 // compare it again next poll
-			}
-			continue
+		if err := p.examineInode(ino); err != nil {
+			return err
 		}
-		ch := &Change{Volume: v.ID, Ino: ino, Reasons: kinds(why)}
+	}
+	return nil
+}
+
+func (p *poller) examineInode(ino uint32) error {
+	v, old, nx := p.v, p.old, p.nx
+	why := p.reasons[ino]
+	or := old.get(ino)
+	nr, err := p.fs.Record(ino)
+	if err != nil {
+		p.res.Errors = append(p.res.Errors, fmt.Errorf("%s: inode %d: %w", v.ID, ino, err))
+		if s := p.slotOf[ino]; s != nil {
+			*s = 0 // compare it again next poll
+		}
+		return nil
+	}
+	ch := &Change{Volume: v.ID, Ino: ino, Reasons: kinds(why)}
+	switch {
+	case or == nil && nr == nil:
+		return nil
+	case or == nil:
+		nr.Names = nil
+		nx.put(ino, nr)
+		ch.Change, ch.Rescan = Added, nr.IsRegular()
+		if nr.IsDir() {
+			p.relist = append(p.relist, ino)
+		}
+	case nr == nil:
+		nx.del(ino)
+		ch.Change = Deleted
+		if or.IsDir() {
+			p.relist = append(p.relist, ino)
+		}
+	case or.Gen != nr.Gen || or.Mode.Type() != nr.Mode.Type():
+		// The inode was freed and reused: the old file is gone and a
+		// new one took its number.
+		p.gone = append(p.gone, Change{Volume: v.ID, Ino: ino, Reasons: ch.Reasons, Change: Deleted,
+			Paths: old.Paths(ino), Type: or.TypeName(), Size: int64(or.Size)})
+		nr.Names = nil
+		nx.put(ino, nr)
+		ch.Change, ch.Rescan = Added, nr.IsRegular()
+		if nr.IsDir() {
+			p.relist = append(p.relist, ino)
+		}
+		if or.IsDir() {
+			p.relist = append(p.relist, ino)
+		}
+		// Its old names are dropped when its parents are re-listed;
+		// drop them now in case they are not.
+		p.replaced[ino] = true
+	default:
+		nr.Names = slices.Clone(or.Names)
+		content := or.Size != nr.Size ||
+			or.Extents != nr.Extents || or.Target != nr.Target || (or.Inline || nr.Inline) && why[KindInode]
+		if !content && p.dataDirty[ino] && nr.IsRegular() {
+			content, err = contentChanged(p.ctx, v, &p.o, p.blocks, or, nr)
+			if err != nil {
+				p.res.Errors = append(p.res.Errors, fmt.Errorf("%s: inode %d: %w", v.ID, ino, err))
+				content = true
+			}
+		}
+		if !content {
+			nr.SHA256, nr.Verdict = or.SHA256, or.Verdict
+		}
+		ch.Fields = metaDiff(or, nr)
+		if !content && len(ch.Fields) == 0 && sameMap(or, nr) {
+			nr = or // nothing to store
+		} else {
+			nx.put(ino, nr)
+		}
 		switch {
-		case or == nil && nr == nil:
-			continue
-		case or == nil:
-			nr.Names = nil
-			nx.put(ino, nr)
-			ch.Change, ch.Rescan = Added, nr.IsRegular()
-			if nr.IsDir() {
-				relist = append(relist, ino)
-			}
-		case nr == nil:
-			nx.del(ino)
-			ch.Change = Deleted
-			if or.IsDir() {
-				relist = append(relist, ino)
-			}
-		case or.Gen != nr.Gen || or.Mode&0xF000 != nr.Mode&0xF000:
-			// The inode was freed and reused: the old file is gone and a
-			// new one took its number.
-			gone = append(gone, Change{Volume: v.ID, Ino: ino, Reasons: ch.Reasons, Change: Deleted,
-				Paths: old.Paths(ino), Type: or.TypeName(), Size: int64(or.Size)})
-			nr.Names = nil
-			nx.put(ino, nr)
-			ch.Change, ch.Rescan = Added, nr.IsRegular()
-			if nr.IsDir() {
-				relist = append(relist, ino)
-			}
-			if or.IsDir() {
-				relist = append(relist, ino)
-			}
-			// Its old names are dropped when its parents are re-listed;
-			// drop them now in case they are not.
-			replaced[ino] = true
-		default:
-			nr.Names = slices.Clone(or.Names)
-			content := or.Size != nr.Size ||
-				or.Extents != nr.Extents || or.Target != nr.Target || (or.Inline || nr.Inline) && why[KindInode]
-			if !content && dataDirty[ino] && nr.IsRegular() {
-				content, err = contentChanged(ctx, v, &o, blocks, or, nr)
-				if err != nil {
-					res.Errors = append(res.Errors, fmt.Errorf("%s: inode %d: %w", v.ID, ino, err))
-					content = true
-				}
-			}
-			if !content {
-				nr.SHA256, nr.Verdict = or.SHA256, or.Verdict
-			}
-			ch.Fields = metaDiff(or, nr)
-			if !content && len(ch.Fields) == 0 && sameMap(or, nr) {
-				nr = or // nothing to store
-			} else {
-				nx.put(ino, nr)
-			}
-			switch {
-			case content:
-				ch.Change, ch.Rescan = Modified, nr.IsRegular()
-			case len(ch.Fields) > 0:
-				ch.Change = Metadata
-			}
-			if nr.IsDir() && (content || why[KindDir] || why[KindInode]) {
-				relist = append(relist, ino)
-			}
+		case content:
+			ch.Change, ch.Rescan = Modified, nr.IsRegular()
+		case len(ch.Fields) > 0:
+			ch.Change = Metadata
 		}
-		if ch.Change != "" {
-			changes[ino] = ch
+		if nr.IsDir() && (content || why[KindDir] || why[KindInode]) {
+			p.relist = append(p.relist, ino)
 		}
 	}
-
-	for blk, s := range newSums {
-		nx.setDigests(blk, s)
+	if ch.Change != "" {
+		p.changes[ino] = ch
 	}
+	return nil
+}
 
-	// Directories: compare the entries with the previous ones.
-	renamed := map[uint32]bool{}
-	for _, d := range relist {
+// relistDirs compares the entries of each directory to re-list with its
+// previous entries, and moves the names in the new index.
+func (p *poller) relistDirs() {
+	old, nx := p.old, p.nx
+	for _, d := range p.relist {
 		before := map[string]uint32{}
 		if or := old.get(d); or != nil {
 			for _, c := range old.childrenOf(d) {
@@ -310,9 +373,9 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 		after := map[string]uint32{}
 		// A directory whose inode number a file took now has no entries.
 		if r := nx.get(d); r != nil && r.IsDir() {
-			ents, err := v.Ext4.ReadDirInode(d)
+			ents, err := p.fs.ReadDir(d)
 			if err != nil {
-				res.Errors = append(res.Errors, fmt.Errorf("%s: directory inode %d: %w", v.ID, d, err))
+				p.res.Errors = append(p.res.Errors, fmt.Errorf("%s: directory inode %d: %w", p.v.ID, d, err))
 				continue
 			}
 			for _, e := range ents {
@@ -322,49 +385,52 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 			}
 		}
 		for name, c := range before {
-			if after[name] == c && !replaced[c] {
+			if after[name] == c && !p.replaced[c] {
 				continue
 			}
-			if r := mut(c); r != nil {
+			if r := p.mut(c); r != nil {
 				r.Names = slices.DeleteFunc(r.Names, func(l Link) bool { return l == Link{d, name} })
-				renamed[c] = true
+				p.renamed[c] = true
 			}
 		}
 		for name, c := range after {
 			// A reused inode number keeps its name in the listing, but
 			// the new file has no names yet: add them.
-			if before[name] == c && !replaced[c] {
+			if before[name] == c && !p.replaced[c] {
 				continue
 			}
-			r := mut(c)
+			r := p.mut(c)
 			if !slices.Contains(r.Names, Link{d, name}) {
 				r.Names = append(r.Names, Link{d, name})
 				sortLinks(r.Names)
 			}
-			renamed[c] = true
+			p.renamed[c] = true
 		}
 	}
-	if !nx.stored() {
-		nx.index()
-	}
+}
 
-	for c := range renamed {
-		if changes[c] != nil {
+// addRenames reports the inodes whose names alone changed.
+func (p *poller) addRenames() {
+	for c := range p.renamed {
+		if p.changes[c] != nil || p.nx.get(c) == nil {
 			continue
 		}
-		r := nx.get(c)
-		if r == nil {
-			continue
-		}
-		changes[c] = &Change{Volume: v.ID, Ino: c, Change: Renamed, Reasons: []Kind{KindParentDir}}
+		p.changes[c] = &Change{Volume: p.v.ID, Ino: c, Change: Renamed, Reasons: []Kind{KindParentDir}}
 	}
-	for ino, ch := range changes {
+}
+
+// describe gives every change its paths, type and size, and the content
+// digest of a new or changed file (now, or deferred to the scan's reads),
+// and puts the changes in the result.
+func (p *poller) describe() {
+	old, nx := p.old, p.nx
+	for ino, ch := range p.changes {
 		r := nx.get(ino)
 		switch {
 		case ch.Change == Deleted:
 			r = old.get(ino)
 			ch.Paths = old.Paths(ino)
-		case replaced[ino]:
+		case p.replaced[ino]:
 			ch.Paths = nx.Paths(ino)
 		default:
 			ch.Paths = nx.Paths(ino)
@@ -374,7 +440,7 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 				}
 			}
 			if ch.Change == Renamed && ch.OldPaths == nil {
-				delete(changes, ino) // a link moved and came back
+				delete(p.changes, ino) // a link moved and came back
 				continue
 			}
 		}
@@ -385,35 +451,29 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 		} else {
 			ch.Path = fmt.Sprintf("<inode %d>", ino) // live but unreachable (orphan)
 		}
-		if o.deferHash && ch.Rescan && r.IsRegular() && ch.Change != Deleted {
+		if p.o.deferHash && ch.Rescan && r.IsRegular() && ch.Change != Deleted {
 			if r.SHA256 == "" { // else contentChanged hashed it
-				res.unhashed = append(res.unhashed, ino)
+				p.res.unhashed = append(p.res.unhashed, ino)
 			}
-		} else if o.hash && ch.Rescan && r.IsRegular() && ch.Change != Deleted {
-			sum, err := hashFile(ctx, v, ino)
+		} else if p.o.hash && ch.Rescan && r.IsRegular() && ch.Change != Deleted {
+			sum, err := hashFile(p.ctx, p.v, ino)
 			if err != nil {
-				res.Errors = append(res.Errors, fmt.Errorf("%s: %s: %w", v.ID, ch.Path, err))
+				p.res.Errors = append(p.res.Errors, fmt.Errorf("%s: %s: %w", p.v.ID, ch.Path, err))
 			}
-			mut(ino).SHA256 = sum
+			p.mut(ino).SHA256 = sum
 		}
 	}
-	for _, ch := range changes {
-		res.Changes = append(res.Changes, *ch)
+	for _, ch := range p.changes {
+		p.res.Changes = append(p.res.Changes, *ch)
 	}
-	for _, ch := range gone {
+	for _, ch := range p.gone {
 		if len(ch.Paths) > 0 {
 			ch.Path = ch.Paths[0]
 		} else {
 			ch.Path = fmt.Sprintf("<inode %d>", ch.Ino)
 		}
-		res.Changes = append(res.Changes, ch)
+		p.res.Changes = append(p.res.Changes, ch)
 	}
-	if err := old.loadErr(); err != nil {
-		return nil, fmt.Errorf("dirty: %s: poll state: %w", v.ID, err)
-	}
-	SortChanges(res.Changes)
-	res.New = nx
-	return res, nil
 }
 
 // SortChanges orders changes by volume, path and inode.

@@ -6,13 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
 
-	"github.com/vmscope/vmscope/cow"
 	"github.com/vmscope/vmscope/fsparse"
 	"github.com/vmscope/vmscope/internal/rangeset"
 	"github.com/vmscope/vmscope/qcow"
@@ -25,27 +23,21 @@ var ErrFastCommits = errors.New("dirty: journal fast commits not replayed")
 // ErrOtherImage: the poll state was made for another image.
 var ErrOtherImage = errors.New("dirty: the state belongs to another image")
 
-// Snapshot is what the poll state keeps for one image between polls.
+// Snapshot is what the poll state keeps for one image between polls: the
+// cursor of its dirty source, the file index of each volume, and apart from
+// both the files changed since their last scan.
 type Snapshot struct {
-	Identity    string            `json:"identity"`
-	RulesDigest string            `json:"rules_digest"`
-	Source      string            `json:"source"` // the dirty source of the last poll
-	Chunk       int64             `json:"chunk,omitempty"`
-	Hashes      []uint64          `json:"-"` // block-hash index (hash source)
-	Indexes     map[string]*Index `json:"-"` // per volume ID
-	// Top is the top layer of the chain at the last poll (cow source):
-	// the next poll's overlays are the layers from the top down to it.
-	Top string `json:"top,omitempty"`
-	// BitmapSets are the enabled, consistent bitmaps of the image at the
-	// last poll (bitmap source) and their dirty ranges then. Each holds
-	// every write since that poll, so the next poll may use any of them
-	// (bitmap rotation); an enabled bitmap only grows, so one that holds
-	// less now was cleared (or removed and added again) since.
-	BitmapSets map[string][]rangeset.Range `json:"bitmap_sets,omitempty"`
-	// Blocks are the hashes of 4 KiB blocks at the last poll (blocks.go):
-	// for cow, of the blocks the overlays held; for bitmap, of the whole
-	// disk.
-	Blocks *BlockHashes `json:"-"`
+	Identity    string `json:"identity"`
+	RulesDigest string `json:"rules_digest"`
+	Cursor
+	Indexes map[string]*Index `json:"-"` // per volume ID
+	// Unscanned is the scan side of the state, apart from the cursor
+	// above: per volume, the regular files whose content changed since
+	// they were last scanned with RulesDigest. A poll that scans nothing
+	// (vmscope dirty) moves the cursor and adds the files it found
+	// changed here; a scan poll scans them with its own changes and
+	// removes those it gave a verdict.
+	Unscanned map[string][]uint32 `json:"unscanned,omitempty"`
 }
 
 // Store keeps snapshots between polls (package dirty/state: bbolt). Load
@@ -91,11 +83,16 @@ type Selection struct {
 	// digest, recorded from the reads of the scan (Open) or at Commit.
 	unhashed []unhashed
 	pending  map[fileKey]bool // the files of unhashed with a list
-	mu       sync.Mutex
-	due      []Change
-	dueOnce  sync.Once
-	reads    map[fileKey]*hashingFile // opened, not yet read whole
-	sums     map[fileKey]string       // read whole: their digests
+	// unscanned: the files of the last state's Unscanned that this poll
+	// did not find changed again (they are due all the same).
+	unscanned []Change
+	scanned   map[fileKey]bool // the due files given a verdict
+	read      map[fileKey]bool // the files opened with Open and read
+	mu        sync.Mutex
+	due       []Change
+	dueOnce   sync.Once
+	reads     map[fileKey]*hashingFile // opened, not yet read whole
+	sums      map[fileKey]string       // read whole: their digests
 }
 
 type unhashed struct {
@@ -149,11 +146,13 @@ func (s *Selection) Close() error {
 	return errors.Join(errs...)
 }
 
-// Due returns the changes whose content must be scanned (the same slice at
-// every call: the caller must not modify it).
+// Due returns the changes whose content must be scanned: the files this
+// poll found new or changed, and those an earlier poll that scanned
+// nothing found changed (reason KindUnscanned). It is the same slice at
+// every call: the caller must not modify it.
 func (s *Selection) Due() []Change {
 	s.dueOnce.Do(func() {
-		n := 0
+		n := len(s.unscanned)
 		for _, c := range s.Changes {
 			if c.Rescan {
 				n++
@@ -165,6 +164,8 @@ func (s *Selection) Due() []Change {
 				s.due = append(s.due, c)
 			}
 		}
+		s.due = append(s.due, s.unscanned...)
+		SortChanges(s.due)
 	})
 	return s.due
 }
@@ -179,12 +180,23 @@ func (s *Selection) Open(c Change) (*fsparse.Volume, fsparse.File, error) {
 		}
 	}
 	f, err := v.OpenInode(uint64(c.Ino))
-	if err != nil || !c.Rescan || !s.pendingDigest(c.Volume, c.Ino) {
+	if err != nil {
+		return v, f, err
+	}
+	key := fileKey{c.Volume, c.Ino}
+	f = &readFile{File: f, read: func() {
+		s.mu.Lock()
+		if s.read == nil {
+			s.read = map[fileKey]bool{}
+		}
+		s.read[key] = true
+		s.mu.Unlock()
+	}}
+	if !c.Rescan || !s.pendingDigest(c.Volume, c.Ino) {
 		return v, f, err
 	}
 	// A poll records the digest of a new or changed file from the
 	// scanner's own reads instead of reading it twice.
-	key := fileKey{c.Volume, c.Ino}
 	hf := &hashingFile{File: f, h: sha256.New()}
 	// Once read whole, only its digest is kept: a first poll opens every
 	// file, and holding them all until Commit costs kilobytes a file.
@@ -206,6 +218,27 @@ func (s *Selection) Open(c Change) (*fsparse.Volume, fsparse.File, error) {
 	return v, hf, nil
 }
 
+// readFile notes that its content was read.
+type readFile struct {
+	fsparse.File
+	once sync.Once
+	read func()
+}
+
+func (f *readFile) ReadAt(p []byte, off int64) (int, error) {
+	f.once.Do(f.read)
+	return f.File.ReadAt(p, off)
+}
+
+// Read reports whether the content of c, opened with Open, was read (a
+// file the scanner left out by a path filter or a size limit never is: it
+// must get no verdict, and stays due).
+func (s *Selection) Read(c Change) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.read[fileKey{c.Volume, c.Ino}]
+}
+
 func (s *Selection) pendingDigest(vol string, ino uint32) bool {
 	if s.pending[fileKey{vol, ino}] {
 		return true
@@ -223,6 +256,12 @@ func (s *Selection) SetVerdict(c Change, verdict string) {
 	if s.next == nil {
 		return // a comparison of two images keeps no state
 	}
+	s.mu.Lock()
+	if s.scanned == nil {
+		s.scanned = map[fileKey]bool{}
+	}
+	s.scanned[fileKey{c.Volume, c.Ino}] = true
+	s.mu.Unlock()
 	if x := s.next.Indexes[c.Volume]; x != nil {
 		if r := x.mutable(c.Ino); r != nil {
 			r.Verdict = verdict
@@ -280,16 +319,35 @@ func (s *Selection) CommitContext(ctx context.Context) error {
 		}
 	}
 	s.unhashed = nil
+	// The due files without a verdict stay due for the next scan poll,
+	// wherever the cursor goes.
+	s.next.Unscanned = nil
+	for _, c := range s.Due() {
+		if s.scanned[fileKey{c.Volume, c.Ino}] {
+			continue
+		}
+		if s.next.Unscanned == nil {
+			s.next.Unscanned = map[string][]uint32{}
+		}
+		s.next.Unscanned[c.Volume] = append(s.next.Unscanned[c.Volume], c.Ino)
+	}
+	for _, inos := range s.next.Unscanned {
+		slices.Sort(inos)
+	}
 	return s.store.Save(s.next)
 }
 
 // Select finds the files of d (the disk of im) changed since the last poll
-// recorded in st, with the dirty source src: "auto", "cow", "bitmap:NAME"
-// or "hash". With an empty state it indexes everything and every regular
-// file is due (the first poll is a full scan); when rulesDigest differs from
-// the state's, every regular file is due too (a new rule must see old
-// files), while the dirty mapping still updates the index.
-func Select(ctx context.Context, im *qcow.Image, d *fsparse.Disk, src string, st Store, rulesDigest string) (*Selection, error) {
+// recorded in st, with the dirty source src. With an empty state it indexes
+// everything and every regular file is due (the first poll is a full scan);
+// when rulesDigest differs from the state's, every regular file is due too
+// (a new rule must see old files), while the dirty mapping still updates
+// the index. A Reference source (an older image) needs no state: st may be
+// nil, and the selection keeps none.
+func Select(ctx context.Context, im *qcow.Image, d *fsparse.Disk, src Source, st Store, rulesDigest string) (*Selection, error) {
+	if ref, ok := src.(Reference); ok {
+		return compare(ctx, ref, d)
+	}
 	id := Identity(im, d)
 	prev, err := st.Load(id)
 	if err != nil {
@@ -300,45 +358,26 @@ func Select(ctx context.Context, im *qcow.Image, d *fsparse.Disk, src string, st
 		// the rules the files were last scanned with.
 		rulesDigest = prev.RulesDigest
 	}
-	src, err = pickSource(im, src)
-	if err != nil {
-		return nil, err
+	sel := &Selection{Source: src.String(), Disk: d, store: st, Stats: map[string]Stats{},
+		next: &Snapshot{Identity: id, RulesDigest: rulesDigest, Cursor: Cursor{Source: src.String()}, Indexes: map[string]*Index{}}}
+	var cursor *Cursor
+	if prev != nil {
+		cursor = &prev.Cursor
 	}
-	sel := &Selection{Source: src, Disk: d, store: st, Stats: map[string]Stats{},
-		next: &Snapshot{Identity: id, RulesDigest: rulesDigest, Source: src, Indexes: map[string]*Index{}}}
-	var dirty rangeset.Set
-	full := prev == nil || prev.Source != src && src != "hash" && !rotatedBitmap(prev, src)
-	switch {
-	case src == "cow":
-		dirty, err = sel.cowDirty(ctx, im, prev, &full)
-	case strings.HasPrefix(src, "bitmap:"):
-		dirty, err = sel.bitmapDirty(ctx, im, strings.TrimPrefix(src, "bitmap:"), prev, &full)
-	case src == "hash":
-		sel.next.Chunk = DefaultChunk
-		var data rangeset.Set
-		if data, err = im.DataRanges(ctx); err == nil {
-			sel.next.Hashes, err = ChunkHashesData(ctx, im, im.Size(), DefaultChunk, data)
-		}
-		if err == nil && prev != nil {
-			if prev.Chunk != DefaultChunk || prev.Hashes == nil {
-				full = true
-			}
-			dirty = HashDirty(prev.Hashes, sel.next.Hashes, DefaultChunk, im.Size())
-		}
-	}
+	dirty, full, err := src.Since(ctx, cursor, &sel.next.Cursor)
 	if err != nil {
 		return nil, err
 	}
 	rulesChanged := prev != nil && prev.RulesDigest != rulesDigest
 	for _, v := range d.Volumes {
-		if v.Ext4 == nil {
+		if !mappable(v) {
 			sel.Errors = append(sel.Errors, fmt.Errorf("%s: %w", v.ID, ErrUnsupportedFS))
 			continue
 		}
 		v, replayed := sel.recover(ctx, v)
 		var x *Index
 		if old := prevIndex(prev, v.ID); old != nil && !full {
-			part := shift(dirty, v.Partition.Start, v.Partition.Size)
+			part := toVolume(dirty, diskMap(v))
 			part.AddSet(replayed)
 			res, err := Poll(ctx, v, old, part, withDeferredHashes())
 			if err != nil {
@@ -382,113 +421,45 @@ func Select(ctx context.Context, im *qcow.Image, d *fsparse.Disk, src string, st
 			}
 		}
 		sel.next.Indexes[v.ID] = x
+		if prev != nil {
+			sel.unscanned = append(sel.unscanned, stillUnscanned(x, prev.Unscanned[v.ID], sel.Changes)...)
+		}
+		if err := x.loadErr(); err != nil {
+			return nil, fmt.Errorf("dirty: %s: poll state: %w", v.ID, err)
+		}
 	}
 	SortChanges(sel.Changes)
 	return sel, nil
 }
 
-// rotatedBitmap reports whether src is a bitmap that was enabled at the
-// last poll, which used another bitmap: it holds every write since that
-// poll (the rotation of incremental backup: a new bitmap is added and the
-// old one disabled in one transaction, the poll reads the old one).
-func rotatedBitmap(prev *Snapshot, src string) bool {
-	name, ok := strings.CutPrefix(src, "bitmap:")
-	_, enabled := prev.BitmapSets[name]
-	return ok && strings.HasPrefix(prev.Source, "bitmap:") && enabled
-}
-
-// cowDirty returns the ranges written since the last poll according to the
-// overlays: what the layers from the top down to the last poll's top hold
-// (an external snapshot may have put new overlays above it), narrowed to
-// the blocks whose bytes changed since that poll. A block the overlays did
-// not hold then is compared with the layer below the last poll's top (a
-// backing file: unchanged since); the others with their hash. When the last
-// poll's top is gone from the chain (the overlay was committed or
-// discarded), *full is set: only a full pass is safe.
-func (sel *Selection) cowDirty(ctx context.Context, im *qcow.Image, prev *Snapshot, full *bool) (rangeset.Set, error) {
-	layers := im.Layers()
-	sel.next.Top = absPath(layers[0].Path)
-	k := 0
-	if !*full {
-		k = slices.IndexFunc(layers, func(l *qcow.Layer) bool { return absPath(l.Path) == prev.Top })
-		if k < 0 || k+1 >= len(layers) || prev.Blocks == nil {
-			*full, k = true, 0
+// stillUnscanned returns, as due changes, the files of inos (changed since
+// their last scan, by the last state) that are still regular files of x
+// and that changes does not already make due.
+func stillUnscanned(x *Index, inos []uint32, changes []Change) []Change {
+	if len(inos) == 0 {
+		return nil
+	}
+	due := map[uint32]bool{}
+	for _, c := range changes {
+		if c.Volume == x.Volume && c.Rescan {
+			due[c.Ino] = true
 		}
 	}
-	d, err := cow.Dirty(ctx, im, k+1)
-	if err != nil {
-		return d, err
-	}
-	next := NewBlockHashes(nil)
-	sel.next.Blocks = next
-	if *full {
-		// The hashes for the next poll.
-		_, err = refine(ctx, im, im.Size(), d, refineRefs{next: next, nextOld: layers[1]})
-		return d, err
-	}
-	// The blocks that differed from the layer below at the last poll are
-	// looked at too: an overlay made anew at the same path (the VM
-	// reverted) no longer holds them, and they changed back.
-	known, err := prev.Blocks.Known()
-	if err != nil {
-		return d, fmt.Errorf("dirty: poll state: block hashes: %w", err)
-	}
-	// The last poll's hashes are of blocks that differed from the layer
-	// below its top; the next poll's, of blocks that differ from the layer
-	// below today's top.
-	return refine(ctx, im, im.Size(), rangeset.Union(d, known),
-		refineRefs{prev: prev.Blocks, next: next, old: layers[k+1], nextOld: layers[1]})
-}
-
-// bitmapDirty returns the ranges of bitmap name narrowed to the blocks
-// whose bytes changed since the last poll (the bitmap is cumulative: it
-// holds every write since it was enabled). The first poll hashes the whole
-// disk.
-func (sel *Selection) bitmapDirty(ctx context.Context, im *qcow.Image, name string, prev *Snapshot, full *bool) (rangeset.Set, error) {
-	top := im.Layers()[0]
-	sel.next.BitmapSets = map[string][]rangeset.Range{}
-	var d rangeset.Set
-	for _, b := range top.Bitmaps {
-		if b.Enabled && !b.InUse {
-			set, err := top.BitmapDirty(ctx, b.Name)
-			if err != nil {
-				return set, err
-			}
-			sel.next.BitmapSets[b.Name] = set.Ranges()
-			if b.Name == name {
-				d = set
-			}
+	var out []Change
+	for _, ino := range inos {
+		r := x.get(ino)
+		if due[ino] || r == nil || !r.IsRegular() {
+			continue
 		}
-	}
-	if _, ok := sel.next.BitmapSets[name]; !ok { // disabled (rotated out), or refused
-		var err error
-		if d, err = top.BitmapDirty(ctx, name); err != nil {
-			return d, err
+		due[ino] = true
+		ps := x.Paths(ino)
+		if len(ps) == 0 {
+			continue
 		}
+		out = append(out, Change{Volume: x.Volume, Path: ps[0], Paths: ps, Ino: ino, Type: "file",
+			Change: Modified, Reasons: []Kind{KindUnscanned}, Size: int64(r.Size), Rescan: true})
 	}
-	// An enabled bitmap only grows. One that holds less than it did at the
-	// last poll was cleared, or removed and added again: the writes before
-	// that are lost, only a full pass is safe.
-	if !*full {
-		if was, ok := prev.BitmapSets[name]; ok && !rangeset.Subtract(rangeset.Of(was...), d).Empty() {
-			*full = true
-		}
-	}
-	if *full || prev.Blocks == nil {
-		*full = true
-		var err error
-		sel.next.Blocks, err = hashDisk(ctx, im, im.Size())
-		return d, err
-	}
-	sel.next.Blocks = prev.Blocks
-	return refine(ctx, im, im.Size(), d, refineRefs{prev: prev.Blocks, next: prev.Blocks})
-}
-
-func absPath(p string) string {
-	if a, err := filepath.Abs(p); err == nil {
-		return a
-	}
-	return p
+	return out
 }
 
 func prevIndex(s *Snapshot, id string) *Index {
@@ -517,70 +488,33 @@ func everything(x *Index, why Kind) []Change {
 	return out
 }
 
-// shift clips guest ranges to a partition and makes them partition-relative.
-func shift(s rangeset.Set, start, size int64) rangeset.Set {
-	var out rangeset.Set
-	for _, r := range s.Clip(start, start+size).Ranges() {
-		out.Add(r.Start-start, r.End-start)
-	}
-	return out
-}
-
-// pickSource resolves "auto" (overlay, then an enabled bitmap, then the
-// hash index) and checks the others.
-func pickSource(im *qcow.Image, src string) (string, error) {
-	top := im.Layers()[0]
-	switch {
-	case src == "" || src == "auto":
-		if len(im.Layers()) > 1 {
-			return "cow", nil
-		}
-		for _, b := range top.Bitmaps {
-			if b.Enabled && !b.InUse {
-				return "bitmap:" + b.Name, nil
-			}
-		}
-		return "hash", nil
-	case src == "cow":
-		if len(im.Layers()) < 2 {
-			return "", fmt.Errorf("%w: %s", cow.ErrNoOverlay, top.Path)
-		}
-	case strings.HasPrefix(src, "bitmap:"):
-		if _, ok := top.Bitmap(strings.TrimPrefix(src, "bitmap:")); !ok {
-			return "", fmt.Errorf("dirty source %q: %w in %s", src, qcow.ErrNoBitmap, top.Path)
-		}
-	case src == "hash":
-	default:
-		return "", fmt.Errorf("dirty source %q: want auto, cow, bitmap:NAME or hash", src)
-	}
-	return src, nil
+// mappable reports whether the dirty mapping knows the filesystem of v.
+func mappable(v *fsparse.Volume) bool {
+	_, err := OpenFS(v)
+	return err == nil
 }
 
 // Compare finds the files that differ between an older image old and a
-// newer one cur of the same disk: when they share a layer only the ranges
-// the layers above it hold are examined (cow.Between); otherwise the two
-// disks are compared chunk by chunk. Every volume is indexed in old
-// (metadata only) and polled in cur with the old bytes as reference.
+// newer one cur of the same disk: Select with the Base source.
 func Compare(ctx context.Context, old *qcow.Image, oldDisk *fsparse.Disk, cur *qcow.Image, curDisk *fsparse.Disk) (*Selection, error) {
-	dirty, ok, err := cow.Between(ctx, old, cur)
+	return Select(ctx, cur, curDisk, Base(old, oldDisk, cur), nil, "")
+}
+
+// compare polls every volume of curDisk against the index of the same
+// volume in the older image of ref, with the older bytes as reference.
+func compare(ctx context.Context, ref Reference, curDisk *fsparse.Disk) (*Selection, error) {
+	dirty, _, err := ref.Since(ctx, nil, &Cursor{})
 	if err != nil {
 		return nil, err
 	}
-	src := "cow"
-	if !ok {
-		src = "compare"
-		dirty, err = compareDisks(ctx, old, cur)
-		if err != nil {
-			return nil, err
-		}
-	}
-	sel := &Selection{Source: src, Disk: curDisk, Stats: map[string]Stats{}}
+	oldDisk := ref.Older()
+	sel := &Selection{Source: ref.String(), Disk: curDisk, Stats: map[string]Stats{}}
 	for _, v := range curDisk.Volumes {
-		if v.Ext4 == nil {
+		if !mappable(v) {
 			continue
 		}
 		ov, err := oldDisk.Volume(v.ID)
-		if err != nil || ov.Ext4 == nil || ov.UUID != v.UUID || ov.Partition.Start != v.Partition.Start {
+		if err != nil || !mappable(ov) || ov.UUID != v.UUID || !slices.Equal(diskMap(ov), diskMap(v)) {
 			sel.Errors = append(sel.Errors, fmt.Errorf("%s: no matching filesystem in the older image", v.ID))
 			continue
 		}
@@ -591,7 +525,7 @@ func Compare(ctx context.Context, old *qcow.Image, oldDisk *fsparse.Disk, cur *q
 		if err != nil {
 			return nil, err
 		}
-		part := shift(dirty, v.Partition.Start, v.Partition.Size)
+		part := toVolume(dirty, diskMap(v))
 		part.AddSet(replayed)
 		part.AddSet(oldReplayed)
 		res, err := Poll(ctx, v, x, part, WithOldDevice(ov.Device))

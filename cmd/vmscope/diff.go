@@ -47,6 +47,7 @@ block-level tracking: for images that do not share a disk history.`,
 			if err != nil {
 				return err
 			}
+			defer sel.Close() // the older image compareWith opened
 			if err := writeChanges(c.OutOrStdout(), format, sel); err != nil {
 				return err
 			}

@@ -12,7 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vmscope/vmscope/dirty"
-	"github.com/vmscope/vmscope/dirty/state"
+	"github.com/vmscope/vmscope/fsparse"
 	"github.com/vmscope/vmscope/qcow"
 )
 
@@ -68,53 +68,44 @@ func runDirty(c *cobra.Command, image string, f *dirtyFlags) error {
 		return err
 	}
 	defer im.Close()
-	var sel *dirty.Selection
+	spec := f.source
 	switch {
-	case f.state != "":
-		db, err := state.Open(f.state)
-		if err != nil {
-			return err
-		}
-		defer db.Close()
-		if sel, err = dirty.Select(c.Context(), im, d, f.source, db, ""); err != nil {
-			return err
-		}
-		if err := writeChanges(c.OutOrStdout(), f.format, sel); err != nil {
-			return err
-		}
-		if err := sel.CommitContext(c.Context()); err != nil {
-			return err
-		}
-		return partial(c, sel)
 	case f.base != "":
-		sel, err = compareWith(c, f.base, im, d)
-	default:
+		spec = "base:" + f.base
+	case f.state == "":
 		ls := im.Layers()
 		if len(ls) < 2 {
 			return usageError{fmt.Errorf("%s is a single %s file: give --base IMAGE, or --state PATH (bitmap or hash source)", image, ls[0].Format)}
 		}
-		sel, err = compareWith(c, ls[1].Path, im, d)
+		spec = "base:" + ls[1].Path // an overlay against its backing file
+	case strings.HasPrefix(spec, "base:"):
+		return usageError{fmt.Errorf("--source %s: --base compares two images; it does not go with --state", spec)}
 	}
+	sel, err := pollDirty(c.Context(), im, d, spec, f.state, "")
 	if err != nil {
 		return err
 	}
+	defer sel.Close()
 	if err := writeChanges(c.OutOrStdout(), f.format, sel); err != nil {
 		return err
 	}
-	return partial(c, sel)
+	if f.state == "" {
+		return partial(c, sel)
+	}
+	if len(sel.Errors) > 0 {
+		// As a scan poll: what could not be read is looked at again
+		// by the next poll, which redoes this one.
+		fmt.Fprintf(c.ErrOrStderr(), "vmscope: poll state not updated: %d errors; the next poll redoes this one\n", len(sel.Errors))
+		return partial(c, sel)
+	}
+	// A listing moves the cursor; the files it lists stay due for the
+	// next scan poll (the state keeps them apart as unscanned).
+	return sel.CommitContext(c.Context())
 }
 
-func compareWith(c *cobra.Command, older string, im *qcow.Image, d any) (*dirty.Selection, error) {
-	oim, od, err := openDisk(older)
-	if err != nil {
-		return nil, err
-	}
-	defer oim.Close()
-	_, cd, err := openDisk(im.Layers()[0].Path)
-	if err != nil {
-		return nil, err
-	}
-	return dirty.Compare(c.Context(), oim, od, im, cd)
+// compareWith compares image im (disk d) with the older image at path older.
+func compareWith(c *cobra.Command, older string, im *qcow.Image, d *fsparse.Disk) (*dirty.Selection, error) {
+	return pollDirty(c.Context(), im, d, "base:"+older, "", "")
 }
 
 func partial(c *cobra.Command, sel *dirty.Selection) error {

@@ -14,34 +14,70 @@ import (
 	"github.com/vmscope/vmscope/scan"
 )
 
-// selectDirty runs the dirty poll that --dirty asks for. base:IMAGE compares
-// with another image and needs no state; the other sources keep their
-// cursor and file index in --state.
+// parseSource turns a dirty source as the flags give it (auto, cow,
+// bitmap:NAME, hash or base:IMAGE) into the dirty.Source of image im. A
+// base image it opens is closed by closer.
+func parseSource(spec string, im *qcow.Image) (src dirty.Source, closer func() error, err error) {
+	closer = func() error { return nil }
+	switch bm, isBitmap := strings.CutPrefix(spec, "bitmap:"); {
+	case spec == "" || spec == "auto":
+		return dirty.Auto(im), closer, nil
+	case spec == "cow":
+		src, err = dirty.Cow(im)
+	case isBitmap:
+		src, err = dirty.Bitmap(im, bm)
+	case spec == "hash":
+		src = dirty.Hash(im)
+	case strings.HasPrefix(spec, "base:"):
+		bim, bd, err := openDisk(strings.TrimPrefix(spec, "base:"))
+		if err != nil {
+			return nil, nil, fmt.Errorf("--dirty base: %w", err)
+		}
+		return dirty.Base(bim, bd, im), bim.Close, nil
+	default:
+		return nil, nil, usageError{fmt.Errorf("dirty source %q: want auto, cow, bitmap:NAME, hash or base:IMAGE", spec)}
+	}
+	return src, closer, err
+}
+
+// pollDirty runs the dirty poll of source spec on image im (disk d). A
+// source that compares with an older image needs no state; the others keep
+// their cursor and file index in the state file statePath.
+func pollDirty(ctx context.Context, im *qcow.Image, d *fsparse.Disk, spec, statePath, rulesDigest string) (*dirty.Selection, error) {
+	src, closeSrc, err := parseSource(spec, im)
+	if err != nil {
+		return nil, err
+	}
+	var st dirty.Store
+	closeState := func() error { return nil }
+	if _, ok := src.(dirty.Reference); !ok {
+		if statePath == "" {
+			closeSrc()
+			return nil, usageError{fmt.Errorf("--dirty %s needs --state PATH (the poll state; the first poll scans everything)", spec)}
+		}
+		db, err := state.Open(statePath)
+		if err != nil {
+			closeSrc()
+			return nil, err
+		}
+		st, closeState = db, db.Close
+	}
+	sel, err := dirty.Select(ctx, im, d, src, st, rulesDigest)
+	if err != nil {
+		closeState()
+		closeSrc()
+		return nil, err
+	}
+	sel.OnClose(closeSrc)
+	sel.OnClose(closeState)
+	return sel, nil
+}
+
+// selectDirty runs the dirty poll that --dirty asks for.
 func selectDirty(ctx context.Context, c *cobra.Command, im *qcow.Image, d *fsparse.Disk, f *scanFlags, rulesDigest string) (*dirty.Selection, error) {
-	var sel *dirty.Selection
-	if base, ok := strings.CutPrefix(f.dirty, "base:"); ok {
-		bim, bd, err := openDisk(base)
-		if err != nil {
-			return nil, fmt.Errorf("--dirty base: %w", err)
-		}
-		if sel, err = dirty.Compare(ctx, bim, bd, im, d); err != nil {
-			bim.Close()
-			return nil, err
-		}
-		sel.OnClose(bim.Close)
-	} else {
-		if f.state == "" {
-			return nil, usageError{fmt.Errorf("--dirty %s needs --state PATH (the poll state; the first poll scans everything)", f.dirty)}
-		}
-		db, err := state.Open(f.state)
-		if err != nil {
-			return nil, err
-		}
-		if sel, err = dirty.Select(ctx, im, d, f.dirty, db, rulesDigest); err != nil {
-			db.Close()
-			return nil, err
-		}
-		sel.OnClose(db.Close)
+	sel, err := pollDirty(ctx, im, d, f.dirty, f.state, rulesDigest)
+	if err != nil {
+		return nil, err
 	}
 	due := sel.Due()
 	fmt.Fprintf(c.ErrOrStderr(), "vmscope: dirty source %s: %d changed files, %d to scan\n", sel.Source, len(sel.Changes), len(due))
@@ -50,6 +86,7 @@ func selectDirty(ctx context.Context, c *cobra.Command, im *qcow.Image, d *fspar
 
 // commitPoll records the verdicts and saves the poll state, but only when
 // every due file was read: a file that failed must be due again next poll.
+// A file the scan left out by a filter gets no verdict: it stays due.
 func commitPoll(c *cobra.Command, sel *dirty.Selection, res *scan.Result) error {
 	if len(res.Errors) > 0 {
 		fmt.Fprintf(c.ErrOrStderr(), "vmscope: poll state not updated: %d errors; the next poll redoes this one\n", len(res.Errors))
@@ -60,6 +97,9 @@ func commitPoll(c *cobra.Command, sel *dirty.Selection, res *scan.Result) error 
 		matched[f.Partition+":"+f.Path] = true
 	}
 	for _, ch := range sel.Due() {
+		if !sel.Read(ch) {
+			continue // left out (--include, --exclude, --max-filesize): still due
+		}
 		v := "clean"
 		part := ch.Volume
 		if part == "disk" {

@@ -3,6 +3,7 @@ package state
 import (
 	"encoding/binary"
 	"errors"
+	"io/fs"
 
 	"github.com/vmscope/vmscope/dirty"
 )
@@ -98,7 +99,7 @@ func decodeRec(v []byte) (*dirty.FileRec, error) {
 	}
 	d := &dec{b: v[1:]}
 	r := &dirty.FileRec{}
-	r.Ino, r.Mode, r.Uid, r.Gid = uint32(d.u()), uint16(d.u()), uint32(d.u()), uint32(d.u())
+	r.Ino, r.Mode, r.Uid, r.Gid = uint32(d.u()), fs.FileMode(d.u()), uint32(d.u()), uint32(d.u())
 	r.Size, r.Links, r.Flags, r.Gen = d.u(), uint16(d.u()), uint32(d.u()), uint32(d.u())
 	r.Xattr, r.Extents = d.u(), d.u()
 	r.Atime, r.Mtime, r.Ctime, r.Crtime = d.i(), d.i(), d.i(), d.i()

@@ -7,14 +7,26 @@
 // scanner already links libyara; a second C library and its build flags
 // are not worth it for a key/value state). A poll is saved in ONE
 // transaction after it succeeds, so a poll that dies changes nothing and
-// the next one redoes it. A state file holds one image: opening it for
-// another image is refused (dirty.ErrOtherImage).
+// the next one redoes it; a missing or empty (0-byte) file becomes a
+// database only at that save (written beside it, then put in its place), so
+// a poll that fails leaves the file byte for byte as it was. One poll at a
+// time: an open holds the file's lock until Close, and a second open waits
+// for it, then fails with ErrBusy. A state file holds one image: opening it
+// for another image is refused (dirty.ErrOtherImage).
 //
-// Layout (schema vmscope-state-3), in bucket "vmscope":
+// The scan side is kept apart from the cursor: bucket unscanned holds the
+// files a poll that scanned nothing (vmscope dirty) found changed, due for
+// the next scan whatever the cursor says.
+//
+// Layout (schema vmscope-state-4: file modes as io/fs modes), in bucket
+// "vmscope":
 //
 //	schema, meta (JSON: identity, rules digest, source, chunk, the
 //	overlay or bitmaps of the cursor), hashes (the chunk hashes of the
 //	hash source)
+//	unscanned/ volume ID + 0 + ino (4, BE) → empty: the regular files
+//	        whose content changed since they were last scanned (a poll
+//	        that scanned nothing found them); apart from the cursor
 //	blocks/ group (8, BE) → the hashes of its 256 blocks of 4 KiB (8 bytes
 //	        each, little-endian; one hash when all are the same): the
 //	        block hashes of the cow and bitmap sources (dirty.BlockHashes)
@@ -39,22 +51,28 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/vmscope/vmscope/dirty"
 )
 
-const schema = "vmscope-state-3"
+const schema = "vmscope-state-4"
 
 // oldSchemas are the layouts of earlier versions: such a state is read as
 // an empty one (the next poll is a full pass that rewrites it).
-var oldSchemas = []string{"vmscope-state-2"}
+var oldSchemas = []string{"vmscope-state-2", "vmscope-state-3"}
 
 // maxPiece caps the blocks of one stored run.
 const maxPiece = 64
@@ -70,28 +88,177 @@ var (
 	bLinks     = []byte("links")
 	bItab      = []byte("itab")
 	bBlocks    = []byte("blocks")
+	bUnscanned = []byte("unscanned")
 	prefixVol  = "vol/"
 	maxEntries = 1 << 26
 )
 
-// DB is an open state file.
-type DB struct{ db *bolt.DB }
+// ErrBusy: another vmscope holds the state file (one poll at a time per
+// state: bbolt's file lock, waited for up to the open timeout).
+var ErrBusy = errors.New("state: in use by another vmscope")
 
-// Open opens or creates the state file at path.
-func Open(path string) (*DB, error) {
+// ErrRaced: the state file was created by another vmscope while this poll
+// ran on it as an empty state; nothing was saved.
+var ErrRaced = errors.New("state: created by another vmscope during this poll")
+
+// DefaultTimeout is how long Open waits for another vmscope to release the
+// state file.
+const DefaultTimeout = 5 * time.Second
+
+// DB is an open state file. A missing or empty (0-byte) file is not made a
+// database until the first Save: a poll that fails leaves it as it was.
+type DB struct {
+	db      *bolt.DB // nil until a missing or empty file is first saved
+	path    string
+	timeout time.Duration
+	// lock is the empty state file, flocked, while db is nil (a missing
+	// file has nothing to lock: the first Save links its file in only if
+	// no other vmscope did meanwhile).
+	lock *os.File
+}
+
+// Option changes how Open opens a state file.
+type Option func(*DB)
+
+// WithTimeout sets how long Open waits for another vmscope to release the
+// file (DefaultTimeout).
+func WithTimeout(d time.Duration) Option { return func(db *DB) { db.timeout = d } }
+
+// Open opens the state file at path: an existing database is locked (a
+// second vmscope waits for the lock, then fails with ErrBusy); a missing or
+// empty file is read as an empty state and written only by Save.
+func Open(path string, opts ...Option) (*DB, error) {
+	d := &DB{path: path, timeout: DefaultTimeout}
+	for _, o := range opts {
+		o(d)
+	}
+	deadline := time.Now().Add(d.timeout)
+	for {
+		fi, err := os.Stat(path)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return d, nil
+		case err != nil:
+			return nil, fmt.Errorf("state %s: %w", path, err)
+		case fi.Size() > 0:
+			db, err := bolt.Open(path, 0o600, d.boltOptions(time.Until(deadline)))
+			if errors.Is(err, berrors.ErrTimeout) {
+				return nil, d.busy()
+			}
+			if err != nil {
+				return nil, fmt.Errorf("state %s: %w", path, err)
+			}
+			d.db = db
+			return d, nil
+		}
+		// An empty file: lock it as bbolt would, and check it is still
+		// the empty file at path once locked (a vmscope that held it may
+		// have put a database in its place).
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, fmt.Errorf("state %s: %w", path, err)
+		}
+		if err := flockUntil(f, deadline); err != nil {
+			f.Close()
+			if errors.Is(err, ErrBusy) {
+				return nil, d.busy()
+			}
+			return nil, fmt.Errorf("state %s: %w", path, err)
+		}
+		if now, err := os.Stat(path); err == nil && now.Size() == 0 {
+			if held, err := f.Stat(); err == nil && os.SameFile(now, held) {
+				d.lock = f
+				return d, nil
+			}
+		}
+		f.Close() // replaced meanwhile: open what is there now
+	}
+}
+
+func (d *DB) busy() error {
+	return fmt.Errorf("state %s: %w (waited %v; one poll at a time per state file)", d.path, ErrBusy, d.timeout)
+}
+
+func (d *DB) boltOptions(timeout time.Duration) *bolt.Options {
 	// A large initial map (address space, not memory: 256 MiB holds the
 	// state of some 400,000 files) spares the commit of a first poll the
 	// remaps of a growing file, each of which copies every node the
 	// transaction holds.
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, InitialMmapSize: 256 << 20})
-	if err != nil {
-		return nil, fmt.Errorf("state %s: %w (another vmscope holding it?)", path, err)
+	return &bolt.Options{Timeout: max(timeout, time.Millisecond), InitialMmapSize: 256 << 20}
+}
+
+// flockUntil takes an exclusive flock on f, waiting until deadline.
+func flockUntil(f *os.File, deadline time.Time) error {
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return nil
+		}
+		if err != syscall.EWOULDBLOCK && err != syscall.EINTR {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return ErrBusy
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	return &DB{db}, nil
 }
 
 // Close closes the file.
-func (d *DB) Close() error { return d.db.Close() }
+func (d *DB) Close() error {
+	var errs []error
+	if d.db != nil {
+		errs = append(errs, d.db.Close())
+		d.db = nil
+	}
+	if d.lock != nil {
+		errs = append(errs, d.lock.Close())
+		d.lock = nil
+	}
+	return errors.Join(errs...)
+}
+
+// create makes the database of a missing or empty state file: it is written
+// beside it and put in its place whole, so a Save that fails leaves the
+// file as it was, and a file another vmscope created meanwhile is never
+// overwritten (ErrRaced).
+func (d *DB) create(fill func(db *bolt.DB) error) error {
+	tmp, err := os.CreateTemp(filepath.Dir(d.path), "."+filepath.Base(d.path)+".new-*")
+	if err != nil {
+		return fmt.Errorf("state %s: %w", d.path, err)
+	}
+	name := tmp.Name()
+	tmp.Close()
+	defer os.Remove(name)
+	db, err := bolt.Open(name, 0o600, d.boltOptions(d.timeout))
+	if err != nil {
+		return fmt.Errorf("state %s: %w", d.path, err)
+	}
+	if err := fill(db); err != nil {
+		db.Close()
+		return err
+	}
+	if err := db.Close(); err != nil {
+		return fmt.Errorf("state %s: %w", d.path, err)
+	}
+	if d.lock != nil {
+		// The empty file is ours (locked): replace it.
+		err = os.Rename(name, d.path)
+	} else if err = os.Link(name, d.path); errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("state %s: %w; nothing saved, run the poll again", d.path, ErrRaced)
+	}
+	if err != nil {
+		return fmt.Errorf("state %s: %w", d.path, err)
+	}
+	if d.db, err = bolt.Open(d.path, 0o600, d.boltOptions(d.timeout)); err != nil {
+		return fmt.Errorf("state %s: %w", d.path, err)
+	}
+	if d.lock != nil {
+		d.lock.Close()
+		d.lock = nil
+	}
+	return nil
+}
 
 type volInfo struct {
 	UUID      string `json:"uuid"`
@@ -103,6 +270,9 @@ type volInfo struct {
 // read their records from the file on demand.
 func (d *DB) Load(identity string) (*dirty.Snapshot, error) {
 	var s *dirty.Snapshot
+	if d.db == nil {
+		return nil, nil // a missing or empty file: no poll saved yet
+	}
 	err := d.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucket)
 		if b == nil {
@@ -114,7 +284,8 @@ func (d *DB) Load(identity string) (*dirty.Snapshot, error) {
 			return fmt.Errorf("state: schema %q, this vmscope reads %q: remove the file to start again", v, schema)
 		}
 		s = &dirty.Snapshot{}
-		if err := json.Unmarshal(b.Get(keyMeta), s); err != nil {
+		err := json.Unmarshal(b.Get(keyMeta), s)
+		if err != nil {
 			return fmt.Errorf("state: meta: %w", err)
 		}
 		if s.Identity != identity {
@@ -131,6 +302,9 @@ func (d *DB) Load(identity string) (*dirty.Snapshot, error) {
 		}
 		if b.Bucket(bBlocks) != nil {
 			s.Blocks = dirty.NewBlockHashes(hashSource{d.db})
+		}
+		if s.Unscanned, err = loadUnscanned(b); err != nil {
+			return err
 		}
 		s.Indexes = map[string]*dirty.Index{}
 		return b.ForEach(func(k, v []byte) error {
@@ -279,7 +453,14 @@ func (s *source) All() (map[uint32]*dirty.FileRec, error) {
 // poll of the stored one gets only its changed records written; any other
 // volume is written whole.
 func (d *DB) Save(s *dirty.Snapshot) error {
-	return d.db.Update(func(tx *bolt.Tx) error {
+	if d.db == nil {
+		return d.create(func(db *bolt.DB) error { return save(db, s) })
+	}
+	return save(d.db, s)
+}
+
+func save(db *bolt.DB, s *dirty.Snapshot) error {
+	return db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucket)
 		if b != nil && string(b.Get(keySchema)) != schema {
 			if err := tx.DeleteBucket(bucket); err != nil {
@@ -293,9 +474,14 @@ func (d *DB) Save(s *dirty.Snapshot) error {
 				return err
 			}
 		}
-		meta, err := json.Marshal(s)
+		m := *s
+		m.Unscanned = nil // in its own bucket
+		meta, err := json.Marshal(&m)
 		if err != nil {
 			return err
+		}
+		if err := saveUnscanned(b, s.Unscanned); err != nil {
+			return fmt.Errorf("state: unscanned files: %w", err)
 		}
 		h := make([]byte, 8*len(s.Hashes))
 		for i, x := range s.Hashes {
@@ -329,6 +515,52 @@ func (d *DB) Save(s *dirty.Snapshot) error {
 		}
 		return nil
 	})
+}
+
+// saveUnscanned replaces the stored unscanned files by u.
+func saveUnscanned(b *bolt.Bucket, u map[string][]uint32) error {
+	if b.Bucket(bUnscanned) != nil {
+		if err := b.DeleteBucket(bUnscanned); err != nil {
+			return err
+		}
+	}
+	if len(u) == 0 {
+		return nil
+	}
+	ub, err := b.CreateBucket(bUnscanned)
+	if err != nil {
+		return err
+	}
+	for vol, inos := range u {
+		for _, ino := range inos {
+			if err := ub.Put(unscannedKey(vol, ino), nil); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func unscannedKey(vol string, ino uint32) []byte {
+	return binary.BigEndian.AppendUint32(append([]byte(vol), 0), ino)
+}
+
+func loadUnscanned(b *bolt.Bucket) (map[string][]uint32, error) {
+	ub := b.Bucket(bUnscanned)
+	if ub == nil {
+		return nil, nil
+	}
+	out := map[string][]uint32{}
+	err := ub.ForEach(func(k, _ []byte) error {
+		i := bytes.IndexByte(k, 0)
+		if i < 0 || len(k) != i+5 {
+			return fmt.Errorf("state: unscanned file key %x", k)
+		}
+		vol := string(k[:i])
+		out[vol] = append(out[vol], binary.BigEndian.Uint32(k[i+1:]))
+		return nil
+	})
+	return out, err
 }
 
 // hashSource reads stored block-hash groups, each in its own read

@@ -45,11 +45,15 @@ func TestPollsThroughState(t *testing.T) {
 	ctx := context.Background()
 	db := newDB(t)
 	im, d := open(t, "overlay-raw.qcow2")
+	// A scan poll: every due file gets a verdict.
 	poll := func(rules string) *dirty.Selection {
 		t.Helper()
-		sel, err := dirty.Select(ctx, im, d, "auto", db, rules)
+		sel, err := dirty.Select(ctx, im, d, dirty.Auto(im), db, rules)
 		if err != nil {
 			t.Fatal(err)
+		}
+		for _, c := range sel.Due() {
+			sel.SetVerdict(c, "clean")
 		}
 		if err := sel.Commit(); err != nil {
 			t.Fatal(err)
@@ -85,7 +89,7 @@ func TestPollsThroughState(t *testing.T) {
 	}
 
 	other, od := open(t, "ext4-changed.img")
-	if _, err := dirty.Select(ctx, other, od, "auto", db, "r2"); !errors.Is(err, dirty.ErrOtherImage) {
+	if _, err := dirty.Select(ctx, other, od, dirty.Auto(other), db, "r2"); !errors.Is(err, dirty.ErrOtherImage) {
 		t.Errorf("another image's state: err = %v", err)
 	}
 }
@@ -98,7 +102,7 @@ func TestDeltaEqualsRebuild(t *testing.T) {
 	db := newDB(t)
 	im, d := open(t, "overlay-raw.qcow2")
 	for i, rules := range []string{"r1", "r1", "r2", "r2"} {
-		sel, err := dirty.Select(ctx, im, d, "auto", db, rules)
+		sel, err := dirty.Select(ctx, im, d, dirty.Auto(im), db, rules)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -181,7 +185,7 @@ func TestDeltaEqualsRebuild(t *testing.T) {
 }
 
 func TestRecRoundTrip(t *testing.T) {
-	r := &dirty.FileRec{Ino: 12, Mode: 0o100644, Uid: 1000, Gid: 1000, Size: 1 << 40, Links: 2, Flags: 0x80000,
+	r := &dirty.FileRec{Ino: 12, Mode: 0o644, Uid: 1000, Gid: 1000, Size: 1 << 40, Links: 2, Flags: 0x80000,
 		Gen: 7, Atime: -1, Mtime: 1700000000123456789, Ctime: 3, Crtime: 4, Xattr: 99, Target: "x",
 		Extents: 1<<64 - 1, Runs: []dirty.Run{{Start: 5, Len: 300, Kind: dirty.KindData}, {Start: 9, Len: 1, Kind: dirty.KindExtent}},
 		Names: []dirty.Link{{Parent: 2, Name: "caf\xe9"}, {Parent: 11, Name: ""}}, SHA256: "ab", Verdict: "clean", ReadErr: "e", Inline: true}
@@ -240,7 +244,11 @@ func TestBlockHashesThroughState(t *testing.T) {
 		t.Helper()
 		im, d := testdisk.Open(t, img)
 		defer im.Close()
-		sel, err := dirty.Select(ctx, im, d, "bitmap:b", db, "r")
+		src, err := dirty.Bitmap(im, "b")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sel, err := dirty.Select(ctx, im, d, src, db, "r")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -308,7 +316,7 @@ func TestDigestsFromScanReads(t *testing.T) {
 	ctx := context.Background()
 	db := newDB(t)
 	im, d := open(t, "ext4.img")
-	sel, err := dirty.Select(ctx, im, d, "hash", db, "r")
+	sel, err := dirty.Select(ctx, im, d, dirty.Hash(im), db, "r")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,17 +1,12 @@
-package dirty
+package source
 
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
 	"math/rand/v2"
-	"slices"
 	"testing"
 
-	"github.com/vmscope/vmscope/internal/fixture"
 	"github.com/vmscope/vmscope/internal/rangeset"
-	"github.com/vmscope/vmscope/qcow"
 )
 
 // refineDisks returns a 16 MiB disk of random bytes and a copy with one
@@ -45,7 +40,7 @@ func TestRefine(t *testing.T) {
 	all := whole(cur)
 	size := int64(len(cur))
 	h1 := NewBlockHashes(nil)
-	got, err := refine(ctx, bytes.NewReader(cur), size, all, refineRefs{next: h1, old: oldR, nextOld: oldR})
+	got, err := Refine(ctx, bytes.NewReader(cur), size, all, Refs{Next: h1, Old: oldR, NextOld: oldR})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,14 +49,14 @@ func TestRefine(t *testing.T) {
 	}
 	// Nothing written since: nothing changed.
 	h2 := NewBlockHashes(nil)
-	if got, _ = refine(ctx, bytes.NewReader(cur), size, all, refineRefs{prev: h1, next: h2, old: oldR, nextOld: oldR}); got.Bytes() != 0 {
+	if got, _ = Refine(ctx, bytes.NewReader(cur), size, all, Refs{Prev: h1, Next: h2, Old: oldR, NextOld: oldR}); got.Bytes() != 0 {
 		t.Fatalf("second refine: %d bytes changed", got.Bytes())
 	}
 	// Block 0 back to the old bytes, block 1 written.
 	copy(cur, old[:HashBlock])
 	cur[HashBlock+5] ^= 1
 	h3 := NewBlockHashes(nil)
-	got, _ = refine(ctx, bytes.NewReader(cur), size, all, refineRefs{prev: h2, next: h3, old: oldR, nextOld: oldR})
+	got, _ = Refine(ctx, bytes.NewReader(cur), size, all, Refs{Prev: h2, Next: h3, Old: oldR, NextOld: oldR})
 	var want rangeset.Set
 	want.Add(0, 2*HashBlock)
 	if !rangeset.Equal(got, want) {
@@ -71,12 +66,12 @@ func TestRefine(t *testing.T) {
 		t.Errorf("kept hashes: block 0 %x (want none: as the older layer), 1 %x, 64 %x", h3.get(0), h3.get(1), h3.get(64))
 	}
 	// Without an older layer (a bitmap): a map updated in place.
-	hd, err := hashDisk(ctx, bytes.NewReader(cur), size)
+	hd, err := HashDisk(ctx, bytes.NewReader(cur), size)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cur[70*HashBlock] ^= 1
-	got, _ = refine(ctx, bytes.NewReader(cur), size, all, refineRefs{prev: hd, next: hd})
+	got, _ = Refine(ctx, bytes.NewReader(cur), size, all, Refs{Prev: hd, Next: hd})
 	want = rangeset.Set{}
 	want.Add(70*HashBlock, 71*HashBlock)
 	if !rangeset.Equal(got, want) {
@@ -87,7 +82,7 @@ func TestRefine(t *testing.T) {
 	// becomes a whole group again when one of its blocks changes.
 	zeros := make([]byte, 2<<20)
 	zsize := int64(len(zeros))
-	hz, err := hashDisk(ctx, bytes.NewReader(zeros), zsize)
+	hz, err := HashDisk(ctx, bytes.NewReader(zeros), zsize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +91,7 @@ func TestRefine(t *testing.T) {
 	}
 	zeros[5*HashBlock] = 1
 	zall := whole(zeros)
-	got, _ = refine(ctx, bytes.NewReader(zeros), zsize, zall, refineRefs{prev: hz, next: hz})
+	got, _ = Refine(ctx, bytes.NewReader(zeros), zsize, zall, Refs{Prev: hz, Next: hz})
 	want = rangeset.Set{}
 	want.Add(5*HashBlock, 6*HashBlock)
 	if !rangeset.Equal(got, want) || len(hz.groups[0]) != HashGroup || hz.get(5) == zeroHash || hz.get(6) != zeroHash {
@@ -116,7 +111,7 @@ func BenchmarkRefine(b *testing.B) {
 	all := whole(cur)
 	b.SetBytes(int64(len(cur)))
 	for b.Loop() {
-		if _, err := refine(ctx, bytes.NewReader(cur), int64(len(cur)), all, refineRefs{next: NewBlockHashes(nil), old: oldR, nextOld: oldR}); err != nil {
+		if _, err := Refine(ctx, bytes.NewReader(cur), int64(len(cur)), all, Refs{Next: NewBlockHashes(nil), Old: oldR, NextOld: oldR}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -127,66 +122,16 @@ func BenchmarkRefine(b *testing.B) {
 func BenchmarkRefineHashes(b *testing.B) {
 	ctx := context.Background()
 	_, cur, _ := refineDisks()
-	prev, err := hashDisk(ctx, bytes.NewReader(cur), int64(len(cur)))
+	prev, err := HashDisk(ctx, bytes.NewReader(cur), int64(len(cur)))
 	if err != nil {
 		b.Fatal(err)
 	}
 	all := whole(cur)
 	b.SetBytes(int64(len(cur)))
 	for b.Loop() {
-		if _, err := refine(ctx, bytes.NewReader(cur), int64(len(cur)), all, refineRefs{prev: prev, next: prev}); err != nil {
+		if _, err := Refine(ctx, bytes.NewReader(cur), int64(len(cur)), all, Refs{Prev: prev, Next: prev}); err != nil {
 			b.Fatal(err)
 		}
-	}
-}
-
-// TestChunkHashes: every chunk's hash is the first 8 bytes of its sha256,
-// zero chunks and the short last chunk included.
-func TestChunkHashes(t *testing.T) {
-	_, disk, _ := refineDisks()
-	clear(disk[3<<20 : 5<<20]) // zero chunks
-	disk = disk[:len(disk)-1000]
-	got, err := ChunkHashes(context.Background(), bytes.NewReader(disk), int64(len(disk)), DefaultChunk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := (len(disk) + DefaultChunk - 1) / DefaultChunk; len(got) != want {
-		t.Fatalf("%d hashes, want %d", len(got), want)
-	}
-	for i := range got {
-		s := sha256.Sum256(disk[i*DefaultChunk : min((i+1)*DefaultChunk, len(disk))])
-		if want := binary.LittleEndian.Uint64(s[:8]); got[i] != want {
-			t.Fatalf("chunk %d: %x, want %x", i, got[i], want)
-		}
-	}
-}
-
-// TestChunkHashesData: skipping the runs the image says read as zeros
-// (a sparse raw file's holes) gives the hashes of reading them.
-func TestChunkHashesData(t *testing.T) {
-	ctx := context.Background()
-	im, err := qcow.Open(fixture.Path(t, "ext4.img"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer im.Close()
-	data, err := im.DataRanges(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if data.Bytes() >= im.Size()/2 {
-		t.Fatalf("ext4.img: %d of %d bytes of data: not sparse enough to test", data.Bytes(), im.Size())
-	}
-	want, err := ChunkHashes(ctx, im, im.Size(), DefaultChunk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := ChunkHashesData(ctx, im, im.Size(), DefaultChunk, data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Equal(got, want) {
-		t.Error("the hashes differ when the holes are skipped")
 	}
 }
 
@@ -196,11 +141,11 @@ func TestRefineBound(t *testing.T) {
 	defer func(n int) { maxHashGroups = n }(maxHashGroups)
 	maxHashGroups = 2
 	_, disk, _ := refineDisks() // 16 MiB of random bytes: 16 groups
-	if _, err := hashDisk(context.Background(), bytes.NewReader(disk), int64(len(disk))); err == nil {
+	if _, err := HashDisk(context.Background(), bytes.NewReader(disk), int64(len(disk))); err == nil {
 		t.Error("16 groups of distinct hashes under a bound of 2: no error")
 	}
 	zeros := make([]byte, 64<<20)
-	if _, err := hashDisk(context.Background(), bytes.NewReader(zeros), int64(len(zeros))); err != nil {
+	if _, err := HashDisk(context.Background(), bytes.NewReader(zeros), int64(len(zeros))); err != nil {
 		t.Errorf("64 MiB of zeros: %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package dirty
+package source
 
 import (
 	"bytes"
@@ -20,7 +20,7 @@ import (
 // the last poll, and at their own granularity (a 64 KiB cluster or granule
 // holds many small files). The poll state keeps a hash of each 4 KiB block
 // as the last poll saw it, so a poll narrows the source's ranges to the
-// blocks whose bytes really changed since then ([refine]):
+// blocks whose bytes really changed since then ([Refine]):
 //
 //   - cow: the blocks that differed at the last poll from the layer below
 //     the top overlay; any other block equalled that layer, a backing file
@@ -194,7 +194,7 @@ func (h *BlockHashes) compact(lo, hi uint64) {
 
 // blockHash is the hash of one block; never 0 (0 means not known).
 func blockHash(p []byte) uint64 {
-	if isZero(p) && len(p) == HashBlock {
+	if IsZero(p) && len(p) == HashBlock {
 		return zeroHash
 	}
 	s := sha256.Sum256(p)
@@ -208,7 +208,8 @@ var zeroHash = func() uint64 {
 
 var zeros [HashBlock]byte
 
-func isZero(p []byte) bool {
+// IsZero reports whether p holds only zero bytes.
+func IsZero(p []byte) bool {
 	for len(p) >= HashBlock {
 		if !bytes.Equal(p[:HashBlock], zeros[:]) {
 			return false
@@ -234,35 +235,35 @@ type refineItem struct {
 	err      error
 }
 
-// refineRefs are what refine compares the blocks with.
-type refineRefs struct {
-	// prev: the hashes of the last poll (nil: none); next: where the
-	// hashes for the next poll go (may be prev: it is updated).
-	prev, next *BlockHashes
-	// old: the disk as it was at the last poll for the blocks prev holds
+// Refs are what refine compares the blocks with.
+type Refs struct {
+	// Prev: the hashes of the last poll (nil: none); Next: where the
+	// hashes for the next poll go (may be Prev: it is updated).
+	Prev, Next *BlockHashes
+	// Old: the disk as it was at the last poll for the blocks Prev holds
 	// no hash of (nil: not known: such a block counts as changed).
-	old io.ReaderAt
-	// nextOld: the next poll's old; next keeps a hash only of the blocks
+	Old io.ReaderAt
+	// NextOld: the next poll's Old; Next keeps a hash only of the blocks
 	// that differ from it (nil: of every block).
-	nextOld io.ReaderAt
+	NextOld io.ReaderAt
 }
 
 // refine returns the 4 KiB blocks (as guest byte ranges, clipped to size)
 // of the ranges dirty on disk r whose bytes changed since the last poll,
-// and records in ref.next the hashes the next poll needs. A block's bytes
-// at the last poll are known by its hash in ref.prev, else as the bytes of
-// ref.old at the same offset. The blocks are read and hashed by one worker
+// and records in ref.Next the hashes the next poll needs. A block's bytes
+// at the last poll are known by its hash in ref.Prev, else as the bytes of
+// ref.Old at the same offset. The blocks are read and hashed by one worker
 // per CPU.
-func refine(ctx context.Context, r io.ReaderAt, size int64, dirty rangeset.Set, ref refineRefs) (rangeset.Set, error) {
+func Refine(ctx context.Context, r io.ReaderAt, size int64, dirty rangeset.Set, ref Refs) (rangeset.Set, error) {
 	var out rangeset.Set
 	var blocks rangeset.Set
 	for _, x := range dirty.Clip(0, size).Ranges() {
 		blocks.Add(x.Start/HashBlock, (x.End+HashBlock-1)/HashBlock)
 	}
-	prev, next := ref.prev, ref.next
+	prev, next := ref.Prev, ref.Next
 	var items []refineItem
 	flush := func() error {
-		refineWork(ctx, r, size, ref.old, ref.nextOld, items)
+		refineWork(ctx, r, size, ref.Old, ref.NextOld, items)
 		for i := range items {
 			it := &items[i]
 			if it.err != nil {
@@ -392,12 +393,12 @@ func refineWork(ctx context.Context, r io.ReaderAt, size int64, old, nextOld io.
 	wg.Wait()
 }
 
-// hashDisk hashes every block of disk r into a new map: the first poll of a
+// HashDisk hashes every block of disk r into a new map: the first poll of a
 // bitmap source, so that later polls know what each block held.
-func hashDisk(ctx context.Context, r io.ReaderAt, size int64) (*BlockHashes, error) {
+func HashDisk(ctx context.Context, r io.ReaderAt, size int64) (*BlockHashes, error) {
 	var all rangeset.Set
 	all.Add(0, size)
 	h := NewBlockHashes(nil)
-	_, err := refine(ctx, r, size, all, refineRefs{next: h})
+	_, err := Refine(ctx, r, size, all, Refs{Next: h})
 	return h, err
 }

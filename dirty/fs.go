@@ -1,0 +1,103 @@
+package dirty
+
+import (
+	"fmt"
+	"hash/fnv"
+
+	"github.com/vmscope/vmscope/fsparse"
+	"github.com/vmscope/vmscope/internal/rangeset"
+)
+
+// FS is what the dirty mapping needs from a filesystem: where its inode
+// slots live (a dirty inode-table block names the inodes to compare), each
+// inode's record with the runs of blocks it owns (the block → owner index is
+// made of them), the metadata blocks that are no file, and a directory's
+// entries to re-list. ext4 implements it (ext4FS); NTFS (MFT records) and
+// XFS (inode chunks) will.
+type FS interface {
+	// BlockSize is the bytes of a block; Blocks the blocks of the volume.
+	BlockSize() int64
+	Blocks() uint64
+	// InodeTables returns the runs of blocks that hold inode slots,
+	// sorted by start.
+	InodeTables() []InodeTable
+	// SlotSize is the bytes of one inode slot.
+	SlotSize() int64
+	// SlotsIn returns the inodes [lo, hi) whose slots block blk of table
+	// t holds, in order from the block's start.
+	SlotsIn(t InodeTable, blk uint64) (lo, hi uint32)
+	// SlotInUse tells from a slot's raw bytes whether it holds a live
+	// inode.
+	SlotInUse(raw []byte) bool
+	// Tracked reports whether inode ino is a file of the user's tree (not
+	// the journal or another reserved inode).
+	Tracked(ino uint32) bool
+	// Record reads inode ino into a record with the runs of blocks it
+	// owns; nil, nil for a free slot. A block map that cannot be read is
+	// noted in the record's ReadErr.
+	Record(ino uint32) (*FileRec, error)
+	// ReadDir lists the entries of directory ino.
+	ReadDir(ino uint32) ([]DirEntry, error)
+	// Journal returns the blocks of the filesystem's journal: metadata
+	// that is no file (counted, not mapped).
+	Journal() rangeset.Set
+}
+
+// InodeTable is a run of blocks holding inode slots.
+type InodeTable struct {
+	Start, Len uint64 // in blocks
+	Group      uint32 // the filesystem's own number for it (ext4: the group)
+	Used       uint32 // the slots from its start that may be in use
+}
+
+// DirEntry is one entry of a directory listing.
+type DirEntry struct {
+	Name string
+	Ino  uint32
+}
+
+// OpenFS returns the dirty view of the filesystem of volume v, or an error
+// wrapping ErrUnsupportedFS.
+func OpenFS(v *fsparse.Volume) (FS, error) {
+	if v.Ext4 == nil {
+		return nil, fmt.Errorf("dirty: volume %s is %s: %w", v.ID, v.Type, ErrUnsupportedFS)
+	}
+	return newExt4FS(v), nil
+}
+
+// slotSums digests each inode slot of block blk of inode table t (raw: the
+// block's bytes), never 0 (0 means unknown).
+func slotSums(fsys FS, t InodeTable, blk uint64, raw []byte) []uint64 {
+	first, end := fsys.SlotsIn(t, blk)
+	isz := fsys.SlotSize()
+	out := make([]uint64, end-first)
+	for i := range out {
+		h := fnv.New64a()
+		h.Write(raw[int64(i)*isz : int64(i+1)*isz])
+		out[i] = max(h.Sum64(), 1)
+	}
+	return out
+}
+
+// Extent maps bytes [Vol, Vol+Len) of a volume to bytes [Disk, Disk+Len)
+// of its disk.
+type Extent struct{ Vol, Disk, Len int64 }
+
+// diskMap is where volume v lies on its disk: one extent for a partition
+// or a whole-disk filesystem (a logical volume made of segments will give
+// one per segment).
+func diskMap(v *fsparse.Volume) []Extent {
+	return []Extent{{Vol: 0, Disk: v.Partition.Start, Len: v.Partition.Size}}
+}
+
+// toVolume translates disk byte ranges to the volume's through its map:
+// the parts of s inside each extent, at their volume offsets.
+func toVolume(s rangeset.Set, m []Extent) rangeset.Set {
+	var out rangeset.Set
+	for _, e := range m {
+		for _, r := range s.Clip(e.Disk, e.Disk+e.Len).Ranges() {
+			out.Add(r.Start-e.Disk+e.Vol, r.End-e.Disk+e.Vol)
+		}
+	}
+	return out
+}
