@@ -55,19 +55,17 @@ func (e *RulesError) Unwrap() error { return e.Err }
 
 // Externals are the external variables every rule set is compiled with
 // (with these defaults) and that are set for every scanned file. They are
-// the ones Loki and THOR (signature-base) rules use:
+// the ones LOKI and THOR define and signature-base's rules test, with
+// their values (scan/SCHEMA.md has the full table):
 //
 //	filename   base name of the guest path           "passwd"
 //	filepath   full guest path                       "/etc/passwd"
 //	extension  lower-case extension with the dot     ".php" ("" if none)
-//	filetype   type from magic bytes (see below)     "ELF"
-//	owner      owner name if known, else the uid     "root" / "0"
+//	filetype   LOKI/THOR type from magic bytes       "EXE", "ELF", "JSP", "ASP", "PHP"... "UNKNOWN"
+//	owner      user name from the guest's own        "confluence" (the uid, "1001",
+//	           /etc/passwd (File.Owner)               when the caller resolved none)
 //	md5        always "" (computing it would need a second read; rules
 //	           testing md5 == "..." never match)
-//
-// filetype is one of "ELF", "PE" (Loki says "EXE"), "SCRIPT" (starts with
-// "#!"), "ZIP", "GZIP", "TEXT" (no NUL and mostly printable in the first
-// 512 bytes) or "".
 var Externals = map[string]string{
 	"filename":  "",
 	"filepath":  "",

@@ -197,7 +197,7 @@ func runScan(c *cobra.Command, image string, f *scanFlags) error {
 // walk goes on. It closes files when done.
 func feed(ctx context.Context, d *fsparse.Disk, files chan<- scan.File) []scan.FileError {
 	defer close(files)
-	var errs []scan.FileError
+	owners, errs := guestOwners(d)
 	for _, v := range d.Volumes {
 		fail := func(e fsparse.Entry, err error) {
 			errs = append(errs, scan.FileError{Partition: partitionName(d, v), FS: v.Type, Path: e.Path, Inode: e.Ino, Err: err})
@@ -221,7 +221,7 @@ func feed(ctx context.Context, d *fsparse.Disk, files chan<- scan.File) []scan.F
 				return nil
 			}
 			select {
-			case files <- scan.File{Partition: partitionName(d, v), FS: v.Type, Path: e.Path, Ino: e.Ino, Size: data.Size(), Mode: e.Mode, Uid: e.Uid, Gid: e.Gid, Data: data}:
+			case files <- scan.File{Partition: partitionName(d, v), FS: v.Type, Path: e.Path, Ino: e.Ino, Size: data.Size(), Mode: e.Mode, Uid: e.Uid, Gid: e.Gid, Owner: owners[v].Owner(e.Uid), Data: data}:
 			case <-ctx.Done():
 				return ctx.Err()
 			}
@@ -232,6 +232,39 @@ func feed(ctx context.Context, d *fsparse.Disk, files chan<- scan.File) []scan.F
 		}
 	}
 	return errs
+}
+
+// guestOwners reads the user names of every filesystem that has an
+// /etc/passwd, for the owner external. A filesystem without one (a
+// separate /home or /var) takes the first one's that has (the root
+// filesystem's, whose users own its files). A passwd that cannot be read is
+// an error entry; its filesystem's owners are then uids.
+func guestOwners(d *fsparse.Disk) (map[*fsparse.Volume]scan.Owners, []scan.FileError) {
+	own := map[*fsparse.Volume]scan.Owners{}
+	var errs []scan.FileError
+	var first scan.Owners
+	for _, v := range d.Volumes {
+		f, err := v.Open("etc/passwd")
+		if err != nil {
+			continue // no passwd here (or not a regular file)
+		}
+		o, err := scan.ReadOwners(f, f.Size())
+		if err != nil {
+			errs = append(errs, scan.FileError{Partition: partitionName(d, v), FS: v.Type, Path: "/etc/passwd", Err: fmt.Errorf("owner names: %w", err)})
+			own[v] = scan.Owners{}
+			continue
+		}
+		own[v] = o
+		if first == nil {
+			first = o
+		}
+	}
+	for _, v := range d.Volumes {
+		if _, ok := own[v]; !ok {
+			own[v] = first
+		}
+	}
+	return own, errs
 }
 
 // partitionName is "p1"..., or "" for a filesystem on the whole disk.
@@ -257,7 +290,7 @@ func showProgress(mode string) bool {
 // cannot be opened becomes an error entry.
 func feedSelection(ctx context.Context, sel *dirty.Selection, d *fsparse.Disk, files chan<- scan.File) []scan.FileError {
 	defer close(files)
-	var errs []scan.FileError
+	owners, errs := guestOwners(d)
 	for _, e := range sel.Errors {
 		errs = append(errs, scan.FileError{Path: "/", Err: e})
 	}
@@ -267,8 +300,15 @@ func feedSelection(ctx context.Context, sel *dirty.Selection, d *fsparse.Disk, f
 			errs = append(errs, scan.FileError{Partition: ch.Volume, Path: ch.Path, Inode: uint64(ch.Ino), Err: err})
 			continue
 		}
+		f := scan.File{Partition: partitionName(d, v), FS: v.Type, Path: ch.Path, Ino: uint64(ch.Ino), Size: data.Size(), Data: data}
+		if v.Ext4 != nil {
+			if in, err := v.Ext4.Inode(ch.Ino); err == nil {
+				f.Mode, f.Uid, f.Gid = in.FileMode(), in.Uid, in.Gid
+			}
+		}
+		f.Owner = owners[v].Owner(f.Uid)
 		select {
-		case files <- scan.File{Partition: partitionName(d, v), FS: v.Type, Path: ch.Path, Ino: uint64(ch.Ino), Size: data.Size(), Data: data}:
+		case files <- f:
 		case <-ctx.Done():
 			return errs
 		}
