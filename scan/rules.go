@@ -1,6 +1,8 @@
 package scan
 
 import (
+	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"embed"
 	"encoding/hex"
@@ -10,6 +12,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 
@@ -89,7 +92,27 @@ type Rules struct {
 	sources  []RuleSource
 	warnings []string
 	meta     map[ruleKey]RuleInfo
+	cached   bool            // loaded from the compiled-rules cache
+	compiled bool            // loaded from a yarac file
+	ext      map[string]bool // externals a yarac file defines (nil: all of Externals)
+	cacheErr error
 }
+
+// CacheError is why the compiled rules could not be written to the cache
+// (the rules themselves are fine), or nil.
+func (r *Rules) CacheError() error { return r.cacheErr }
+
+// Cached reports whether the rules were loaded from the compiled-rules
+// cache rather than compiled.
+func (r *Rules) Cached() bool { return r.cached }
+
+// Compiled reports whether the rules were loaded from a compiled rule file.
+func (r *Rules) Compiled() bool { return r.compiled }
+
+// HasExternal reports whether the rules define the external variable k
+// (always, for rules compiled by vmscope; for a yarac file, those it was
+// compiled with).
+func (r *Rules) HasExternal(k string) bool { return r.ext == nil || r.ext[k] }
 
 // RuleSource is one compiled rule file and the namespace its rules got.
 type RuleSource struct {
@@ -107,29 +130,196 @@ type RuleInfo struct {
 
 type ruleKey struct{ ns, rule string }
 
-// LoadRules compiles .yar/.yara files and directories of them.
+// LoadRules compiles .yar/.yara files and directories of them, or loads
+// one compiled rule file; see [LoadRulesCached], without a cache.
+func LoadRules(paths ...string) (*Rules, error) { return LoadRulesCached("", paths...) }
+
+// LoadRulesCached compiles rule sources, or loads compiled rules, as users
+// ship them:
 //
-// A directory is walked recursively; its *.yar and *.yara files are compiled
-// in lexical order of their slash-separated path relative to the directory,
-// and that relative path is their namespace ("webshells/php.yar"). A file
-// given directly gets its base name as namespace. If two sources would get
-// the same namespace, the later ones get a "#2", "#3"... suffix, so the
-// namespaces depend only on the arguments and the tree. Rules are compiled
-// once with [Externals] defined. include directives are resolved by libyara
-// relative to the including file (they are not part of [Rules.Digest]).
-func LoadRules(paths ...string) (*Rules, error) {
+//   - A file is compiled with its base name as namespace.
+//   - A directory is walked recursively; its *.yar and *.yara files are
+//     compiled in lexical order of their slash-separated path relative to
+//     the directory, and that relative path is their namespace
+//     ("webshells/php.yar"). A file of the walk that another source
+//     includes is compiled only where it is included (an index.yar that
+//     includes its neighbours does not compile them twice).
+//   - include directives are resolved relative to the including file, and
+//     included files are part of [Rules.Digest].
+//   - A compiled rule file (`yarac` output: it starts with "YARA") is loaded
+//     as it is; it cannot be combined with other rules. One of another
+//     libyara format version, or a file that only looks like one, is
+//     refused with a [*RulesError] matching [ErrRulesVersion] or [ErrRules].
+//     Its externals are those it was compiled with (yarac -d filename= ...):
+//     the ones of [Externals] it defines are set per file, others not.
+//
+// If two sources would get the same namespace, the later ones get a "#2",
+// "#3"... suffix, so the namespaces depend only on the arguments and the
+// tree. Sources are compiled once with [Externals] defined.
+//
+// With a cacheDir, the compiled rules are kept in cacheDir under a key made
+// of the digest of every source (includes too, and the namespaces), the
+// external variables and the libyara version; a later call with the same
+// key loads them instead of compiling (Rules.Cached says so). The cache
+// file is written atomically (a temporary file renamed); a cache file that
+// cannot be read is ignored and rewritten. Compiler warnings are reported
+// only by the call that compiles.
+func LoadRulesCached(cacheDir string, paths ...string) (*Rules, error) {
 	if len(paths) == 0 {
 		return nil, &RulesError{File: "(none)", Msg: "no rule files given"}
 	}
-	type src struct{ file, ns string }
-	var srcs []src
+	srcs, err := collectSources(paths)
+	if err != nil {
+		return nil, err
+	}
+	if len(srcs) == 1 && srcs[0].compiled {
+		return loadCompiled(srcs[0].file, srcs[0].data)
+	}
+	for _, s := range srcs {
+		if s.compiled {
+			return nil, &RulesError{File: s.file, Msg: "compiled rules cannot be combined with other rule files"}
+		}
+	}
+	incl, err := findIncludes(srcs)
+	if err != nil {
+		return nil, err
+	}
+	srcs = dropIncluded(srcs, incl)
+
+	h := sha256.New()
+	used := map[string]int{}
+	for i := range srcs {
+		srcs[i].ns = uniqueNamespace(used, srcs[i].ns)
+		digestSource(h, srcs[i].ns, srcs[i].data)
+	}
+	// Included files, by path relative to the first source's directory
+	// where possible (so the digest does not depend on where the rule tree
+	// lies), in sorted order.
+	base := filepath.Dir(srcs[0].file)
+	var inclNames []string
+	inclRel := map[string]string{}
+	for p := range incl.data {
+		rel, err := filepath.Rel(base, p)
+		if err != nil {
+			rel = p
+		}
+		inclRel[rel] = p
+		inclNames = append(inclNames, rel)
+	}
+	sort.Strings(inclNames)
+	for _, n := range inclNames {
+		digestSource(h, "include:"+filepath.ToSlash(n), incl.data[inclRel[n]])
+	}
+	sum := h.Sum(nil)
+
+	var cacheFile string
+	if cacheDir != "" {
+		cacheFile = filepath.Join(cacheDir, cacheKey(sum)+".yarc")
+		if r := loadCache(cacheFile, srcs, sum); r != nil {
+			return r, nil
+		}
+	}
+
+	c, err := newCompiler()
+	if err != nil {
+		return nil, err
+	}
+	defer c.Destroy()
+	unseen := false
+	var inclErr error
+	var cur string // the source being compiled (libyara names none for AddString)
+	c.SetIncludeCallback(func(name, from, _ string) []byte {
+		if from == "" {
+			from = cur
+		}
+		p := incl.resolve(name, from)
+		if b, ok := incl.data[p]; ok {
+			return b
+		}
+		b, err := readRuleFile(p)
+		if err != nil {
+			// Only the first error counts: after a syntax error libyara
+			// goes on with a confused idea of the including file.
+			if inclErr == nil && len(c.Errors) == 0 {
+				inclErr = &RulesError{File: from, Msg: fmt.Sprintf("include %q", name), Err: err}
+			}
+			return nil
+		}
+		unseen = true // not in the digest: do not cache
+		incl.data[p] = b
+		return b
+	})
+	r := &Rules{}
+	for _, s := range srcs {
+		cur = incl.alias[s.file]
+		if err := c.AddString(string(s.data), s.ns); err != nil {
+			if inclErr != nil {
+				return nil, inclErr
+			}
+			return nil, compileError(c, s.file, err)
+		}
+		r.sources = append(r.sources, RuleSource{Path: s.file, Namespace: s.ns})
+	}
+	r, err = r.finish(c, sum)
+	if err != nil {
+		return nil, err
+	}
+	if cacheFile != "" && !unseen {
+		if err := saveCache(cacheFile, r.y); err != nil {
+			r.cacheErr = fmt.Errorf("scan: rules cache %s: %w", cacheDir, err)
+		}
+	}
+	return r, nil
+}
+
+// ErrRulesVersion is the category of compiled rules written by a libyara
+// of another file format version.
+var ErrRulesVersion = errors.New("compiled yara rules of another libyara version")
+
+// maxRuleFile bounds one rule file (source or compiled).
+const maxRuleFile = 1 << 30
+
+type ruleSrc struct {
+	file     string
+	ns       string
+	data     []byte
+	walked   bool // found by a directory walk (not named)
+	compiled bool
+}
+
+func readRuleFile(p string) ([]byte, error) {
+	st, err := os.Stat(p)
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() > maxRuleFile {
+		return nil, fmt.Errorf("%d bytes, more than %d", st.Size(), maxRuleFile)
+	}
+	return os.ReadFile(p)
+}
+
+func isCompiled(b []byte) bool { return len(b) >= 4 && string(b[:4]) == "YARA" }
+
+// collectSources expands files and directories into rule sources.
+func collectSources(paths []string) ([]ruleSrc, error) {
+	var srcs []ruleSrc
+	add := func(file, ns string, walked bool) error {
+		data, err := readRuleFile(file)
+		if err != nil {
+			return &RulesError{File: file, Err: err}
+		}
+		srcs = append(srcs, ruleSrc{file: file, ns: ns, data: data, walked: walked, compiled: isCompiled(data)})
+		return nil
+	}
 	for _, p := range paths {
 		st, err := os.Stat(p)
 		if err != nil {
 			return nil, &RulesError{File: p, Err: err}
 		}
 		if !st.IsDir() {
-			srcs = append(srcs, src{p, filepath.Base(p)})
+			if err := add(p, filepath.Base(p), false); err != nil {
+				return nil, err
+			}
 			continue
 		}
 		var found []string
@@ -155,37 +345,203 @@ func LoadRules(paths ...string) (*Rules, error) {
 		}
 		sort.Strings(found)
 		for _, rel := range found {
-			srcs = append(srcs, src{filepath.Join(p, filepath.FromSlash(rel)), rel})
+			if err := add(filepath.Join(p, filepath.FromSlash(rel)), rel, true); err != nil {
+				return nil, err
+			}
 		}
 	}
+	return srcs, nil
+}
 
-	c, err := newCompiler()
+// includeSet is every file the sources include, directly or not, by
+// absolute path, as found by reading their include directives.
+type includeSet struct {
+	data map[string][]byte
+	// by is, for each included file, the files that include it.
+	by map[string][]string
+	// alias maps a name libyara reports as the including file (an
+	// include as written) to the path it was resolved to.
+	alias map[string]string
+}
+
+var includeRE = regexp.MustCompile(`(?m)^[ \t]*include[ \t]+"((?:[^"\\\n]|\\.)*)"`)
+
+// maxIncludes bounds the include graph (files), against include loops
+// and hostile rule trees.
+const maxIncludes = 10000
+
+// resolve is the path an include of name from the file from refers to:
+// name itself when absolute, else relative to from's directory.
+func (in *includeSet) resolve(name, from string) string {
+	if filepath.IsAbs(name) {
+		return filepath.Clean(name)
+	}
+	if a, ok := in.alias[from]; ok {
+		from = a
+	}
+	abs, err := filepath.Abs(filepath.Join(filepath.Dir(from), name))
 	if err != nil {
-		return nil, err
+		return filepath.Join(filepath.Dir(from), name)
 	}
-	defer c.Destroy()
-	h := sha256.New()
-	used := map[string]int{}
-	r := &Rules{}
+	in.alias[name] = abs
+	return abs
+}
+
+// findIncludes reads the include directives of the sources, and of the
+// files they include, transitively. A directive whose file does not exist
+// is left to libyara (which reports it with its line); one that reads
+// inside a comment is harmless (the file is only hashed).
+func findIncludes(srcs []ruleSrc) (*includeSet, error) {
+	in := &includeSet{data: map[string][]byte{}, by: map[string][]string{}, alias: map[string]string{}}
+	type item struct {
+		file string
+		data []byte
+	}
+	var queue []item
 	for _, s := range srcs {
-		ns := uniqueNamespace(used, s.ns)
-		data, err := os.ReadFile(s.file)
+		abs, err := filepath.Abs(s.file)
 		if err != nil {
-			return nil, &RulesError{File: s.file, Err: err}
+			abs = s.file
 		}
-		digestSource(h, ns, data)
-		f, err := os.Open(s.file)
-		if err != nil {
-			return nil, &RulesError{File: s.file, Err: err}
-		}
-		err = c.AddFile(f, ns)
-		f.Close()
-		if err != nil {
-			return nil, compileError(c, s.file, err)
-		}
-		r.sources = append(r.sources, RuleSource{Path: s.file, Namespace: ns})
+		in.alias[s.file] = abs
+		queue = append(queue, item{abs, s.data})
 	}
-	return r.finish(c, h.Sum(nil))
+	for len(queue) > 0 {
+		it := queue[0]
+		queue = queue[1:]
+		for _, m := range includeRE.FindAllSubmatch(it.data, -1) {
+			name := strings.ReplaceAll(string(m[1]), `\"`, `"`)
+			p := name
+			if !filepath.IsAbs(p) {
+				p = filepath.Join(filepath.Dir(it.file), p)
+			}
+			p = filepath.Clean(p)
+			in.by[p] = append(in.by[p], it.file)
+			if _, seen := in.data[p]; seen {
+				continue
+			}
+			b, err := readRuleFile(p)
+			if err != nil {
+				continue // libyara reports it when compiling
+			}
+			if len(in.data) >= maxIncludes {
+				return nil, &RulesError{File: it.file, Msg: fmt.Sprintf("more than %d included files", maxIncludes)}
+			}
+			in.data[p] = b
+			queue = append(queue, item{p, b})
+		}
+	}
+	return in, nil
+}
+
+// dropIncluded removes the files of directory walks that another source
+// includes: they are compiled where they are included.
+func dropIncluded(srcs []ruleSrc, in *includeSet) []ruleSrc {
+	out := srcs[:0]
+	for _, s := range srcs {
+		if s.walked {
+			abs, err := filepath.Abs(s.file)
+			if err == nil && len(in.by[abs]) > 0 {
+				continue
+			}
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// cacheKey names a compiled rule set in the cache: the source digest, the
+// external variables with their defaults, the libyara version and the
+// compiled format version.
+func cacheKey(digest []byte) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "vmscope rules cache 1\nlibyara %s\nformat %d\n", LibyaraVersion, CompiledRulesVersion)
+	for _, k := range externalNames {
+		fmt.Fprintf(h, "external %q=%q\n", k, Externals[k])
+	}
+	h.Write(digest)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// loadCache loads a cached rule set, or returns nil when there is none
+// that libyara accepts.
+func loadCache(file string, srcs []ruleSrc, sum []byte) *Rules {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	y, err := yara.ReadRules(bufio.NewReaderSize(f, 1<<20))
+	if err != nil {
+		return nil
+	}
+	r := &Rules{cached: true}
+	for _, s := range srcs {
+		r.sources = append(r.sources, RuleSource{Path: s.file, Namespace: s.ns})
+	}
+	r.setRules(y, sum)
+	return r
+}
+
+// saveCache writes y to file atomically: into a temporary file of the same
+// directory, synced, then renamed.
+func saveCache(file string, y *yara.Rules) error {
+	dir := filepath.Dir(file)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, ".tmp-*.yarc")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	bw := bufio.NewWriterSize(tmp, 1<<20)
+	if err := y.Write(bw); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), file)
+}
+
+// loadCompiled loads yarac output. The header is checked first, so that a
+// file of another format version gets a clear error rather than libyara's
+// code.
+func loadCompiled(file string, data []byte) (*Rules, error) {
+	if len(data) < 6 {
+		return nil, &RulesError{File: file, Msg: "not compiled YARA rules: truncated header"}
+	}
+	if v := int(data[4]); v != CompiledRulesVersion {
+		return nil, &RulesError{File: file, Msg: fmt.Sprintf("compiled rules of format version %d; this vmscope's libyara %s reads version %d: compile them with the yarac of libyara %s, or pass the sources", v, LibyaraVersion, CompiledRulesVersion, LibyaraVersion), Err: ErrRulesVersion}
+	}
+	y, err := yara.ReadRules(bytes.NewReader(data))
+	if err != nil {
+		return nil, &RulesError{File: file, Msg: "not valid compiled YARA rules", Err: err}
+	}
+	sum := sha256.Sum256(data)
+	h := sha256.New()
+	digestSource(h, "compiled", sum[:])
+	r := &Rules{compiled: true, sources: []RuleSource{{Path: file}}}
+	r.setRules(y, h.Sum(nil))
+	// The externals it was compiled with: the string ones of ours are set
+	// per file; defining one it lacks fails.
+	r.ext = map[string]bool{}
+	for _, k := range externalNames {
+		if y.DefineVariable(k, Externals[k]) == nil {
+			r.ext[k] = true
+		}
+	}
+	return r, nil
 }
 
 // DefaultRules compiles the embedded default rule set (scan/rules/*.yar,
@@ -279,6 +635,12 @@ func (r *Rules) finish(c *yara.Compiler, sum []byte) (*Rules, error) {
 	if err != nil {
 		return nil, &RulesError{File: "(compiler)", Err: err}
 	}
+	r.setRules(y, sum)
+	return r, nil
+}
+
+// setRules takes y as the rule set with digest sum and indexes its rules.
+func (r *Rules) setRules(y *yara.Rules, sum []byte) {
 	r.y = y
 	r.digest = hex.EncodeToString(sum)
 	r.meta = map[ruleKey]RuleInfo{}
@@ -295,7 +657,6 @@ func (r *Rules) finish(c *yara.Compiler, sum []byte) (*Rules, error) {
 		r.meta[ruleKey{info.Namespace, info.Rule}] = info
 		r.count++
 	}
-	return r, nil
 }
 
 // Digest is the hex sha256 of the rule sources (namespace and bytes of every

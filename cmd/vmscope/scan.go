@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
@@ -32,6 +33,7 @@ type scanFlags struct {
 	progress string
 	dirty    string
 	state    string
+	cache    string
 }
 
 func newScanCmd() *cobra.Command {
@@ -49,7 +51,8 @@ read (it is listed in the output) or the scan could not run; otherwise 0.`,
 		RunE: func(c *cobra.Command, args []string) error { return runScan(c, args[0], &f) },
 	}
 	fl := c.Flags()
-	fl.StringArrayVar(&f.rules, "rules", nil, "YARA rule file or directory of .yar/.yara files (repeatable; default: the embedded rules)")
+	fl.StringArrayVar(&f.rules, "rules", nil, "YARA rule file, directory of .yar/.yara files (recursive; includes resolved from the including file), or one compiled rule file from yarac (repeatable; default: the embedded rules)")
+	fl.StringVar(&f.cache, "rules-cache", "", "folder of the compiled-rules cache (default: beside --state, else $XDG_CACHE_HOME/vmscope/rules; \"off\" disables it)")
 	fl.StringVar(&f.format, "format", "table", "output format: table, json, ndjson or sarif")
 	fl.StringVarP(&f.output, "output", "o", "", "write the report to this file instead of stdout")
 	fl.IntVar(&f.jobs, "jobs", runtime.NumCPU(), "files scanned in parallel")
@@ -88,10 +91,13 @@ func runScan(c *cobra.Command, image string, f *scanFlags) error {
 	if len(f.rules) == 0 {
 		rules, err = scan.DefaultRules()
 	} else {
-		rules, err = scan.LoadRules(f.rules...)
+		rules, err = scan.LoadRulesCached(rulesCacheDir(f), f.rules...)
 	}
 	if err != nil {
 		return err
+	}
+	if err := rules.CacheError(); err != nil {
+		fmt.Fprintf(c.ErrOrStderr(), "vmscope: %v (rules compiled, not cached)\n", err)
 	}
 
 	im, d, err := openDisk(image)
@@ -190,6 +196,26 @@ func runScan(c *cobra.Command, image string, f *scanFlags) error {
 		return errPartial
 	}
 	return nil
+}
+
+// rulesCacheDir is where compiled rule sets are cached: --rules-cache, else
+// a rules-cache folder beside the --state file (a poll's own state
+// directory), else $XDG_CACHE_HOME/vmscope/rules (~/.cache when unset).
+// "" (no cache) for --rules-cache off, or when no home is known.
+func rulesCacheDir(f *scanFlags) string {
+	switch {
+	case f.cache == "off":
+		return ""
+	case f.cache != "":
+		return f.cache
+	case f.state != "":
+		return filepath.Join(filepath.Dir(f.state), "vmscope-rules-cache")
+	}
+	d, err := os.UserCacheDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(d, "vmscope", "rules")
 }
 
 // feed walks every volume and sends its regular files to the scanner. A

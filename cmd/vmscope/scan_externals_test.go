@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 
@@ -210,5 +212,62 @@ func keys(m map[string]bool) []string {
 	for k := range m {
 		out = append(out, k)
 	}
+	return out
+}
+
+// TestScanCompiledRulesAndCache: --rules takes yarac output and finds what
+// the sources find on the fixture image (and what yara finds on the
+// extracted tree); yarac output of another format version exits 2 naming
+// the libyara version; a poll with --state caches the compiled rules beside
+// the state file.
+func TestScanCompiledRulesAndCache(t *testing.T) {
+	img := fixture.Path(t, "scan-overlay.qcow2")
+	src := filepath.Join(fixture.Root(), "testdata", "rules", "markers.yar")
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "markers.yarc")
+	var args []string
+	for _, k := range []string{"filename", "filepath", "extension", "filetype", "owner", "md5"} {
+		args = append(args, "-d", k+"=")
+	}
+	if out, err := exec.Command(fixture.Tool(t, "yarac"), append(args, src, bin)...).CombinedOutput(); err != nil {
+		t.Fatalf("yarac: %v: %s", err, out)
+	}
+	fromSrc, errs, code := scanHits(t, "--rules-cache", "off", "--rules", src, img)
+	if code != 1 || len(errs) > 0 {
+		t.Fatalf("sources: exit %d, %v", code, errs)
+	}
+	fromBin, errs, code := scanHits(t, "--rules", bin, img)
+	if code != 1 || len(errs) > 0 {
+		t.Fatalf("compiled: exit %d, %v", code, errs)
+	}
+	if len(fromSrc) == 0 || fmt.Sprint(sortedHits(fromSrc)) != fmt.Sprint(sortedHits(fromBin)) {
+		t.Errorf("sources %v, compiled %v", sortedHits(fromSrc), sortedHits(fromBin))
+	}
+	b, _ := os.ReadFile(bin)
+	b[4] ^= 0x40
+	other := filepath.Join(dir, "other.yarc")
+	os.WriteFile(other, b, 0o644)
+	if _, stderr, code := vmscope(t, "scan", "--rules", other, img); code != 2 || !strings.Contains(stderr, "format version") || !strings.Contains(stderr, "libyara") {
+		t.Errorf("other version: exit %d, %q", code, stderr)
+	}
+
+	st := filepath.Join(dir, "polls", "state.db")
+	os.MkdirAll(filepath.Dir(st), 0o755)
+	for i := 0; i < 2; i++ {
+		if _, stderr, code := vmscope(t, "scan", "--dirty", "auto", "--state", st, "--rules", src, img); code == 2 {
+			t.Fatalf("poll %d: exit 2: %s", i, stderr)
+		}
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, "polls", "vmscope-rules-cache", "*.yarc")); len(m) != 1 {
+		t.Errorf("cache beside the state: %v, want one compiled rule set", m)
+	}
+}
+
+func sortedHits(m map[hit]bool) []string {
+	var out []string
+	for h := range m {
+		out = append(out, h.part+":"+h.path+" "+h.rule)
+	}
+	sort.Strings(out)
 	return out
 }
