@@ -6,15 +6,19 @@ import (
 	"crypto/sha256"
 	"embed"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
+	"sync"
+	"syscall"
+	"time"
 
 	"github.com/hillu/go-yara/v4"
 )
@@ -91,10 +95,12 @@ type Rules struct {
 	count    int
 	sources  []RuleSource
 	warnings []string
-	meta     map[ruleKey]RuleInfo
-	cached   bool            // loaded from the compiled-rules cache
-	compiled bool            // loaded from a yarac file
-	ext      map[string]bool // externals a yarac file defines (nil: all of Externals)
+	metaOnce sync.Once
+	meta     map[ruleKey]RuleInfo // by metaIndex
+	cached   bool                 // loaded from the compiled-rules cache
+	byStamp  bool                 // ... found by the stamps of its files, none read
+	compiled bool                 // loaded from a yarac file
+	ext      map[string]bool      // externals a yarac file defines (nil: all of Externals)
 	cacheErr error
 }
 
@@ -168,8 +174,17 @@ func LoadRulesCached(cacheDir string, paths ...string) (*Rules, error) {
 	if len(paths) == 0 {
 		return nil, &RulesError{File: "(none)", Msg: "no rule files given"}
 	}
-	srcs, err := collectSources(paths)
+	srcs, err := listSources(paths)
 	if err != nil {
+		return nil, err
+	}
+	listed := append([]ruleSrc(nil), srcs...)
+	if cacheDir != "" {
+		if r := loadByStamp(cacheDir, listed); r != nil {
+			return r, nil
+		}
+	}
+	if err := readSources(srcs); err != nil {
 		return nil, err
 	}
 	if len(srcs) == 1 && srcs[0].compiled {
@@ -213,9 +228,13 @@ func LoadRulesCached(cacheDir string, paths ...string) (*Rules, error) {
 	sum := h.Sum(nil)
 
 	var cacheFile string
+	key := cacheKey(sum)
 	if cacheDir != "" {
-		cacheFile = filepath.Join(cacheDir, cacheKey(sum)+".yarc")
+		cacheFile = filepath.Join(cacheDir, key+".yarc")
 		if r := loadCache(cacheFile, srcs, sum); r != nil {
+			if err := saveStampIndex(cacheDir, listed, r, key, incl); err != nil {
+				r.cacheErr = fmt.Errorf("scan: rules cache %s: %w", cacheDir, err)
+			}
 			return r, nil
 		}
 	}
@@ -265,7 +284,11 @@ func LoadRulesCached(cacheDir string, paths ...string) (*Rules, error) {
 		return nil, err
 	}
 	if cacheFile != "" && !unseen {
-		if err := saveCache(cacheFile, r.y); err != nil {
+		err := saveCache(cacheFile, r.y)
+		if err == nil {
+			err = saveStampIndex(cacheDir, listed, r, key, incl)
+		}
+		if err != nil {
 			r.cacheErr = fmt.Errorf("scan: rules cache %s: %w", cacheDir, err)
 		}
 	}
@@ -280,6 +303,7 @@ var ErrRulesVersion = errors.New("compiled yara rules of another libyara version
 const maxRuleFile = 1 << 30
 
 type ruleSrc struct {
+	st       fs.FileInfo
 	file     string
 	ns       string
 	data     []byte
@@ -300,41 +324,64 @@ func readRuleFile(p string) ([]byte, error) {
 
 func isCompiled(b []byte) bool { return len(b) >= 4 && string(b[:4]) == "YARA" }
 
-// collectSources expands files and directories into rule sources.
+// collectSources expands files and directories into rule sources and
+// reads them.
 func collectSources(paths []string) ([]ruleSrc, error) {
-	var srcs []ruleSrc
-	add := func(file, ns string, walked bool) error {
-		data, err := readRuleFile(file)
-		if err != nil {
-			return &RulesError{File: file, Err: err}
-		}
-		srcs = append(srcs, ruleSrc{file: file, ns: ns, data: data, walked: walked, compiled: isCompiled(data)})
-		return nil
+	srcs, err := listSources(paths)
+	if err != nil {
+		return nil, err
 	}
+	return srcs, readSources(srcs)
+}
+
+func readSources(srcs []ruleSrc) error {
+	for i := range srcs {
+		data, err := readRuleFile(srcs[i].file)
+		if err != nil {
+			return &RulesError{File: srcs[i].file, Err: err}
+		}
+		srcs[i].data, srcs[i].compiled = data, isCompiled(data)
+	}
+	return nil
+}
+
+// listSources expands files and directories into rule sources (not read
+// yet), with their file status.
+func listSources(paths []string) ([]ruleSrc, error) {
+	var srcs []ruleSrc
 	for _, p := range paths {
 		st, err := os.Stat(p)
 		if err != nil {
 			return nil, &RulesError{File: p, Err: err}
 		}
 		if !st.IsDir() {
-			if err := add(p, filepath.Base(p), false); err != nil {
-				return nil, err
-			}
+			srcs = append(srcs, ruleSrc{file: p, ns: filepath.Base(p), st: st})
 			continue
 		}
-		var found []string
-		err = filepath.WalkDir(p, func(fp string, d fs.DirEntry, err error) error {
+		// WalkDir does not follow a symlink, not even the root's.
+		root := p
+		if lst, err := os.Lstat(p); err == nil && lst.Mode()&fs.ModeSymlink != 0 {
+			if root, err = filepath.EvalSymlinks(p); err != nil {
+				return nil, &RulesError{File: p, Err: err}
+			}
+		}
+		var found []ruleSrc
+		err = filepath.WalkDir(root, func(fp string, d fs.DirEntry, err error) error {
 			if err != nil {
 				return err
 			}
 			if d.IsDir() || !isRuleFile(d.Name()) {
 				return nil
 			}
-			rel, err := filepath.Rel(p, fp)
+			rel, err := filepath.Rel(root, fp)
 			if err != nil {
 				return err
 			}
-			found = append(found, filepath.ToSlash(rel))
+			st, err := os.Stat(fp)
+			if err != nil {
+				return err
+			}
+			found = append(found, ruleSrc{file: fp, ns: filepath.ToSlash(rel), walked: true, st: st})
 			return nil
 		})
 		if err != nil {
@@ -343,14 +390,122 @@ func collectSources(paths []string) ([]ruleSrc, error) {
 		if len(found) == 0 {
 			return nil, &RulesError{File: p, Msg: "no .yar or .yara files in directory"}
 		}
-		sort.Strings(found)
-		for _, rel := range found {
-			if err := add(filepath.Join(p, filepath.FromSlash(rel)), rel, true); err != nil {
-				return nil, err
-			}
-		}
+		sort.Slice(found, func(i, j int) bool { return found[i].ns < found[j].ns })
+		srcs = append(srcs, found...)
 	}
 	return srcs, nil
+}
+
+// stamp identifies a version of a file without reading it: size, mtime,
+// ctime (which every write moves and no one can set back), inode and
+// device.
+func stamp(st fs.FileInfo) string {
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		return fmt.Sprintf("%d:%d.%09d:%d.%09d:%d:%d", st.Size(), sys.Mtim.Sec, sys.Mtim.Nsec, sys.Ctim.Sec, sys.Ctim.Nsec, sys.Ino, sys.Dev)
+	}
+	return fmt.Sprintf("%d:%d", st.Size(), st.ModTime().UnixNano())
+}
+
+// racy reports whether a file changed so recently that a later change
+// within the same timestamp tick could keep its stamp (git's "racily
+// clean" entries): such a set is not indexed by stamp.
+func racy(st fs.FileInfo) bool {
+	t := st.ModTime()
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		if c := time.Unix(sys.Ctim.Sec, sys.Ctim.Nsec); c.After(t) {
+			t = c
+		}
+	}
+	return time.Since(t) < racyWindow
+}
+
+// racyWindow is how recent a change makes a file racy.
+var racyWindow = 2 * time.Second
+
+// stampIndex is what the cache keeps about a rule set by the stamps of its
+// files, so that a later load with unchanged files reads none of them.
+type stampIndex struct {
+	Key      string           `json:"key"`    // content cache key (the .yarc name)
+	Digest   string           `json:"digest"` // Rules.Digest
+	Sources  []RuleSource     `json:"sources"`
+	Includes []stampedInclude `json:"includes"`
+}
+
+type stampedInclude struct {
+	Path  string `json:"path"`
+	Stamp string `json:"stamp"`
+}
+
+// stampKey names the stamp index of the listed sources.
+func stampKey(srcs []ruleSrc) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "vmscope rules stamps 1\n%s\n", cacheKey(nil))
+	for _, s := range srcs {
+		abs, _ := filepath.Abs(s.file)
+		fmt.Fprintf(h, "%q %q %t %s\n", abs, s.ns, s.walked, stamp(s.st))
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// loadByStamp loads the cached rules of srcs when none of their files, nor
+// the files they include, changed since the index was written.
+func loadByStamp(cacheDir string, srcs []ruleSrc) *Rules {
+	b, err := os.ReadFile(filepath.Join(cacheDir, stampKey(srcs)+".idx"))
+	if err != nil || len(b) > maxRuleFile {
+		return nil
+	}
+	var idx stampIndex
+	if json.Unmarshal(b, &idx) != nil || len(idx.Key) != 64 || len(idx.Sources) == 0 {
+		return nil
+	}
+	for _, in := range idx.Includes {
+		st, err := os.Stat(in.Path)
+		if err != nil || stamp(st) != in.Stamp {
+			return nil
+		}
+	}
+	y, err := yara.LoadRules(filepath.Join(cacheDir, idx.Key+".yarc"))
+	if err != nil {
+		return nil
+	}
+	sum, err := hex.DecodeString(idx.Digest)
+	if err != nil {
+		return nil
+	}
+	r := &Rules{cached: true, byStamp: true, sources: idx.Sources}
+	r.setRules(y, sum)
+	return r
+}
+
+// saveStampIndex writes the stamp index of a rule set just loaded by
+// content (atomically), unless a file of it is racy.
+func saveStampIndex(cacheDir string, listed []ruleSrc, r *Rules, key string, incl *includeSet) error {
+	idx := stampIndex{Key: key, Digest: r.digest, Sources: r.sources}
+	for _, s := range listed {
+		if racy(s.st) {
+			return nil
+		}
+	}
+	var paths []string
+	for p := range incl.data {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	for _, p := range paths {
+		st, err := os.Stat(p)
+		if err != nil || racy(st) {
+			return nil
+		}
+		idx.Includes = append(idx.Includes, stampedInclude{p, stamp(st)})
+	}
+	b, err := json.Marshal(idx)
+	if err != nil {
+		return err
+	}
+	return writeAtomic(filepath.Join(cacheDir, stampKey(listed)+".idx"), func(w io.Writer) error {
+		_, err := w.Write(b)
+		return err
+	})
 }
 
 // includeSet is every file the sources include, directly or not, by
@@ -364,7 +519,49 @@ type includeSet struct {
 	alias map[string]string
 }
 
-var includeRE = regexp.MustCompile(`(?m)^[ \t]*include[ \t]+"((?:[^"\\\n]|\\.)*)"`)
+// includeNames returns the file names of the include directives of a
+// rule source: `include "name"` at the start of a line (after blanks).
+// It is a plain byte scan (a regexp over megabytes of rules costs more
+// than loading them compiled).
+func includeNames(src []byte) []string {
+	var out []string
+	const kw = "include"
+	for off := 0; ; {
+		i := bytes.Index(src[off:], []byte(kw))
+		if i < 0 {
+			return out
+		}
+		i += off
+		off = i + len(kw)
+		// Only blanks between the line start and the keyword.
+		j := i - 1
+		for j >= 0 && (src[j] == ' ' || src[j] == '\t') {
+			j--
+		}
+		if j >= 0 && src[j] != '\n' && src[j] != '\r' {
+			continue
+		}
+		k := off
+		for k < len(src) && (src[k] == ' ' || src[k] == '\t') {
+			k++
+		}
+		if k == off || k >= len(src) || src[k] != '"' {
+			continue
+		}
+		var name []byte
+		k++
+		for ; k < len(src) && src[k] != '"' && src[k] != '\n'; k++ {
+			if src[k] == '\\' && k+1 < len(src) && src[k+1] != '\n' {
+				k++
+			}
+			name = append(name, src[k])
+		}
+		if k < len(src) && src[k] == '"' {
+			out = append(out, string(name))
+			off = k + 1
+		}
+	}
+}
 
 // maxIncludes bounds the include graph (files), against include loops
 // and hostile rule trees.
@@ -409,8 +606,7 @@ func findIncludes(srcs []ruleSrc) (*includeSet, error) {
 	for len(queue) > 0 {
 		it := queue[0]
 		queue = queue[1:]
-		for _, m := range includeRE.FindAllSubmatch(it.data, -1) {
-			name := strings.ReplaceAll(string(m[1]), `\"`, `"`)
+		for _, name := range includeNames(it.data) {
 			p := name
 			if !filepath.IsAbs(p) {
 				p = filepath.Join(filepath.Dir(it.file), p)
@@ -466,12 +662,10 @@ func cacheKey(digest []byte) string {
 // loadCache loads a cached rule set, or returns nil when there is none
 // that libyara accepts.
 func loadCache(file string, srcs []ruleSrc, sum []byte) *Rules {
-	f, err := os.Open(file)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	y, err := yara.ReadRules(bufio.NewReaderSize(f, 1<<20))
+	// libyara's own file loader (stdio) rather than a Go stream: it reads
+	// the relocations a few bytes at a time, each a cgo callback through
+	// a stream.
+	y, err := yara.LoadRules(file)
 	if err != nil {
 		return nil
 	}
@@ -483,20 +677,26 @@ func loadCache(file string, srcs []ruleSrc, sum []byte) *Rules {
 	return r
 }
 
-// saveCache writes y to file atomically: into a temporary file of the same
-// directory, synced, then renamed.
+// saveCache writes y to file atomically.
 func saveCache(file string, y *yara.Rules) error {
+	return writeAtomic(file, y.Write)
+}
+
+// writeAtomic writes file through write into a temporary file of the same
+// directory, synced, then renamed over file: readers see the old file or
+// the whole new one.
+func writeAtomic(file string, write func(io.Writer) error) error {
 	dir := filepath.Dir(file)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, ".tmp-*.yarc")
+	tmp, err := os.CreateTemp(dir, ".tmp-*")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
 	bw := bufio.NewWriterSize(tmp, 1<<20)
-	if err := y.Write(bw); err != nil {
+	if err := write(bw); err != nil {
 		tmp.Close()
 		return err
 	}
@@ -524,7 +724,7 @@ func loadCompiled(file string, data []byte) (*Rules, error) {
 	if v := int(data[4]); v != CompiledRulesVersion {
 		return nil, &RulesError{File: file, Msg: fmt.Sprintf("compiled rules of format version %d; this vmscope's libyara %s reads version %d: compile them with the yarac of libyara %s, or pass the sources", v, LibyaraVersion, CompiledRulesVersion, LibyaraVersion), Err: ErrRulesVersion}
 	}
-	y, err := yara.ReadRules(bytes.NewReader(data))
+	y, err := yara.LoadRules(file)
 	if err != nil {
 		return nil, &RulesError{File: file, Msg: "not valid compiled YARA rules", Err: err}
 	}
@@ -639,24 +839,38 @@ func (r *Rules) finish(c *yara.Compiler, sum []byte) (*Rules, error) {
 	return r, nil
 }
 
-// setRules takes y as the rule set with digest sum and indexes its rules.
+// setRules takes y as the rule set with digest sum and counts its rules.
+// Their tags and meta are read on first use (metaIndex): a poll with
+// nothing to scan never pays for thousands of them.
 func (r *Rules) setRules(y *yara.Rules, sum []byte) {
 	r.y = y
 	r.digest = hex.EncodeToString(sum)
-	r.meta = map[ruleKey]RuleInfo{}
 	for _, rule := range y.GetRules() {
-		if rule.IsPrivate() {
-			continue
+		if !rule.IsPrivate() {
+			r.count++
 		}
-		info := RuleInfo{
-			Namespace: rule.Namespace(),
-			Rule:      rule.Identifier(),
-			Tags:      sortedTags(rule.Tags()),
-			Meta:      metaMap(rule.Metas()),
-		}
-		r.meta[ruleKey{info.Namespace, info.Rule}] = info
-		r.count++
 	}
+}
+
+// metaIndex returns the (non-private) rules by namespace and name, built
+// once.
+func (r *Rules) metaIndex() map[ruleKey]RuleInfo {
+	r.metaOnce.Do(func() {
+		r.meta = map[ruleKey]RuleInfo{}
+		for _, rule := range r.y.GetRules() {
+			if rule.IsPrivate() {
+				continue
+			}
+			info := RuleInfo{
+				Namespace: rule.Namespace(),
+				Rule:      rule.Identifier(),
+				Tags:      sortedTags(rule.Tags()),
+				Meta:      metaMap(rule.Metas()),
+			}
+			r.meta[ruleKey{info.Namespace, info.Rule}] = info
+		}
+	})
+	return r.meta
 }
 
 // Digest is the hex sha256 of the rule sources (namespace and bytes of every
@@ -675,8 +889,9 @@ func (r *Rules) Warnings() []string { return append([]string(nil), r.warnings...
 
 // Info lists the (non-private) rules, sorted by namespace and name.
 func (r *Rules) Info() []RuleInfo {
-	out := make([]RuleInfo, 0, len(r.meta))
-	for _, v := range r.meta {
+	meta := r.metaIndex()
+	out := make([]RuleInfo, 0, len(meta))
+	for _, v := range meta {
 		out = append(out, v)
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -689,7 +904,7 @@ func (r *Rules) Info() []RuleInfo {
 }
 
 func (r *Rules) info(ns, rule string) (RuleInfo, bool) {
-	v, ok := r.meta[ruleKey{ns, rule}]
+	v, ok := r.metaIndex()[ruleKey{ns, rule}]
 	return v, ok
 }
 

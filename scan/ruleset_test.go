@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vmscope/vmscope/internal/fixture"
 )
@@ -83,6 +84,15 @@ func TestRulesIncludesAndRecursion(t *testing.T) {
 	ref := yaraPairs(t, yaraBin, []string{filepath.Join(dir, "deep/er/own.yara"), filepath.Join(dir, "index.yar")}, host, files)
 	if fmt.Sprint(ref) != fmt.Sprint(want) {
 		t.Errorf("yara CLI %v, want %v", ref, want)
+	}
+
+	// A symlink to the tree is walked like the tree.
+	link := filepath.Join(t.TempDir(), "rules")
+	if err := os.Symlink(dir, link); err != nil {
+		t.Fatal(err)
+	}
+	if rl, err := LoadRules(link); err != nil || rl.Digest() != r.Digest() || rl.Count() != r.Count() {
+		t.Errorf("through a symlink: %v", err)
 	}
 
 	// The digest covers included files, even two levels down.
@@ -221,6 +231,8 @@ rule Hash { condition: hash.md5(0, filesize) == "5d41402abc4b2a76b9719d911017c59
 // loads it (same findings), a change to any source, included file or not,
 // compiles again, and a corrupt cache file is replaced.
 func TestRulesCache(t *testing.T) {
+	defer func(w time.Duration) { racyWindow = w }(racyWindow)
+	racyWindow = 0 // files written by the test are not racy
 	dir := includeTree(t)
 	cache := filepath.Join(t.TempDir(), "cache")
 	load := func() *Rules {
@@ -240,6 +252,9 @@ func TestRulesCache(t *testing.T) {
 		t.Fatalf("cache files %v, want 1", ents)
 	}
 	r2 := load()
+	if !r2.byStamp {
+		t.Error("unchanged files: not found by their stamps")
+	}
 	if !r2.Cached() || r2.Digest() != r1.Digest() || r2.Count() != r1.Count() {
 		t.Fatalf("second load: cached %v, digest %s/%s, count %d/%d", r2.Cached(), r2.Digest(), r1.Digest(), r2.Count(), r1.Count())
 	}
@@ -271,6 +286,38 @@ func TestRulesCache(t *testing.T) {
 	if r := load(); r.Cached() {
 		t.Error("after a walked file changed: cached")
 	}
+	// An include outside the walked tree changes: compiled again.
+	out := t.TempDir()
+	write(t, out, "/common/x.yar", []byte("rule X { strings: $x = \"OWN\" condition: $x }\n"))
+	named := filepath.Join(out, "named.yar")
+	os.WriteFile(named, []byte("include \"common/x.yar\"\n"), 0o644)
+	loadN := func() *Rules {
+		t.Helper()
+		r, err := LoadRulesCached(cache, named)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	if r := loadN(); r.Cached() {
+		t.Error("new set: cached")
+	}
+	if r := loadN(); !r.byStamp {
+		t.Error("named file with include, unchanged: not by stamp")
+	}
+	write(t, out, "/common/x.yar", []byte("rule X { strings: $x = \"OWN!\" condition: $x }\n"))
+	if r := loadN(); r.Cached() {
+		t.Error("after the include outside the tree changed: cached")
+	}
+	// Racy files (changed within the window) are never indexed by stamp.
+	racyWindow = time.Hour
+	write(t, out, "/common/x.yar", []byte("rule X { strings: $x = \"OWN?\" condition: $x }\n"))
+	loadN()
+	if r := loadN(); r.byStamp || !r.Cached() {
+		t.Errorf("racy: by stamp %v, cached %v; want by content", r.byStamp, r.Cached())
+	}
+	racyWindow = 0
+
 	// A corrupt cache file is ignored and replaced.
 	ents, _ = filepath.Glob(filepath.Join(cache, "*.yarc"))
 	for _, e := range ents {
