@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -113,6 +115,70 @@ rule names { condition: filename == "cmd.jsp" and extension == ".jsp" and filepa
 	}
 	for name, ft := range ruleOf {
 		want[hit{"", kinds[ft].path, name}] = true
+	}
+	for h := range want {
+		if !got[h] {
+			t.Errorf("missing %v", h)
+		}
+	}
+	for h := range got {
+		if !want[h] {
+			t.Errorf("extra %v", h)
+		}
+	}
+}
+
+// documentedFileTypes reads the filetype table of scan/SCHEMA.md (kept
+// equal to the code by scan's TestSchemaFileTypeTable): value -> magics.
+func documentedFileTypes(t *testing.T) map[string][][]byte {
+	doc, err := os.ReadFile(filepath.Join(fixture.Root(), "scan", "SCHEMA.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][][]byte{}
+	row := regexp.MustCompile("(?m)^\\| `([^`]+)` \\| ((?:`[0-9A-F ]+`(?:, )?)+) \\|$")
+	for _, m := range row.FindAllStringSubmatch(string(doc), -1) {
+		for _, hx := range regexp.MustCompile("`([0-9A-F ]+)`").FindAllStringSubmatch(m[2], -1) {
+			b, err := hex.DecodeString(strings.ReplaceAll(hx[1], " ", ""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[m[1]] = append(out[m[1]], b)
+		}
+	}
+	if len(out) < 50 {
+		t.Fatalf("SCHEMA.md filetype table: %d values", len(out))
+	}
+	return out
+}
+
+// TestScanEveryDocumentedFileType: for every magic of the documented
+// filetype table, a file in a real ext4 image that starts with it (and
+// NULs) gets that filetype, and no other.
+func TestScanEveryDocumentedFileType(t *testing.T) {
+	types := documentedFileTypes(t)
+	tree := t.TempDir()
+	files := map[string]string{}
+	want := map[hit]bool{}
+	var rules strings.Builder
+	i := 0
+	for name, magics := range types {
+		rule := fmt.Sprintf("ft_%d", i)
+		i++
+		fmt.Fprintf(&rules, "rule %s { condition: filetype == \"%s\" }\n", rule, name)
+		for j, m := range magics {
+			p := fmt.Sprintf("/ft/%s-%d", rule, j)
+			files[p] = string(m) + "\x00\x00\x00\x00"
+			want[hit{"", p, rule}] = true
+		}
+	}
+	writeTree(t, tree, files)
+	img := mkext4(t, tree)
+	rf := filepath.Join(t.TempDir(), "ft.yar")
+	os.WriteFile(rf, []byte(rules.String()), 0o644)
+	got, errs, code := scanHits(t, "--rules", rf, "--include", "/ft/**", img)
+	if code != 1 || len(errs) > 0 {
+		t.Fatalf("exit %d, errors %v", code, errs)
 	}
 	for h := range want {
 		if !got[h] {
