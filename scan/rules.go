@@ -450,7 +450,8 @@ func stampKey(srcs []ruleSrc) string {
 // loadByStamp loads the cached rules of srcs when none of their files, nor
 // the files they include, changed since the index was written.
 func loadByStamp(cacheDir string, srcs []ruleSrc) *Rules {
-	b, err := os.ReadFile(filepath.Join(cacheDir, stampKey(srcs)+".idx"))
+	idxFile := filepath.Join(cacheDir, stampKey(srcs)+".idx")
+	b, err := os.ReadFile(idxFile)
 	if err != nil || len(b) > maxRuleFile {
 		return nil
 	}
@@ -468,6 +469,8 @@ func loadByStamp(cacheDir string, srcs []ruleSrc) *Rules {
 	if err != nil {
 		return nil
 	}
+	touch(filepath.Join(cacheDir, idx.Key+".yarc"))
+	touch(idxFile)
 	sum, err := hex.DecodeString(idx.Digest)
 	if err != nil {
 		return nil
@@ -669,6 +672,7 @@ func loadCache(file string, srcs []ruleSrc, sum []byte) *Rules {
 	if err != nil {
 		return nil
 	}
+	touch(file)
 	r := &Rules{cached: true}
 	for _, s := range srcs {
 		r.sources = append(r.sources, RuleSource{Path: s.file, Namespace: s.ns})
@@ -677,9 +681,47 @@ func loadCache(file string, srcs []ruleSrc, sum []byte) *Rules {
 	return r
 }
 
-// saveCache writes y to file atomically.
+// saveCache writes y to file atomically, and prunes the cache.
 func saveCache(file string, y *yara.Rules) error {
-	return writeAtomic(file, y.Write)
+	if err := writeAtomic(file, y.Write); err != nil {
+		return err
+	}
+	pruneCache(filepath.Dir(file), time.Now())
+	return nil
+}
+
+// cacheMaxAge is how long a compiled rule set unused stays in the cache
+// (every load refreshes its time), so that rule updates do not pile up.
+const cacheMaxAge = 30 * 24 * time.Hour
+
+// touch marks a cache file used now.
+func touch(file string) {
+	now := time.Now()
+	os.Chtimes(file, now, now)
+}
+
+// pruneCache removes compiled rule sets unused for cacheMaxAge, stamp
+// indexes of that age, and temporary files a crashed writer left a day
+// ago. Errors are ignored: the cache is an optimization.
+func pruneCache(dir string, now time.Time) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		n := e.Name()
+		age := cacheMaxAge
+		switch {
+		case strings.HasPrefix(n, ".tmp-"):
+			age = 24 * time.Hour
+		case strings.HasSuffix(n, ".yarc") || strings.HasSuffix(n, ".idx"):
+		default:
+			continue
+		}
+		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() && now.Sub(fi.ModTime()) > age {
+			os.Remove(filepath.Join(dir, n))
+		}
+	}
 }
 
 // writeAtomic writes file through write into a temporary file of the same

@@ -332,4 +332,26 @@ func TestRulesCache(t *testing.T) {
 	if left, _ := filepath.Glob(filepath.Join(cache, ".tmp-*")); len(left) != 0 {
 		t.Errorf("temporary files left: %v", left)
 	}
+
+	// Pruning: entries unused for longer than cacheMaxAge go, a used one
+	// stays (loads refresh it), other files are left alone.
+	old2 := time.Now().Add(-cacheMaxAge - time.Hour)
+	ents, _ = filepath.Glob(filepath.Join(cache, "*"))
+	for _, e := range ents {
+		os.Chtimes(e, old2, old2)
+	}
+	os.WriteFile(filepath.Join(cache, "other.txt"), nil, 0o600)
+	os.Chtimes(filepath.Join(cache, "other.txt"), old2, old2)
+	load() // by stamp: refreshes its .yarc
+	pruneCache(cache, time.Now())
+	left, _ := filepath.Glob(filepath.Join(cache, "*.yarc"))
+	if len(left) != 1 {
+		t.Errorf("after pruning: %v, want the one in use", left)
+	}
+	if _, err := os.Stat(filepath.Join(cache, "other.txt")); err != nil {
+		t.Error("pruning removed a file that is not the cache's")
+	}
+	if r := load(); !r.Cached() {
+		t.Error("the entry in use was pruned")
+	}
 }

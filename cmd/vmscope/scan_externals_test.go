@@ -327,6 +327,22 @@ func TestScanCompiledRulesAndCache(t *testing.T) {
 	if m, _ := filepath.Glob(filepath.Join(dir, "polls", "vmscope-rules-cache", "*.yarc")); len(m) != 1 {
 		t.Errorf("cache beside the state: %v, want one compiled rule set", m)
 	}
+	// Without --state: $XDG_CACHE_HOME/vmscope/rules; --rules-cache DIR wins.
+	xdg := filepath.Join(dir, "xdg")
+	t.Setenv("XDG_CACHE_HOME", xdg)
+	if _, _, code := vmscope(t, "scan", "--rules", src, img); code != 1 {
+		t.Fatalf("scan: exit %d", code)
+	}
+	if m, _ := filepath.Glob(filepath.Join(xdg, "vmscope", "rules", "*.yarc")); len(m) != 1 {
+		t.Errorf("cache in XDG_CACHE_HOME: %v", m)
+	}
+	own := filepath.Join(dir, "own")
+	if _, _, code := vmscope(t, "scan", "--rules-cache", own, "--rules", src, img); code != 1 {
+		t.Fatalf("scan: exit %d", code)
+	}
+	if m, _ := filepath.Glob(filepath.Join(own, "*.yarc")); len(m) != 1 {
+		t.Errorf("--rules-cache DIR: %v", m)
+	}
 }
 
 func sortedHits(m map[hit]bool) []string {
