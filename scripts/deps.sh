@@ -16,7 +16,6 @@ pkgs=(
   busybox-static      # the guest fixture's initramfs
   qemu-system-x86     # the guest fixture
   cpio
-  npm                 # npm pack: the SARIF 2.1.0 schema the scan tests validate against (testdata/sarif-schema.sh)
 )
 
 missing=()

@@ -15,7 +15,7 @@ if [ -f "$out" ] && echo "$sum  $out" | sha256sum -c --quiet - 2>/dev/null; then
   echo "$out"
   exit 0
 fi
-command -v npm >/dev/null || { echo "sarif-schema.sh: npm missing (scripts/deps.sh installs it)" >&2; exit 1; }
+command -v npm >/dev/null || { echo "sarif-schema.sh: npm missing (the machine provides Node.js and npm)" >&2; exit 1; }
 mkdir -p "$cache"
 tmp=$(mktemp -d "$cache/tmp.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
