@@ -9,12 +9,13 @@
 //
 // Promises:
 //
-//   - Rules are compiled once ([LoadRules], [DefaultRules]); every worker has
-//     its own *yara.Scanner over them. Compile errors are [*RulesError]
-//     (file and line) and match [ErrRules].
+//   - Rules are compiled once ([LoadRules], [LoadRulesCached], [DefaultRules])
+//     or loaded compiled (yarac output, or the compiled-rules cache); every
+//     worker has its own *yara.Scanner over them. Compile errors are
+//     [*RulesError] (file and line) and match [ErrRules].
 //   - Every scanned file gets the external variables filename, filepath,
 //     extension, filetype, owner (and md5, always "", so Loki-style rule sets
-//     compile); see [Externals].
+//     compile), with LOKI/THOR's values; see [Externals].
 //   - Blocks of a file overlap by at least [MinOverlap] bytes (default 64 KiB),
 //     more than the longest match libyara can produce for a regular
 //     expression or hex string (YR_RE_SCAN_LIMIT = 4096), so a string

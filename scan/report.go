@@ -11,8 +11,11 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/dustin/go-humanize"
+
+	"github.com/vmscope/vmscope/internal/escape"
 )
 
 // ErrFormat is returned for an unknown output format.
@@ -103,8 +106,40 @@ type jsonFileError struct {
 	Partition string `json:"partition"`
 	FS        string `json:"filesystem"`
 	Path      string `json:"path"`
+	PathRaw   []byte `json:"path_raw,omitempty"`
 	Inode     uint64 `json:"inode"`
 	Error     string `json:"error"`
+}
+
+// pathRaw is the path's bytes when they are not valid UTF-8 (JSON strings
+// cannot carry them: encoding/json would replace each bad byte with
+// U+FFFD, and two names would print the same), else nil. JSON carries it
+// as base64.
+func pathRaw(p string) []byte {
+	if utf8.ValidString(p) {
+		return nil
+	}
+	return []byte(p)
+}
+
+// jsonFinding is a finding with path_raw.
+type jsonFinding struct {
+	Finding
+	PathRaw []byte `json:"path_raw,omitempty"`
+}
+
+// jsonSkipped is a skipped file with path_raw.
+type jsonSkipped struct {
+	Skipped
+	PathRaw []byte `json:"path_raw,omitempty"`
+}
+
+func skippedJSON(ss []Skipped) []jsonSkipped {
+	out := make([]jsonSkipped, 0, len(ss))
+	for _, s := range ss {
+		out = append(out, jsonSkipped{s, pathRaw(s.Path)})
+	}
+	return out
 }
 
 type jsonSummary struct {
@@ -126,9 +161,9 @@ type jsonDoc struct {
 	Chain       []LayerInfo     `json:"chain"`
 	Filesystems []FSInfo        `json:"filesystems"`
 	Rules       jsonRules       `json:"rules"`
-	Findings    []Finding       `json:"findings"`
+	Findings    []jsonFinding   `json:"findings"`
 	Errors      []jsonFileError `json:"errors"`
-	Skipped     []Skipped       `json:"skipped"`
+	Skipped     []jsonSkipped   `json:"skipped"`
 	Summary     jsonSummary     `json:"summary"`
 }
 
@@ -156,7 +191,12 @@ func errorJSON(e FileError) jsonFileError {
 	if e.Err != nil {
 		msg = e.Err.Error()
 	}
-	return jsonFileError{e.Partition, e.FS, e.Path, e.Inode, msg}
+	return jsonFileError{e.Partition, e.FS, e.Path, pathRaw(e.Path), e.Inode, msg}
+}
+
+// findingJSON is f normalized, with path_raw.
+func findingJSON(f Finding) jsonFinding {
+	return jsonFinding{normalized(f), pathRaw(f.Path)}
 }
 
 // normalized returns f with empty collections instead of nil, so JSON has
@@ -184,9 +224,9 @@ func nonNil[T any](s []T) []T {
 // WriteJSON writes one JSON document (schema in SCHEMA.md).
 func (r *Report) WriteJSON(w io.Writer) error {
 	res := r.result()
-	fs := make([]Finding, 0, len(res.Findings))
+	fs := make([]jsonFinding, 0, len(res.Findings))
 	for _, f := range res.Findings {
-		fs = append(fs, normalized(f))
+		fs = append(fs, findingJSON(f))
 	}
 	doc := jsonDoc{
 		Schema:      SchemaVersion,
@@ -197,7 +237,7 @@ func (r *Report) WriteJSON(w io.Writer) error {
 		Rules:       r.rulesInfo(),
 		Findings:    fs,
 		Errors:      errorsJSON(res.Errors),
-		Skipped:     nonNil(res.Skipped),
+		Skipped:     skippedJSON(res.Skipped),
 		Summary:     summaryJSON(res.Summary),
 	}
 	enc := json.NewEncoder(w)
@@ -210,7 +250,7 @@ func (r *Report) WriteJSON(w io.Writer) error {
 type ndFinding struct {
 	Type  string `json:"type"`
 	Image string `json:"image"`
-	Finding
+	jsonFinding
 }
 
 type ndError struct {
@@ -222,7 +262,7 @@ type ndError struct {
 type ndSkipped struct {
 	Type  string `json:"type"`
 	Image string `json:"image"`
-	Skipped
+	jsonSkipped
 }
 
 type ndSummary struct {
@@ -243,7 +283,7 @@ func (r *Report) WriteNDJSON(w io.Writer) error {
 	enc := json.NewEncoder(bw)
 	img := r.Image.Path
 	for _, f := range res.Findings {
-		if err := enc.Encode(ndFinding{"finding", img, normalized(f)}); err != nil {
+		if err := enc.Encode(ndFinding{"finding", img, findingJSON(f)}); err != nil {
 			return err
 		}
 	}
@@ -253,7 +293,7 @@ func (r *Report) WriteNDJSON(w io.Writer) error {
 		}
 	}
 	for _, s := range res.Skipped {
-		if err := enc.Encode(ndSkipped{"skipped", img, s}); err != nil {
+		if err := enc.Encode(ndSkipped{"skipped", img, jsonSkipped{s, pathRaw(s.Path)}}); err != nil {
 			return err
 		}
 	}
@@ -284,8 +324,11 @@ func Severity(meta map[string]any) string {
 	return ""
 }
 
-// location is "p1:/etc/passwd", or the path when there is no partition.
+// location is "p1:/etc/passwd", or the path when there is no partition;
+// the path is escaped as ls -b does (internal/escape), so a name is never
+// printed as raw bytes.
 func location(partition, path string) string {
+	path = escape.Octal(path)
 	if partition == "" {
 		return path
 	}
@@ -509,25 +552,29 @@ func (r *Report) WriteSARIF(w io.Writer) error {
 		if len(f.Strings) > 0 {
 			loc.PhysicalLocation.Region = &sarifRegion{f.Strings[0].Offset, f.Strings[0].Length}
 		}
+		props := map[string]any{
+			"image":        r.Image.Path,
+			"partition":    f.Partition,
+			"filesystem":   f.FS,
+			"path":         escape.Octal(f.Path),
+			"inode":        f.Inode,
+			"size":         f.Size,
+			"sha256":       f.SHA256,
+			"namespace":    f.Namespace,
+			"tags":         nonNil(f.Tags),
+			"strings":      nonNil(f.Strings),
+			"string_count": f.StringCount,
+		}
+		if raw := pathRaw(f.Path); raw != nil {
+			props["path_raw"] = raw
+		}
 		results = append(results, sarifResult{
-			RuleID:    id,
-			RuleIndex: index[id],
-			Level:     SARIFLevel(Severity(f.Meta)),
-			Message:   sarifText{msg},
-			Locations: []sarifLocation{loc},
-			Properties: map[string]any{
-				"image":        r.Image.Path,
-				"partition":    f.Partition,
-				"filesystem":   f.FS,
-				"path":         f.Path,
-				"inode":        f.Inode,
-				"size":         f.Size,
-				"sha256":       f.SHA256,
-				"namespace":    f.Namespace,
-				"tags":         nonNil(f.Tags),
-				"strings":      nonNil(f.Strings),
-				"string_count": f.StringCount,
-			},
+			RuleID:     id,
+			RuleIndex:  index[id],
+			Level:      SARIFLevel(Severity(f.Meta)),
+			Message:    sarifText{msg},
+			Locations:  []sarifLocation{loc},
+			Properties: props,
 		})
 	}
 	inv := sarifInvocation{ExecutionSuccessful: len(res.Errors) == 0, Notifications: []sarifNotification{}}

@@ -9,13 +9,17 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vmscope/vmscope/internal/sarifschema"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/golden")
 
 // goldenReport scans a fixed set of in-memory files with the default rules
-// and a rule with tags and many matches; durations are zeroed.
-func goldenReport(t *testing.T) *Report {
+// and a rule with tags and many matches, with jobs workers; durations are
+// zeroed. Two of the files have names that are not UTF-8 and differ in one
+// byte.
+func goldenReport(t *testing.T, jobs int) *Report {
 	t.Helper()
 	def, err := DefaultRules()
 	if err != nil {
@@ -47,8 +51,12 @@ func goldenReport(t *testing.T) *Report {
 		{Partition: "p1", FS: "ext4", Path: "/etc/clean", Ino: 14, Size: 5, Data: mem("clean")},
 		{Partition: "p1", FS: "ext4", Path: "/var/log/huge.log", Ino: 15, Size: 1 << 30, Data: mem("")},
 		{Partition: "p1", FS: "ext4", Path: "/bad file", Ino: 16, Size: 10, Data: failReader{mem(""), 0}},
+		{Partition: "p1", FS: "ext4", Path: "/\xe9t\xe9.com", Ino: 17, Size: int64(len(eicar)), Data: mem(eicar)},
+		{Partition: "p1", FS: "ext4", Path: "/\xe9t\xe8.com", Ino: 18, Size: int64(len(eicar)), Data: mem(eicar)},
+		{Partition: "p1", FS: "ext4", Path: "/big-\xff", Ino: 19, Size: 2 << 20, Data: mem("")},
+		{Partition: "p1", FS: "ext4", Path: "/bad-\xfe", Ino: 20, Size: 10, Data: failReader{mem(""), 0}},
 	}
-	res := scanFiles(t, r, files, WithMaxFileSize(1<<20), WithJobs(3))
+	res := scanFiles(t, r, files, WithMaxFileSize(1<<20), WithJobs(jobs))
 	res.Summary.Duration = 0
 	// The error text carries no temp paths; keep it.
 	return &Report{
@@ -75,8 +83,8 @@ func mustReadEmbedded(t *testing.T, name string) []byte {
 }
 
 func TestReportGolden(t *testing.T) {
-	rep := goldenReport(t)
-	if rep.Result.Summary.Findings != 3 || rep.Result.Summary.Errors != 1 || rep.Result.Summary.Skipped != 1 {
+	rep := goldenReport(t, 3)
+	if rep.Result.Summary.Findings != 5 || rep.Result.Summary.Errors != 2 || rep.Result.Summary.Skipped != 2 {
 		t.Fatalf("summary %+v", rep.Result.Summary)
 	}
 	for _, format := range Formats {
@@ -100,11 +108,13 @@ func TestReportGolden(t *testing.T) {
 			}
 			// Machine formats parse; every NDJSON line has a type.
 			switch format {
-			case FormatJSON, FormatSARIF:
+			case FormatJSON:
 				var v map[string]any
 				if err := json.Unmarshal(b.Bytes(), &v); err != nil {
 					t.Error(err)
 				}
+			case FormatSARIF:
+				sarifschema.Validate(t, b.Bytes())
 			case FormatNDJSON:
 				for _, l := range strings.Split(strings.TrimSpace(b.String()), "\n") {
 					var v map[string]any
@@ -115,13 +125,15 @@ func TestReportGolden(t *testing.T) {
 			}
 		})
 	}
-	// The same scan with another worker count gives the same bytes.
-	var a, b bytes.Buffer
+	// The same scan with other worker counts gives the same bytes.
+	var a bytes.Buffer
 	rep.WriteJSON(&a)
-	rep2 := goldenReport(t)
-	rep2.WriteJSON(&b)
-	if !bytes.Equal(a.Bytes(), b.Bytes()) {
-		t.Error("report not deterministic")
+	for _, jobs := range []int{1, 2, 7} {
+		var b bytes.Buffer
+		goldenReport(t, jobs).WriteJSON(&b)
+		if !bytes.Equal(a.Bytes(), b.Bytes()) {
+			t.Errorf("report with %d workers differs from the one with 3", jobs)
+		}
 	}
 	if err := rep.Write(&a, "xml"); !errors.Is(err, ErrFormat) {
 		t.Errorf("unknown format: %v", err)

@@ -361,6 +361,9 @@ func (w *worker) file(ctx context.Context, f File) {
 		{"owner", owner},
 	}
 	for _, kv := range vars {
+		if !s.rules.HasExternal(kv.k) {
+			continue // a yarac file compiled without it
+		}
 		if err := w.sc.DefineVariable(kv.k, kv.v); err != nil {
 			fail(fmt.Errorf("define %s: %w", kv.k, err))
 			return

@@ -84,7 +84,7 @@ func TestHashAndExternals(t *testing.T) {
 	r := mustRules(t, `
 rule ext {
   condition: filename == "x.PHP" and filepath == "/var/www/x.PHP" and extension == ".php" and
-             filetype == "SCRIPT" and owner == "www-data" and md5 == ""
+             filetype == "UNIX SCRIPT" and owner == "www-data" and md5 == ""
 }
 rule uid { condition: owner == "33" }
 rule big { strings: $a = "MARK" condition: $a }`)
@@ -121,14 +121,23 @@ rule big { strings: $a = "MARK" condition: $a }`)
 
 func TestFileType(t *testing.T) {
 	for in, want := range map[string]string{
-		"\x7fELF\x02":   "ELF",
-		"MZ\x90\x00":    "PE",
-		"#!/bin/sh\n":   "SCRIPT",
-		"PK\x03\x04abc": "ZIP",
-		"\x1f\x8b\x08":  "GZIP",
-		"hello\n":       "TEXT",
-		"a\x00b":        "",
-		"":              "",
+		"\x7fELF\x02":                "ELF",
+		"MZ\x90\x00":                 "EXE",
+		"#!/bin/sh\n":                "UNIX SCRIPT",
+		"#! /bin/sh\n":               "Script",
+		"PK\x03\x04abc":              "ZIP",
+		"PK\x03\x04\x14\x00\x06\x00": "Office",
+		"\x1f\x8b\x08":               "GZIP",
+		"<% out.print(1) %>":         "JSP",
+		"<%@ Page %>":                "ASP",
+		"<%-- c --%>":                "JSP",
+		"<?php echo 1;":              "PHP",
+		"@echo off":                  "BATCH",
+		"echo hi":                    "BATCH",
+		"\xcf\xfa\xed\xfe":           "MACH-O",
+		"hello\n":                    "UNKNOWN",
+		"a\x00b":                     "UNKNOWN",
+		"":                           "UNKNOWN",
 	} {
 		if got := fileType([]byte(in)); got != want {
 			t.Errorf("fileType(%q) = %q, want %q", in, got, want)

@@ -292,9 +292,9 @@ func TestPrintableAndMode(t *testing.T) {
 		"plain.txt":       "plain.txt",
 		"ünïcødé":         "ünïcødé",
 		"bad-\xff\xfe":    `bad-\377\376`,
-		"tab\there":       `tab\11here`,
+		"tab\there":       `tab\011here`,
 		`back\slash`:      `back\\slash`,
-		"nl\n":            `nl\12`,
+		"nl\n":            `nl\012`,
 		"latin1-\xe9.txt": `latin1-\351.txt`,
 	} {
 		if got := printable(in); got != want {

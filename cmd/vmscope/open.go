@@ -4,11 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/vmscope/vmscope/fsparse"
+	"github.com/vmscope/vmscope/internal/escape"
 	"github.com/vmscope/vmscope/qcow"
 )
 
@@ -39,29 +38,7 @@ func checkFormat(f string, allowed ...string) error {
 
 // printable escapes a guest name for a terminal: bytes that are not valid
 // UTF-8, and control characters, are shown as octal escapes like ls -b.
-func printable(s string) string {
-	if !strings.ContainsFunc(s, func(r rune) bool {
-		return r == utf8.RuneError || r < 0x20 || r == 0x7f || r == '\\'
-	}) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); {
-		r, n := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && n == 1, r < 0x20, r == 0x7f:
-			for _, c := range []byte(s[i : i+n]) {
-				b.WriteString("\\" + strconv.FormatInt(int64(c), 8))
-			}
-		case r == '\\':
-			b.WriteString(`\\`)
-		default:
-			b.WriteString(s[i : i+n])
-		}
-		i += n
-	}
-	return b.String()
-}
+func printable(s string) string { return escape.Octal(s) }
 
 // writeJSON writes v as indented JSON with a final newline.
 func writeJSON(w io.Writer, v any) error {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
@@ -33,6 +34,7 @@ type scanFlags struct {
 	progress string
 	dirty    string
 	state    string
+	cache    string
 }
 
 func newScanCmd() *cobra.Command {
@@ -50,7 +52,8 @@ read (it is listed in the output) or the scan could not run; otherwise 0.`,
 		RunE: func(c *cobra.Command, args []string) error { return runScan(c, args[0], &f) },
 	}
 	fl := c.Flags()
-	fl.StringArrayVar(&f.rules, "rules", nil, "YARA rule file or directory of .yar/.yara files (repeatable; default: the embedded rules)")
+	fl.StringArrayVar(&f.rules, "rules", nil, "YARA rule file, directory of .yar/.yara files (recursive; includes resolved from the including file), or one compiled rule file from yarac (repeatable; default: the embedded rules)")
+	fl.StringVar(&f.cache, "rules-cache", "", "folder of the compiled-rules cache (default: beside --state, else $XDG_CACHE_HOME/vmscope/rules; \"off\" disables it)")
 	fl.StringVar(&f.format, "format", "table", "output format: table, json, ndjson or sarif")
 	fl.StringVarP(&f.output, "output", "o", "", "write the report to this file instead of stdout")
 	fl.IntVar(&f.jobs, "jobs", runtime.NumCPU(), "files scanned in parallel")
@@ -89,10 +92,13 @@ func runScan(c *cobra.Command, image string, f *scanFlags) error {
 	if len(f.rules) == 0 {
 		rules, err = scan.DefaultRules()
 	} else {
-		rules, err = scan.LoadRules(f.rules...)
+		rules, err = scan.LoadRulesCached(rulesCacheDir(f), f.rules...)
 	}
 	if err != nil {
 		return err
+	}
+	if err := rules.CacheError(); err != nil {
+		fmt.Fprintf(c.ErrOrStderr(), "vmscope: %v (rules compiled, not cached)\n", err)
 	}
 
 	im, d, err := openDisk(image)
@@ -199,12 +205,32 @@ func runScan(c *cobra.Command, image string, f *scanFlags) error {
 	return perr
 }
 
+// rulesCacheDir is where compiled rule sets are cached: --rules-cache, else
+// a rules-cache folder beside the --state file (a poll's own state
+// directory), else $XDG_CACHE_HOME/vmscope/rules (~/.cache when unset).
+// "" (no cache) for --rules-cache off, or when no home is known.
+func rulesCacheDir(f *scanFlags) string {
+	switch {
+	case f.cache == "off":
+		return ""
+	case f.cache != "":
+		return f.cache
+	case f.state != "":
+		return filepath.Join(filepath.Dir(f.state), "vmscope-rules-cache")
+	}
+	d, err := os.UserCacheDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(d, "vmscope", "rules")
+}
+
 // feed walks every volume and sends its regular files to the scanner. A
 // directory or inode that cannot be read becomes an error entry and the
 // walk goes on. It closes files when done.
 func feed(ctx context.Context, d *fsparse.Disk, files chan<- scan.File) []scan.FileError {
 	defer close(files)
-	var errs []scan.FileError
+	owners, errs := guestOwners(d)
 	for _, v := range d.Volumes {
 		fail := func(e fsparse.Entry, err error) {
 			errs = append(errs, scan.FileError{Partition: partitionName(d, v), FS: v.Type, Path: e.Path, Inode: e.Ino, Err: err})
@@ -228,7 +254,7 @@ func feed(ctx context.Context, d *fsparse.Disk, files chan<- scan.File) []scan.F
 				return nil
 			}
 			select {
-			case files <- scan.File{Partition: partitionName(d, v), FS: v.Type, Path: e.Path, Ino: e.Ino, Size: data.Size(), Mode: e.Mode, Uid: e.Uid, Gid: e.Gid, Data: data}:
+			case files <- scan.File{Partition: partitionName(d, v), FS: v.Type, Path: e.Path, Ino: e.Ino, Size: data.Size(), Mode: e.Mode, Uid: e.Uid, Gid: e.Gid, Owner: owners[v].Owner(e.Uid), Data: data}:
 			case <-ctx.Done():
 				return ctx.Err()
 			}
@@ -239,6 +265,39 @@ func feed(ctx context.Context, d *fsparse.Disk, files chan<- scan.File) []scan.F
 		}
 	}
 	return errs
+}
+
+// guestOwners reads the user names of every filesystem that has an
+// /etc/passwd, for the owner external. A filesystem without one (a
+// separate /home or /var) takes the first one's that has (the root
+// filesystem's, whose users own its files). A passwd that cannot be read is
+// an error entry; its filesystem's owners are then uids.
+func guestOwners(d *fsparse.Disk) (map[*fsparse.Volume]scan.Owners, []scan.FileError) {
+	own := map[*fsparse.Volume]scan.Owners{}
+	var errs []scan.FileError
+	var first scan.Owners
+	for _, v := range d.Volumes {
+		f, err := v.Open("etc/passwd")
+		if err != nil {
+			continue // no passwd here (or not a regular file)
+		}
+		o, err := scan.ReadOwners(f, f.Size())
+		if err != nil {
+			errs = append(errs, scan.FileError{Partition: partitionName(d, v), FS: v.Type, Path: "/etc/passwd", Err: fmt.Errorf("owner names: %w", err)})
+			own[v] = scan.Owners{}
+			continue
+		}
+		own[v] = o
+		if first == nil {
+			first = o
+		}
+	}
+	for _, v := range d.Volumes {
+		if _, ok := own[v]; !ok {
+			own[v] = first
+		}
+	}
+	return own, errs
 }
 
 // partitionName is "p1"..., or "" for a filesystem on the whole disk.
@@ -264,7 +323,7 @@ func showProgress(mode string) bool {
 // cannot be opened becomes an error entry.
 func feedSelection(ctx context.Context, sel *dirty.Selection, d *fsparse.Disk, files chan<- scan.File) []scan.FileError {
 	defer close(files)
-	var errs []scan.FileError
+	owners, errs := guestOwners(d)
 	for _, e := range sel.Errors {
 		errs = append(errs, scan.FileError{Path: "/", Err: e})
 	}
@@ -274,8 +333,15 @@ func feedSelection(ctx context.Context, sel *dirty.Selection, d *fsparse.Disk, f
 			errs = append(errs, scan.FileError{Partition: ch.Volume, Path: ch.Path, Inode: uint64(ch.Ino), Err: err})
 			continue
 		}
+		f := scan.File{Partition: partitionName(d, v), FS: v.Type, Path: ch.Path, Ino: uint64(ch.Ino), Size: data.Size(), Data: data}
+		if v.Ext4 != nil {
+			if in, err := v.Ext4.Inode(ch.Ino); err == nil {
+				f.Mode, f.Uid, f.Gid = in.FileMode(), in.Uid, in.Gid
+			}
+		}
+		f.Owner = owners[v].Owner(f.Uid)
 		select {
-		case files <- scan.File{Partition: partitionName(d, v), FS: v.Type, Path: ch.Path, Ino: uint64(ch.Ino), Size: data.Size(), Data: data}:
+		case files <- f:
 		case <-ctx.Done():
 			return errs
 		}

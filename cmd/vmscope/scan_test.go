@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/vmscope/vmscope/internal/fixture"
+	"github.com/vmscope/vmscope/internal/sarifschema"
 )
 
 // hit is one (file, rule) pair, as vmscope and the yara CLI both report it.
@@ -255,6 +256,7 @@ func TestScanFormatsDeterministic(t *testing.T) {
 		t.Errorf("json output differs between runs")
 	}
 	stdout, _, _ := vmscope(t, "scan", "--format", "sarif", img)
+	sarifschema.Validate(t, []byte(stdout))
 	var sarif struct {
 		Version string `json:"version"`
 		Runs    []struct {
