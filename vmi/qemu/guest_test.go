@@ -19,6 +19,7 @@ import (
 
 	"github.com/vmscope/vmscope/vmi"
 	"github.com/vmscope/vmscope/vmi/internal/guesttest"
+	"github.com/vmscope/vmscope/vmi/linux"
 	"github.com/vmscope/vmscope/vmi/snapshot"
 )
 
@@ -37,6 +38,10 @@ type liveGuest struct {
 	ref              *QMP // the test's own QMP connection
 	cmd              *exec.Cmd
 	exited           chan struct{}
+
+	symOnce sync.Once
+	syms    *linux.Symbols
+	symErr  error
 }
 
 func (lg *liveGuest) QMP(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
@@ -48,7 +53,15 @@ func (lg *liveGuest) HMP(ctx context.Context, line string) (string, error) {
 }
 
 func TestMain(m *testing.M) {
+	// Journals of the guests under test go to a folder of their own.
+	dir, err := os.MkdirTemp("", "vmscope-qemu-journal")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	os.Setenv("XDG_RUNTIME_DIR", dir)
 	code := m.Run()
+	os.RemoveAll(dir)
 	if booted != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		booted.ref.Quit(ctx)
@@ -287,20 +300,50 @@ func TestLiveRegistersMatchHMP(t *testing.T) {
 	}
 }
 
-// kernelAddr pauses the guest and returns a kernel address it will run
-// soon: the idle vCPU's RIP (right after its hlt).
+// idleSymbol is the kernel function the fixture's idle vCPU runs each time
+// it wakes up (every few milliseconds under TCG): the hlt of the idle loop
+// (QEMU's default CPU has no MWAIT; the cloud kernel halts through
+// native_safe_halt).
+const idleSymbol = "native_safe_halt"
+
+// kernelAddr pauses the guest and returns the address of idleSymbol,
+// taken from the guest's own kallsyms (recovered from its memory once per
+// boot). It never skips: whatever the vCPU was running when paused, the
+// address is a kernel one the guest runs soon.
 func kernelAddr(t *testing.T, ctx context.Context, g *Guest) vmi.VA {
+	t.Helper()
 	if err := g.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}
-	c, err := g.Regs(ctx, 0)
-	if err != nil {
-		t.Fatal(err)
+	return live(t).symbol(t, ctx, g, idleSymbol)
+}
+
+// symbol returns the address of a kernel symbol of the running guest,
+// from its kallsyms as vmi/linux recovers them from memory (with KASLR),
+// read through g (the stub takes one client at a time) once per boot.
+func (lg *liveGuest) symbol(t *testing.T, ctx context.Context, g *Guest, name string) vmi.VA {
+	t.Helper()
+	lg.symOnce.Do(func() {
+		cpus, err := g.CPUs(ctx)
+		if err != nil {
+			lg.symErr = err
+			return
+		}
+		k, err := linux.Discover(ctx, g, linux.WithCPUs(cpus))
+		if err != nil {
+			lg.symErr = err
+			return
+		}
+		lg.syms = k.Symbols
+	})
+	if lg.symErr != nil {
+		t.Fatalf("kernel symbols of the live guest: %v", lg.symErr)
 	}
-	if c.RIP < 0xffff800000000000 {
-		t.Skipf("vCPU 0 stopped in user space at %#x", c.RIP)
+	a, ok := lg.syms.Addr(name)
+	if !ok || a < 0xffff800000000000 {
+		t.Fatalf("kernel symbol %s: %v %v", name, a, ok)
 	}
-	return vmi.VA(c.RIP)
+	return a
 }
 
 // xp returns QEMU's own view of the 16 bytes at va (gva2gpa, then xp).
@@ -335,7 +378,7 @@ func TestLiveBreakpoint(t *testing.T) {
 	}
 	select {
 	case ev := <-g.Events():
-		if ev.Signal != 5 || ev.CPU != 0 {
+		if ev.Reason != vmi.StopTrap || ev.Access != vmi.Execute || ev.CPU != 0 {
 			t.Errorf("stop event %+v", ev)
 		}
 	case <-time.After(90 * time.Second):
