@@ -481,3 +481,53 @@ func checkClean(t *testing.T, ctx context.Context, lg *liveGuest, addr, watch vm
 		t.Errorf("physical-memory mode left on (%v, %v)", on, err)
 	}
 }
+
+// TestLiveTrace runs vmi.Trace, the step-and-re-arm loop, on the guest
+// with a breakpoint on the idle function and a write watchpoint on
+// jiffies_64 (the timer tick writes it), until both have been hit twice.
+// Every breakpoint hit must stop at the breakpoint, every watchpoint hit
+// name a write of jiffies_64, and each hit match exactly its trap; the
+// loop must report each pass once (steps past the trap). Close then
+// leaves the guest running with no trap.
+func TestLiveTrace(t *testing.T) {
+	lg, g := openLive(t)
+	ctx := ctxT(t)
+	idle := kernelAddr(t, ctx, g)
+	jiffies := lg.symbol(t, ctx, g, "jiffies_64")
+	traps := []vmi.Trap{vmi.Breakpoint(idle), vmi.Watchpoint(jiffies, 8, vmi.Write)}
+	seen := map[vmi.Access]int{}
+	tctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	err := vmi.Trace(tctx, g, traps, func(_ context.Context, h vmi.Hit) (bool, error) {
+		if h.Stop.Reason != vmi.StopTrap || h.Stop.CPU != 0 || len(h.Traps) != 1 {
+			t.Errorf("hit %+v", h)
+			return false, nil
+		}
+		switch h.Stop.Access {
+		case vmi.Execute:
+			if vmi.VA(h.Regs.RIP) != idle || h.Traps[0] != traps[0] {
+				t.Errorf("breakpoint hit at %#x, traps %v", h.Regs.RIP, h.Traps)
+			}
+		case vmi.Write:
+			if h.Stop.Addr != jiffies || h.Traps[0] != traps[1] {
+				t.Errorf("watchpoint hit at %v, traps %v", h.Stop.Addr, h.Traps)
+			}
+		default:
+			t.Errorf("hit with access %v", h.Stop.Access)
+		}
+		seen[h.Stop.Access]++
+		return seen[vmi.Execute] < 2 || seen[vmi.Write] < 2, nil
+	})
+	if err != nil {
+		t.Fatalf("trace: %v (hits %v)", err, seen)
+	}
+	t.Logf("hits: %d breakpoint, %d watchpoint", seen[vmi.Execute], seen[vmi.Write])
+	if len(g.Breakpoints()) != 2 {
+		t.Errorf("traps armed after the trace: %v", g.Breakpoints())
+	}
+	if err := g.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	assertRunning(t, lg)
+	checkClean(t, ctx, lg, idle, jiffies)
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 )
 
 // Released is what Release found and did.
@@ -137,11 +136,4 @@ func Release(ctx context.Context, spec string, opts ...Option) (*Released, error
 		return rel, err
 	}
 	return rel, nil
-}
-
-// journalExists reports whether path holds a journal (for tests and
-// diagnostics).
-func journalExists(path string) bool {
-	_, err := os.Stat(path)
-	return err == nil
 }
