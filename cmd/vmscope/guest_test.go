@@ -395,6 +395,7 @@ func TestGuestReleaseAfterSIGKILL(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			journal := filepath.Join(t.TempDir(), "guest.journal")
+			before := l.xp(t, ctx, addr)
 			if tc.foundPaused {
 				if err := l.ref.Stop(ctx); err != nil {
 					t.Fatal(err)
@@ -458,6 +459,9 @@ func TestGuestReleaseAfterSIGKILL(t *testing.T) {
 			}
 			if tc.wantStopped {
 				waitState(t, ctx, l, func(s string) bool { return s != "running" }, "stopped after the kill")
+			}
+			if after := l.xp(t, ctx, addr); after != before {
+				t.Errorf("memory at the breakpoint changed:\n%s\n%s", before, after)
 			}
 			// A new vmscope on the guest is refused until the release.
 			if _, errOut, code := vmscope(t, "guest", "info", "--guest", l.spec, "--journal", journal); code != exitError || !strings.Contains(errOut, "guest release") {
@@ -547,4 +551,22 @@ func checkNoTraps(t *testing.T, ctx context.Context, l *cliLive, bps []qemu.Brea
 	}
 	d.Close()
 	l.mustRun(t)
+}
+
+// xp returns QEMU's own view of the 16 bytes at kernel address va
+// (gva2gpa, then xp).
+func (l *cliLive) xp(t *testing.T, ctx context.Context, va uint64) string {
+	t.Helper()
+	out, err := l.ref.HMP(ctx, fmt.Sprintf("gva2gpa %#x", va))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pa uint64
+	if _, err := fmt.Sscanf(out, "gpa: %x", &pa); err != nil {
+		t.Fatalf("gva2gpa %q", out)
+	}
+	if out, err = l.ref.HMP(ctx, fmt.Sprintf("xp /16xb %#x", pa)); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
