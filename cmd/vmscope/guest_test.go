@@ -103,7 +103,7 @@ func (l *cliLive) symbol(t *testing.T, name string) uint64 {
 func liveGuest(t *testing.T) *cliLive {
 	t.Helper()
 	if testing.Short() {
-		t.Skip("boots a guest")
+		fixture.Missing(t, "-short: the live tests boot a guest")
 	}
 	kernel, initrd := guestFile(t, "vmlinuz"), guestFile(t, "initrd.gz")
 	cliBootOnce.Do(func() { cliGuest, cliBootErr = bootCLIGuest(kernel, initrd) })

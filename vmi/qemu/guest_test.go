@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmscope/vmscope/internal/fixture"
 	"github.com/vmscope/vmscope/vmi"
 	"github.com/vmscope/vmscope/vmi/internal/guesttest"
 	"github.com/vmscope/vmscope/vmi/linux"
@@ -129,7 +130,7 @@ func bootLive(kernel, initrd string) (*liveGuest, error) {
 func live(t *testing.T) *liveGuest {
 	t.Helper()
 	if testing.Short() {
-		t.Skip("boots a guest")
+		fixture.Missing(t, "-short: the live tests boot a guest")
 	}
 	kernel, initrd := guesttest.Path(t, "vmlinuz"), guesttest.Path(t, "initrd.gz")
 	bootOnce.Do(func() { booted, bootErr = bootLive(kernel, initrd) })

@@ -36,7 +36,7 @@ type Shared struct {
 func BootShared(t testing.TB) *Shared {
 	t.Helper()
 	if testing.Short() {
-		t.Skip("boots a guest")
+		fixture.Missing(t, "-short: the live tests boot a guest")
 	}
 	fixture.Tool(t, "qemu-system-x86_64")
 	kernel, initrd := Path(t, "vmlinuz"), Path(t, "initrd.gz")
