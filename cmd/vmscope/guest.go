@@ -237,7 +237,7 @@ func newGuestReleaseCmd() *cobra.Command {
 					fmt.Fprintf(w, "nothing to release: no journal at %s\n", rel.Journal)
 					return err
 				}
-				fmt.Fprintf(w, "journal: %s (left by pid %d; the guest was %s before it attached)\n", rel.Journal, rel.PID, rel.Found)
+				fmt.Fprintf(w, "journal: %s (left by pid %d; the guest was %s before it changed anything)\n", rel.Journal, rel.PID, rel.Found)
 				fmt.Fprintf(w, "traps removed: %d (%d no longer set)\n", rel.Removed, rel.Absent)
 				if err == nil {
 					fmt.Fprintln(w, map[bool]string{true: "guest: resumed", false: "guest: left paused"}[rel.Resumed])

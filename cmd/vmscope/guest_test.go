@@ -388,6 +388,7 @@ func TestGuestReleaseAfterSIGKILL(t *testing.T) {
 		{point: "armed", wantStopped: true},
 		{point: "stepping", wantStopped: true},
 		{point: "armed", foundPaused: true, wantStopped: true},
+		{point: "dumping", wantStopped: true},
 	} {
 		name := tc.point
 		if tc.foundPaused {
@@ -402,10 +403,14 @@ func TestGuestReleaseAfterSIGKILL(t *testing.T) {
 				}
 			}
 			var child *exec.Cmd
-			if tc.point == "stepping" {
+			switch tc.point {
+			case "dumping":
+				child = exec.Command(os.Args[0], "-test.run=^TestGuestCLIChild$")
+				child.Env = append(os.Environ(), "VMSCOPE_CLI_CHILD="+strings.Join([]string{"guest", "dump", "--guest", l.spec, "--journal", journal, filepath.Join(t.TempDir(), "g.elf")}, "\x1f"))
+			case "stepping":
 				child = exec.Command(os.Args[0], "-test.run=^TestGuestCLIChild$")
 				child.Env = append(os.Environ(), "VMSCOPE_CLI_CHILD="+strings.Join([]string{"guest", "break", "--guest", l.spec, "--journal", journal, fmt.Sprintf("%#x", addr)}, "\x1f"))
-			} else {
+			default:
 				child = exec.Command(os.Args[0], "-test.run=^TestGuestKillChild$")
 				child.Env = append(os.Environ(), "VMSCOPE_KILL_CHILD="+strings.Join([]string{tc.point, l.spec, journal, fmt.Sprintf("%x", addr)}, "\x1f"))
 			}
@@ -428,8 +433,22 @@ func TestGuestReleaseAfterSIGKILL(t *testing.T) {
 				close(lines)
 			}()
 			want, got := 1, 0
-			if tc.point == "stepping" {
+			switch tc.point {
+			case "stepping":
 				want = 3
+			case "dumping":
+				// the journal is written just before the QMP stop; QEMU
+				// writes the dump (512 MiB) for a few seconds after it
+				want = 0
+				for start := time.Now(); ; time.Sleep(5 * time.Millisecond) {
+					if _, err := os.Stat(journal); err == nil {
+						break
+					}
+					if time.Since(start) > 90*time.Second {
+						t.Fatal("no journal in 90 s")
+					}
+				}
+				time.Sleep(300 * time.Millisecond)
 			}
 			timeout := time.After(90 * time.Second)
 			for got < want {
