@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -143,8 +144,17 @@ func Open(ctx context.Context, spec string, opts ...Option) (*Guest, error) {
 		return fail(err)
 	}
 	if g.gdb, err = DialGDB(ctx, sp.GDB); err != nil {
-		// Nothing attached, nothing changed.
-		return fail(err)
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Op == "dial" {
+			return fail(err) // nothing attached, nothing changed
+		}
+		// Connected, then the exchange failed: the stub may hold the
+		// guest stopped. The journal stays for Release.
+		if g.qmp != nil {
+			g.qmp.Close()
+		}
+		g.journal.keep()
+		return nil, err
 	}
 	wctx, cancel := context.WithCancel(context.Background())
 	g.cancel = cancel
