@@ -180,6 +180,14 @@ type Tracer interface {
 	Events() <-chan Stop
 }
 
+// RunsOn is a Tracer whose traps do not hold the vCPU: the access
+// completes and the guest runs on (LibVMI's emulated memory events), so a
+// stop is a notification. Trace neither steps past nor resumes after
+// their hits.
+type RunsOn interface {
+	TrapsRunOn() bool
+}
+
 // Controller changes a live guest: its memory and its vCPUs' registers.
 // Only system-call injection (package inject) takes one; the read-only
 // analyses, the scanners and the tracers never link an implementation
@@ -215,7 +223,8 @@ var ErrExited = errors.New("vmi: guest exited")
 // guest) are waited out: the guest runs again when its owner resumes it.
 // Trace leaves the traps armed and the guest as the last step left it
 // (stopped after a hit that ended the trace, running otherwise); closing
-// the tracer removes the traps and restores the run state.
+// the tracer removes the traps and restores the run state. With a tracer
+// whose traps run on (RunsOn), Hit.Regs are read after the hit, not at it.
 func Trace(ctx context.Context, t Tracer, traps []Trap, onHit func(ctx context.Context, h Hit) (more bool, err error)) error {
 	for _, tr := range traps {
 		if err := tr.Validate(); err != nil {
@@ -251,6 +260,9 @@ func Trace(ctx context.Context, t Tracer, traps []Trap, onHit func(ctx context.C
 		more, err := onHit(ctx, hit)
 		if err != nil || !more {
 			return err
+		}
+		if r, ok := t.(RunsOn); ok && r.TrapsRunOn() {
+			continue
 		}
 		if err := stepPast(ctx, t, cpu, hit.Traps); err != nil {
 			return err

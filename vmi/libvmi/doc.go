@@ -12,7 +12,9 @@
 //     every access to that frame costs a trip to the callback, which
 //     reports only the accesses a trap covers; the access is emulated and
 //     the vCPU runs on, so a stop is a notification, not a held vCPU;
-//   - events arrive only while Listen (or a Step) waits on LibVMI;
+//   - events arrive only while Listen (or a Step) waits on LibVMI: run
+//     Listen in a goroutine while tracing (vmi.Trace reports the hits and,
+//     the Instance being a vmi.RunsOn, does not step past them);
 //   - a step lets the other vCPUs run for its time.
 //
 // It is built only with the build tag libvmi, because LibVMI is not

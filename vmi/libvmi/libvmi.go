@@ -110,6 +110,7 @@ func Open(name string, events bool) (*Instance, error) {
 var (
 	_ vmi.Live   = (*Instance)(nil)
 	_ vmi.Tracer = (*Instance)(nil)
+	_ vmi.RunsOn = (*Instance)(nil)
 )
 
 var instances sync.Map // vmi_instance_t -> *Instance, for the callback
@@ -378,6 +379,10 @@ func (in *Instance) Step(ctx context.Context, cpu int) (vmi.CPU, error) {
 	}
 	return in.regs(cpu)
 }
+
+// TrapsRunOn reports that a trap hit does not hold the vCPU (vmi.RunsOn):
+// the access is emulated and the guest runs on.
+func (in *Instance) TrapsRunOn() bool { return true }
 
 // Listen waits for events until ctx ends (vmi_events_listen, 100 ms at a
 // time); the stops arrive on Events.
