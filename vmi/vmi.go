@@ -1,7 +1,10 @@
 // Package vmi is vmscope's memory-introspection core: typed guest addresses,
 // guest-physical memory as an io.ReaderAt over guest-physical addresses (from
 // a snapshot file or a live guest alike), the saved state of a vCPU, and the
-// x86-64 page walker.
+// x86-64 page walker; page numbers (page.go); and the interfaces of a live
+// guest (live.go): Live, Tracer (traps, single-step, stop events) and
+// Controller (writes), with Trace, the step-and-re-arm loop every tracer
+// shares.
 //
 // Invariants: addresses never wrap silently (Add reports overflow); a read
 // of guest-physical memory that is not present (a hole between RAM ranges,
@@ -72,7 +75,8 @@ type Memory interface {
 // Live is a running guest every live backend offers (vmi/qemu through the
 // GDB stub and QMP, vmi/libvmi through LibVMI): its guest-physical memory,
 // its vCPUs' registers, and pause/resume. The live modules take a Live;
-// breakpoints and events are each backend's own.
+// a Tracer adds traps, single-step and stop events, a Controller writes
+// (live.go).
 type Live interface {
 	Memory
 	CPUs(ctx context.Context) ([]CPU, error)

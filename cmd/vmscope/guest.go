@@ -24,18 +24,27 @@ func newGuestCmd() *cobra.Command {
 		Short: "Attach to a running QEMU guest (GDB stub + QMP)",
 		Long: "guest commands attach to a running QEMU guest through its GDB stub (-gdb tcp:HOST:PORT) and its QMP socket " +
 			"(-qmp unix:PATH,server=on,wait=off; QEMU serves one client per QMP socket, so give vmscope its own). " +
-			"The guest is left as found: breakpoints removed, detached, running if it ran, also on SIGINT/SIGTERM.",
+			"The guest is left as found: breakpoints removed, detached, running if it ran, also on errors, SIGINT and SIGTERM. " +
+			"Before its first change vmscope writes a journal (--journal; by default $XDG_RUNTIME_DIR/vmscope or /run/vmscope, " +
+			"one per GDB address); after a SIGKILL, `guest release` undoes what it names.",
 	}
-	c.AddCommand(newGuestInfoCmd(), newGuestDumpCmd(), newGuestBreakCmd())
+	c.PersistentFlags().StringVar(&guestJournal, "journal", "", "the journal of what vmscope changed on the guest (default: $XDG_RUNTIME_DIR/vmscope/gdb-HOST_PORT.json, or /run/vmscope/…)")
+	c.AddCommand(newGuestInfoCmd(), newGuestDumpCmd(), newGuestBreakCmd(), newGuestReleaseCmd())
 	return c
 }
 
-const guestFlagHelp = "the guest: gdb://HOST:PORT[,qmp=unix:PATH]"
+// guestJournal is the --journal flag of the guest commands.
+var guestJournal string
 
-// closeGuest restores the guest even when ctx is cancelled (SIGINT).
-func closeGuest(ctx context.Context, g *qemu.Guest, err *error) {
-	*err = errors.Join(*err, g.Close(context.WithoutCancel(ctx)))
+// journalOpts are the qemu options --journal gives.
+func journalOpts() []qemu.Option {
+	if guestJournal == "" {
+		return nil
+	}
+	return []qemu.Option{qemu.WithJournal(guestJournal)}
 }
+
+const guestFlagHelp = "the guest: gdb://HOST:PORT[,qmp=unix:PATH]"
 
 func newGuestInfoCmd() *cobra.Command {
 	var spec string
@@ -48,11 +57,12 @@ func newGuestInfoCmd() *cobra.Command {
 				return usageError{errors.New("--guest is required")}
 			}
 			ctx := cmd.Context()
-			g, err := qemu.Open(ctx, spec)
+			src, err := openMemory(ctx, memTarget{Guest: spec, Journal: guestJournal})
 			if err != nil {
 				return err
 			}
-			defer closeGuest(ctx, g, &err)
+			defer func() { err = errors.Join(err, src.Close(ctx)) }()
+			g := src.guest
 			// The state the guest was in when vmscope attached (attaching
 			// the GDB stub stops it for a moment; Close restores it).
 			state := "unknown (no QMP)"
@@ -60,10 +70,7 @@ func newGuestInfoCmd() *cobra.Command {
 				state = map[bool]string{true: "running", false: "paused"}[running]
 			}
 			// registers of a consistent stop of all vCPUs
-			cpus, err := g.CPUs(ctx)
-			if err != nil {
-				return err
-			}
+			cpus := src.cpus
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "guest: %s\nstate: %s\nvcpus: %d\n", g.Spec(), state, len(cpus))
 			if r := g.Ranges(); r != nil {
@@ -141,7 +148,7 @@ func newGuestDumpCmd() *cobra.Command {
 				return err
 			}
 			start := time.Now()
-			if err := qemu.ConsistentDump(ctx, sp.QMP, out, format); err != nil {
+			if err := qemu.ConsistentDump(ctx, sp, out, format, journalOpts()...); err != nil {
 				return err
 			}
 			fi, err := os.Stat(out)
@@ -172,68 +179,80 @@ func newGuestBreakCmd() *cobra.Command {
 			if perr != nil {
 				return usageError{fmt.Errorf("address %q: want hex", args[0])}
 			}
-			kinds := map[string]qemu.BreakKind{"sw": qemu.SoftwareBreak, "hw": qemu.HardwareBreak, "write": qemu.WriteWatch, "read": qemu.ReadWatch, "access": qemu.AccessWatch}
-			k, ok := kinds[kind]
-			if !ok {
+			var trap vmi.Trap
+			switch kind {
+			case "sw", "hw":
+				trap = vmi.Breakpoint(vmi.VA(va))
+			case "write":
+				trap = vmi.Watchpoint(vmi.VA(va), uint64(size), vmi.Write)
+			case "read":
+				trap = vmi.Watchpoint(vmi.VA(va), uint64(size), vmi.Read)
+			case "access":
+				trap = vmi.Watchpoint(vmi.VA(va), uint64(size), vmi.ReadWrite)
+			default:
 				return usageError{fmt.Errorf("--kind %q: want sw, hw, write, read or access", kind)}
 			}
+			if err := trap.Validate(); err != nil {
+				return usageError{err}
+			}
 			ctx := cmd.Context()
-			g, err := qemu.Open(ctx, spec)
+			src, err := openMemory(ctx, memTarget{Guest: spec, Journal: guestJournal, HardwareBreakpoints: kind == "hw"})
 			if err != nil {
 				return err
 			}
-			defer closeGuest(ctx, g, &err)
-			bp := qemu.Breakpoint{Kind: k, Addr: vmi.VA(va), Size: size}
-			if err := g.SetBreakpoint(ctx, bp); err != nil {
-				return err
-			}
-			if err := g.Resume(ctx); err != nil {
-				return err
-			}
+			defer func() { err = errors.Join(err, src.Close(ctx)) }()
 			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "armed %s at %#x\n", k, va)
-			for hits := 0; count == 0 || hits < count; {
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case ev := <-g.Events():
-					if ev.Exited {
-						return errors.New("guest exited")
-					}
-					if ev.Signal != 5 {
-						continue // paused by someone else: wait until they resume it
-					}
-					hits++
-					c, err := g.Regs(ctx, ev.CPU)
-					if err != nil {
-						return err
-					}
-					fmt.Fprintf(w, "hit %d: cpu %d rip %#x cr3 %#x", hits, ev.CPU, c.RIP, c.CR3)
-					if ev.Watch != "" {
-						fmt.Fprintf(w, " %s %#x", ev.Watch, uint64(ev.Addr))
-					}
-					fmt.Fprintln(w)
-					// step past the breakpoint with it cleared, then re-arm
-					if err := g.ClearBreakpoint(ctx, bp); err != nil {
-						return err
-					}
-					if _, err := g.Step(ctx, ev.CPU); err != nil {
-						return err
-					}
-					if err := g.SetBreakpoint(ctx, bp); err != nil {
-						return err
-					}
-					if err := g.Resume(ctx); err != nil {
-						return err
-					}
+			fmt.Fprintf(w, "armed %s\n", trap)
+			hits := 0
+			return vmi.Trace(ctx, src.guest, []vmi.Trap{trap}, func(_ context.Context, h vmi.Hit) (bool, error) {
+				hits++
+				fmt.Fprintf(w, "hit %d: cpu %d rip %#x cr3 %#x", hits, h.Stop.CPU, h.Regs.RIP, h.Regs.CR3)
+				if h.Stop.Access != vmi.Execute {
+					fmt.Fprintf(w, " %s %#x", h.Stop.Access, uint64(h.Stop.Addr))
 				}
-			}
-			return nil
+				fmt.Fprintln(w)
+				return count == 0 || hits < count, nil
+			})
 		},
 	}
 	c.Flags().StringVar(&spec, "guest", "", guestFlagHelp)
 	c.Flags().StringVar(&kind, "kind", "sw", "sw, hw (breakpoints), write, read, access (watchpoints)")
 	c.Flags().IntVar(&count, "count", 0, "stop after this many hits (0: until SIGINT/SIGTERM)")
 	c.Flags().IntVar(&size, "size", 1, "watched bytes (1, 2, 4, 8)")
+	return c
+}
+
+func newGuestReleaseCmd() *cobra.Command {
+	var spec string
+	c := &cobra.Command{
+		Use:   "release --guest gdb://HOST:PORT[,qmp=unix:PATH] [--journal PATH]",
+		Short: "Restore a guest a killed vmscope left stopped or with breakpoints, as its journal says",
+		Long: "release reads the journal a vmscope process left (killed with SIGKILL, or a restore that failed), attaches, " +
+			"removes every breakpoint and watchpoint the journal names, turns the stub's physical-memory mode off, and " +
+			"resumes the guest only if it ran before vmscope attached (or its state was unknown: without QMP vmscope always " +
+			"resumes; or QMP says someone resumed it since). A guest found paused is left paused. An unfinished `guest dump` " +
+			"is undone with a QMP cont. Without a journal it changes nothing. The journal is removed once the guest is restored.",
+		Args: rangeArgs(0, 0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if spec == "" {
+				return usageError{errors.New("--guest is required")}
+			}
+			rel, err := qemu.Release(cmd.Context(), spec, journalOpts()...)
+			w := cmd.OutOrStdout()
+			if rel != nil {
+				if !rel.Left {
+					fmt.Fprintf(w, "nothing to release: no journal at %s\n", rel.Journal)
+					return err
+				}
+				fmt.Fprintf(w, "journal: %s (left by pid %d; the guest was %s before it changed anything)\n", rel.Journal, rel.PID, rel.Found)
+				fmt.Fprintf(w, "traps removed: %d (%d no longer set)\n", rel.Removed, rel.Absent)
+				if err == nil {
+					fmt.Fprintln(w, map[bool]string{true: "guest: resumed", false: "guest: left paused"}[rel.Resumed])
+				}
+			}
+			return err
+		},
+	}
+	c.Flags().StringVar(&spec, "guest", "", guestFlagHelp)
 	return c
 }

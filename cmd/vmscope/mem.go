@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -14,8 +13,6 @@ import (
 
 	"github.com/vmscope/vmscope/vmi"
 	"github.com/vmscope/vmscope/vmi/linux"
-	"github.com/vmscope/vmscope/vmi/qemu"
-	"github.com/vmscope/vmscope/vmi/snapshot"
 )
 
 // memFlags are the flags every mem verb takes.
@@ -86,22 +83,12 @@ func openMem(c *cobra.Command, args []string, f *memFlags) (*memSession, error) 
 	if err := checkFormat(f.format, "table", "json", "ndjson"); err != nil {
 		return nil, err
 	}
-	var m *memSession
-	var err error
-	switch {
-	case f.guest != "" && len(args) == 0:
-		m, err = openLive(c, f)
-	case f.guest == "" && len(args) == 1:
-		if f.pause {
-			return nil, usageError{fmt.Errorf("--pause goes with --guest")}
-		}
-		m, err = openSnapshot(args[0])
-	default:
-		return nil, usageError{fmt.Errorf("give a SNAPSHOT file or --guest, not both or neither")}
-	}
+	src, err := openMemory(c.Context(), memTarget{Snapshot: strings.Join(args, ""), Guest: f.guest, Pause: f.pause})
 	if err != nil {
 		return nil, err
 	}
+	m := &memSession{mem: src.mem, cpus: src.cpus, format: src.format, size: src.size, path: src.name,
+		close: func() error { return src.Close(c.Context()) }}
 	opts := []linux.Option{linux.WithCPUs(m.cpus)}
 	for _, in := range []struct {
 		p   string
@@ -131,45 +118,6 @@ func openMem(c *cobra.Command, args []string, f *memFlags) (*memSession, error) 
 		return nil, fmt.Errorf("%s: %w", m.path, err)
 	}
 	return m, nil
-}
-
-func openSnapshot(path string) (*memSession, error) {
-	s, err := snapshot.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	var size int64
-	if fi, err := os.Stat(path); err == nil {
-		size = fi.Size()
-	}
-	return &memSession{mem: s, cpus: s.CPUs(), format: s.Format().String(), size: size, path: path, close: s.Close}, nil
-}
-
-// openLive attaches to a running guest. Closing it removes what was set,
-// detaches and resumes the guest if it ran, even when the command's context
-// was cancelled by SIGINT/SIGTERM.
-func openLive(c *cobra.Command, f *memFlags) (*memSession, error) {
-	g, err := qemu.Open(c.Context(), f.guest)
-	if err != nil {
-		return nil, err
-	}
-	cleanup := func() error {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Context()), 30*time.Second)
-		defer cancel()
-		return g.Close(ctx)
-	}
-	if f.pause {
-		if err := g.Pause(c.Context()); err != nil {
-			cleanup()
-			return nil, err
-		}
-	}
-	cpus, err := g.CPUs(c.Context())
-	if err != nil {
-		cleanup()
-		return nil, err
-	}
-	return &memSession{mem: g, cpus: cpus, format: "live", path: f.guest, close: cleanup}, nil
 }
 
 // writeRows writes rows as a JSON document {key: rows, problems} or as

@@ -1,14 +1,20 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"github.com/vmscope/vmscope/fsparse"
 	"github.com/vmscope/vmscope/internal/escape"
 	"github.com/vmscope/vmscope/qcow"
+	"github.com/vmscope/vmscope/vmi"
+	"github.com/vmscope/vmscope/vmi/qemu"
+	"github.com/vmscope/vmscope/vmi/snapshot"
 )
 
 // openDisk opens an image file read-only, with its backing chain, and reads
@@ -24,6 +30,82 @@ func openDisk(path string) (*qcow.Image, *fsparse.Disk, error) {
 		return nil, nil, err
 	}
 	return im, d, nil
+}
+
+// memTarget says which memory to open: a snapshot file, or a live guest.
+type memTarget struct {
+	Snapshot string // a memory snapshot file; "" for a live guest
+	Guest    string // a live guest spec (gdb://HOST:PORT[,qmp=unix:PATH])
+	Pause    bool   // live: pause the guest for a consistent view (Close resumes it)
+	Journal  string // live: the journal path; "" for the default
+	// HardwareBreakpoints: live execute traps are hardware breakpoints.
+	HardwareBreakpoints bool
+}
+
+// memSource is an opened snapshot or live guest: guest-physical memory and
+// the vCPUs' registers. Close is the one way to close either.
+type memSource struct {
+	mem    vmi.Memory
+	cpus   []vmi.CPU
+	format string // the snapshot format, or "live"
+	size   int64  // the snapshot file's size
+	name   string // the snapshot path or the guest spec
+	guest  *qemu.Guest
+	snap   *snapshot.Snapshot
+}
+
+// openMemory is the one opener of memory for the commands: a snapshot
+// file (read-only) or a live guest (attached, paused with Pause; the
+// registers are read at one stop). The caller closes it.
+func openMemory(ctx context.Context, t memTarget) (*memSource, error) {
+	if (t.Snapshot == "") == (t.Guest == "") {
+		return nil, usageError{fmt.Errorf("give a SNAPSHOT file or --guest, not both or neither")}
+	}
+	if t.Snapshot != "" {
+		if t.Pause {
+			return nil, usageError{fmt.Errorf("--pause goes with --guest")}
+		}
+		s, err := snapshot.Open(t.Snapshot)
+		if err != nil {
+			return nil, err
+		}
+		var size int64
+		if fi, err := os.Stat(t.Snapshot); err == nil {
+			size = fi.Size()
+		}
+		return &memSource{mem: s, cpus: s.CPUs(), format: s.Format().String(), size: size, name: t.Snapshot, snap: s}, nil
+	}
+	var opts []qemu.Option
+	if t.Journal != "" {
+		opts = append(opts, qemu.WithJournal(t.Journal))
+	}
+	if t.HardwareBreakpoints {
+		opts = append(opts, qemu.WithHardwareBreakpoints())
+	}
+	g, err := qemu.Open(ctx, t.Guest, opts...)
+	if err != nil {
+		return nil, err
+	}
+	src := &memSource{mem: g, format: "live", name: t.Guest, guest: g}
+	if t.Pause {
+		if err := g.Pause(ctx); err != nil {
+			return nil, errors.Join(err, src.Close(ctx))
+		}
+	}
+	if src.cpus, err = g.CPUs(ctx); err != nil {
+		return nil, errors.Join(err, src.Close(ctx))
+	}
+	return src, nil
+}
+
+// Close releases a snapshot, or leaves a live guest as it was found
+// (traps removed, detached, running if it ran), also when ctx was
+// cancelled by SIGINT/SIGTERM.
+func (s *memSource) Close(ctx context.Context) error {
+	if s.guest != nil {
+		return s.guest.Close(context.WithoutCancel(ctx))
+	}
+	return s.snap.Close()
 }
 
 // checkFormat validates a --format value against the allowed ones.

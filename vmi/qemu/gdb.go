@@ -334,6 +334,10 @@ func checkReply(payload string, r []byte) error {
 	return nil
 }
 
+// Exec sends one packet and expects "OK": an "Exx" reply is a
+// *StubError, the empty reply ErrUnsupported.
+func (g *GDB) Exec(ctx context.Context, payload string) error { return g.expectOK(ctx, payload) }
+
 func (g *GDB) expectOK(ctx context.Context, payload string) error {
 	r, err := g.Command(ctx, payload)
 	if err != nil {
@@ -392,6 +396,10 @@ func parseThreadID(s string) (int, error) {
 	return int(n), nil
 }
 
+// SelectThread makes thread the one register packets ('g', 'p', 'P')
+// apply to (Hg), unless it is already.
+func (g *GDB) SelectThread(ctx context.Context, thread int) error { return g.selectThread(ctx, thread) }
+
 func (g *GDB) selectThread(ctx context.Context, thread int) error {
 	g.mu.Lock()
 	cur := g.gThread
@@ -443,14 +451,6 @@ func decodeRegHex(r []byte) ([]byte, error) {
 	return out, nil
 }
 
-// WriteRegisters writes a whole 'g' block of a thread ('G').
-func (g *GDB) WriteRegisters(ctx context.Context, thread int, block []byte) error {
-	if err := g.selectThread(ctx, thread); err != nil {
-		return err
-	}
-	return g.expectOK(ctx, string(appendHex([]byte("G"), block)))
-}
-
 // ReadRegister reads register regnum of a thread ('p').
 func (g *GDB) ReadRegister(ctx context.Context, thread, regnum int) ([]byte, error) {
 	if err := g.selectThread(ctx, thread); err != nil {
@@ -465,15 +465,6 @@ func (g *GDB) ReadRegister(ctx context.Context, thread, regnum int) ([]byte, err
 		return nil, err
 	}
 	return decodeRegHex(r)
-}
-
-// WriteRegister writes register regnum of a thread ('P'), value
-// little-endian and of the register's size.
-func (g *GDB) WriteRegister(ctx context.Context, thread, regnum int, val []byte) error {
-	if err := g.selectThread(ctx, thread); err != nil {
-		return err
-	}
-	return g.expectOK(ctx, string(appendHex(fmt.Appendf(nil, "P%x=", regnum), val)))
 }
 
 // SetPhysicalMode switches memory packets between guest-virtual addresses
@@ -537,19 +528,6 @@ func (g *GDB) ReadMemory(ctx context.Context, addr uint64, p []byte) error {
 	})
 	if err != nil {
 		return fmt.Errorf("qemu: gdb read memory %#x+%#x: %w", addr, len(p), err)
-	}
-	return nil
-}
-
-// WriteMemory writes p at addr ('M', chunked to the packet size).
-func (g *GDB) WriteMemory(ctx context.Context, addr uint64, p []byte) error {
-	chunk := (g.packetSize - 32) / 2
-	for off := 0; off < len(p); off += chunk {
-		end := min(off+chunk, len(p))
-		q := appendHex(fmt.Appendf(nil, "M%x,%x:", addr+uint64(off), end-off), p[off:end])
-		if err := g.expectOK(ctx, string(q)); err != nil {
-			return fmt.Errorf("qemu: gdb write memory %#x: %w", addr+uint64(off), err)
-		}
 	}
 	return nil
 }

@@ -17,8 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmscope/vmscope/internal/fixture"
 	"github.com/vmscope/vmscope/vmi"
 	"github.com/vmscope/vmscope/vmi/internal/guesttest"
+	"github.com/vmscope/vmscope/vmi/linux"
 	"github.com/vmscope/vmscope/vmi/snapshot"
 )
 
@@ -37,6 +39,10 @@ type liveGuest struct {
 	ref              *QMP // the test's own QMP connection
 	cmd              *exec.Cmd
 	exited           chan struct{}
+
+	symOnce sync.Once
+	syms    *linux.Symbols
+	symErr  error
 }
 
 func (lg *liveGuest) QMP(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
@@ -48,7 +54,15 @@ func (lg *liveGuest) HMP(ctx context.Context, line string) (string, error) {
 }
 
 func TestMain(m *testing.M) {
+	// Journals of the guests under test go to a folder of their own.
+	dir, err := os.MkdirTemp("", "vmscope-qemu-journal")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	os.Setenv("XDG_RUNTIME_DIR", dir)
 	code := m.Run()
+	os.RemoveAll(dir)
 	if booted != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		booted.ref.Quit(ctx)
@@ -116,7 +130,7 @@ func bootLive(kernel, initrd string) (*liveGuest, error) {
 func live(t *testing.T) *liveGuest {
 	t.Helper()
 	if testing.Short() {
-		t.Skip("boots a guest")
+		fixture.Missing(t, "-short: the live tests boot a guest")
 	}
 	kernel, initrd := guesttest.Path(t, "vmlinuz"), guesttest.Path(t, "initrd.gz")
 	bootOnce.Do(func() { booted, bootErr = bootLive(kernel, initrd) })
@@ -287,20 +301,50 @@ func TestLiveRegistersMatchHMP(t *testing.T) {
 	}
 }
 
-// kernelAddr pauses the guest and returns a kernel address it will run
-// soon: the idle vCPU's RIP (right after its hlt).
+// idleSymbol is the kernel function the fixture's idle vCPU runs each time
+// it wakes up (every few milliseconds under TCG): the hlt of the idle loop
+// (QEMU's default CPU has no MWAIT; the cloud kernel halts through
+// native_safe_halt).
+const idleSymbol = "native_safe_halt"
+
+// kernelAddr pauses the guest and returns the address of idleSymbol,
+// taken from the guest's own kallsyms (recovered from its memory once per
+// boot). It never skips: whatever the vCPU was running when paused, the
+// address is a kernel one the guest runs soon.
 func kernelAddr(t *testing.T, ctx context.Context, g *Guest) vmi.VA {
+	t.Helper()
 	if err := g.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}
-	c, err := g.Regs(ctx, 0)
-	if err != nil {
-		t.Fatal(err)
+	return live(t).symbol(t, ctx, g, idleSymbol)
+}
+
+// symbol returns the address of a kernel symbol of the running guest,
+// from its kallsyms as vmi/linux recovers them from memory (with KASLR),
+// read through g (the stub takes one client at a time) once per boot.
+func (lg *liveGuest) symbol(t *testing.T, ctx context.Context, g *Guest, name string) vmi.VA {
+	t.Helper()
+	lg.symOnce.Do(func() {
+		cpus, err := g.CPUs(ctx)
+		if err != nil {
+			lg.symErr = err
+			return
+		}
+		k, err := linux.Discover(ctx, g, linux.WithCPUs(cpus))
+		if err != nil {
+			lg.symErr = err
+			return
+		}
+		lg.syms = k.Symbols
+	})
+	if lg.symErr != nil {
+		t.Fatalf("kernel symbols of the live guest: %v", lg.symErr)
 	}
-	if c.RIP < 0xffff800000000000 {
-		t.Skipf("vCPU 0 stopped in user space at %#x", c.RIP)
+	a, ok := lg.syms.Addr(name)
+	if !ok || a < 0xffff800000000000 {
+		t.Fatalf("kernel symbol %s: %v %v", name, a, ok)
 	}
-	return vmi.VA(c.RIP)
+	return a
 }
 
 // xp returns QEMU's own view of the 16 bytes at va (gva2gpa, then xp).
@@ -335,7 +379,7 @@ func TestLiveBreakpoint(t *testing.T) {
 	}
 	select {
 	case ev := <-g.Events():
-		if ev.Signal != 5 || ev.CPU != 0 {
+		if ev.Reason != vmi.StopTrap || ev.Access != vmi.Execute || ev.CPU != 0 {
 			t.Errorf("stop event %+v", ev)
 		}
 	case <-time.After(90 * time.Second):
@@ -437,4 +481,54 @@ func checkClean(t *testing.T, ctx context.Context, lg *liveGuest, addr, watch vm
 	if on, err := d.PhysicalMode(ctx); err != nil || on {
 		t.Errorf("physical-memory mode left on (%v, %v)", on, err)
 	}
+}
+
+// TestLiveTrace runs vmi.Trace, the step-and-re-arm loop, on the guest
+// with a breakpoint on the idle function and a write watchpoint on
+// jiffies_64 (the timer tick writes it), until both have been hit twice.
+// Every breakpoint hit must stop at the breakpoint, every watchpoint hit
+// name a write of jiffies_64, and each hit match exactly its trap; the
+// loop must report each pass once (steps past the trap). Close then
+// leaves the guest running with no trap.
+func TestLiveTrace(t *testing.T) {
+	lg, g := openLive(t)
+	ctx := ctxT(t)
+	idle := kernelAddr(t, ctx, g)
+	jiffies := lg.symbol(t, ctx, g, "jiffies_64")
+	traps := []vmi.Trap{vmi.Breakpoint(idle), vmi.Watchpoint(jiffies, 8, vmi.Write)}
+	seen := map[vmi.Access]int{}
+	tctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	err := vmi.Trace(tctx, g, traps, func(_ context.Context, h vmi.Hit) (bool, error) {
+		if h.Stop.Reason != vmi.StopTrap || h.Stop.CPU != 0 || len(h.Traps) != 1 {
+			t.Errorf("hit %+v", h)
+			return false, nil
+		}
+		switch h.Stop.Access {
+		case vmi.Execute:
+			if vmi.VA(h.Regs.RIP) != idle || h.Traps[0] != traps[0] {
+				t.Errorf("breakpoint hit at %#x, traps %v", h.Regs.RIP, h.Traps)
+			}
+		case vmi.Write:
+			if h.Stop.Addr != jiffies || h.Traps[0] != traps[1] {
+				t.Errorf("watchpoint hit at %v, traps %v", h.Stop.Addr, h.Traps)
+			}
+		default:
+			t.Errorf("hit with access %v", h.Stop.Access)
+		}
+		seen[h.Stop.Access]++
+		return seen[vmi.Execute] < 2 || seen[vmi.Write] < 2, nil
+	})
+	if err != nil {
+		t.Fatalf("trace: %v (hits %v)", err, seen)
+	}
+	t.Logf("hits: %d breakpoint, %d watchpoint", seen[vmi.Execute], seen[vmi.Write])
+	if len(g.Breakpoints()) != 2 {
+		t.Errorf("traps armed after the trace: %v", g.Breakpoints())
+	}
+	if err := g.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	assertRunning(t, lg)
+	checkClean(t, ctx, lg, idle, jiffies)
 }

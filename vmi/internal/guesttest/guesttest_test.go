@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmscope/vmscope/internal/fixture"
 )
 
 // TestScenario checks that the fixture's console holds the scenario that
@@ -141,7 +143,7 @@ func TestParseConsoleErrors(t *testing.T) {
 // TestLive boots the fixture guest and checks its QMP socket and GDB stub.
 func TestLive(t *testing.T) {
 	if testing.Short() {
-		t.Skip("boots a guest (about 20 s)")
+		fixture.Missing(t, "-short: TestLive boots a guest (about 20 s)")
 	}
 	g := Live(t, KASLR)
 	ctx := context.Background()
