@@ -79,7 +79,7 @@ type StopError struct {
 func (e *StopError) Error() string {
 	spent := fmt.Sprintf("%d of %d bytes read, %d of %d candidates tried", e.Spent.Bytes, e.Budget.Bytes, e.Spent.Candidates, e.Budget.Candidates)
 	if e.Over != "" {
-		return fmt.Sprintf("linux: discovery stopped in the %s phase (%s): its budget of %s is spent (%s): %v", e.Phase, e.Progress, e.Over, spent, e.Err)
+		return fmt.Sprintf("linux: discovery budget of %s spent in the %s phase (%s): %s", e.Over, e.Phase, e.Progress, spent)
 	}
 	return fmt.Sprintf("linux: discovery stopped in the %s phase (%s; %s): %v", e.Phase, e.Progress, spent, e.Err)
 }
