@@ -82,9 +82,11 @@ func newHostileKernel(t *testing.T) *hostileKernel {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cm := &countingMem{Memory: mem}
 	k := &Kernel{
-		Mem:     mem,
-		AS:      vmi.AddressSpace{Mem: mem, Root: 0x1000},
+		Mem:     cm,
+		counter: cm,
+		AS:      vmi.AddressSpace{Mem: cm, Root: 0x1000},
 		Types:   spec,
 		Symbols: newSymbols([]Symbol{{Addr: hostileBase, Type: 'D', Name: "init_task"}}),
 	}
@@ -342,5 +344,35 @@ func TestDiscoveryCanceled(t *testing.T) {
 		if vmerr.ExitCode(err, false) != vmerr.ExitCanceled {
 			t.Errorf("exit code %d for %v", vmerr.ExitCode(err, false), err)
 		}
+	}
+}
+
+// TestHostileAddressWrap: an object placed so that a member's address
+// wraps past the top of the address space (container_of of a hostile
+// pointer) is corrupt, with the structure named; no read is made at the
+// wrapped address.
+func TestHostileAddressWrap(t *testing.T) {
+	h := newHostileKernel(t)
+	top := vmi.VA(0xfffffffffffffff8) // pid is at +16, comm at +72
+	for name, read := range map[string]func(o *obj) uint64{
+		"u32":  func(o *obj) uint64 { return uint64(o.u32("pid")) },
+		"uint": func(o *obj) uint64 { return o.uint("pid") },
+		"str":  func(o *obj) uint64 { return uint64(len(o.str("comm", 16))) },
+	} {
+		o := h.obj("task_struct", top)
+		before := h.BytesRead()
+		v := read(o)
+		var fe *vmerr.FormatError
+		if v != 0 || !errors.Is(o.err, vmi.ErrCorrupt) || !errors.As(o.err, &fe) || !strings.Contains(fe.Struct, "task_struct") {
+			t.Errorf("%s: value %d, error %v: want a FormatError of task_struct wrapping vmi.ErrCorrupt", name, v, o.err)
+		}
+		if h.BytesRead() != before {
+			t.Errorf("%s: read %d bytes at a wrapped address", name, h.BytesRead()-before)
+		}
+	}
+	// a member below the top still reads (and fails only as not present)
+	o := h.obj("task_struct", top)
+	if o.u64("tasks"); !errors.Is(o.err, vmi.ErrNotPresent) {
+		t.Errorf("tasks at %#x: %v, want not present", uint64(top), o.err)
 	}
 }
