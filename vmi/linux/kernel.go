@@ -11,6 +11,9 @@
 // build is used. Guest memory is hostile: every list walk is capped and
 // cycle-checked, every string and array read is bounded, and what a walk
 // could not follow is returned as a Problem instead of stopping the walk.
+// Discovery itself runs on a Budget of bytes read and candidates tried
+// (page-table roots, kallsyms tables), and stops with a *StopError naming
+// its phase when the budget is spent or its context done.
 // Errors wrap ErrNotLinux, ErrLayout or the vmi sentinels.
 package linux
 
