@@ -21,6 +21,7 @@ fixtures: deps
 	bash testdata/fixtures.sh
 	bash testdata/guest/build.sh
 	bash testdata/guest-disk/build.sh
+	bash testdata/hostile-mem/build.sh
 
 demo: build
 	bash scripts/demo.sh

@@ -2,13 +2,16 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
 	"github.com/vmscope/vmscope/vmi"
@@ -23,6 +26,8 @@ type memFlags struct {
 	guest     string
 	pause     bool
 	vmlinux   string
+	maxRead   string
+	maxCands  int
 }
 
 func (f *memFlags) add(c *cobra.Command) {
@@ -32,6 +37,28 @@ func (f *memFlags) add(c *cobra.Command) {
 	c.Flags().StringVar(&f.vmlinux, "vmlinux", "", "the kernel build's vmlinux (ELF: BTF, and symbols when not stripped) or the distribution's vmlinuz, instead of the types (and symbols) in memory")
 	c.Flags().StringVar(&f.guest, "guest", "", "a running QEMU guest instead of a snapshot: gdb://HOST:PORT[,qmp=unix:SOCK]")
 	c.Flags().BoolVar(&f.pause, "pause", false, "with --guest: pause the guest for a consistent view, resume it after")
+	c.Flags().StringVar(&f.maxRead, flagMaxRead, fmt.Sprintf("%dMiB", linux.DefaultBudget.Bytes>>20), "kernel discovery reads at most this much guest memory besides one pass over it")
+	c.Flags().IntVar(&f.maxCands, flagMaxCands, linux.DefaultBudget.Candidates, "kernel discovery tries at most this many page-table roots and kallsyms tables")
+}
+
+// The flags of the discovery budget, named when it runs out.
+const (
+	flagMaxRead  = "discovery-max-read"
+	flagMaxCands = "discovery-max-candidates"
+)
+
+// budgetHint names the flag that raises the bound a *linux.StopError ran
+// into.
+func budgetHint(err error) error {
+	var se *linux.StopError
+	if !errors.As(err, &se) || se.Over == "" {
+		return err
+	}
+	flag := flagMaxRead
+	if se.Over == "candidates" {
+		flag = flagMaxCands
+	}
+	return fmt.Errorf("%w (raise it with --%s)", err, flag)
 }
 
 func newMemCmd() *cobra.Command {
@@ -83,13 +110,18 @@ func openMem(c *cobra.Command, args []string, f *memFlags) (*memSession, error) 
 	if err := checkFormat(f.format, "table", "json", "ndjson"); err != nil {
 		return nil, err
 	}
+	maxRead, err := humanize.ParseBytes(f.maxRead)
+	if err != nil || f.maxCands < 1 || maxRead < 1 || maxRead > math.MaxInt64 {
+		return nil, usageError{fmt.Errorf("--%s %q, --%s %d: want sizes above 0", flagMaxRead, f.maxRead, flagMaxCands, f.maxCands)}
+	}
+	budget := linux.Budget{Bytes: int64(maxRead), Candidates: f.maxCands}
 	src, err := openMemory(c.Context(), memTarget{Snapshot: strings.Join(args, ""), Guest: f.guest, Pause: f.pause})
 	if err != nil {
 		return nil, err
 	}
 	m := &memSession{mem: src.mem, cpus: src.cpus, format: src.format, size: src.size, path: src.name,
 		close: func() error { return src.Close(c.Context()) }}
-	opts := []linux.Option{linux.WithCPUs(m.cpus)}
+	opts := []linux.Option{linux.WithCPUs(m.cpus), linux.WithBudget(budget)}
 	for _, in := range []struct {
 		p   string
 		opt func(io.Reader) linux.Option
@@ -115,7 +147,7 @@ func openMem(c *cobra.Command, args []string, f *memFlags) (*memSession, error) 
 	}
 	if m.k, err = linux.Discover(c.Context(), m.mem, opts...); err != nil {
 		m.Close()
-		return nil, fmt.Errorf("%s: %w", m.path, err)
+		return nil, fmt.Errorf("%s: %w", m.path, budgetHint(err))
 	}
 	return m, nil
 }

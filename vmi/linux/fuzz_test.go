@@ -2,6 +2,7 @@ package linux
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -224,6 +225,72 @@ func FuzzKernelImage(f *testing.F) {
 		ki, err := ReadKernelImage(p)
 		if err == nil && ki.BTF == nil && ki.SystemMap == nil {
 			t.Fatal("an image with nothing in it was accepted")
+		}
+	})
+}
+
+// FuzzPageCache: a walk through the page cache gives what a walk of the
+// memory itself gives, whatever the tables hold.
+func FuzzPageCache(f *testing.F) {
+	tables := make([]byte, 0x5000)
+	binary.LittleEndian.PutUint64(tables[0x1000+511*8:], 0x2000|3)
+	binary.LittleEndian.PutUint64(tables[0x2000+510*8:], 0x3000|3)
+	binary.LittleEndian.PutUint64(tables[0x3000:], 0x4000|3)
+	binary.LittleEndian.PutUint64(tables[0x3008:], 0x200000|1<<7|3)
+	binary.LittleEndian.PutUint64(tables[0x4000:], 0x1000|3)
+	f.Add(tables, uint64(0x1000), uint16(0), false)
+	f.Add(tables, uint64(0x1000), uint16(1), true)
+	f.Fuzz(func(t *testing.T, mem []byte, root uint64, slot uint16, la57 bool) {
+		m := memBytes(mem)
+		cached := vmi.AddressSpace{Mem: &pageCache{r: m}, Root: vmi.PA(root), LA57: la57}
+		direct := vmi.AddressSpace{Mem: m, Root: vmi.PA(root), LA57: la57}
+		// every slot of the kernel image range, from slot on, twice
+		for i := range 2 * 512 {
+			va := vmi.VA(startKernelMap + (uint64(slot)+uint64(i))%512<<21 + uint64(i)*0x1000%(1<<21))
+			pa1, s1, err1 := cached.Translate(va)
+			pa2, s2, err2 := direct.Translate(va)
+			if pa1 != pa2 || s1 != s2 || (err1 == nil) != (err2 == nil) || errors.Is(err1, vmi.ErrCorrupt) != errors.Is(err2, vmi.ErrCorrupt) {
+				t.Fatalf("%#x: cached %#x %d %v, direct %#x %d %v", uint64(va), uint64(pa1), s1, err1, uint64(pa2), s2, err2)
+			}
+		}
+	})
+}
+
+// FuzzDiscover: discovery of any memory ends within its budget, with a
+// kernel whose image is in the kernel image range or an error; a spent
+// budget is a *StopError that spent no more than it had.
+func FuzzDiscover(f *testing.F) {
+	// the layout of testdata/hostile-mem's kallsyms-tables.raw, small:
+	// tables mapping the image range to one 2 MiB page holding a banner
+	// and fake token tables
+	seed := make([]byte, 4<<20)
+	le := binary.LittleEndian
+	le.PutUint64(seed[0x1000+511*8:], 0x2000|3)
+	le.PutUint64(seed[0x2000+510*8:], 0x3000|3)
+	for i := range 512 {
+		le.PutUint64(seed[0x3000+8*i:], 0x200000|1<<7|3)
+	}
+	copy(seed[0x200000:], "Linux version 6.1.0-fuzz (fuzz@vmscope) #1 SMP\n\x00")
+	for off := 0x200000 + 1024; off+1024 <= len(seed); off += 64 << 10 {
+		for i := range 256 {
+			seed[off+2*i] = byte(i) | byte(max(0, 1-i))<<7
+			le.PutUint16(seed[off+512+2*i:], uint16(2*i))
+		}
+	}
+	f.Add(seed, uint16(8), uint32(8<<20))
+	f.Fuzz(func(t *testing.T, mem []byte, cands uint16, bytes uint32) {
+		b := Budget{Bytes: int64(bytes%(64<<20)) + 1, Candidates: int(cands%64) + 1}
+		k, err := Discover(context.Background(), memBytes(mem), WithBudget(b), WithoutBTF())
+		var se *StopError
+		switch {
+		case err == nil:
+			if k.Text < startKernelMap || k.ImageEnd <= k.Text || k.Spent.Bytes > b.Bytes || k.Spent.Candidates > b.Candidates {
+				t.Fatalf("kernel text %#x..%#x, spent %+v of %+v", uint64(k.Text), uint64(k.ImageEnd), k.Spent, b)
+			}
+		case errors.As(err, &se):
+			if !errors.Is(err, ErrBudget) || se.Spent.Bytes > b.Bytes || se.Spent.Candidates > b.Candidates || se.Phase == "" {
+				t.Fatalf("%v: spent %+v of %+v", err, se.Spent, b)
+			}
 		}
 	})
 }

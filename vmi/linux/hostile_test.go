@@ -4,13 +4,19 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf/btf"
 
+	"github.com/vmscope/vmscope/internal/fixture"
+	"github.com/vmscope/vmscope/vmerr"
 	"github.com/vmscope/vmscope/vmi"
+	"github.com/vmscope/vmscope/vmi/snapshot"
 )
 
 // memBytes is guest-physical memory held in a slice.
@@ -76,9 +82,11 @@ func newHostileKernel(t *testing.T) *hostileKernel {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cm := &countingMem{Memory: mem}
 	k := &Kernel{
-		Mem:     mem,
-		AS:      vmi.AddressSpace{Mem: mem, Root: 0x1000},
+		Mem:     cm,
+		counter: cm,
+		AS:      vmi.AddressSpace{Mem: cm, Root: 0x1000},
 		Types:   spec,
 		Symbols: newSymbols([]Symbol{{Addr: hostileBase, Type: 'D', Name: "init_task"}}),
 	}
@@ -190,5 +198,181 @@ func TestHostileTaskList(t *testing.T) {
 	}
 	if _, err := h.ReadU64(nowhere); !errors.Is(err, vmi.ErrNotPresent) {
 		t.Errorf("read of nowhere: %v, want ErrNotPresent", err)
+	}
+}
+
+// hostileMem opens a memory file that testdata/hostile-mem/build.sh
+// writes (testdata/hostile-mem/main.go says what each holds), or skips
+// the test (fails it under CI) when it has not been built.
+func hostileMem(t *testing.T, name string) *snapshot.Snapshot {
+	t.Helper()
+	p := filepath.Join(fixture.Root(), "testdata", "out-hostile-mem", name)
+	if _, err := os.Stat(p); err != nil {
+		fixture.Missing(t, "%s (bash testdata/hostile-mem/build.sh)", p)
+	}
+	s, err := snapshot.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// discoverWithin runs Discover and fails the test when it has not ended
+// within a minute: before the budget, discovery of the hostile files ran
+// for hours; with it, each takes about a second of CPU (the minute is for
+// a loaded machine).
+func discoverWithin(t *testing.T, mem vmi.Memory, opts ...Option) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	start := time.Now()
+	_, err := Discover(ctx, mem, opts...)
+	if errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("discovery did not end within a minute: %v", err)
+	}
+	t.Logf("discovery ended in %v: %v", time.Since(start).Round(time.Millisecond), err)
+	return err
+}
+
+// stopError returns err's *StopError, or fails the test.
+func stopError(t *testing.T, err error) *StopError {
+	t.Helper()
+	var se *StopError
+	if !errors.As(err, &se) {
+		t.Fatalf("error %v, want a *StopError", err)
+	}
+	if !strings.Contains(err.Error(), "the "+string(se.Phase)+" phase") || se.Progress == "" {
+		t.Errorf("message %q does not name the phase %q and its progress", err, se.Phase)
+	}
+	return se
+}
+
+// TestHostileDiscovery runs discovery on memory made to keep it busy
+// without end: it stops on its budget, in the phase the file attacks,
+// having spent no more than the budget.
+func TestHostileDiscovery(t *testing.T) {
+	for _, tc := range []struct {
+		file  string
+		phase Phase
+		over  string
+	}{
+		// ~1,000 fake token tables a chunk, each a 2 MiB marker read
+		{"kallsyms-tables.raw", PhaseKallsyms, "bytes"},
+		// ~20,000 pages that look like kernel PML4s, each 1,024 walks
+		{"pml4-spin.raw", PhasePageTables, "candidates"},
+		// the same, each walk through different tables
+		{"pml4-wide.raw", PhasePageTables, "bytes"},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			err := discoverWithin(t, hostileMem(t, tc.file))
+			se := stopError(t, err)
+			if !errors.Is(err, ErrBudget) || se.Phase != tc.phase || se.Over != tc.over {
+				t.Errorf("stopped in phase %q over %q (%v), want phase %q over %q", se.Phase, se.Over, err, tc.phase, tc.over)
+			}
+			if se.Budget != DefaultBudget || se.Spent.Bytes > se.Budget.Bytes || se.Spent.Candidates > se.Budget.Candidates {
+				t.Errorf("spent %+v of %+v, default %+v", se.Spent, se.Budget, DefaultBudget)
+			}
+			switch tc.over {
+			case "bytes": // the next read would have passed it
+				if se.Spent.Bytes < se.Budget.Bytes-(4<<20) {
+					t.Errorf("stopped over bytes having read %d of %d", se.Spent.Bytes, se.Budget.Bytes)
+				}
+			case "candidates":
+				if se.Spent.Candidates != se.Budget.Candidates {
+					t.Errorf("stopped over candidates having tried %d of %d", se.Spent.Candidates, se.Budget.Candidates)
+				}
+			}
+		})
+	}
+	t.Run("smaller budget", func(t *testing.T) {
+		// a budget given stops discovery where it says
+		mem := hostileMem(t, "pml4-spin.raw")
+		se := stopError(t, discoverWithin(t, mem, WithBudget(Budget{Candidates: 100})))
+		if se.Over != "candidates" || se.Spent.Candidates != 100 || se.Budget != (Budget{Bytes: DefaultBudget.Bytes, Candidates: 100}) {
+			t.Errorf("stopped over %q, spent %+v of %+v, want 100 candidates", se.Over, se.Spent, se.Budget)
+		}
+		se = stopError(t, discoverWithin(t, hostileMem(t, "kallsyms-tables.raw"), WithBudget(Budget{Bytes: 64 << 20})))
+		if se.Over != "bytes" || se.Phase != PhaseKallsyms || se.Spent.Bytes > 64<<20 || se.Spent.Bytes < 60<<20 {
+			t.Errorf("stopped over %q in %q, spent %+v of %+v, want 64 MiB", se.Over, se.Phase, se.Spent, se.Budget)
+		}
+	})
+	t.Run("larger budget", func(t *testing.T) {
+		// with the candidates for every page, the walks of pml4-spin.raw
+		// end: no PML4 maps the banner
+		err := discoverWithin(t, hostileMem(t, "pml4-spin.raw"), WithBudget(Budget{Candidates: 1 << 20}))
+		var se *StopError
+		if errors.As(err, &se) || !errors.Is(err, ErrNotLinux) {
+			t.Errorf("error %v, want ErrNotLinux", err)
+		}
+	})
+}
+
+// cancelAfter is a context whose Err turns to context.Canceled at its
+// n-th call: discovery cancelled at a point that does not depend on time.
+type cancelAfter struct {
+	context.Context
+	n atomic.Int64
+}
+
+func (c *cancelAfter) Err() error {
+	if c.n.Add(-1) < 0 {
+		return context.Canceled
+	}
+	return nil
+}
+
+// TestDiscoveryCanceled: a cancelled discovery says in which phase it
+// stopped and how far it got, and its error is the context's.
+func TestDiscoveryCanceled(t *testing.T) {
+	for _, tc := range []struct {
+		file  string
+		n     int64
+		phase Phase
+	}{
+		{"pml4-spin.raw", 2, PhaseBanner},           // in the pass over memory (one check a 4 MiB chunk)
+		{"pml4-spin.raw", 1000, PhasePageTables},    // among the PML4 candidates
+		{"kallsyms-tables.raw", 100, PhaseKallsyms}, // among the token tables
+	} {
+		ctx := &cancelAfter{Context: context.Background()}
+		ctx.n.Store(tc.n)
+		_, err := Discover(ctx, hostileMem(t, tc.file))
+		se := stopError(t, err)
+		if !errors.Is(err, context.Canceled) || se.Over != "" || se.Phase != tc.phase {
+			t.Errorf("%s after %d checks: %v (phase %q), want context.Canceled in phase %q", tc.file, tc.n, err, se.Phase, tc.phase)
+		}
+		if vmerr.ExitCode(err, false) != vmerr.ExitCanceled {
+			t.Errorf("exit code %d for %v", vmerr.ExitCode(err, false), err)
+		}
+	}
+}
+
+// TestHostileAddressWrap: an object placed so that a member's address
+// wraps past the top of the address space (container_of of a hostile
+// pointer) is corrupt, with the structure named; no read is made at the
+// wrapped address.
+func TestHostileAddressWrap(t *testing.T) {
+	h := newHostileKernel(t)
+	top := vmi.VA(0xfffffffffffffff8) // pid is at +16, comm at +72
+	for name, read := range map[string]func(o *obj) uint64{
+		"u32":  func(o *obj) uint64 { return uint64(o.u32("pid")) },
+		"uint": func(o *obj) uint64 { return o.uint("pid") },
+		"str":  func(o *obj) uint64 { return uint64(len(o.str("comm", 16))) },
+	} {
+		o := h.obj("task_struct", top)
+		before := h.BytesRead()
+		v := read(o)
+		var fe *vmerr.FormatError
+		if v != 0 || !errors.Is(o.err, vmi.ErrCorrupt) || !errors.As(o.err, &fe) || !strings.Contains(fe.Struct, "task_struct") {
+			t.Errorf("%s: value %d, error %v: want a FormatError of task_struct wrapping vmi.ErrCorrupt", name, v, o.err)
+		}
+		if h.BytesRead() != before {
+			t.Errorf("%s: read %d bytes at a wrapped address", name, h.BytesRead()-before)
+		}
+	}
+	// a member below the top still reads (and fails only as not present)
+	o := h.obj("task_struct", top)
+	if o.u64("tasks"); !errors.Is(o.err, vmi.ErrNotPresent) {
+		t.Errorf("tasks at %#x: %v, want not present", uint64(top), o.err)
 	}
 }

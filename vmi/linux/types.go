@@ -7,6 +7,7 @@ import (
 
 	"github.com/cilium/ebpf/btf"
 
+	"github.com/vmscope/vmscope/vmerr"
 	"github.com/vmscope/vmscope/vmi"
 )
 
@@ -148,7 +149,20 @@ func (o *obj) fieldAddr(path string) vmi.VA {
 	if !ok {
 		return 0
 	}
-	return o.addr + vmi.VA(f.off)
+	return o.at(f, path)
+}
+
+// at is the address of member f (at path): the object's address plus the
+// member's offset, checked. An object placed so that the member would wrap
+// past the top of the address space (a pointer read from hostile memory)
+// sets a *vmerr.FormatError wrapping vmi.ErrCorrupt.
+func (o *obj) at(f field, path string) vmi.VA {
+	a, ok := o.addr.Add(f.off)
+	if !ok {
+		o.err = vmerr.Corrupt(vmi.ErrCorrupt, fmt.Sprintf("linux: %s at %#x", o.typ, uint64(o.addr)), -1,
+			"member %s at offset %d wraps past the top of the address space", path, f.off)
+	}
+	return a
 }
 
 func (o *obj) read(path string, n int) []byte {
@@ -183,8 +197,12 @@ func (o *obj) uint(path string) uint64 {
 		o.err = fmt.Errorf("linux: %s.%s: size %d: %w", o.typ, path, sz, ErrLayout)
 		return 0
 	}
+	a := o.at(f, path)
+	if o.err != nil {
+		return 0
+	}
 	var b [8]byte
-	copy(b[:], o.readAt(o.addr+vmi.VA(f.off), sz, path))
+	copy(b[:], o.readAt(a, sz, path))
 	return binary.LittleEndian.Uint64(b[:])
 }
 

@@ -21,7 +21,7 @@ import (
 // this package can unpack.
 var ErrKernelImage = errors.New("linux: unusable kernel image")
 
-// maxVmlinux bounds the unpacked size of a kernel image.
+// maxVmlinux bounds the unpacked size of a bzImage's payload.
 const maxVmlinux = 1 << 30
 
 // KernelImage is what a kernel build's file gives when memory is not
@@ -47,7 +47,10 @@ func (ki *KernelImage) Options() []Option {
 }
 
 // ReadKernelImage reads a vmlinux ELF, or a bzImage (vmlinuz) whose payload
-// is compressed with gzip, bzip2, xz, zstd or lz4, all bounded in size.
+// is compressed with gzip, bzip2, xz, zstd or lz4. The ELF is read in
+// place (debug/elf over the file): only its headers, .BTF and symbol table
+// are read. A bzImage's payload is streamed from the file through its
+// decompressor into memory, bounded by maxVmlinux.
 func ReadKernelImage(path string) (*KernelImage, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -58,25 +61,30 @@ func ReadKernelImage(path string) (*KernelImage, error) {
 	if err != nil {
 		return nil, err
 	}
-	if fi.Size() > maxVmlinux {
-		return nil, fmt.Errorf("%w: %s: %d bytes", ErrKernelImage, path, fi.Size())
-	}
-	b, err := io.ReadAll(f)
-	if err != nil {
-		return nil, err
-	}
+	var r io.ReaderAt = f
 	src := "vmlinux ELF"
-	if len(b) > 0x250 && string(b[0x202:0x206]) == "HdrS" {
-		if b, src, err = unpackBzImage(b); err != nil {
+	var hdr [0x250]byte
+	if fi.Size() > int64(len(hdr)) {
+		if _, err := f.ReadAt(hdr[:], 0); err != nil {
 			return nil, fmt.Errorf("%s: %w", path, err)
 		}
+		if string(hdr[0x202:0x206]) == "HdrS" {
+			b, name, err := unpackBzImage(f, fi.Size(), hdr[:])
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", path, err)
+			}
+			r, src = bytes.NewReader(b), name
+		}
 	}
-	e, err := elf.NewFile(bytes.NewReader(b))
+	e, err := elf.NewFile(r)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: not an ELF vmlinux nor a bzImage: %v", ErrKernelImage, path, err)
 	}
 	ki := &KernelImage{Source: src}
 	if s := e.Section(".BTF"); s != nil {
+		if s.Type == elf.SHT_NOBITS || s.Size > maxBTFSection {
+			return nil, fmt.Errorf("%w: %s: .BTF section of %d bytes", ErrKernelImage, path, s.Size)
+		}
 		if ki.BTF, err = s.Data(); err != nil {
 			return nil, fmt.Errorf("%w: %s: .BTF section: %v", ErrKernelImage, path, err)
 		}
@@ -90,47 +98,57 @@ func ReadKernelImage(path string) (*KernelImage, error) {
 	return ki, nil
 }
 
-// unpackBzImage returns the vmlinux inside a bzImage: the payload the boot
-// protocol's setup header locates (payload_offset/length from the start of
-// the protected-mode code), decompressed by its magic.
-func unpackBzImage(b []byte) ([]byte, string, error) {
-	setup := int(b[0x1f1])
+// maxBTFSection bounds the .BTF section read from a kernel image (the
+// kernel's own is a few MiB).
+const maxBTFSection = 64 << 20
+
+// unpackBzImage returns the vmlinux inside a bzImage of size bytes whose
+// first 0x250 bytes are hdr: the payload the boot protocol's setup header
+// locates (payload_offset/length from the start of the protected-mode
+// code), decompressed by its magic.
+func unpackBzImage(f io.ReaderAt, size int64, hdr []byte) ([]byte, string, error) {
+	setup := int64(hdr[0x1f1])
 	if setup == 0 {
 		setup = 4
 	}
 	start := (setup + 1) * 512
-	off := int(binary.LittleEndian.Uint32(b[0x248:]))
-	n := int(binary.LittleEndian.Uint32(b[0x24c:]))
-	if off < 0 || n < 8 || start+off < start || start+off+n > len(b) {
-		return nil, "", fmt.Errorf("%w: bzImage payload %d+%d outside the %d-byte file", ErrKernelImage, off, n, len(b))
+	off := int64(binary.LittleEndian.Uint32(hdr[0x248:]))
+	n := int64(binary.LittleEndian.Uint32(hdr[0x24c:]))
+	if n < 8 || start+off+n > size {
+		return nil, "", fmt.Errorf("%w: bzImage payload %d+%d outside the %d-byte file", ErrKernelImage, off, n, size)
 	}
-	p := b[start+off : start+off+n]
+	payload := io.NewSectionReader(f, start+off, n)
+	var magic [6]byte
+	if _, err := payload.ReadAt(magic[:], 0); err != nil && err != io.EOF {
+		return nil, "", fmt.Errorf("%w: bzImage payload: %v", ErrKernelImage, err)
+	}
+	p := magic[:]
 	var r io.Reader
 	var name string
 	switch {
 	case bytes.HasPrefix(p, []byte{0x1f, 0x8b}):
-		g, err := gzip.NewReader(bytes.NewReader(p))
+		g, err := gzip.NewReader(payload)
 		if err != nil {
 			return nil, "", fmt.Errorf("%w: gzip payload: %v", ErrKernelImage, err)
 		}
 		r, name = g, "gzip"
 	case bytes.HasPrefix(p, []byte("BZh")):
-		r, name = bzip2.NewReader(bytes.NewReader(p)), "bzip2"
+		r, name = bzip2.NewReader(payload), "bzip2"
 	case bytes.HasPrefix(p, []byte{0xfd, '7', 'z', 'X', 'Z', 0}):
-		x, err := xz.NewReader(bytes.NewReader(p))
+		x, err := xz.NewReader(payload)
 		if err != nil {
 			return nil, "", fmt.Errorf("%w: xz payload: %v", ErrKernelImage, err)
 		}
 		r, name = x, "xz"
 	case bytes.HasPrefix(p, []byte{0x28, 0xb5, 0x2f, 0xfd}):
-		z, err := zstd.NewReader(bytes.NewReader(p), zstd.WithDecoderMaxMemory(maxVmlinux))
+		z, err := zstd.NewReader(payload, zstd.WithDecoderMaxMemory(maxVmlinux))
 		if err != nil {
 			return nil, "", fmt.Errorf("%w: zstd payload: %v", ErrKernelImage, err)
 		}
 		defer z.Close()
 		r, name = z, "zstd"
 	case bytes.HasPrefix(p, []byte{0x02, 0x21, 0x4c, 0x18}):
-		r, name = lz4.NewReader(bytes.NewReader(p)), "lz4"
+		r, name = lz4.NewReader(payload), "lz4"
 	default:
 		return nil, "", fmt.Errorf("%w: bzImage payload compression % x not supported", ErrKernelImage, p[:4])
 	}
