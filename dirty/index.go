@@ -199,10 +199,10 @@ const rootIno = 2
 // group's inode table) with its block map, and every directory, into an
 // index. It reads metadata only: inode tables, extent trees, directories.
 func BuildIndex(ctx context.Context, v *fsparse.Volume) (*Index, error) {
-	if v.Ext4 == nil {
+	if v.Ext4() == nil {
 		return nil, fmt.Errorf("dirty: volume %s is %s: %w", v.ID, v.Type, ErrUnsupportedFS)
 	}
-	g := readGeometry(v.Ext4)
+	g := readGeometry(v.Ext4())
 	x := &Index{Volume: v.ID, UUID: v.UUID, BlockSize: g.bs, Files: map[uint32]*FileRec{}}
 	per := g.bs / g.isz
 	buf := make([]byte, 16*g.bs)
@@ -252,7 +252,7 @@ func BuildIndex(ctx context.Context, v *fsparse.Volume) (*Index, error) {
 		if !r.IsDir() || r.ReadErr != "" {
 			continue
 		}
-		ents, err := v.Ext4.ReadDirInode(ino)
+		ents, err := v.Ext4().ReadDirInode(ino)
 		if err != nil {
 			r.ReadErr = err.Error()
 			continue
@@ -290,7 +290,7 @@ func tracked(g *geometry, ino uint32) bool {
 // holds no live inode. A block map that cannot be read is noted in ReadErr
 // (one bad file does not stop a poll).
 func readRec(v *fsparse.Volume, ino uint32) (*FileRec, error) {
-	in, err := v.Ext4.Inode(ino)
+	in, err := v.Ext4().Inode(ino)
 	if err != nil {
 		return nil, err
 	}
@@ -306,18 +306,18 @@ func readRec(v *fsparse.Volume, ino uint32) (*FileRec, error) {
 		r.Crtime = nanos(in.Crtime)
 	}
 	if in.IsSymlink() {
-		if t, err := v.Ext4.ReadlinkInode(ino); err == nil {
+		if t, err := v.Ext4().ReadlinkInode(ino); err == nil {
 			r.Target = t
 		} else {
 			r.ReadErr = err.Error()
 		}
 	}
-	ext, err := v.Ext4.Extents(ino)
+	ext, err := v.Ext4().Extents(ino)
 	if err != nil {
 		r.ReadErr = err.Error()
 		return r, nil
 	}
-	meta, err := v.Ext4.MetadataBlocks(ino)
+	meta, err := v.Ext4().MetadataBlocks(ino)
 	if err != nil {
 		r.ReadErr = err.Error()
 		return r, nil

@@ -95,10 +95,10 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 	for _, f := range opts {
 		f(&o)
 	}
-	if v.Ext4 == nil {
+	if v.Ext4() == nil {
 		return nil, fmt.Errorf("dirty: volume %s is %s: %w", v.ID, v.Type, ErrUnsupportedFS)
 	}
-	g := readGeometry(v.Ext4)
+	g := readGeometry(v.Ext4())
 	res := &Result{}
 	bs := g.bs
 	var blocks rangeset.Set // in filesystem blocks
@@ -172,7 +172,7 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 	owned = rangeset.Subtract(owned, itSet)
 	res.Stats.FileBlocks = owned.Bytes()
 	if g.journal != 0 {
-		if ext, err := v.Ext4.Extents(g.journal); err == nil {
+		if ext, err := v.Ext4().Extents(g.journal); err == nil {
 			var j rangeset.Set
 			for _, e := range ext {
 				j.Add(int64(e.Physical), int64(e.Physical+e.Len))
@@ -310,7 +310,7 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 		after := map[string]uint32{}
 		// A directory whose inode number a file took now has no entries.
 		if r := nx.get(d); r != nil && r.IsDir() {
-			ents, err := v.Ext4.ReadDirInode(d)
+			ents, err := v.Ext4().ReadDirInode(d)
 			if err != nil {
 				res.Errors = append(res.Errors, fmt.Errorf("%s: directory inode %d: %w", v.ID, d, err))
 				continue

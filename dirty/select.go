@@ -331,14 +331,14 @@ func Select(ctx context.Context, im *qcow.Image, d *fsparse.Disk, src string, st
 	}
 	rulesChanged := prev != nil && prev.RulesDigest != rulesDigest
 	for _, v := range d.Volumes {
-		if v.Ext4 == nil {
+		if v.Ext4() == nil {
 			sel.Errors = append(sel.Errors, fmt.Errorf("%s: %w", v.ID, ErrUnsupportedFS))
 			continue
 		}
 		v, replayed := sel.recover(ctx, v)
 		var x *Index
 		if old := prevIndex(prev, v.ID); old != nil && !full {
-			part := shift(dirty, v.Partition.Start, v.Partition.Size)
+			part := v.FromDisk(dirty)
 			part.AddSet(replayed)
 			res, err := Poll(ctx, v, old, part, withDeferredHashes())
 			if err != nil {
@@ -517,15 +517,6 @@ func everything(x *Index, why Kind) []Change {
 	return out
 }
 
-// shift clips guest ranges to a partition and makes them partition-relative.
-func shift(s rangeset.Set, start, size int64) rangeset.Set {
-	var out rangeset.Set
-	for _, r := range s.Clip(start, start+size).Ranges() {
-		out.Add(r.Start-start, r.End-start)
-	}
-	return out
-}
-
 // pickSource resolves "auto" (overlay, then an enabled bitmap, then the
 // hash index) and checks the others.
 func pickSource(im *qcow.Image, src string) (string, error) {
@@ -576,11 +567,11 @@ func Compare(ctx context.Context, old *qcow.Image, oldDisk *fsparse.Disk, cur *q
 	}
 	sel := &Selection{Source: src, Disk: curDisk, Stats: map[string]Stats{}}
 	for _, v := range curDisk.Volumes {
-		if v.Ext4 == nil {
+		if v.Ext4() == nil {
 			continue
 		}
 		ov, err := oldDisk.Volume(v.ID)
-		if err != nil || ov.Ext4 == nil || ov.UUID != v.UUID || ov.Partition.Start != v.Partition.Start {
+		if err != nil || ov.Ext4() == nil || ov.UUID != v.UUID || ov.Partition.Start != v.Partition.Start {
 			sel.Errors = append(sel.Errors, fmt.Errorf("%s: no matching filesystem in the older image", v.ID))
 			continue
 		}
@@ -591,7 +582,7 @@ func Compare(ctx context.Context, old *qcow.Image, oldDisk *fsparse.Disk, cur *q
 		if err != nil {
 			return nil, err
 		}
-		part := shift(dirty, v.Partition.Start, v.Partition.Size)
+		part := v.FromDisk(dirty)
 		part.AddSet(replayed)
 		part.AddSet(oldReplayed)
 		res, err := Poll(ctx, v, x, part, WithOldDevice(ov.Device))

@@ -110,8 +110,8 @@ func runScan(c *cobra.Command, image string, f *scanFlags) error {
 
 	progress := &scan.Progress{}
 	for _, v := range d.Volumes {
-		if v.Ext4 != nil {
-			sb := v.Ext4.Super()
+		if v.Ext4() != nil {
+			sb := v.Ext4().Super()
 			progress.TotalFiles.Add(int64(sb.InodesCount - sb.FreeInodes))
 			progress.TotalBytes.Add(int64(sb.BlocksCount-sb.FreeBlocks) * int64(sb.BlockSize))
 		}
