@@ -26,7 +26,7 @@ type ext4FS struct {
 }
 
 func newExt4FS(v *fsparse.Volume) *ext4FS {
-	fs := v.Ext4
+	fs := v.Ext4()
 	sb := fs.Super()
 	g := &ext4FS{
 		fs: fs, bs: int64(sb.BlockSize), blocks: sb.BlocksCount, ipg: sb.InodesPerGroup,

@@ -59,7 +59,7 @@ type DirEntry struct {
 // OpenFS returns the dirty view of the filesystem of volume v, or an error
 // wrapping ErrUnsupportedFS.
 func OpenFS(v *fsparse.Volume) (FS, error) {
-	if v.Ext4 == nil {
+	if v.Ext4() == nil {
 		return nil, fmt.Errorf("dirty: volume %s is %s: %w", v.ID, v.Type, ErrUnsupportedFS)
 	}
 	return newExt4FS(v), nil
@@ -75,29 +75,6 @@ func slotSums(fsys FS, t InodeTable, blk uint64, raw []byte) []uint64 {
 		h := fnv.New64a()
 		h.Write(raw[int64(i)*isz : int64(i+1)*isz])
 		out[i] = max(h.Sum64(), 1)
-	}
-	return out
-}
-
-// Extent maps bytes [Vol, Vol+Len) of a volume to bytes [Disk, Disk+Len)
-// of its disk.
-type Extent struct{ Vol, Disk, Len int64 }
-
-// diskMap is where volume v lies on its disk: one extent for a partition
-// or a whole-disk filesystem (a logical volume made of segments will give
-// one per segment).
-func diskMap(v *fsparse.Volume) []Extent {
-	return []Extent{{Vol: 0, Disk: v.Partition.Start, Len: v.Partition.Size}}
-}
-
-// toVolume translates disk byte ranges to the volume's through its map:
-// the parts of s inside each extent, at their volume offsets.
-func toVolume(s rangeset.Set, m []Extent) rangeset.Set {
-	var out rangeset.Set
-	for _, e := range m {
-		for _, r := range s.Clip(e.Disk, e.Disk+e.Len).Ranges() {
-			out.Add(r.Start-e.Disk+e.Vol, r.End-e.Disk+e.Vol)
-		}
 	}
 	return out
 }

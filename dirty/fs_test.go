@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vmscope/vmscope/fsparse"
 	"github.com/vmscope/vmscope/internal/fixture"
 	"github.com/vmscope/vmscope/internal/rangeset"
 )
@@ -21,7 +22,7 @@ import (
 // first on the disk), not shifted by one offset: what lies outside every
 // extent is dropped, a range over two extents is split.
 func TestToVolume(t *testing.T) {
-	m := []Extent{{Vol: 0, Disk: 1 << 20, Len: 1 << 20}, {Vol: 1 << 20, Disk: 8 << 20, Len: 2 << 20}}
+	v := &fsparse.Volume{Segments: []fsparse.Segment{{Off: 0, DiskOff: 1 << 20, Len: 1 << 20}, {Off: 1 << 20, DiskOff: 8 << 20, Len: 2 << 20}}}
 	disk := rangeset.Of(
 		rangeset.Range{Start: 0, End: 4096},                    // before: no volume
 		rangeset.Range{Start: 1<<20 + 4096, End: 1<<20 + 8192}, // first segment
@@ -34,11 +35,18 @@ func TestToVolume(t *testing.T) {
 		rangeset.Range{Start: 1<<20 - 4096, End: 1<<20 + 4096},
 		rangeset.Range{Start: 3<<20 - 4096, End: 3 << 20},
 	)
-	if got := toVolume(disk, m); !slicesEqual(got.Ranges(), want.Ranges()) {
-		t.Errorf("toVolume = %v, want %v", got.Ranges(), want.Ranges())
+	got := v.FromDisk(disk)
+	if !slicesEqual(got.Ranges(), want.Ranges()) {
+		t.Errorf("FromDisk = %v, want %v", got.Ranges(), want.Ranges())
+	}
+	// And back: the parts of the disk ranges that hold the volume.
+	inVol := rangeset.Union(disk.Clip(1<<20, 2<<20), disk.Clip(8<<20, 10<<20))
+	if back := v.ToDisk(got); !slicesEqual(back.Ranges(), inVol.Ranges()) {
+		t.Errorf("ToDisk = %v, want %v", back.Ranges(), inVol.Ranges())
 	}
 	// One partition: the shift by its start, clipped to its size.
-	if got := toVolume(disk, []Extent{{Vol: 0, Disk: 1 << 20, Len: 1 << 20}}); !slicesEqual(got.Ranges(),
+	part := &fsparse.Volume{Segments: []fsparse.Segment{{Off: 0, DiskOff: 1 << 20, Len: 1 << 20}}}
+	if got := part.FromDisk(disk); !slicesEqual(got.Ranges(),
 		[]rangeset.Range{{Start: 4096, End: 8192}, {Start: 1<<20 - 4096, End: 1 << 20}}) {
 		t.Errorf("partition: %v", got.Ranges())
 	}

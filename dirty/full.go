@@ -150,7 +150,7 @@ func walkVolume(ctx context.Context, v *fsparse.Volume) (map[string]*walked, []e
 func hashPath(ctx context.Context, v *fsparse.Volume, e fsparse.Entry, buf []byte) (string, error) {
 	var f fsparse.File
 	var err error
-	if v.Ext4 != nil {
+	if v.Ext4() != nil {
 		f, err = v.OpenInode(e.Ino)
 	} else {
 		f, err = v.Open(e.Path)

@@ -20,10 +20,10 @@ import (
 // An index built or a poll run on the returned volume sees the committed
 // changes still in the journal.
 func Recovered(ctx context.Context, v *fsparse.Volume) (*fsparse.Volume, *jbd2.Overlay, error) {
-	if v.Ext4 == nil || !jbd2.NeedsRecovery(v.Ext4.Super()) {
+	if v.Ext4() == nil || !jbd2.NeedsRecovery(v.Ext4().Super()) {
 		return v, nil, nil
 	}
-	ov, err := jbd2.Replay(ctx, v.Ext4, v.Device)
+	ov, err := jbd2.Replay(ctx, v.Ext4(), v.Device)
 	if err != nil {
 		return nil, nil, fmt.Errorf("dirty: %s: journal replay: %w", v.ID, err)
 	}
@@ -36,9 +36,7 @@ func Recovered(ctx context.Context, v *fsparse.Volume) (*fsparse.Volume, *jbd2.O
 	if err != nil {
 		return nil, nil, fmt.Errorf("dirty: %s: the filesystem after journal replay: %w", v.ID, err)
 	}
-	nv := *v
-	nv.Device, nv.Ext4, nv.FS = dev, e, e
-	return &nv, ov, nil
+	return v.WithExt4(dev, size, e), ov, nil
 }
 
 // replayedRanges returns the byte ranges of the volume's device that the

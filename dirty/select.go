@@ -377,7 +377,7 @@ func Select(ctx context.Context, im *qcow.Image, d *fsparse.Disk, src Source, st
 		v, replayed := sel.recover(ctx, v)
 		var x *Index
 		if old := prevIndex(prev, v.ID); old != nil && !full {
-			part := toVolume(dirty, diskMap(v))
+			part := v.FromDisk(dirty)
 			part.AddSet(replayed)
 			res, err := Poll(ctx, v, old, part, withDeferredHashes())
 			if err != nil {
@@ -514,7 +514,7 @@ func compare(ctx context.Context, ref Reference, curDisk *fsparse.Disk) (*Select
 			continue
 		}
 		ov, err := oldDisk.Volume(v.ID)
-		if err != nil || !mappable(ov) || ov.UUID != v.UUID || !slices.Equal(diskMap(ov), diskMap(v)) {
+		if err != nil || !mappable(ov) || ov.UUID != v.UUID || !slices.Equal(ov.Segments, v.Segments) {
 			sel.Errors = append(sel.Errors, fmt.Errorf("%s: no matching filesystem in the older image", v.ID))
 			continue
 		}
@@ -525,7 +525,7 @@ func compare(ctx context.Context, ref Reference, curDisk *fsparse.Disk) (*Select
 		if err != nil {
 			return nil, err
 		}
-		part := toVolume(dirty, diskMap(v))
+		part := v.FromDisk(dirty)
 		part.AddSet(replayed)
 		part.AddSet(oldReplayed)
 		res, err := Poll(ctx, v, x, part, WithOldDevice(ov.Device))

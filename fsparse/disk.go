@@ -15,11 +15,11 @@
 package fsparse
 
 import (
-	"encoding/binary"
 	"fmt"
-	"github.com/vmscope/vmscope/vmerr"
 	"io"
 	"strings"
+
+	"github.com/vmscope/vmscope/vmerr"
 )
 
 // Sentinel errors; every error of this package wraps one of them or an
@@ -181,41 +181,6 @@ func CleanPath(p string) string {
 
 // hasFilesystem reports whether a filesystem this package knows starts at off.
 func hasFilesystem(r io.ReaderAt, off int64) bool {
-	t, _ := probe(r, off)
-	return t != ""
-}
-
-// probe names the filesystem that starts at off by its magic numbers, or
-// returns "" when none is known.
-func probe(r io.ReaderAt, off int64) (string, error) {
-	b := make([]byte, 4096)
-	n, err := r.ReadAt(b, off)
-	if n < 2048 {
-		return "", errOr(err, io.ErrUnexpectedEOF)
-	}
-	b = b[:n]
-	if binary.LittleEndian.Uint16(b[1024+56:]) == 0xEF53 {
-		return "ext", nil
-	}
-	if b[510] == 0x55 && b[511] == 0xAA {
-		switch {
-		case string(b[82:87]) == "FAT32":
-			return "vfat", nil
-		case string(b[54:59]) == "FAT16" || string(b[54:59]) == "FAT12":
-			return "fat16", nil
-		case string(b[3:11]) == "NTFS    ":
-			return "ntfs", nil
-		case string(b[3:11]) == "EXFAT   ":
-			return "exfat", nil
-		}
-	}
-	switch {
-	case string(b[0:4]) == "XFSB":
-		return "xfs", nil
-	case n >= 4096 && string(b[4096-10:]) == "SWAPSPACE2":
-		return "swap", nil
-	case string(b[512:520]) == "LABELONE":
-		return "LVM2_member", nil
-	}
-	return "", nil
+	f, kind, _ := detect(r, off)
+	return f != nil || kind != ""
 }

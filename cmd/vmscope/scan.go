@@ -122,8 +122,8 @@ func runScan(c *cobra.Command, image string, f *scanFlags) error {
 
 	progress := &scan.Progress{}
 	for _, v := range d.Volumes {
-		if v.Ext4 != nil {
-			sb := v.Ext4.Super()
+		if v.Ext4() != nil {
+			sb := v.Ext4().Super()
 			progress.TotalFiles.Add(int64(sb.InodesCount - sb.FreeInodes))
 			progress.TotalBytes.Add(int64(sb.BlocksCount-sb.FreeBlocks) * int64(sb.BlockSize))
 		}
@@ -334,8 +334,8 @@ func feedSelection(ctx context.Context, sel *dirty.Selection, d *fsparse.Disk, f
 			continue
 		}
 		f := scan.File{Partition: partitionName(d, v), FS: v.Type, Path: ch.Path, Ino: uint64(ch.Ino), Size: data.Size(), Data: data}
-		if v.Ext4 != nil {
-			if in, err := v.Ext4.Inode(ch.Ino); err == nil {
+		if v.Ext4() != nil {
+			if in, err := v.Ext4().Inode(ch.Ino); err == nil {
 				f.Mode, f.Uid, f.Gid = in.FileMode(), in.Uid, in.Gid
 			}
 		}

@@ -118,7 +118,7 @@ func TestDeltaEqualsRebuild(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, v := range d.Volumes {
-		if v.Ext4 == nil {
+		if v.Ext4() == nil {
 			continue
 		}
 		want, err := dirty.BuildIndex(ctx, v)

@@ -1,0 +1,159 @@
+package fsparse
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"path"
+
+	"github.com/vmscope/vmscope/fsparse/ext4"
+	"github.com/vmscope/vmscope/vmerr"
+)
+
+// extFS is ext2/3/4 (package ext4) as a Filesystem. It embeds the parser,
+// so the inode, extent and layout methods that the dirty-file mapper needs
+// are reachable through an interface assertion on the volume's FS.
+type extFS struct {
+	*ext4.FS
+}
+
+func openExt(dev io.ReaderAt, size int64) (Filesystem, error) {
+	e, err := ext4.Open(dev, size)
+	if err != nil {
+		return nil, err
+	}
+	return extFS{e}, nil
+}
+
+// Ext4 returns the ext parser of the volume, or nil when the volume holds
+// another filesystem.
+func (v *Volume) Ext4() *ext4.FS {
+	if x, ok := v.FS.(extFS); ok {
+		return x.FS
+	}
+	return nil
+}
+
+// WithExt4 returns v with its ext filesystem replaced by e read from
+// dev (the journal-recovered view of the same volume).
+func (v *Volume) WithExt4(dev io.ReaderAt, size int64, e *ext4.FS) *Volume {
+	nv := *v
+	nv.Device = io.NewSectionReader(dev, 0, size)
+	nv.FS = extFS{e}
+	return &nv
+}
+
+func (x extFS) Info() Info {
+	sb := x.Super()
+	return Info{Type: sb.Kind(), Label: sb.Label, UUID: sb.UUIDString(), BlockSize: sb.BlockSize,
+		Blocks: sb.BlocksCount, Inodes: uint64(sb.InodesCount), Features: sb.Features()}
+}
+
+func (x extFS) Lstat(name string) (Entry, error) {
+	ino, err := x.Lookup(name)
+	if err != nil {
+		return Entry{}, err
+	}
+	return x.StatInode(guestPath(name), uint64(ino))
+}
+
+func (x extFS) StatInode(p string, ino uint64) (Entry, error) {
+	if ino == 0 || ino > uint64(^uint32(0)) {
+		return Entry{Path: p, Ino: ino}, fmt.Errorf("ext4: no inode %d: %w", ino, ext4.ErrCorrupt)
+	}
+	in, err := x.Inode(uint32(ino))
+	if err != nil {
+		return Entry{Path: p, Ino: ino}, err
+	}
+	m := in.FileMode()
+	e := Entry{
+		Path: p, Ino: ino, Mode: m, Type: TypeName(m),
+		Perm: fmt.Sprintf("%04o", UnixPerm(m)), Uid: in.Uid, Gid: in.Gid,
+		Size: int64(in.Size), Links: uint32(in.Links),
+		Mtime: in.Mtime, Atime: in.Atime, Ctime: in.Ctime,
+	}
+	if in.HasCrtime {
+		t := in.Crtime
+		e.Crtime = &t
+	}
+	if m&fs.ModeSymlink != 0 {
+		t, err := x.ReadlinkInode(uint32(ino))
+		if err != nil {
+			e.Err = err
+		}
+		e.Target = t
+	}
+	return e, nil
+}
+
+func (x extFS) ReadDir(name string) ([]Entry, error) {
+	ino, err := x.Lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	return x.ListInode(uint64(ino), guestPath(name), "")
+}
+
+// ListInode lists directory inode ino, whose path is dir (shown as shown
+// when an element of dir is escaped, else ""). A name that cannot be a path
+// element is never joined as it is: its entry's path ends in
+// EscapeName(name) and carries the Problem.
+func (x extFS) ListInode(ino uint64, dir, shown string) ([]Entry, error) {
+	if ino == 0 || ino > uint64(^uint32(0)) {
+		return nil, fmt.Errorf("ext4: no inode %d: %w", ino, ext4.ErrCorrupt)
+	}
+	ents, err := x.ReadDirInode(uint32(ino))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Entry, 0, len(ents))
+	for _, de := range ents {
+		name := de.Name
+		var pb *vmerr.Problem
+		if de.Problem != nil {
+			name = EscapeName(name)
+			var p vmerr.Problem
+			if !errors.As(de.Problem, &p) {
+				p = vmerr.Problem{Where: fmt.Sprintf("directory inode %d", ino), Offset: de.Offset, Err: de.Problem}
+			}
+			pb = &p
+		}
+		e, err := x.StatInode(path.Join(dir, name), uint64(de.Ino))
+		if err != nil {
+			e.Err = err
+		}
+		e.Problem = pb
+		if pb != nil || shown != "" {
+			sd := shown
+			if sd == "" {
+				sd = showPath(dir)
+			}
+			e.Shown = path.Join(sd, EscapeName(de.Name))
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+func (x extFS) OpenFile(name string) (File, error) {
+	ino, err := x.Lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	return x.OpenInode(uint64(ino))
+}
+
+func (x extFS) OpenInode(ino uint64) (File, error) {
+	if ino == 0 || ino > uint64(^uint32(0)) {
+		return nil, fmt.Errorf("ext4: no inode %d: %w", ino, ext4.ErrCorrupt)
+	}
+	in, err := x.Inode(uint32(ino))
+	if err != nil {
+		return nil, err
+	}
+	if !in.IsRegular() {
+		return nil, fmt.Errorf("ext4: inode %d is a %s, not a regular file", ino, TypeName(in.FileMode()))
+	}
+	return x.FS.OpenInode(uint32(ino))
+}
