@@ -49,7 +49,11 @@ if grep -q 'vmscope\.writers' /proc/cmdline; then
   done
   mkdir -p /mnt
   for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.1; done
-  mount -t ext4 /dev/vda /mnt || echo "=== FAIL mount ==="
+  # no_prefetch_block_bitmaps: no ext4lazyinit thread, which would end
+  # between LiME's moment and QEMU's (build.sh initialises the inode tables)
+  mount -t ext4 -o no_prefetch_block_bitmaps /dev/vda /mnt || echo "=== FAIL mount ==="
+  for i in $(seq 100); do pidof ext4lazyinit >/dev/null || break; sleep 0.1; done
+  if pidof ext4lazyinit >/dev/null; then echo "=== FAIL ext4lazyinit ==="; fi
 fi
 
 echo "vmscope held file" > /tmp/held.txt
