@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -291,4 +292,38 @@ func jumpLabel(nop, jmp []byte) int {
 		return 5
 	}
 	return 0
+}
+
+// BenchmarkWritersRead reads every page of each kdump file of the writers
+// boot (a cold page cache of decoded pages: each page is decoded once),
+// and of the ELF dump, in 1 MiB reads.
+func BenchmarkWritersRead(b *testing.B) {
+	files := []string{guesttest.ELFDump}
+	for _, w := range kdumpWriters {
+		files = append(files, w.file)
+	}
+	for _, file := range files {
+		b.Run(file, func(b *testing.B) {
+			path := filepath.Join(guesttest.Dir(), writers, file)
+			if _, err := os.Stat(path); err != nil {
+				b.Skip(err) // a QEMU format this QEMU does not offer
+			}
+			buf := make([]byte, 1<<20)
+			var total int64
+			for range b.N {
+				s := open(b, path)
+				total = 0
+				for _, r := range s.Ranges() {
+					for a := r.Start; a < r.End(); a += 1 << 20 {
+						l := min(uint64(len(buf)), uint64(r.End()-a))
+						if _, err := s.ReadAt(buf[:l], int64(a)); err != nil {
+							b.Fatal(err)
+						}
+						total += int64(l)
+					}
+				}
+			}
+			b.SetBytes(total)
+		})
+	}
 }
