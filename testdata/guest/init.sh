@@ -17,6 +17,16 @@
 #   syslogd   `syslogd -n -O /tmp/messages`              (a unix datagram socket /dev/log)
 #   tree      `/bin/sh /tmp/tree.sh 3` -> `... tree.sh 2` -> `sleep 42424`
 #   threader  `/bin/threader 4`: a static Go program with threads named worker-0..3
+#
+# With vmscope.writers on the kernel command line (testdata/guest/build.sh's
+# writers boot), the virtio-blk and qemu_fw_cfg modules are loaded first
+# (fw_cfg hands QEMU's vmcoreinfo device the kernel's VMCOREINFO, which
+# makedumpfile needs), the ext4 disk /dev/vda is mounted on /mnt, and once
+# the scenario is steady the LiME module dumps memory to /mnt/guest.lime
+# (`insmod lime.ko path=... format=lime timeout=0`, the insmod process's pid
+# printed as "lime" in the scenario section) before the ground truth is
+# printed: the truth and QEMU's dumps after READY are of the moment right
+# after LiME's.
 export PATH=/bin:/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -30,6 +40,21 @@ ifconfig lo 127.0.0.1 up
 
 insmod /lib/modules/dummy.ko
 insmod /lib/modules/crc32_generic.ko
+
+writers=
+if grep -q 'vmscope\.writers' /proc/cmdline; then
+  writers=1
+  for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk qemu_fw_cfg; do
+    insmod /lib/modules/$m.ko || echo "=== FAIL insmod $m ==="
+  done
+  mkdir -p /mnt
+  for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.1; done
+  # no_prefetch_block_bitmaps: no ext4lazyinit thread, which would end
+  # between LiME's moment and QEMU's (build.sh initialises the inode tables)
+  mount -t ext4 -o no_prefetch_block_bitmaps /dev/vda /mnt || echo "=== FAIL mount ==="
+  for i in $(seq 100); do pidof ext4lazyinit >/dev/null || break; sleep 0.1; done
+  if pidof ext4lazyinit >/dev/null; then echo "=== FAIL ext4lazyinit ==="; fi
+fi
 
 echo "vmscope held file" > /tmp/held.txt
 cat > /tmp/worker.sh <<'WORKER'
@@ -63,6 +88,14 @@ p_tree=$!
 p_threader=$!
 sleep 1   # let them reach their steady state (files open, socket bound)
 
+p_lime=
+if [ -n "$writers" ]; then
+  insmod /lib/modules/lime.ko path=/mnt/guest.lime format=lime timeout=0 &
+  p_lime=$!
+  wait $p_lime || echo "=== FAIL lime ==="
+  sync
+fi
+
 begin() { echo "=== BEGIN $* ==="; }
 end() { echo "=== END $* ==="; }
 
@@ -75,6 +108,7 @@ echo "nc $p_nc"
 echo "syslogd $p_syslogd"
 echo "tree $p_tree"
 echo "threader $p_threader"
+[ -z "$p_lime" ] || echo "lime $p_lime"
 end scenario
 begin version; cat /proc/version; end version
 begin cmdline; cat /proc/cmdline; end cmdline

@@ -33,7 +33,7 @@ func newSnap(t testing.TB, b []byte) *snapshot.Snapshot {
 // bytes and holes as the memory they were made from, and the saved vCPU.
 func TestSynthetic(t *testing.T) {
 	m := smallImage()
-	kd := buildKdump(m, testCPU, []uint32{kdZlib, kdRaw, kdSnappy})
+	kd := buildKdump(m, testCPU, []uint32{kdZlib, kdRaw, kdSnappy, kdLZO})
 	files := map[string][]byte{
 		"elf":       buildELF(m, testCPU),
 		"kdump":     kd,
@@ -83,9 +83,9 @@ func TestSynthetic(t *testing.T) {
 		t.Errorf("raw of %d bytes", raw.Len())
 	}
 
-	lzo := newSnap(t, buildKdump(m, testCPU, []uint32{kdLZO}))
-	if _, err := lzo.ReadAt(make([]byte, 8), 0); !errors.Is(err, snapshot.ErrUnsupported) {
-		t.Errorf("LZO page: %v, want ErrUnsupported", err)
+	unknown := newSnap(t, buildKdumpWith(m, testCPU, func(_ int, page []byte) ([]byte, uint32) { return page, 0x40 }))
+	if _, err := unknown.ReadAt(make([]byte, 8), 0); !errors.Is(err, snapshot.ErrUnsupported) {
+		t.Errorf("page of unknown compression: %v, want ErrUnsupported", err)
 	}
 }
 
@@ -104,7 +104,7 @@ func TestTruncated(t *testing.T) {
 
 func seeds(t testing.TB) map[string][]byte {
 	m := smallImage()
-	kd := buildKdump(m, testCPU, []uint32{kdZlib, kdRaw, kdSnappy})
+	kd := buildKdump(m, testCPU, []uint32{kdZlib, kdRaw, kdSnappy, kdLZO})
 	return map[string][]byte{
 		"elf":       buildELF(m, testCPU),
 		"kdump":     kd,
@@ -170,10 +170,10 @@ func FuzzLiME(f *testing.F) {
 }
 
 // TestSyntheticCompressed makes sure the synthetic kdump really holds
-// compressed pages (so TestSynthetic covers zlib and snappy).
+// compressed pages (so TestSynthetic covers zlib, snappy and LZO).
 func TestSyntheticCompressed(t *testing.T) {
 	m := smallImage()
-	for _, c := range []uint32{kdZlib, kdSnappy} {
+	for _, c := range []uint32{kdZlib, kdSnappy, kdLZO} {
 		if b := buildKdump(m, testCPU, []uint32{c}); len(b) >= len(buildKdump(m, testCPU, []uint32{kdRaw})) {
 			t.Errorf("compression %d: no page compressed", c)
 		}

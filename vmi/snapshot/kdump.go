@@ -11,6 +11,7 @@ import (
 	"sort"
 	"sync"
 
+	"github.com/anchore/go-lzo"
 	"github.com/klauspost/compress/snappy"
 	"github.com/klauspost/compress/zstd"
 
@@ -247,7 +248,9 @@ func (k *kdump) page(pfn uint64) ([]byte, error) {
 		}
 		copy(out, got)
 	case flags&dhLZO != 0:
-		return nil, where(fmt.Errorf("LZO-compressed page: %w", ErrUnsupported))
+		if err := decodeLZO(out, raw); err != nil {
+			return nil, where(err)
+		}
 	case flags != 0:
 		return nil, where(fmt.Errorf("unknown compression: %w", ErrUnsupported))
 	default:
@@ -258,6 +261,24 @@ func (k *kdump) page(pfn uint64) ([]byte, error) {
 	}
 	k.cache.put(pfn, out)
 	return out, nil
+}
+
+// decodeLZO decompresses an LZO1X page (makedumpfile -l, QEMU's
+// kdump-lzo: lzo1x_1_compress of one page) into out, which it must fill
+// exactly. The decoder writes only inside out and reads only inside in
+// (the page's data, already bounded by the file and the page size); a
+// panic in it is taken as a corrupt page.
+func decodeLZO(out, in []byte) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("LZO page: decoder failed: %v: %w", r, ErrCorrupt)
+		}
+	}()
+	n, derr := lzo.Decompress(in, out)
+	if derr != nil || n != len(out) {
+		return fmt.Errorf("LZO page decoded to %d of %d bytes (%v): %w", n, len(out), derr, ErrCorrupt)
+	}
+	return nil
 }
 
 // kdumpCachePages is how many decoded pages a kdump keeps (2 MiB of 4 KiB

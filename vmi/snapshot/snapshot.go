@@ -1,6 +1,6 @@
 // Package snapshot opens memory snapshot files as guest-physical memory
 // (vmi.Memory): QEMU/libvirt ELF cores (dump-guest-memory, virsh dump
-// --memory-only), kdump-compressed files (QEMU's kdump-zlib/-snappy, plain
+// --memory-only), kdump-compressed files (QEMU's kdump-zlib/-lzo/-snappy, makedumpfile's -c/-l/-p/-z, plain
 // or in makedumpfile's flattened form), LiME files and raw flat images. The
 // format is detected from the content.
 //
@@ -29,7 +29,7 @@ var (
 	// ErrCorrupt is a snapshot that breaks its format's rules.
 	ErrCorrupt = vmerr.New("snapshot: corrupt", vmerr.ErrCorrupt)
 	// ErrUnsupported is a valid snapshot using something this package does
-	// not read (an LZO-compressed kdump page, a 32-bit ELF core).
+	// not read (a kdump page of an unknown compression, a 32-bit ELF core).
 	ErrUnsupported = vmerr.New("snapshot: unsupported", vmerr.ErrUnsupported)
 )
 

@@ -174,6 +174,36 @@ const (
 // buildKdump lays out a kdump-compressed file (header version 6, 4 KiB
 // blocks) as QEMU does, compressing page i with comp[i%len(comp)].
 func buildKdump(m *memImage, c vmi.CPU, comp []uint32) []byte {
+	return buildKdumpWith(m, c, func(i int, page []byte) ([]byte, uint32) {
+		var enc []byte
+		flags := comp[i%len(comp)]
+		switch flags {
+		case kdZlib:
+			var b bytes.Buffer
+			w := zlib.NewWriter(&b)
+			w.Write(page)
+			w.Close()
+			enc = b.Bytes()
+		case kdSnappy:
+			enc = snappy.Encode(nil, page)
+		case kdLZO:
+			enc = lzoEncode(page)
+		default:
+			enc = append([]byte(nil), page...)
+		}
+		if len(enc) >= pg { // as QEMU does: stored raw when compression does not pay
+			enc, flags = append([]byte(nil), page...), kdRaw
+		}
+		return enc, flags
+	})
+}
+
+// rangesOf is one range of n pages at guest-physical 0.
+func rangesOf(n int) []vmi.Range { return []vmi.Range{{Start: 0, Size: uint64(n) * pg}} }
+
+// buildKdumpWith lays out a kdump-compressed file whose page i holds the
+// data and flags encode returns.
+func buildKdumpWith(m *memImage, c vmi.CPU, encode func(i int, page []byte) ([]byte, uint32)) []byte {
 	le := binary.LittleEndian
 	last := m.ranges[len(m.ranges)-1]
 	maxMapnr := uint64(last.End()) / pg
@@ -207,25 +237,7 @@ func buildKdump(m *memImage, c vmi.CPU, comp []uint32) []byte {
 	page := make([]byte, pg)
 	for i, pfn := range pfns {
 		m.ReadAt(page, int64(pfn*pg))
-		var enc []byte
-		flags := comp[i%len(comp)]
-		switch flags {
-		case kdZlib:
-			var b bytes.Buffer
-			w := zlib.NewWriter(&b)
-			w.Write(page)
-			w.Close()
-			enc = b.Bytes()
-		case kdSnappy:
-			enc = snappy.Encode(nil, page)
-		case kdLZO:
-			enc = []byte{0x11, 0, 0} // never read: LZO is refused
-		default:
-			enc = append([]byte(nil), page...)
-		}
-		if flags != kdLZO && len(enc) >= pg { // as QEMU does: stored raw when compression does not pay
-			enc, flags = append([]byte(nil), page...), kdRaw
-		}
+		enc, flags := encode(i, page)
 		le.PutUint64(descs[24*i:], dataOff+uint64(len(data)))
 		le.PutUint32(descs[24*i+8:], uint32(len(enc)))
 		le.PutUint32(descs[24*i+12:], flags)

@@ -30,6 +30,8 @@ type Config struct {
 	// CPU is QEMU's -cpu model ("max" gives LA57, i.e. 5-level paging);
 	// QEMU's default when empty.
 	CPU string
+	// Extra QEMU arguments, e.g. a -drive or "-device vmcoreinfo".
+	Extra []string
 }
 
 // Guest is a running fixture guest: QEMU under TCG with a QMP socket and a
@@ -85,6 +87,7 @@ func Boot(ctx context.Context, cfg Config) (*Guest, error) {
 	if cfg.CPU != "" {
 		args = append(args, "-cpu", cfg.CPU)
 	}
+	args = append(args, cfg.Extra...)
 	g.cmd = exec.Command("qemu-system-x86_64", args...)
 	g.cmd.Stderr = &g.stderr
 	if err := g.cmd.Start(); err != nil {

@@ -2,17 +2,20 @@
 // runs it per boot mode), waits for the scenario's READY marker, stops the
 // vCPU, saves QEMU's own view of the CPU and page tables (HMP "info
 // registers", "gva2gpa" of kernel symbols from the guest's /proc/kallsyms,
-// "info mem"), dumps memory as ELF and as kdump-zlib, and quits QEMU.
+// "info mem") and the dump formats QEMU offers, dumps memory (by default
+// as ELF and as kdump-zlib; -dumps lists others), and quits QEMU.
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"log"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -36,22 +39,39 @@ func main() {
 	out := flag.String("out", "", "output folder")
 	mem := flag.Int("mem", 512, "guest memory in MiB")
 	cpu := flag.String("cpu", "", "QEMU -cpu model")
+	dumps := flag.String("dumps", "guest.elf:elf,guest.kdump:kdump-zlib", "comma-separated FILE:FORMAT dumps of the stopped guest; FILE:FORMAT? only when QEMU offers FORMAT")
+	var extra []string
+	flag.Func("qemu", "an extra QEMU argument (repeatable)", func(s string) error { extra = append(extra, s); return nil })
 	flag.Parse()
 	if *kernel == "" || *initrd == "" || *out == "" {
 		log.Fatal("guestboot: -kernel, -initrd and -out are required")
 	}
-	if err := run(*kernel, *initrd, *appendArgs, *out, *mem, *cpu); err != nil {
+	var ds []dump
+	for _, d := range strings.Split(*dumps, ",") {
+		file, format, ok := strings.Cut(d, ":")
+		if !ok {
+			log.Fatalf("guestboot: -dumps entry %q is not FILE:FORMAT", d)
+		}
+		format, optional := strings.CutSuffix(format, "?")
+		ds = append(ds, dump{file, format, optional})
+	}
+	if err := run(*kernel, *initrd, *appendArgs, *out, *mem, *cpu, extra, ds); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(kernel, initrd, appendArgs, out string, mem int, cpu string) error {
+type dump struct {
+	file, format string
+	optional     bool // only when QEMU offers the format (QEMU is built with or without LZO and snappy)
+}
+
+func run(kernel, initrd, appendArgs, out string, mem int, cpu string, extra []string, dumps []dump) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var timing strings.Builder
 	t0 := time.Now()
 	g, err := guesttest.Boot(ctx, guesttest.Config{
-		Kernel: kernel, Initrd: initrd, Append: appendArgs, MemMiB: mem, Dir: out, CPU: cpu,
+		Kernel: kernel, Initrd: initrd, Append: appendArgs, MemMiB: mem, Dir: out, CPU: cpu, Extra: extra,
 	})
 	if err != nil {
 		return err
@@ -120,7 +140,24 @@ func run(kernel, initrd, appendArgs, out string, mem int, cpu string) error {
 		return err
 	}
 
-	for _, d := range []struct{ file, format string }{{"guest.elf", "elf"}, {"guest.kdump", "kdump-zlib"}} {
+	formats, err := g.QMP(ctx, "query-dump-guest-memory-capability", nil)
+	if err != nil {
+		return err
+	}
+	if err := save("dump-formats.json", string(formats)+"\n"); err != nil {
+		return err
+	}
+	var offered struct {
+		Formats []string `json:"formats"`
+	}
+	if err := json.Unmarshal(formats, &offered); err != nil {
+		return err
+	}
+	for _, d := range dumps {
+		if d.optional && !slices.Contains(offered.Formats, d.format) {
+			fmt.Fprintf(&timing, "dump %s not offered\n", d.format)
+			continue
+		}
 		t := time.Now()
 		if err := g.Dump(ctx, filepath.Join(out, d.file), d.format); err != nil {
 			return err
