@@ -29,6 +29,7 @@ demo: build
 vet:
 	gofmt -l $$(git ls-files '*.go') | tee /dev/stderr | (! read)
 	$(GO) vet $(PKGS)
+	$(GO) tool staticcheck $(PKGS)
 
 # Every test, every fuzz target over its seed corpus; fixtures built first (cached).
 test: deps fixtures vet

@@ -324,16 +324,6 @@ func readRuleFile(p string) ([]byte, error) {
 
 func isCompiled(b []byte) bool { return len(b) >= 4 && string(b[:4]) == "YARA" }
 
-// collectSources expands files and directories into rule sources and
-// reads them.
-func collectSources(paths []string) ([]ruleSrc, error) {
-	srcs, err := listSources(paths)
-	if err != nil {
-		return nil, err
-	}
-	return srcs, readSources(srcs)
-}
-
 func readSources(srcs []ruleSrc) error {
 	for i := range srcs {
 		data, err := readRuleFile(srcs[i].file)

@@ -221,6 +221,10 @@ func TestExtractMatchesTree(t *testing.T) {
 	src := filepath.Join(fixture.Dir(), "tree-small")
 	n := 0
 	filepath.Walk(src, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			t.Error(err)
+			return nil
+		}
 		rel, _ := filepath.Rel(src, p)
 		if rel == "." || fi.Mode()&os.ModeNamedPipe != 0 {
 			return nil // special files are not created

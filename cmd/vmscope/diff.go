@@ -35,9 +35,9 @@ block-level tracking: for images that do not share a disk history.`,
 			defer im.Close()
 			var sel *dirty.Selection
 			if full {
-				oim, od, err := openDisk(args[0])
-				if err != nil {
-					return err
+				oim, od, oerr := openDisk(args[0])
+				if oerr != nil {
+					return oerr
 				}
 				defer oim.Close()
 				sel, err = dirty.FullCompare(c.Context(), od, d)

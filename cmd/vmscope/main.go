@@ -1,7 +1,8 @@
 // Command vmscope inspects virtual machines from outside the guest: disk
-// images (raw, qcow2 and backing chains) and, later, memory. Each verb is a
-// thin command over the library packages; this package decides what the
-// user sees and maps errors to exit codes.
+// images (raw, qcow2 and backing chains: info, ls, cat, extract, scan,
+// dirty, diff), memory snapshots and running QEMU guests (mem, guest).
+// Each verb is a thin command over the library packages; this package
+// decides what the user sees and maps errors to exit codes.
 package main
 
 import (

@@ -94,8 +94,6 @@ func regField(c *vmi.CPU, name string) *uint64 {
 	return nil
 }
 
-var segNames = []string{"cs", "ss", "ds", "es", "fs", "gs"}
-
 func segField(c *vmi.CPU, name string) *vmi.Segment {
 	switch name {
 	case "cs":

@@ -100,7 +100,7 @@ func decodePayload(raw []byte, ck [2]byte) ([]byte, error) {
 	if sum != want {
 		return nil, fmt.Errorf("%w: checksum %02x, computed %02x", ErrProtocol, want, sum)
 	}
-	if bytes.IndexAny(raw, "}*") < 0 {
+	if !bytes.ContainsAny(raw, "}*") {
 		return raw, nil
 	}
 	out := make([]byte, 0, len(raw))
@@ -169,13 +169,6 @@ func decodeHex(dst, s []byte) error {
 		dst[i] = b
 	}
 	return nil
-}
-
-func appendHex(dst, b []byte) []byte {
-	for _, c := range b {
-		dst = append(dst, hexDigits[c>>4], hexDigits[c&15])
-	}
-	return dst
 }
 
 // isStopReply reports whether a packet from the stub is a stop reply
