@@ -77,20 +77,26 @@ func Corrupt(sentinel error, structure string, off int64, format string, args ..
 }
 
 // Problem is a non-fatal finding: the command went on past it. Where names
-// the object (a path, a task, a structure), Offset its byte offset when one
-// applies (-1 otherwise), Err the cause. Its JSON form is stable:
+// the object (a path, a task, a structure), Offset its byte offset in the
+// input when one applies (-1 otherwise), Addr its guest address when it is
+// a structure in guest memory (0 otherwise), Err the cause. Every package
+// reports non-fatal findings as Problems. Its JSON form is stable:
 //
-//	{"where": "...", "offset": N, "kind": "corrupt|unsupported|not-present|error", "error": "..."}
+//	{"where": "...", "offset": N, "addr": N, "kind": "corrupt|unsupported|not-present|canceled|error", "error": "..."}
 //
-// with "offset" left out when negative.
+// with "offset" left out when negative and "addr" when 0.
 type Problem struct {
 	Where  string
 	Offset int64
+	Addr   uint64
 	Err    error
 }
 
 func (p Problem) Error() string {
-	if p.Offset >= 0 {
+	switch {
+	case p.Addr != 0:
+		return fmt.Sprintf("%s at %#x: %v", p.Where, p.Addr, p.Err)
+	case p.Offset >= 0:
 		return fmt.Sprintf("%s at offset %d: %v", p.Where, p.Offset, p.Err)
 	}
 	return fmt.Sprintf("%s: %v", p.Where, p.Err)
@@ -122,13 +128,14 @@ func Kind(err error) string {
 type ProblemJSON struct {
 	Where  string `json:"where"`
 	Offset *int64 `json:"offset,omitempty"`
+	Addr   uint64 `json:"addr,omitempty"`
 	Kind   string `json:"kind"`
 	Error  string `json:"error"`
 }
 
 // JSON returns the problem's stable JSON form.
 func (p Problem) JSON() ProblemJSON {
-	j := ProblemJSON{Where: p.Where, Kind: p.Kind()}
+	j := ProblemJSON{Where: p.Where, Addr: p.Addr, Kind: p.Kind()}
 	if p.Err != nil {
 		j.Error = p.Err.Error()
 	}

@@ -41,6 +41,14 @@ func TestProblemJSON(t *testing.T) {
 	if got, want := string(b), `{"where":"dir inode 2","offset":24,"kind":"corrupt","error":"ext4: corrupt"}`; got != want {
 		t.Fatalf("json %s, want %s", got, want)
 	}
+	p = Problem{Where: "task list", Offset: -1, Addr: 0xffffffff81e0a940, Err: fmt.Errorf("cycle: %w", ErrCorrupt)}
+	b, _ = json.Marshal(p)
+	if got, want := string(b), `{"where":"task list","addr":18446744071593568576,"kind":"corrupt","error":"cycle: corrupt"}`; got != want {
+		t.Fatalf("json %s, want %s", got, want)
+	}
+	if got, want := p.Error(), "task list at 0xffffffff81e0a940: cycle: corrupt"; got != want {
+		t.Fatalf("Error() %q, want %q", got, want)
+	}
 }
 
 func TestExitCode(t *testing.T) {

@@ -179,12 +179,12 @@ func writeRows[T any](c *cobra.Command, format, key string, rows []T, probs []li
 	}
 	if format != "json" {
 		for _, p := range probs {
-			fmt.Fprintf(c.ErrOrStderr(), "vmscope: %s at %#x: %s\n", p.What, p.Addr, p.Err)
+			fmt.Fprintf(c.ErrOrStderr(), "vmscope: %v\n", p)
 		}
 	}
 	if len(probs) > 0 {
 		p := probs[0]
-		return problems(len(probs), fmt.Sprintf("%s at %#x: %s", p.What, p.Addr, p.Err))
+		return problems(len(probs), p.Error())
 	}
 	return nil
 }

@@ -147,7 +147,7 @@ func TestHostileTaskList(t *testing.T) {
 		if len(tasks) != 3 {
 			t.Errorf("%d tasks before the cycle, want 3", len(tasks))
 		}
-		if len(probs) != 1 || probs[0].What != "task list" || !strings.Contains(probs[0].Err, "cycle") || vmi.VA(probs[0].Addr) != b {
+		if len(probs) != 1 || probs[0].Where != "task list" || !strings.Contains(probs[0].Err.Error(), "cycle") || vmi.VA(probs[0].Addr) != b {
 			t.Errorf("problems %+v, want one: the task list's cycle at %#x", probs, uint64(b))
 		}
 	})
@@ -161,8 +161,8 @@ func TestHostileTaskList(t *testing.T) {
 		}
 		var sawTask, sawList bool
 		for _, p := range probs {
-			sawTask = sawTask || (p.What == "task_struct" && vmi.VA(p.Addr) == nowhere)
-			sawList = sawList || (p.What == "task list" && vmi.VA(p.Addr) == nowhere)
+			sawTask = sawTask || (p.Where == "task_struct" && vmi.VA(p.Addr) == nowhere)
+			sawList = sawList || (p.Where == "task list" && vmi.VA(p.Addr) == nowhere)
 		}
 		if !sawTask || !sawList {
 			t.Errorf("problems %+v, want the task at %#x and the list past it", probs, uint64(nowhere))
@@ -184,7 +184,7 @@ func TestHostileTaskList(t *testing.T) {
 			t.Errorf("%d tasks, want the cap %d", len(tasks), MaxTasks)
 		}
 		last := probs[len(probs)-1]
-		if last.What != "task list" || !strings.Contains(last.Err, "longer than") {
+		if last.Where != "task list" || !strings.Contains(last.Err.Error(), "longer than") {
 			t.Errorf("last problem %+v, want the cap", last)
 		}
 	})
@@ -193,7 +193,7 @@ func TestHostileTaskList(t *testing.T) {
 	h := newHostileKernel(t)
 	h.task(hostileBase, 0, a)
 	h.task(a, 1, a)
-	if p := h.listWalk("x", hostileBase, 10, func(vmi.VA) bool { return true }); p == nil || !strings.Contains(p.Err, "cycle") {
+	if p := h.listWalk("x", hostileBase, 10, func(vmi.VA) bool { return true }); p == nil || !strings.Contains(p.Err.Error(), "cycle") {
 		t.Errorf("self-loop: problem %+v", p)
 	}
 	if _, err := h.ReadU64(nowhere); !errors.Is(err, vmi.ErrNotPresent) {

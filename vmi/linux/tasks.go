@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 
+	"github.com/vmscope/vmscope/vmerr"
 	"github.com/vmscope/vmscope/vmi"
 )
 
@@ -17,14 +18,10 @@ const (
 )
 
 // Problem is something a walk could not follow; the walk went on without it.
-type Problem struct {
-	What string `json:"what"` // the structure: "task list", "argv of pid 42"
-	Addr uint64 `json:"addr,omitempty"`
-	Err  string `json:"error"`
-}
+type Problem = vmerr.Problem
 
 func problem(what string, a vmi.VA, err error) Problem {
-	return Problem{What: what, Addr: uint64(a), Err: err.Error()}
+	return Problem{Where: what, Offset: -1, Addr: uint64(a), Err: err}
 }
 
 // Task is a task (process or thread) of the guest.
