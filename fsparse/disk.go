@@ -67,9 +67,10 @@ type Disk struct {
 	TableID    string      `json:"table_id,omitempty"`
 	Partitions []Partition `json:"partitions"`
 	Volumes    []*Volume   `json:"volumes"`
-	// Problems lists partitions whose filesystem could not be opened; the
-	// other volumes are usable.
-	Problems []error `json:"-"`
+	// Problems lists partitions whose filesystem could not be opened (where:
+	// the partition, offset: its start on the disk); the other volumes are
+	// usable.
+	Problems []vmerr.Problem `json:"-"`
 }
 
 // Open reads the partition table of the disk r of size bytes and opens the
@@ -103,7 +104,7 @@ func Open(r io.ReaderAt, size int64) (*Disk, error) {
 	for _, p := range d.Partitions {
 		v, err := openVolume(r, p)
 		if err != nil {
-			d.Problems = append(d.Problems, fmt.Errorf("%s: %w", p.ID(), err))
+			d.Problems = append(d.Problems, vmerr.Problem{Where: p.ID(), Offset: p.Start, Err: err})
 			continue
 		}
 		if v != nil {
