@@ -33,7 +33,7 @@ vet:
 
 # Every test, every fuzz target over its seed corpus; fixtures built first (cached).
 test: deps fixtures vet
-	$(GO) test -count=1 -timeout 15m $(PKGS)
+	$(GO) test -count=1 -timeout 30m $(PKGS)
 
 # Each fuzz target for FUZZTIME (default 60s).
 FUZZTIME ?= 60s
