@@ -71,7 +71,9 @@ func TestGuestFormatsAgree(t *testing.T) {
 			if got := raw.Ranges(); len(got) != 1 || got[0].Start != 0 || got[0].End() != end {
 				t.Errorf("raw ranges %v, want [0, %#x)", got, uint64(end))
 			}
-			kernel := memtest.Region("kernel image", kernelImage(t, mode))
+			// as many random pages and odd reads as before the kit, with the
+			// kit's stride and the kernel image besides
+			kernel := []memtest.Option{memtest.Region("kernel image", kernelImage(t, mode)), memtest.RandomPages(4000), memtest.OddReads(512)}
 			for _, p := range []struct {
 				name string
 				s    *snapshot.Snapshot
@@ -82,7 +84,7 @@ func TestGuestFormatsAgree(t *testing.T) {
 				{"raw", raw, []memtest.Option{memtest.Ranges(memtest.AInB), memtest.NoCPUs("raw saves none")}},
 			} {
 				t.Run(p.name, func(t *testing.T) {
-					rep := memtest.Agree(t, elf, p.s, append(p.opts, memtest.Names("elf", p.name), kernel)...)
+					rep := memtest.Agree(t, elf, p.s, append(append(p.opts, memtest.Names("elf", p.name)), kernel...)...)
 					if rep.Full || rep.NonZero < rep.Sampled/10 {
 						t.Errorf("only %d of %d sampled pages hold data (full %v)", rep.NonZero, rep.Sampled, rep.Full)
 					}
@@ -94,7 +96,7 @@ func TestGuestFormatsAgree(t *testing.T) {
 
 // gva2gpa returns the guest-physical addresses of the kernel symbols
 // QEMU translated at dump time (HMP gva2gpa).
-func gva2gpa(t *testing.T, mode string) map[string]uint64 {
+func gva2gpa(t testing.TB, mode string) map[string]uint64 {
 	t.Helper()
 	gpa := map[string]uint64{}
 	b, err := os.ReadFile(guesttest.Path(t, mode, guesttest.GVA2GPA))
@@ -115,7 +117,7 @@ func gva2gpa(t *testing.T, mode string) map[string]uint64 {
 }
 
 // kernelImage is the kernel image in guest-physical memory, _text to _end.
-func kernelImage(t *testing.T, mode string) vmi.Range {
+func kernelImage(t testing.TB, mode string) vmi.Range {
 	t.Helper()
 	gpa := gva2gpa(t, mode)
 	text, end := gpa["_text"], gpa["_end"]

@@ -254,3 +254,33 @@ func BenchmarkWritersRead(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkAgree runs the memory conformance kit in its default, sampled
+// mode (a stride, random pages, the kernel image, odd reads, holes,
+// vCPUs) on QEMU's ELF dump of the writers boot against each kdump file
+// of the same moment: the cost of one pair.
+func BenchmarkAgree(b *testing.B) {
+	elfPath := filepath.Join(guesttest.Dir(), writers, guesttest.ELFDump)
+	if _, err := os.Stat(elfPath); err != nil {
+		b.Skip(err)
+	}
+	kernel := memtest.Region("kernel image", kernelImage(b, writers))
+	for _, w := range kdumpWriters {
+		b.Run(w.file, func(b *testing.B) {
+			path := filepath.Join(guesttest.Dir(), writers, w.file)
+			if _, err := os.Stat(path); err != nil {
+				b.Skip(err) // a QEMU format this QEMU does not offer
+			}
+			rel := memtest.Equal
+			if strings.HasPrefix(w.writer, "makedumpfile") {
+				rel = memtest.BInA
+			}
+			var rep memtest.Report
+			for range b.N {
+				elf, s := open(b, elfPath), open(b, path)
+				rep = memtest.Agree(b, elf, s, memtest.Ranges(rel), kernel)
+			}
+			b.SetBytes(int64(rep.Bytes))
+		})
+	}
+}
