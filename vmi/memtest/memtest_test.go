@@ -243,3 +243,21 @@ func TestAgreeOnly(t *testing.T) {
 		t.Errorf("only the first MiB: %q, report %v", errs, rep)
 	}
 }
+
+// TestAgreeUnalignedRanges checks sources whose ranges start and end
+// inside a page (a BIOS area ending at 0x9fc00): equal ones agree, and
+// the hole at the start of the page is still found.
+func TestAgreeUnalignedRanges(t *testing.T) {
+	a := newMem(1, 0x9fc00, 3*mib, 256<<10)
+	a.ranges[1].Start += 0x400
+	a.ranges[1].Size -= 0x400
+	a.data[1] = a.data[1][0x400:]
+	rep, errs := agree(t, a, a.clone(), memtest.OddReads(2000))
+	if len(errs) != 0 || rep.OddReads != 2000 {
+		t.Fatalf("equal sources: %q, report %v", errs, rep)
+	}
+	b := a.clone()
+	b.holesZero = true
+	_, errs = agree(t, a, b)
+	wantFail(t, errs, "b: 1-byte read at 0x9fc00: 1 bytes (<nil>), its ranges hold 0")
+}
