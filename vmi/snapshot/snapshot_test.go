@@ -1,6 +1,7 @@
 package snapshot_test
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -176,5 +177,34 @@ func TestGuestCPUs(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// recorder is a testing.TB that records failures instead of reporting
+// them.
+type recorder struct {
+	testing.TB
+	errs []string
+}
+
+func (r *recorder) Helper()                   {}
+func (r *recorder) Logf(string, ...any)       {}
+func (r *recorder) Errorf(f string, a ...any) { r.errs = append(r.errs, fmt.Sprintf(f, a...)) }
+
+// TestAgreeTellsBootsApart checks that the conformance kit is not
+// satisfied by two real dumps of the same memory layout from different
+// boots (KASLR on and off): it must find bytes and registers that differ.
+func TestAgreeTellsBootsApart(t *testing.T) {
+	a := open(t, guesttest.Path(t, guesttest.KASLR, guesttest.ELFDump))
+	b := open(t, guesttest.Path(t, guesttest.NoKASLR, guesttest.KdumpDump))
+	r := &recorder{TB: t}
+	memtest.Agree(r, a, b, memtest.OddReads(0))
+	var bytes, cpu bool
+	for _, e := range r.errs {
+		bytes = bytes || strings.Contains(e, "differs")
+		cpu = cpu || strings.Contains(e, "vCPU 0: RIP")
+	}
+	if !bytes || !cpu {
+		t.Errorf("two boots: byte differences found %v, RIP difference found %v; failures %q", bytes, cpu, r.errs)
 	}
 }
