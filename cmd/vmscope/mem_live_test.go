@@ -7,12 +7,17 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vmscope/vmscope/vmi/memtest"
+	"github.com/vmscope/vmscope/vmi/qemu"
+	"github.com/vmscope/vmscope/vmi/snapshot"
 )
 
-// TestMemLiveEqualsDump pauses the fixture guest, runs every mem analysis
-// live through the GDB stub (--guest --pause), takes a dump-guest-memory at
-// that same moment, runs the analyses on the dump, and checks that the two
-// answers are identical; then that the guest's scenario processes are there
+// TestMemLiveEqualsDump pauses the fixture guest, takes a
+// dump-guest-memory at that moment, checks that the live guest's memory
+// and vCPUs agree with the dump's (the memory conformance kit), runs every
+// mem analysis live through the GDB stub (--guest --pause) and on the
+// dump, and checks that the two answers are identical; then that the guest's scenario processes are there
 // with their argv, and that the guest runs again afterwards.
 func TestMemLiveEqualsDump(t *testing.T) {
 	l := liveGuest(t)
@@ -24,6 +29,7 @@ func TestMemLiveEqualsDump(t *testing.T) {
 	if err := l.ref.DumpGuestMemory(ctx, dump, "elf"); err != nil {
 		t.Fatal(err)
 	}
+	memoryAgrees(t, l.spec, dump)
 	for _, verb := range [][]string{{"ps"}, {"ps", "-t"}, {"modules"}, {"files"}, {"mounts"}} {
 		live, errLive, code := vmscope(t, append(append([]string{"mem"}, verb...), "--format", "json", "--guest", l.spec, "--pause")...)
 		if code != 0 {
@@ -70,6 +76,30 @@ func TestMemLiveEqualsDump(t *testing.T) {
 		t.Fatalf("mem modules --guest --pause: exit %d: %s", code, errOut)
 	}
 	l.mustRun(t)
+}
+
+// memoryAgrees checks with the memory conformance kit that the paused
+// guest, read through the GDB stub, and its dump agree: the memory map,
+// sampled pages, odd reads, holes and vCPU registers. Closing the
+// connection leaves the paused guest paused.
+func memoryAgrees(t *testing.T, spec, dump string) {
+	t.Helper()
+	ctx := context.Background()
+	g, err := qemu.Open(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := g.Close(ctx); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	}()
+	snap, err := snapshot.Open(dump)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snap.Close()
+	memtest.Agree(t, g, snap, memtest.Names("live", "dump"), memtest.Context(ctx))
 }
 
 // firstDiff shows the first lines where a (live) and b (dump) differ, with

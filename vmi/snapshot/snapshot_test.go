@@ -1,19 +1,18 @@
 package snapshot_test
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/vmscope/vmscope/vmi"
 	"github.com/vmscope/vmscope/vmi/internal/guesttest"
+	"github.com/vmscope/vmscope/vmi/memtest"
 	"github.com/vmscope/vmscope/vmi/snapshot"
 )
 
@@ -43,8 +42,11 @@ func write(t testing.TB, path string, fn func(io.Writer, vmi.Memory) error, m vm
 
 // TestGuestFormatsAgree converts QEMU's ELF dump of the fixture guest to
 // raw and LiME with this package's writers, opens QEMU's own kdump-zlib
-// dump of the same stopped guest, and checks that every reader returns the
-// same bytes at the same guest-physical addresses and the same holes.
+// dump of the same stopped guest, and checks with the memory conformance
+// kit that every reader returns the same bytes at the same guest-physical
+// addresses and the same holes: the kdump and LiME files hold the ELF
+// dump's ranges, the raw file everything below its end; the kdump notes
+// hold the ELF notes' vCPU state.
 func TestGuestFormatsAgree(t *testing.T) {
 	for _, mode := range guesttest.Modes {
 		t.Run(mode, func(t *testing.T) {
@@ -62,80 +64,68 @@ func TestGuestFormatsAgree(t *testing.T) {
 				}
 			}
 			ranges := elf.Ranges()
-			if len(ranges) == 0 {
-				t.Fatal("ELF dump has no ranges")
+			if len(ranges) < 2 {
+				t.Fatalf("ELF dump ranges %v: want holes between them", ranges)
 			}
 			t.Logf("ranges: %v", ranges)
-			for name, s := range map[string]*snapshot.Snapshot{"kdump": kd, "lime": lime} {
-				if got := s.Ranges(); fmt.Sprint(got) != fmt.Sprint(ranges) {
-					t.Errorf("%s ranges %v, want %v", name, got, ranges)
-				}
-			}
 			end := ranges[len(ranges)-1].End()
 			if got := raw.Ranges(); len(got) != 1 || got[0].Start != 0 || got[0].End() != end {
 				t.Errorf("raw ranges %v, want [0, %#x)", got, uint64(end))
 			}
-
-			const page = 4096
-			var addrs []vmi.PA
-			for _, r := range ranges {
-				addrs = append(addrs, r.Start, r.End()-page, r.End()-page/2) // the last straddles the end
-				if r.Start >= page {
-					addrs = append(addrs, r.Start-page/2) // straddles the start
-				}
-			}
-			rng := rand.New(rand.NewPCG(1, 2))
-			for range 4000 {
-				r := ranges[rng.IntN(len(ranges))]
-				addrs = append(addrs, r.Start+vmi.PA(rng.Uint64N(r.Size/page)*page))
-			}
-			// unaligned reads crossing pages
-			for range 500 {
-				r := ranges[rng.IntN(len(ranges))]
-				addrs = append(addrs, r.Start+vmi.PA(rng.Uint64N(r.Size-page)))
-			}
-			want := make([]byte, page)
-			got := make([]byte, page)
-			nonzero := 0
-			for _, a := range addrs {
-				wn, werr := elf.ReadAt(want, int64(a))
-				if wn < page {
-					var he *vmi.HoleError
-					if !errors.As(werr, &he) || !errors.Is(werr, vmi.ErrNotPresent) {
-						t.Fatalf("elf at %#x: %d bytes, err %v, want a HoleError", uint64(a), wn, werr)
+			// as many random pages and odd reads as before the kit, with the
+			// kit's stride and the kernel image besides
+			kernel := []memtest.Option{memtest.Region("kernel image", kernelImage(t, mode)), memtest.RandomPages(4000), memtest.OddReads(512)}
+			for _, p := range []struct {
+				name string
+				s    *snapshot.Snapshot
+				opts []memtest.Option
+			}{
+				{"kdump", kd, nil},
+				{"lime", lime, []memtest.Option{memtest.NoCPUs("LiME saves none")}},
+				{"raw", raw, []memtest.Option{memtest.Ranges(memtest.AInB), memtest.NoCPUs("raw saves none")}},
+			} {
+				t.Run(p.name, func(t *testing.T) {
+					rep := memtest.Agree(t, elf, p.s, append(append(p.opts, memtest.Names("elf", p.name)), kernel...)...)
+					if rep.Full || rep.NonZero < rep.Sampled/10 {
+						t.Errorf("only %d of %d sampled pages hold data (full %v)", rep.NonZero, rep.Sampled, rep.Full)
 					}
-				}
-				if bytes.ContainsFunc(want[:wn], func(r rune) bool { return r != 0 }) {
-					nonzero++
-				}
-				for name, s := range map[string]*snapshot.Snapshot{"kdump": kd, "lime": lime, "raw": raw} {
-					clear(got)
-					n, err := s.ReadAt(got, int64(a))
-					if name == "raw" && a < end {
-						// raw has no holes before its end: the hole reads as zeros
-						n = min(n, wn)
-						err = werr
-					}
-					if n != wn || !bytes.Equal(got[:n], want[:wn]) {
-						t.Fatalf("%s at %#x: %d bytes (err %v), elf %d bytes (err %v); equal=%v", name, uint64(a), n, err, wn, werr, bytes.Equal(got[:min(n, wn)], want[:min(n, wn)]))
-					}
-					var he, whe *vmi.HoleError
-					if (werr == nil) != (err == nil) || (werr != nil && (!errors.As(err, &he) || !errors.As(werr, &whe) || he.Addr != whe.Addr)) {
-						t.Fatalf("%s at %#x: err %v, elf err %v", name, uint64(a), err, werr)
-					}
-				}
-			}
-			if nonzero < len(addrs)/10 {
-				t.Errorf("only %d of %d sampled pages hold data", nonzero, len(addrs))
-			}
-			// past the end of memory
-			for name, s := range map[string]*snapshot.Snapshot{"elf": elf, "kdump": kd, "lime": lime, "raw": raw} {
-				if _, err := s.ReadAt(got[:8], int64(end)+1<<30); !errors.Is(err, vmi.ErrNotPresent) {
-					t.Errorf("%s past the end: err %v, want ErrNotPresent", name, err)
-				}
+				})
 			}
 		})
 	}
+}
+
+// gva2gpa returns the guest-physical addresses of the kernel symbols
+// QEMU translated at dump time (HMP gva2gpa).
+func gva2gpa(t testing.TB, mode string) map[string]uint64 {
+	t.Helper()
+	gpa := map[string]uint64{}
+	b, err := os.ReadFile(guesttest.Path(t, mode, guesttest.GVA2GPA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.Fields(l)
+		if len(f) == 3 && f[2] != "-" {
+			v, err := strconv.ParseUint(strings.TrimPrefix(f[2], "0x"), 16, 64)
+			if err != nil {
+				t.Fatalf("gva2gpa line %q", l)
+			}
+			gpa[f[0]] = v
+		}
+	}
+	return gpa
+}
+
+// kernelImage is the kernel image in guest-physical memory, _text to _end.
+func kernelImage(t testing.TB, mode string) vmi.Range {
+	t.Helper()
+	gpa := gva2gpa(t, mode)
+	text, end := gpa["_text"], gpa["_end"]
+	if text == 0 || end <= text {
+		t.Fatalf("_text %#x _end %#x", text, end)
+	}
+	return vmi.Range{Start: vmi.PA(text), Size: end - text}
 }
 
 var regRE = regexp.MustCompile(`\b(RIP|RSP|RAX|RBX|CR0|CR2|CR3|CR4|EFER)=([0-9a-f]+)`)
@@ -187,5 +177,34 @@ func TestGuestCPUs(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// recorder is a testing.TB that records failures instead of reporting
+// them.
+type recorder struct {
+	testing.TB
+	errs []string
+}
+
+func (r *recorder) Helper()                   {}
+func (r *recorder) Logf(string, ...any)       {}
+func (r *recorder) Errorf(f string, a ...any) { r.errs = append(r.errs, fmt.Sprintf(f, a...)) }
+
+// TestAgreeTellsBootsApart checks that the conformance kit is not
+// satisfied by two real dumps of the same memory layout from different
+// boots (KASLR on and off): it must find bytes and registers that differ.
+func TestAgreeTellsBootsApart(t *testing.T) {
+	a := open(t, guesttest.Path(t, guesttest.KASLR, guesttest.ELFDump))
+	b := open(t, guesttest.Path(t, guesttest.NoKASLR, guesttest.KdumpDump))
+	r := &recorder{TB: t}
+	memtest.Agree(r, a, b, memtest.OddReads(0))
+	var bytes, cpu bool
+	for _, e := range r.errs {
+		bytes = bytes || strings.Contains(e, "differs")
+		cpu = cpu || strings.Contains(e, "vCPU 0: RIP")
+	}
+	if !bytes || !cpu {
+		t.Errorf("two boots: byte differences found %v, RIP difference found %v; failures %q", bytes, cpu, r.errs)
 	}
 }

@@ -1,9 +1,9 @@
 package snapshot_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/vmscope/vmscope/vmi"
 	"github.com/vmscope/vmscope/vmi/internal/guesttest"
+	"github.com/vmscope/vmscope/vmi/memtest"
 	"github.com/vmscope/vmscope/vmi/snapshot"
 )
 
@@ -150,7 +151,6 @@ func TestWritersBytes(t *testing.T) {
 	truth := guesttest.Load(t, writers)
 	ram := systemRAM(t, truth)
 	elf := open(t, guesttest.Path(t, writers, guesttest.ELFDump))
-	elfRanges := elf.Ranges()
 	for _, w := range kdumpWriters {
 		t.Run(w.file, func(t *testing.T) {
 			if !strings.HasPrefix(w.writer, "makedumpfile") && !offered(t, w.format) {
@@ -165,43 +165,23 @@ func TestWritersBytes(t *testing.T) {
 			if s.Format() != snapshot.Kdump {
 				t.Fatalf("format %v", s.Format())
 			}
+			rel := memtest.Equal
+			if strings.HasPrefix(w.writer, "makedumpfile") {
+				rel = memtest.BInA
+			}
 			ranges := s.Ranges()
-			if strings.HasPrefix(w.writer, "QEMU") && fmt.Sprint(ranges) != fmt.Sprint(elfRanges) {
-				t.Fatalf("ranges %v, ELF %v", ranges, elfRanges)
-			}
-			for _, r := range ranges {
-				if !within(elfRanges, r.Start, r.Size) {
-					t.Errorf("range %v is not in the ELF dump's %v", r, elfRanges)
-				}
-			}
 			for _, r := range ram {
 				start := r.Start &^ 4095
 				if !within(ranges, start, uint64(r.End()-start+4095)&^4095) {
 					t.Errorf("System RAM %v not all in the ranges %v", r, ranges)
 				}
 			}
-			const chunk = 1 << 20
-			want, got := make([]byte, chunk), make([]byte, chunk)
-			var n uint64
-			for _, r := range ranges {
-				for a := r.Start; a < r.End(); a += chunk {
-					l := min(uint64(chunk), uint64(r.End()-a))
-					if _, err := elf.ReadAt(want[:l], int64(a)); err != nil {
-						t.Fatalf("ELF at %#x: %v", uint64(a), err)
-					}
-					if _, err := s.ReadAt(got[:l], int64(a)); err != nil {
-						t.Fatalf("at %#x: %v", uint64(a), err)
-					}
-					if !bytes.Equal(got[:l], want[:l]) {
-						for p := uint64(0); p < l; p += 4096 {
-							if !bytes.Equal(got[p:p+4096], want[p:p+4096]) {
-								t.Fatalf("page at %#x differs from the ELF dump's", uint64(a)+p)
-							}
-						}
-					}
-					n += l
-				}
+			// every byte, as before the kit: the writers' decoders in full
+			rep := memtest.Agree(t, elf, s, memtest.Names("elf", w.file), memtest.Ranges(rel), memtest.FullUpTo(math.MaxUint64))
+			if !rep.Full {
+				t.Error("not compared in full")
 			}
+			n := rep.Bytes
 			t.Logf("%s (%s): %d MiB in %d ranges, equal to the ELF dump", w.writer, w.format, n>>20, len(ranges))
 		})
 	}
@@ -226,72 +206,19 @@ func TestWritersLiME(t *testing.T) {
 	}
 
 	elf := open(t, guesttest.Path(t, writers, guesttest.ELFDump))
-	gpa := map[string]uint64{}
-	b, err := os.ReadFile(guesttest.Path(t, writers, guesttest.GVA2GPA))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		f := strings.Fields(l)
-		if len(f) == 3 && f[2] != "-" {
-			v, err := strconv.ParseUint(strings.TrimPrefix(f[2], "0x"), 16, 64)
-			if err != nil {
-				t.Fatalf("gva2gpa line %q", l)
-			}
-			gpa[f[0]] = v
-		}
-	}
+	gpa := gva2gpa(t, writers)
 	text, etext := gpa["_stext"], gpa["_etext"]
 	if text == 0 || etext <= text {
 		t.Fatalf("_stext %#x _etext %#x", text, etext)
 	}
-	a, c := make([]byte, 4096), make([]byte, 4096)
-	same, pages, sites := 0, 0, 0
-	for p := text &^ 4095; p+4096 <= etext; p += 4096 {
-		if _, err := elf.ReadAt(a, int64(p)); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := lime.ReadAt(c, int64(p)); err != nil {
-			t.Fatal(err)
-		}
-		pages++
-		if bytes.Equal(a, c) {
-			same++
-			continue
-		}
-		for i := 0; i < 4096; i++ {
-			if a[i] == c[i] {
-				continue
-			}
-			n := jumpLabel(a[i:], c[i:])
-			if n == 0 {
-				n = jumpLabel(c[i:], a[i:])
-			}
-			if n == 0 {
-				t.Errorf("kernel text at %#x differs and is no jump label: ELF % x, LiME % x", p+uint64(i), a[i:min(i+8, 4096)], c[i:min(i+8, 4096)])
-				break
-			}
-			sites++
-			i += n - 1
-		}
+	// every full page of the kernel's text
+	rep := memtest.Agree(t, elf, lime, memtest.Names("elf", "lime"), memtest.Ranges(memtest.BInA),
+		memtest.Only(vmi.Range{Start: vmi.PA(text), Size: (etext &^ 4095) - text}),
+		memtest.Tolerate(memtest.JumpLabel), memtest.FullUpTo(math.MaxUint64), memtest.NoCPUs("LiME saves none"))
+	if !rep.Full || rep.Pages < 1000 {
+		t.Errorf("only %d kernel text pages compared (full %v)", rep.Pages, rep.Full)
 	}
-	if pages < 1000 {
-		t.Errorf("only %d kernel text pages", pages)
-	}
-	t.Logf("%d of %d kernel text pages equal; %d jump label sites patched in between", same, pages, sites)
-}
-
-// jumpLabel returns the length of the static branch site at the start of
-// nop and jmp when nop holds a NOP and jmp a jump of the same length,
-// else 0.
-func jumpLabel(nop, jmp []byte) int {
-	switch {
-	case len(nop) >= 2 && len(jmp) >= 2 && nop[0] == 0x66 && nop[1] == 0x90 && jmp[0] == 0xeb:
-		return 2
-	case len(nop) >= 5 && len(jmp) >= 5 && bytes.Equal(nop[:5], []byte{0x0f, 0x1f, 0x44, 0, 0}) && jmp[0] == 0xe9:
-		return 5
-	}
-	return 0
+	t.Logf("%d kernel text pages equal but for %d jump label sites patched in between", rep.Pages, rep.Tolerated[memtest.JumpLabel.Name])
 }
 
 // BenchmarkWritersRead reads every page of each kdump file of the writers
@@ -324,6 +251,36 @@ func BenchmarkWritersRead(b *testing.B) {
 				}
 			}
 			b.SetBytes(total)
+		})
+	}
+}
+
+// BenchmarkAgree runs the memory conformance kit in its default, sampled
+// mode (a stride, random pages, the kernel image, odd reads, holes,
+// vCPUs) on QEMU's ELF dump of the writers boot against each kdump file
+// of the same moment: the cost of one pair.
+func BenchmarkAgree(b *testing.B) {
+	elfPath := filepath.Join(guesttest.Dir(), writers, guesttest.ELFDump)
+	if _, err := os.Stat(elfPath); err != nil {
+		b.Skip(err)
+	}
+	kernel := memtest.Region("kernel image", kernelImage(b, writers))
+	for _, w := range kdumpWriters {
+		b.Run(w.file, func(b *testing.B) {
+			path := filepath.Join(guesttest.Dir(), writers, w.file)
+			if _, err := os.Stat(path); err != nil {
+				b.Skip(err) // a QEMU format this QEMU does not offer
+			}
+			rel := memtest.Equal
+			if strings.HasPrefix(w.writer, "makedumpfile") {
+				rel = memtest.BInA
+			}
+			var rep memtest.Report
+			for range b.N {
+				elf, s := open(b, elfPath), open(b, path)
+				rep = memtest.Agree(b, elf, s, memtest.Ranges(rel), kernel)
+			}
+			b.SetBytes(int64(rep.Bytes))
 		})
 	}
 }
