@@ -13,6 +13,7 @@ import (
 	"sync"
 
 	"github.com/vmscope/vmscope/cow"
+	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/fsparse"
 	"github.com/vmscope/vmscope/internal/rangeset"
 	"github.com/vmscope/vmscope/qcow"
@@ -62,14 +63,14 @@ type Store interface {
 // Identity names the image a state belongs to: the disk size, the
 // partition table ID, each filesystem's UUID and the path of the chain's
 // base file (an overlay can be rotated; the base is the VM's disk).
-func Identity(im *qcow.Image, d *fsparse.Disk) string {
+func Identity(im *disk.Image, d *fsparse.Disk) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "size=%d table=%s/%s", d.Size, d.Table, d.TableID)
 	for _, v := range d.Volumes {
 		fmt.Fprintf(&b, " %s=%s:%s", v.ID, v.Type, v.UUID)
 	}
 	ls := im.Layers()
-	fmt.Fprintf(&b, " base=%s", ls[len(ls)-1].Path)
+	fmt.Fprintf(&b, " base=%s", ls[len(ls)-1].Name())
 	s := sha256.Sum256([]byte(b.String()))
 	return hex.EncodeToString(s[:16]) + " " + b.String()
 }
@@ -289,7 +290,7 @@ func (s *Selection) CommitContext(ctx context.Context) error {
 // file is due (the first poll is a full scan); when rulesDigest differs from
 // the state's, every regular file is due too (a new rule must see old
 // files), while the dirty mapping still updates the index.
-func Select(ctx context.Context, im *qcow.Image, d *fsparse.Disk, src string, st Store, rulesDigest string) (*Selection, error) {
+func Select(ctx context.Context, im *disk.Image, d *fsparse.Disk, src string, st Store, rulesDigest string) (*Selection, error) {
 	id := Identity(im, d)
 	prev, err := st.Load(id)
 	if err != nil {
@@ -405,12 +406,12 @@ func rotatedBitmap(prev *Snapshot, src string) bool {
 // backing file: unchanged since); the others with their hash. When the last
 // poll's top is gone from the chain (the overlay was committed or
 // discarded), *full is set: only a full pass is safe.
-func (sel *Selection) cowDirty(ctx context.Context, im *qcow.Image, prev *Snapshot, full *bool) (rangeset.Set, error) {
+func (sel *Selection) cowDirty(ctx context.Context, im *disk.Image, prev *Snapshot, full *bool) (rangeset.Set, error) {
 	layers := im.Layers()
-	sel.next.Top = absPath(layers[0].Path)
+	sel.next.Top = absPath(layers[0].Name())
 	k := 0
 	if !*full {
-		k = slices.IndexFunc(layers, func(l *qcow.Layer) bool { return absPath(l.Path) == prev.Top })
+		k = slices.IndexFunc(layers, func(l disk.Layer) bool { return absPath(l.Name()) == prev.Top })
 		if k < 0 || k+1 >= len(layers) || prev.Blocks == nil {
 			*full, k = true, 0
 		}
@@ -444,8 +445,8 @@ func (sel *Selection) cowDirty(ctx context.Context, im *qcow.Image, prev *Snapsh
 // whose bytes changed since the last poll (the bitmap is cumulative: it
 // holds every write since it was enabled). The first poll hashes the whole
 // disk.
-func (sel *Selection) bitmapDirty(ctx context.Context, im *qcow.Image, name string, prev *Snapshot, full *bool) (rangeset.Set, error) {
-	top := im.Layers()[0]
+func (sel *Selection) bitmapDirty(ctx context.Context, im *disk.Image, name string, prev *Snapshot, full *bool) (rangeset.Set, error) {
+	top := qcowTop(im)
 	sel.next.BitmapSets = map[string][]rangeset.Range{}
 	var d rangeset.Set
 	for _, b := range top.Bitmaps {
@@ -528,8 +529,8 @@ func shift(s rangeset.Set, start, size int64) rangeset.Set {
 
 // pickSource resolves "auto" (overlay, then an enabled bitmap, then the
 // hash index) and checks the others.
-func pickSource(im *qcow.Image, src string) (string, error) {
-	top := im.Layers()[0]
+func pickSource(im *disk.Image, src string) (string, error) {
+	top := qcowTop(im)
 	switch {
 	case src == "" || src == "auto":
 		if len(im.Layers()) > 1 {
@@ -556,12 +557,21 @@ func pickSource(im *qcow.Image, src string) (string, error) {
 	return src, nil
 }
 
+// qcowTop is the top layer as a qcow2 layer, the one with bitmaps; a top
+// of another format has none.
+func qcowTop(im *disk.Image) *qcow.Layer {
+	if l, ok := im.Top().(*qcow.Layer); ok {
+		return l
+	}
+	return &qcow.Layer{Path: im.Top().Name()}
+}
+
 // Compare finds the files that differ between an older image old and a
 // newer one cur of the same disk: when they share a layer only the ranges
 // the layers above it hold are examined (cow.Between); otherwise the two
 // disks are compared chunk by chunk. Every volume is indexed in old
 // (metadata only) and polled in cur with the old bytes as reference.
-func Compare(ctx context.Context, old *qcow.Image, oldDisk *fsparse.Disk, cur *qcow.Image, curDisk *fsparse.Disk) (*Selection, error) {
+func Compare(ctx context.Context, old *disk.Image, oldDisk *fsparse.Disk, cur *disk.Image, curDisk *fsparse.Disk) (*Selection, error) {
 	dirty, ok, err := cow.Between(ctx, old, cur)
 	if err != nil {
 		return nil, err
@@ -608,7 +618,7 @@ func Compare(ctx context.Context, old *qcow.Image, oldDisk *fsparse.Disk, cur *q
 }
 
 // compareDisks returns the 64 KiB chunks where two disks differ.
-func compareDisks(ctx context.Context, a, b *qcow.Image) (rangeset.Set, error) {
+func compareDisks(ctx context.Context, a, b *disk.Image) (rangeset.Set, error) {
 	size := max(a.Size(), b.Size())
 	var out rangeset.Set
 	const chunk = DefaultChunk

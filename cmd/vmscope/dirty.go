@@ -13,7 +13,7 @@ import (
 
 	"github.com/vmscope/vmscope/dirty"
 	"github.com/vmscope/vmscope/dirty/state"
-	"github.com/vmscope/vmscope/qcow"
+	"github.com/vmscope/vmscope/disk"
 )
 
 type dirtyFlags struct {
@@ -91,9 +91,9 @@ func runDirty(c *cobra.Command, image string, f *dirtyFlags) error {
 	default:
 		ls := im.Layers()
 		if len(ls) < 2 {
-			return usageError{fmt.Errorf("%s is a single %s file: give --base IMAGE, or --state PATH (bitmap or hash source)", image, ls[0].Format)}
+			return usageError{fmt.Errorf("%s is a single %s file: give --base IMAGE, or --state PATH (bitmap or hash source)", image, ls[0].Format())}
 		}
-		sel, err = compareWith(c, ls[1].Path, im, d)
+		sel, err = compareWith(c, ls[1].Name(), im, d)
 	}
 	if err != nil {
 		return err
@@ -104,13 +104,13 @@ func runDirty(c *cobra.Command, image string, f *dirtyFlags) error {
 	return partial(c, sel)
 }
 
-func compareWith(c *cobra.Command, older string, im *qcow.Image, d any) (*dirty.Selection, error) {
+func compareWith(c *cobra.Command, older string, im *disk.Image, d any) (*dirty.Selection, error) {
 	oim, od, err := openDisk(older)
 	if err != nil {
 		return nil, err
 	}
 	defer oim.Close()
-	_, cd, err := openDisk(im.Layers()[0].Path)
+	_, cd, err := openDisk(im.Top().Name())
 	if err != nil {
 		return nil, err
 	}

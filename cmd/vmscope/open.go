@@ -8,14 +8,15 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/fsparse"
-	"github.com/vmscope/vmscope/qcow"
+	_ "github.com/vmscope/vmscope/qcow" // qcow2 joins disk's format registry
 )
 
 // openDisk opens an image file read-only, with its backing chain, and reads
 // its partitions and filesystems. The caller closes the image.
-func openDisk(path string) (*qcow.Image, *fsparse.Disk, error) {
-	im, err := qcow.Open(path)
+func openDisk(path string) (*disk.Image, *fsparse.Disk, error) {
+	im, err := disk.Open(path)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -9,15 +9,15 @@ import (
 
 	"github.com/vmscope/vmscope/dirty"
 	"github.com/vmscope/vmscope/dirty/state"
+	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/fsparse"
-	"github.com/vmscope/vmscope/qcow"
 	"github.com/vmscope/vmscope/scan"
 )
 
 // selectDirty runs the dirty poll that --dirty asks for. base:IMAGE compares
 // with another image and needs no state; the other sources keep their
 // cursor and file index in --state.
-func selectDirty(ctx context.Context, c *cobra.Command, im *qcow.Image, d *fsparse.Disk, f *scanFlags, rulesDigest string) (*dirty.Selection, error) {
+func selectDirty(ctx context.Context, c *cobra.Command, im *disk.Image, d *fsparse.Disk, f *scanFlags, rulesDigest string) (*dirty.Selection, error) {
 	var sel *dirty.Selection
 	if base, ok := strings.CutPrefix(f.dirty, "base:"); ok {
 		bim, bd, err := openDisk(base)
