@@ -116,13 +116,15 @@ func openLayer(src disk.Source, c *disk.Chain) (disk.Layer, error) {
 	return l, nil
 }
 
-// Bounds of the per-layer caches: L2 tables, and inflated compressed
-// clusters. The compressed cache holds the read-ahead of the scan's
-// workers (each reads blocks of up to 4 MiB; 16 of them) twice over, so
-// a cluster that two neighbouring reads share is inflated once.
+// Bounds of the per-layer caches: L2 tables (32 MiB of tables map 128 TiB
+// of guest with 64 KiB clusters), and inflated compressed clusters. The
+// compressed cache holds the read-ahead of 16 scan workers (each reads a
+// file in blocks of 4 MiB), so a cluster that two neighbouring reads share
+// (the end of one file's block and the start of the next file, the
+// metadata the walker reads between them) is inflated once.
 const (
 	l2CacheBytes   = 32 << 20
-	compCacheBytes = 128 << 20
+	compCacheBytes = 64 << 20
 )
 
 func (l *Layer) Size() int64         { return l.VirtualSize }
