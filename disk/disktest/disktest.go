@@ -153,10 +153,12 @@ func checkReads(t *testing.T, name string, r io.ReaderAt, size int64, refPath st
 	if st.Size() != size {
 		t.Fatalf("%s: Size = %d, qemu-img convert gives %d bytes", name, size, st.Size())
 	}
+	// want reads the reference (from any goroutine: a read error of the
+	// reference gives bytes that cannot match, reported as a difference).
 	want := func(off int64, n int) []byte {
 		b := make([]byte, n)
-		if _, err := ref.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
-			t.Fatal(err)
+		if k, err := ref.ReadAt(b, off); k < n || (err != nil && !errors.Is(err, io.EOF)) {
+			return nil
 		}
 		return b
 	}
@@ -169,7 +171,7 @@ func checkReads(t *testing.T, name string, r io.ReaderAt, size int64, refPath st
 		if int64(n) != end-off || (err != nil && !(errors.Is(err, io.EOF) && end == size)) {
 			t.Fatalf("%s: ReadAt(len %d, %d) = %d, %v", name, chunk, off, n, err)
 		}
-		if !bytes.Equal(buf[:n], want(off, n)) {
+		if w := want(off, n); w == nil || !bytes.Equal(buf[:n], w) {
 			t.Fatalf("%s: chunk at %d differs from qemu-img convert", name, off)
 		}
 	}
@@ -200,7 +202,7 @@ func checkReads(t *testing.T, name string, r io.ReaderAt, size int64, refPath st
 					switch {
 					case got != wantN || (wantN < n) != errors.Is(err, io.EOF) || (err != nil && !errors.Is(err, io.EOF)):
 						bad = fmt.Sprintf("ReadAt(len %d, %d) = %d, %v; want %d", n, off, got, err, wantN)
-					case !bytes.Equal(p[:got], want(off, got)):
+					case got > 0 && !bytes.Equal(p[:got], want(off, got)):
 						bad = fmt.Sprintf("ReadAt(len %d, %d) differs from qemu-img convert", n, off)
 					}
 					if bad != "" {
