@@ -165,3 +165,45 @@ func TestDetect(t *testing.T) {
 		t.Errorf("qcow2-recorded base without a header: %v, want ErrCorrupt", err)
 	}
 }
+
+// FuzzNew hands New arbitrary bytes (seeded with the qcow2 fuzz seeds and
+// foreign magics) without an opener: it must fail with a categorized
+// *Error, or give an image whose reads stay in bounds and fail only with a
+// category; a raw image reads back the bytes it was given.
+func FuzzNew(f *testing.F) {
+	for _, s := range []string{"small.qcow2", "small-zstd.qcow2", "small-v2-zlib.qcow2"} {
+		b, err := os.ReadFile(filepath.Join("..", "qcow", "testdata", "fuzz", s))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte("KDMV"))
+	f.Add([]byte("hello, raw"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		im, err := disk.New(bytes.NewReader(b), int64(len(b)), nil, disk.WithName("fuzz"))
+		categorized := func(err error) bool {
+			return errors.Is(err, disk.ErrCorrupt) || errors.Is(err, disk.ErrUnsupported) || errors.Is(err, disk.ErrChain)
+		}
+		if err != nil {
+			var e *disk.Error
+			if !categorized(err) || !errors.As(err, &e) {
+				t.Fatalf("New: %v is not a categorized *Error", err)
+			}
+			return
+		}
+		defer im.Close()
+		buf := make([]byte, 64<<10)
+		var got []byte
+		for off := int64(0); off < min(im.Size(), 1<<20); off += int64(len(buf)) {
+			n, err := im.ReadAt(buf, off)
+			if n < 0 || n > len(buf) || (err != nil && !errors.Is(err, io.EOF) && !categorized(err)) {
+				t.Fatalf("ReadAt(%d) = %d, %v", off, n, err)
+			}
+			got = append(got, buf[:n]...)
+		}
+		if im.Format() == disk.RawFormat && !bytes.Equal(got, b[:min(len(b), 1<<20)]) {
+			t.Fatal("a raw image does not read back its bytes")
+		}
+	})
+}
