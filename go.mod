@@ -9,7 +9,6 @@ require (
 	github.com/dustin/go-humanize v1.1.0
 	github.com/hillu/go-yara/v4 v4.2.4
 	github.com/klauspost/compress v1.18.5
-	github.com/lima-vm/go-qcow2reader v0.7.1
 	github.com/pierrec/lz4/v4 v4.1.26
 	github.com/santhosh-tekuri/jsonschema/v6 v6.0.2
 	github.com/spf13/cobra v1.10.2

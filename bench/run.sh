@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash bench/ls.sh
 bash bench/scan.sh
+bash bench/compressed.sh
 bash bench/dirty.sh
 bash bench/mem.sh
 bash bench/diff.sh

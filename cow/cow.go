@@ -6,7 +6,7 @@
 //
 // What it promises:
 //   - Read-only: it only walks the L1/L2 tables of the layers, through
-//     qcow.Layer.Allocated (the semantics of `qemu-img map`, depth 0).
+//     disk.Layer.Allocated (the semantics of `qemu-img map`, depth 0).
 //   - The result is a rangeset.Set of guest bytes clipped to the top layer's
 //     virtual size, the currency every dirty source shares.
 //   - Source is the copy-on-write dirty source (a dirty/source.Source): the
@@ -20,8 +20,8 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/internal/rangeset"
-	"github.com/vmscope/vmscope/qcow"
 )
 
 // ErrNoOverlay: the image has no layer above the one asked for, so there is
@@ -34,19 +34,19 @@ var ErrNoOverlay = errors.New("cow: image has no overlay layer")
 // was made on its backing file); since = len(Layers())-1 is everything
 // written after the base. Zero clusters count: a discard or a write of zeros
 // in an overlay hides the bytes below it, so it is a change.
-func Dirty(ctx context.Context, im *qcow.Image, since int) (rangeset.Set, error) {
+func Dirty(ctx context.Context, im *disk.Image, since int) (rangeset.Set, error) {
 	layers := im.Layers()
 	if len(layers) < 2 {
-		return rangeset.Set{}, fmt.Errorf("%w: %s is a single %s file (use a bitmap, the hash index or --base)", ErrNoOverlay, layers[0].Path, layers[0].Format)
+		return rangeset.Set{}, fmt.Errorf("%w: %s is a single %s file (use a bitmap, the hash index or --base)", ErrNoOverlay, layers[0].Name(), layers[0].Format())
 	}
 	if since < 1 || since >= len(layers) {
-		return rangeset.Set{}, fmt.Errorf("cow: layer %d: the chain of %s has layers 1..%d below the top", since, layers[0].Path, len(layers)-1)
+		return rangeset.Set{}, fmt.Errorf("cow: layer %d: the chain of %s has layers 1..%d below the top", since, layers[0].Name(), len(layers)-1)
 	}
 	var out rangeset.Set
 	for _, l := range layers[:since] {
 		a, err := l.Allocated(ctx)
 		if err != nil {
-			return rangeset.Set{}, fmt.Errorf("cow: allocation of layer %s: %w", l.Path, err)
+			return rangeset.Set{}, fmt.Errorf("cow: allocation of layer %s: %w", l.Name(), err)
 		}
 		out = rangeset.Union(out, a)
 	}
@@ -58,11 +58,11 @@ func Dirty(ctx context.Context, im *qcow.Image, since int) (rangeset.Set, error)
 // images of the same disk that share a base (yesterday's overlay and
 // today's) differ only inside the ranges that the layers above the shared
 // one hold in either chain.
-func Common(a, b *qcow.Image) (ia, ib int, ok bool) {
+func Common(a, b *disk.Image) (ia, ib int, ok bool) {
 	la, lb := a.Layers(), b.Layers()
 	for i, x := range la {
 		for j, y := range lb {
-			if sameFile(x.Path, y.Path) {
+			if sameFile(x.Name(), y.Name()) {
 				return i, j, true
 			}
 		}
@@ -74,20 +74,20 @@ func Common(a, b *qcow.Image) (ia, ib int, ok bool) {
 // they share a layer: the union of what the layers above the shared one hold
 // in each chain, plus the size difference. ok=false when they share no layer
 // (then every byte may differ).
-func Between(ctx context.Context, a, b *qcow.Image) (rangeset.Set, bool, error) {
+func Between(ctx context.Context, a, b *disk.Image) (rangeset.Set, bool, error) {
 	ia, ib, ok := Common(a, b)
 	if !ok {
 		return rangeset.Set{}, false, nil
 	}
 	var out rangeset.Set
 	for _, side := range []struct {
-		im *qcow.Image
+		im *disk.Image
 		n  int
 	}{{a, ia}, {b, ib}} {
 		for _, l := range side.im.Layers()[:side.n] {
 			s, err := l.Allocated(ctx)
 			if err != nil {
-				return rangeset.Set{}, false, fmt.Errorf("cow: allocation of layer %s: %w", l.Path, err)
+				return rangeset.Set{}, false, fmt.Errorf("cow: allocation of layer %s: %w", l.Name(), err)
 			}
 			out = rangeset.Union(out, s)
 		}

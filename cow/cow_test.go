@@ -92,7 +92,7 @@ func TestBetween(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatalf("Between: ok=%v err=%v", ok, err)
 	}
-	want := qemuMap(t, top.Layers()[0].Path, 2)
+	want := qemuMap(t, top.Layers()[0].Name(), 2)
 	if !rangeset.Equal(got, want) {
 		t.Errorf("Between = %v, want %v", got, want)
 	}

@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"github.com/vmscope/vmscope/dirty/source"
+	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/internal/rangeset"
 	"github.com/vmscope/vmscope/qcow"
 )
@@ -19,7 +20,7 @@ type Source struct{ im *qcow.Image }
 // NewSource returns the copy-on-write source of im, which needs an overlay.
 func NewSource(im *qcow.Image) (*Source, error) {
 	if top := im.Layers()[0]; len(im.Layers()) < 2 {
-		return nil, fmt.Errorf("%w: %s", ErrNoOverlay, top.Path)
+		return nil, fmt.Errorf("%w: %s", ErrNoOverlay, top.Name())
 	}
 	return &Source{im}, nil
 }
@@ -37,11 +38,11 @@ func (*Source) String() string { return "cow" }
 func (s *Source) Since(ctx context.Context, prev, next *source.Cursor) (rangeset.Set, bool, error) {
 	im := s.im
 	layers := im.Layers()
-	next.Top = absPath(layers[0].Path)
+	next.Top = absPath(layers[0].Name())
 	full := prev == nil || prev.Source != s.String()
 	k := 0
 	if !full {
-		k = slices.IndexFunc(layers, func(l *qcow.Layer) bool { return absPath(l.Path) == prev.Top })
+		k = slices.IndexFunc(layers, func(l disk.Layer) bool { return absPath(l.Name()) == prev.Top })
 		if k < 0 || k+1 >= len(layers) || prev.Blocks == nil {
 			full, k = true, 0
 		}

@@ -462,7 +462,7 @@ func TestGuestWrites(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer im.Close()
-			b, ok := im.Layers()[0].Bitmap("poll")
+			b, ok := im.Top().(*qcow.Layer).Bitmap("poll")
 			if !ok || !b.Enabled || b.InUse {
 				t.Fatalf("vmscope reads bitmap poll as %+v (found %v); qemu-img says %+v", b, ok, bms)
 			}

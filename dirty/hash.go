@@ -32,7 +32,7 @@ func ChunkHashes(ctx context.Context, r io.ReaderAt, size, chunk int64) ([]uint6
 }
 
 // ChunkHashesData is ChunkHashes for a disk that reads as zeros outside
-// data (qcow.Image.DataRanges): those runs of chunks are not read.
+// data (disk.Image.DataRanges): those runs of chunks are not read.
 func ChunkHashesData(ctx context.Context, r io.ReaderAt, size, chunk int64, data rangeset.Set) ([]uint64, error) {
 	if chunk < 512 || chunk > 64<<20 || size < 0 || (size+chunk-1)/chunk > maxChunks {
 		return nil, fmt.Errorf("dirty: hash index of a %d-byte disk in chunks of %d bytes: out of range", size, chunk)

@@ -61,7 +61,7 @@ func Identity(im *qcow.Image, d *fsparse.Disk) string {
 		fmt.Fprintf(&b, " %s=%s:%s", v.ID, v.Type, v.UUID)
 	}
 	ls := im.Layers()
-	fmt.Fprintf(&b, " base=%s", ls[len(ls)-1].Path)
+	fmt.Fprintf(&b, " base=%s", ls[len(ls)-1].Name())
 	s := sha256.Sum256([]byte(b.String()))
 	return hex.EncodeToString(s[:16]) + " " + b.String()
 }

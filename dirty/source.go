@@ -3,6 +3,7 @@ package dirty
 import (
 	"context"
 	"fmt"
+	"github.com/vmscope/vmscope/disk"
 	"strings"
 
 	"github.com/vmscope/vmscope/cow"
@@ -50,7 +51,7 @@ func Auto(im *qcow.Image) Source {
 	if c, err := cow.NewSource(im); err == nil {
 		return c
 	}
-	for _, b := range im.Layers()[0].Bitmaps {
+	for _, b := range qcowTop(im).Bitmaps {
 		if b.Enabled && !b.InUse {
 			return &bitmapSource{im, b.Name}
 		}
@@ -71,7 +72,7 @@ func Cow(im *qcow.Image) (Source, error) {
 // Bitmap is the source of the persistent dirty bitmap name of im's top
 // layer, narrowed to the blocks whose bytes changed since the last poll.
 func Bitmap(im *qcow.Image, name string) (Source, error) {
-	top := im.Layers()[0]
+	top := qcowTop(im)
 	if _, ok := top.Bitmap(name); !ok {
 		return nil, fmt.Errorf("dirty source %q: %w in %s", "bitmap:"+name, qcow.ErrNoBitmap, top.Path)
 	}
@@ -103,7 +104,7 @@ func (s *bitmapSource) String() string { return "bitmap:" + s.name }
 // it was enabled at that poll (rotation: it holds every write since).
 func (s *bitmapSource) Since(ctx context.Context, prev, next *Cursor) (rangeset.Set, bool, error) {
 	im := s.im
-	top := im.Layers()[0]
+	top := qcowTop(im)
 	full := prev == nil || prev.Source != s.String() && !s.rotated(prev)
 	next.BitmapSets = map[string][]rangeset.Range{}
 	var d rangeset.Set
@@ -201,4 +202,13 @@ func (s *baseSource) Since(ctx context.Context, _, _ *Cursor) (rangeset.Set, boo
 	}
 	d, err = compareDisks(ctx, s.old, s.cur)
 	return d, false, err
+}
+
+// qcowTop is the top layer as a qcow2 layer, the one with bitmaps; a top
+// of another format has none.
+func qcowTop(im *disk.Image) *qcow.Layer {
+	if l, ok := im.Top().(*qcow.Layer); ok {
+		return l
+	}
+	return &qcow.Layer{Path: im.Top().Name()}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/vmscope/vmscope/internal/fixture"
 	"github.com/vmscope/vmscope/internal/rangeset"
+	"github.com/vmscope/vmscope/qcow"
 )
 
 func sh(t *testing.T, dir, tool string, args ...string) string {
@@ -148,7 +149,7 @@ func TestWorkloadSources(t *testing.T) {
 			case "cow":
 				dirty, err = im.Layers()[0].Allocated(ctx)
 			case "bitmap":
-				dirty, err = im.Layers()[0].BitmapDirty(ctx, "poll")
+				dirty, err = im.Top().(*qcow.Layer).BitmapDirty(ctx, "poll")
 			case "hash":
 				var a, b []uint64
 				a, err = ChunkHashes(ctx, baseV.Device, baseV.Partition.Size, DefaultChunk)

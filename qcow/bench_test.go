@@ -107,7 +107,7 @@ func BenchmarkAllocated(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer im.Close()
-	l := im.Layers()[0]
+	l := info(im.Layers()[0])
 	b.ResetTimer()
 	for b.Loop() {
 		s, err := l.Allocated(context.Background())

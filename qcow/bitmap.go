@@ -55,7 +55,7 @@ func (l *Layer) BitmapDirty(ctx context.Context, name string) (rangeset.Set, err
 		return rangeset.Set{}, &Error{Path: l.Path, What: "bitmap " + name, Offset: -1,
 			Err: fmt.Errorf("%w (the image has %d: %q; add one with `qemu-img bitmap --add --enable IMG NAME` while the VM is stopped, or QMP block-dirty-bitmap-add with persistent=true)", ErrNoBitmap, len(names), names)}
 	}
-	if l.Format != Qcow2 || l.h == nil {
+	if l.h == nil {
 		return rangeset.Set{}, unsupported(l.Path, "bitmap "+name, -1, "not a qcow2 layer")
 	}
 	return readBitmap(ctx, l.Path, l.f, l.h.fileSize, l.h.clusterSize, int64(l.h.size), b)

@@ -68,7 +68,7 @@ func TestBitmapDirtyVsQemuIO(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer im.Close()
-	l := im.Layers()[0]
+	l := info(im.Layers()[0])
 	if len(l.Bitmaps) != len(grans)+1 {
 		t.Fatalf("%d bitmaps", len(l.Bitmaps))
 	}
@@ -107,7 +107,7 @@ func TestBitmapInUse(t *testing.T) {
 	for {
 		im, err := Open(img)
 		if err == nil {
-			b, _ := im.Layers()[0].Bitmap("b")
+			b, _ := info(im.Layers()[0]).Bitmap("b")
 			im.Close()
 			if b.InUse {
 				break
@@ -127,7 +127,7 @@ func TestBitmapInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer im.Close()
-	_, err = im.Layers()[0].BitmapDirty(context.Background(), "b")
+	_, err = info(im.Layers()[0]).BitmapDirty(context.Background(), "b")
 	if !errors.Is(err, ErrBitmapInUse) {
 		t.Fatalf("err = %v, want ErrBitmapInUse", err)
 	}

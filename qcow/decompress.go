@@ -3,51 +3,33 @@ package qcow
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 
 	"github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/zstd"
-	qcow2 "github.com/lima-vm/go-qcow2reader/image/qcow2"
-	qlog "github.com/lima-vm/go-qcow2reader/log"
 )
 
-func init() {
-	// A library logs nothing: what the library would warn about (dirty,
-	// corrupt, extended L2) is reported in Layer fields instead.
-	qlog.SetWarnFunc(nil)
-	// go-qcow2reader registers compress/flate for zlib and nothing for zstd.
-	// Both are replaced by decoders that read one compressed cluster as a
-	// whole, bound the output, and tolerate the padding QEMU leaves after
-	// the stream in the last sector, as QEMU's own decoders do.
-	qcow2.SetDecompressor(qcow2.CompressionTypeZlib, inflateCluster)
-	qcow2.SetDecompressor(qcow2.CompressionTypeZstd, unzstdCluster)
-}
-
-// maxCompressedInput bounds the compressed bytes of one cluster: a cluster
-// plus the largest count of additional sectors a descriptor can hold.
-const maxCompressedInput = maxClusterSize + 512<<(maxClusterBits-8)
-
-var bufPool = sync.Pool{New: func() any { b := make([]byte, maxClusterSize); return &b }}
-
-// readCompressed reads the compressed input of one cluster. The library
-// hands an io.SectionReader that may run past the end of the file for the
-// last cluster; a short read is fine.
-func readCompressed(r io.Reader) ([]byte, error) {
-	in, err := io.ReadAll(io.LimitReader(r, maxCompressedInput))
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
-		return nil, err
+// inflate decodes one compressed cluster: in is its exact compressed
+// extent, the output is exactly cs bytes (QEMU demands a whole cluster
+// too). Compression type 0 is zlib (raw deflate, as QEMU writes it), 1 is
+// zstd (one frame). The output is capped at cs whatever the input claims;
+// the padding QEMU leaves after the stream in the last sector is ignored,
+// as QEMU's own decoders ignore it.
+func inflate(typ uint8, in []byte, cs int) ([]byte, error) {
+	switch typ {
+	case 0:
+		return inflateDeflate(in, cs)
+	case 1:
+		return inflateZstd(in, cs)
 	}
-	return in, nil
+	return nil, errors.New("unknown compression type") // refused by parseHeader
 }
 
 var flatePool sync.Pool
 
-func inflateCluster(r io.Reader) (io.ReadCloser, error) {
-	in, err := readCompressed(r)
-	if err != nil {
-		return nil, err
-	}
+func inflateDeflate(in []byte, cs int) ([]byte, error) {
 	var fr io.ReadCloser
 	if v := flatePool.Get(); v != nil {
 		fr = v.(io.ReadCloser)
@@ -58,7 +40,11 @@ func inflateCluster(r io.Reader) (io.ReadCloser, error) {
 		fr = flate.NewReader(bytes.NewReader(in))
 	}
 	defer flatePool.Put(fr)
-	return decodeCluster(fr)
+	out := make([]byte, cs)
+	if n, err := io.ReadFull(fr, out); err != nil {
+		return nil, fmt.Errorf("deflate stream gives %d of %d bytes: %w", n, cs, err)
+	}
+	return out, nil
 }
 
 // zstdDec decodes whole frames with DecodeAll, which is safe for
@@ -74,29 +60,27 @@ var zstdDec = func() *zstd.Decoder {
 	return d
 }()
 
-// unzstdCluster decodes the one zstd frame a compressed cluster starts with.
+// inflateZstd decodes the one zstd frame a compressed cluster starts with.
 // The frame is delimited by walking its block headers, so the padding that
 // follows it in the last sector is never fed to the decoder (QEMU's own
 // decoder stops at the end of the frame too).
-func unzstdCluster(r io.Reader) (io.ReadCloser, error) {
-	in, err := readCompressed(r)
-	if err != nil {
-		return nil, err
-	}
+func inflateZstd(in []byte, cs int) ([]byte, error) {
 	n, err := zstdFrameLen(in)
 	if err != nil {
 		return nil, err
 	}
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	out, err := zstdDec.DecodeAll(in[:n], (*bp)[:0])
+	var h zstd.Header
+	if err := h.Decode(in); err == nil && h.HasFCS && h.FrameContentSize != uint64(cs) {
+		return nil, fmt.Errorf("zstd frame of %d bytes, want %d", h.FrameContentSize, cs)
+	}
+	out, err := zstdDec.DecodeAll(in[:n], make([]byte, 0, cs))
 	if err != nil {
 		return nil, err
 	}
-	if len(out) > maxClusterSize {
-		return nil, errors.New("zstd cluster decodes to more than the largest cluster")
+	if len(out) != cs {
+		return nil, fmt.Errorf("zstd frame decodes to %d bytes, want %d", len(out), cs)
 	}
-	return io.NopCloser(bytes.NewReader(append([]byte(nil), out...))), nil
+	return out, nil
 }
 
 // zstdFrameLen returns the length of the zstd frame at the start of in.
@@ -141,24 +125,4 @@ func zstdFrameLen(in []byte) (int, error) {
 		}
 	}
 	return off, nil
-}
-
-// decodeCluster decodes at most one largest cluster. A stream error after a
-// whole cluster (a power of two of at least 512 bytes) came out is the
-// padding after the stream, which QEMU ignores too.
-func decodeCluster(src io.Reader) (io.ReadCloser, error) {
-	bp := bufPool.Get().(*[]byte)
-	out := *bp
-	n, err := io.ReadFull(src, out)
-	switch {
-	case err == nil, errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-	case n >= 512 && n&(n-1) == 0:
-	default:
-		bufPool.Put(bp)
-		return nil, err
-	}
-	data := make([]byte, n)
-	copy(data, out[:n])
-	bufPool.Put(bp)
-	return io.NopCloser(bytes.NewReader(data)), nil
 }

@@ -67,8 +67,8 @@ func checkImage(t *testing.T, path string) {
 			}
 			continue
 		}
-		if r := s.Ranges(); len(r) > 0 && (r[0].Start < 0 || r[len(r)-1].End > l.VirtualSize) {
-			t.Fatalf("Allocated %v outside [0,%d)", s, l.VirtualSize)
+		if r := s.Ranges(); len(r) > 0 && (r[0].Start < 0 || r[len(r)-1].End > l.Size()) {
+			t.Fatalf("Allocated %v outside [0,%d)", s, l.Size())
 		}
 	}
 }

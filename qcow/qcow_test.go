@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmscope/vmscope/disk"
+	"github.com/vmscope/vmscope/disk/disktest"
 	"github.com/vmscope/vmscope/internal/rangeset"
 )
 
@@ -35,6 +37,15 @@ func reference(t testing.TB, img string) string {
 	run(t, "qemu-img", "convert", "-O", "raw", img, out)
 	refCache[img] = out
 	return out
+}
+
+// info is what the tests look at in a layer: a qcow2 layer's fields, or
+// for a raw layer its name and sizes (the file is the disk).
+func info(l disk.Layer) *Layer {
+	if q, ok := l.(*Layer); ok {
+		return q
+	}
+	return &Layer{Path: l.Name(), VirtualSize: l.Size(), FileSize: l.Size()}
 }
 
 func mustOpen(t testing.TB, path string, opts ...Option) *Image {
@@ -106,11 +117,11 @@ func TestAllocatedMatchesQemuImgMap(t *testing.T) {
 			for i, l := range im.Layers() {
 				got, err := l.Allocated(context.Background())
 				if err != nil {
-					t.Fatalf("layer %d %s: Allocated: %v", i, l.Path, err)
+					t.Fatalf("layer %d %s: Allocated: %v", i, l.Name(), err)
 				}
-				want := qemuMap(t, l.Path)
+				want := qemuMap(t, l.Name())
 				if !rangeset.Equal(got, want) {
-					t.Errorf("layer %d %s: Allocated\n got  %v\n want %v (qemu-img map depth 0 present)", i, l.Path, got, want)
+					t.Errorf("layer %d %s: Allocated\n got  %v\n want %v (qemu-img map depth 0 present)", i, l.Name(), got, want)
 				}
 			}
 		})
@@ -120,14 +131,17 @@ func TestAllocatedMatchesQemuImgMap(t *testing.T) {
 func TestChain(t *testing.T) {
 	d := fixtures(t)
 	im := mustOpen(t, filepath.Join(d, "chain/top/top.qcow2"))
-	ls := im.Layers()
+	var ls []*Layer
+	for _, l := range im.Layers() {
+		ls = append(ls, info(l))
+	}
 	if len(ls) != 3 {
 		t.Fatalf("%d layers, want 3", len(ls))
 	}
 	wantPaths := []string{"chain/top/top.qcow2", "chain/mid.qcow2", "chain/base/base.qcow2"}
 	for i, l := range ls {
-		if l.Path != filepath.Join(d, wantPaths[i]) || l.Format != Qcow2 || l.Version != 3 {
-			t.Errorf("layer %d = %s %s v%d", i, l.Path, l.Format, l.Version)
+		if l.Path != filepath.Join(d, wantPaths[i]) || l.Format() != Qcow2 || l.Version != 3 {
+			t.Errorf("layer %d = %s %s v%d", i, l.Path, l.Format(), l.Version)
 		}
 	}
 	if ls[0].BackingRef != filepath.Join(d, "chain/mid.qcow2") || ls[1].BackingRef != "base/base.qcow2" {
@@ -141,7 +155,7 @@ func TestChain(t *testing.T) {
 	}
 
 	ov := mustOpen(t, filepath.Join(d, "ovraw.qcow2"))
-	if l := ov.Layers(); len(l) != 2 || l[1].Format != Raw || l[0].BackingFormat != "raw" {
+	if l := ov.Layers(); len(l) != 2 || l[1].Format() != Raw || info(l[0]).BackingFormat != "raw" {
 		t.Errorf("ovraw layers: %+v", l)
 	}
 }
@@ -161,22 +175,22 @@ func TestLayerInfo(t *testing.T) {
 	}
 	for _, c := range cases {
 		im := mustOpen(t, filepath.Join(d, c.name))
-		l := im.Layers()[0]
-		if l.Version != c.version || l.Compression != c.compression || l.Format != c.format || im.Format() != c.format {
-			t.Errorf("%s: version %d compression %q format %s", c.name, l.Version, l.Compression, l.Format)
+		l := info(im.Layers()[0])
+		if l.Version != c.version || l.Compression != c.compression || im.Layers()[0].Format() != c.format || im.Format() != c.format {
+			t.Errorf("%s: version %d compression %q format %s", c.name, l.Version, l.Compression, im.Layers()[0].Format())
 		}
 		st, _ := os.Stat(filepath.Join(d, c.name))
 		if l.FileSize != st.Size() {
 			t.Errorf("%s: FileSize %d, want %d", c.name, l.FileSize, st.Size())
 		}
 	}
-	if l := mustOpen(t, filepath.Join(d, "dirty.qcow2")).Layers()[0]; !l.Dirty || l.Corrupt {
+	if l := info(mustOpen(t, filepath.Join(d, "dirty.qcow2")).Layers()[0]); !l.Dirty || l.Corrupt {
 		t.Errorf("dirty.qcow2: Dirty=%v Corrupt=%v", l.Dirty, l.Corrupt)
 	}
-	if l := mustOpen(t, filepath.Join(d, "extl2.qcow2")).Layers()[0]; !l.ExtendedL2 {
+	if l := info(mustOpen(t, filepath.Join(d, "extl2.qcow2")).Layers()[0]); !l.ExtendedL2 {
 		t.Errorf("extl2.qcow2: ExtendedL2 false")
 	}
-	bm := mustOpen(t, filepath.Join(d, "bitmaps.qcow2")).Layers()[0].Bitmaps
+	bm := info(mustOpen(t, filepath.Join(d, "bitmaps.qcow2")).Layers()[0]).Bitmaps
 	if len(bm) != 2 || bm[0].Name != "b0" || bm[0].Granularity != 64<<10 || !bm[0].Enabled || bm[0].InUse ||
 		bm[1].Name != "cold" || bm[1].Granularity != 1<<20 || bm[1].Enabled || bm[1].Type != 1 {
 		t.Errorf("bitmaps = %+v", bm)
@@ -414,7 +428,7 @@ func TestDataRanges(t *testing.T) {
 			if miss := rangeset.Subtract(data, got); !miss.Empty() {
 				t.Errorf("qemu-img map has data outside DataRanges: %v", miss)
 			}
-			if im.Layers()[0].Format == Raw && !rangeset.Equal(got, data) {
+			if im.Layers()[0].Format() == Raw && !rangeset.Equal(got, data) {
 				t.Errorf("raw: DataRanges %v, qemu-img map data %v", got, data)
 			}
 			var all rangeset.Set
@@ -431,6 +445,18 @@ func TestDataRanges(t *testing.T) {
 					}
 				}
 			}
+		})
+	}
+}
+
+// TestLayerConformance runs the disk layer conformance kit on every good
+// fixture: each layer's guest view against qemu-img convert, its
+// allocation against qemu-img map, from several goroutines.
+func TestLayerConformance(t *testing.T) {
+	d := fixtures(t)
+	for _, name := range goodImages {
+		t.Run(name, func(t *testing.T) {
+			disktest.Check(t, mustOpen(t, filepath.Join(d, name)))
 		})
 	}
 }

@@ -75,9 +75,9 @@ func runDirty(c *cobra.Command, image string, f *dirtyFlags) error {
 	case f.state == "":
 		ls := im.Layers()
 		if len(ls) < 2 {
-			return usageError{fmt.Errorf("%s is a single %s file: give --base IMAGE, or --state PATH (bitmap or hash source)", image, ls[0].Format)}
+			return usageError{fmt.Errorf("%s is a single %s file: give --base IMAGE, or --state PATH (bitmap or hash source)", image, ls[0].Format())}
 		}
-		spec = "base:" + ls[1].Path // an overlay against its backing file
+		spec = "base:" + ls[1].Name() // an overlay against its backing file
 	case strings.HasPrefix(spec, "base:"):
 		return usageError{fmt.Errorf("--source %s: --base compares two images; it does not go with --state", spec)}
 	}

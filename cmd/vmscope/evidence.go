@@ -36,7 +36,7 @@ func refuseEvidence(out string, evidence []string) error {
 func chainFiles(im *qcow.Image) []string {
 	var out []string
 	for _, l := range im.Layers() {
-		out = append(out, l.Path)
+		out = append(out, l.Name())
 	}
 	return out
 }

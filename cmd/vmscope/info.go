@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vmscope/vmscope/fsparse"
+	"github.com/vmscope/vmscope/qcow"
 )
 
 type infoDoc struct {
@@ -98,16 +99,20 @@ func imageInfo(c *cobra.Command, path string) (*infoDoc, error) {
 		if err != nil {
 			return nil, err
 		}
-		li := layerInfo{
-			Depth: i, Path: l.Path, Format: string(l.Format), Version: l.Version,
-			ClusterSize: l.ClusterSize, Compression: l.Compression, FileSize: l.FileSize,
-			AllocatedBytes: alloc.Bytes(), BackingFile: l.BackingRef, BackingFormat: l.BackingFormat,
-			Dirty: l.Dirty, Corrupt: l.Corrupt,
+		q, ok := l.(*qcow.Layer)
+		if !ok { // raw: the file is the disk
+			q = &qcow.Layer{FileSize: l.Size()}
 		}
-		for _, b := range l.Bitmaps {
+		li := layerInfo{
+			Depth: i, Path: l.Name(), Format: l.Format(), Version: q.Version,
+			ClusterSize: q.ClusterSize, Compression: q.Compression, FileSize: q.FileSize,
+			AllocatedBytes: alloc.Bytes(), BackingFile: q.BackingRef, BackingFormat: q.BackingFormat,
+			Dirty: q.Dirty, Corrupt: q.Corrupt,
+		}
+		for _, b := range q.Bitmaps {
 			bi := bitmapInfo{Name: b.Name, Granularity: b.Granularity, InUse: b.InUse, Enabled: b.Enabled}
 			if !b.InUse {
-				set, err := l.BitmapDirty(c.Context(), b.Name)
+				set, err := q.BitmapDirty(c.Context(), b.Name)
 				if err != nil {
 					bi.Error = err.Error()
 				} else {

@@ -114,7 +114,7 @@ func runScan(c *cobra.Command, image string, f *scanFlags) error {
 
 	report := &scan.Report{Version: version, Rules: rules, Image: scan.ImageInfo{Path: image, Format: string(im.Format()), Size: im.Size()}}
 	for _, l := range im.Layers() {
-		report.Image.Layers = append(report.Image.Layers, scan.LayerInfo{Path: l.Path, Format: string(l.Format)})
+		report.Image.Layers = append(report.Image.Layers, scan.LayerInfo{Path: l.Name(), Format: l.Format()})
 	}
 	for _, v := range d.Volumes {
 		report.Image.Filesystems = append(report.Image.Filesystems, scan.FSInfo{Partition: v.ID, Type: v.Type, Label: v.Label, UUID: v.UUID})

@@ -1,19 +1,20 @@
 // Package testdisk opens disk images for the tests of the packages built on
-// qcow and fsparse (fsparse's own tests cannot import it).
+// disk and fsparse (fsparse's own tests cannot import it).
 package testdisk
 
 import (
 	"testing"
 
+	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/fsparse"
-	"github.com/vmscope/vmscope/qcow"
+	_ "github.com/vmscope/vmscope/qcow" // qcow2 joins disk's format registry
 )
 
 // Open opens the image at path and its disk, or fails the test; the image
 // is closed when the test ends (closing it earlier is harmless).
-func Open(t testing.TB, path string) (*qcow.Image, *fsparse.Disk) {
+func Open(t testing.TB, path string) (*disk.Image, *fsparse.Disk) {
 	t.Helper()
-	im, err := qcow.Open(path)
+	im, err := disk.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,5 @@ import (
 	_ "github.com/dustin/go-humanize"
 	_ "github.com/hillu/go-yara/v4"
 	_ "github.com/klauspost/compress/zstd"
-	_ "github.com/lima-vm/go-qcow2reader"
 	_ "github.com/spf13/cobra"
 )

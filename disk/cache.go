@@ -1,4 +1,4 @@
-package qcow
+package disk
 
 import (
 	"container/list"
@@ -107,7 +107,7 @@ func (s *cacheShard) recycle(b []byte, cluster int64) {
 func (im *Image) cachedReadAt(p []byte, off int64) (int, error) {
 	c := im.cache
 	top := im.layers[0]
-	size := top.VirtualSize
+	size := top.Size()
 	n := 0
 	for n < len(p) {
 		pos := off + int64(n)
@@ -122,10 +122,10 @@ func (im *Image) cachedReadAt(p []byte, off int64) (int, error) {
 		}
 		start := idx * c.cluster
 		buf := c.buffer(idx, min(c.cluster, size-start))
-		if m, err := top.readAt(buf, start); m < len(buf) || err != nil {
+		if m, err := top.ReadAt(buf, start); m < len(buf) || err != nil {
 			// Fall back to the exact read: it reports the error for
 			// the bytes asked for, not for the rest of the cluster.
-			return top.readAt(p, off)
+			return top.ReadAt(p, off)
 		}
 		n += copy(p[n:], buf[in:])
 		c.put(idx, buf)
