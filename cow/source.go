@@ -9,16 +9,15 @@ import (
 	"github.com/vmscope/vmscope/dirty/source"
 	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/internal/rangeset"
-	"github.com/vmscope/vmscope/qcow"
 )
 
 // Source is the copy-on-write dirty source of an image (a source.Source):
 // what its overlays hold (Dirty), narrowed to the 4 KiB blocks whose bytes
 // changed since the last poll.
-type Source struct{ im *qcow.Image }
+type Source struct{ im *disk.Image }
 
 // NewSource returns the copy-on-write source of im, which needs an overlay.
-func NewSource(im *qcow.Image) (*Source, error) {
+func NewSource(im *disk.Image) (*Source, error) {
 	if top := im.Layers()[0]; len(im.Layers()) < 2 {
 		return nil, fmt.Errorf("%w: %s", ErrNoOverlay, top.Name())
 	}

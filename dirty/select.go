@@ -11,9 +11,9 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/fsparse"
 	"github.com/vmscope/vmscope/internal/rangeset"
-	"github.com/vmscope/vmscope/qcow"
 )
 
 // ErrFastCommits: the ext4 journal of a volume that needs recovery holds
@@ -54,7 +54,7 @@ type Store interface {
 // Identity names the image a state belongs to: the disk size, the
 // partition table ID, each filesystem's UUID and the path of the chain's
 // base file (an overlay can be rotated; the base is the VM's disk).
-func Identity(im *qcow.Image, d *fsparse.Disk) string {
+func Identity(im *disk.Image, d *fsparse.Disk) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "size=%d table=%s/%s", d.Size, d.Table, d.TableID)
 	for _, v := range d.Volumes {
@@ -344,7 +344,7 @@ func (s *Selection) CommitContext(ctx context.Context) error {
 // (a new rule must see old files), while the dirty mapping still updates
 // the index. A Reference source (an older image) needs no state: st may be
 // nil, and the selection keeps none.
-func Select(ctx context.Context, im *qcow.Image, d *fsparse.Disk, src Source, st Store, rulesDigest string) (*Selection, error) {
+func Select(ctx context.Context, im *disk.Image, d *fsparse.Disk, src Source, st Store, rulesDigest string) (*Selection, error) {
 	if ref, ok := src.(Reference); ok {
 		return compare(ctx, ref, d)
 	}
@@ -496,7 +496,7 @@ func mappable(v *fsparse.Volume) bool {
 
 // Compare finds the files that differ between an older image old and a
 // newer one cur of the same disk: Select with the Base source.
-func Compare(ctx context.Context, old *qcow.Image, oldDisk *fsparse.Disk, cur *qcow.Image, curDisk *fsparse.Disk) (*Selection, error) {
+func Compare(ctx context.Context, old *disk.Image, oldDisk *fsparse.Disk, cur *disk.Image, curDisk *fsparse.Disk) (*Selection, error) {
 	return Select(ctx, cur, curDisk, Base(old, oldDisk, cur), nil, "")
 }
 
@@ -542,7 +542,7 @@ func compare(ctx context.Context, ref Reference, curDisk *fsparse.Disk) (*Select
 }
 
 // compareDisks returns the 64 KiB chunks where two disks differ.
-func compareDisks(ctx context.Context, a, b *qcow.Image) (rangeset.Set, error) {
+func compareDisks(ctx context.Context, a, b *disk.Image) (rangeset.Set, error) {
 	size := max(a.Size(), b.Size())
 	var out rangeset.Set
 	const chunk = DefaultChunk

@@ -3,8 +3,9 @@ package dirty
 import (
 	"context"
 	"fmt"
-	"github.com/vmscope/vmscope/disk"
 	"strings"
+
+	"github.com/vmscope/vmscope/disk"
 
 	"github.com/vmscope/vmscope/cow"
 	"github.com/vmscope/vmscope/dirty/source"
@@ -47,7 +48,7 @@ type Reference interface {
 
 // Auto picks the source of im: its overlays when it has any, else its first
 // enabled and consistent bitmap, else the block-hash index.
-func Auto(im *qcow.Image) Source {
+func Auto(im *disk.Image) Source {
 	if c, err := cow.NewSource(im); err == nil {
 		return c
 	}
@@ -61,7 +62,7 @@ func Auto(im *qcow.Image) Source {
 
 // Cow is the copy-on-write source: what the overlays of im hold, narrowed
 // to the blocks whose bytes changed since the last poll (cow.Source).
-func Cow(im *qcow.Image) (Source, error) {
+func Cow(im *disk.Image) (Source, error) {
 	c, err := cow.NewSource(im)
 	if err != nil {
 		return nil, err
@@ -71,7 +72,7 @@ func Cow(im *qcow.Image) (Source, error) {
 
 // Bitmap is the source of the persistent dirty bitmap name of im's top
 // layer, narrowed to the blocks whose bytes changed since the last poll.
-func Bitmap(im *qcow.Image, name string) (Source, error) {
+func Bitmap(im *disk.Image, name string) (Source, error) {
 	top := qcowTop(im)
 	if _, ok := top.Bitmap(name); !ok {
 		return nil, fmt.Errorf("dirty source %q: %w in %s", "bitmap:"+name, qcow.ErrNoBitmap, top.Path)
@@ -81,17 +82,17 @@ func Bitmap(im *qcow.Image, name string) (Source, error) {
 
 // Hash is the block-hash index source: the chunks of im whose hash differs
 // from the last poll's.
-func Hash(im *qcow.Image) Source { return &chunkSource{im} }
+func Hash(im *disk.Image) Source { return &chunkSource{im} }
 
 // Base is the source of an older image of the same disk (old, its volumes
 // oldDisk): the layers above the one both chains share, or every chunk
 // where the two disks differ. It keeps no cursor.
-func Base(old *qcow.Image, oldDisk *fsparse.Disk, cur *qcow.Image) Reference {
+func Base(old *disk.Image, oldDisk *fsparse.Disk, cur *disk.Image) Reference {
 	return &baseSource{old, oldDisk, cur}
 }
 
 type bitmapSource struct {
-	im   *qcow.Image
+	im   *disk.Image
 	name string
 }
 
@@ -153,7 +154,7 @@ func (s *bitmapSource) rotated(prev *Cursor) bool {
 	return strings.HasPrefix(prev.Source, "bitmap:") && enabled
 }
 
-type chunkSource struct{ im *qcow.Image }
+type chunkSource struct{ im *disk.Image }
 
 func (*chunkSource) String() string { return "hash" }
 
@@ -178,9 +179,9 @@ func (s *chunkSource) Since(ctx context.Context, prev, next *Cursor) (rangeset.S
 }
 
 type baseSource struct {
-	old     *qcow.Image
+	old     *disk.Image
 	oldDisk *fsparse.Disk
-	cur     *qcow.Image
+	cur     *disk.Image
 }
 
 func (s *baseSource) String() string {

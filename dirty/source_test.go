@@ -4,11 +4,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vmscope/vmscope/qcow"
+	"github.com/vmscope/vmscope/disk"
 )
 
 // sourceOf is the source the tests name: auto, cow, bitmap:NAME or hash.
-func sourceOf(t *testing.T, im *qcow.Image, name string) Source {
+func sourceOf(t *testing.T, im *disk.Image, name string) Source {
 	t.Helper()
 	var src Source
 	var err error

@@ -8,11 +8,11 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/fsparse"
 	"github.com/vmscope/vmscope/internal/fixture"
 	"github.com/vmscope/vmscope/internal/rangeset"
 	"github.com/vmscope/vmscope/internal/testdisk"
-	"github.com/vmscope/vmscope/qcow"
 )
 
 // node is what the reference remembers of one path: the full-walk view.
@@ -125,7 +125,7 @@ func checkAgainstTruth(t *testing.T, truth map[string]string, after map[string]n
 	t.Logf("%d changed paths in the reference, %d changes reported, %d extra", len(truth), len(got), extra)
 }
 
-func openVol(t *testing.T, path string) (*qcow.Image, *fsparse.Volume) {
+func openVol(t *testing.T, path string) (*disk.Image, *fsparse.Volume) {
 	t.Helper()
 	im, d := testdisk.Open(t, path)
 	v, err := d.Volume("")

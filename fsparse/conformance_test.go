@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/fsparse"
 	"github.com/vmscope/vmscope/fsparse/fscheck"
 	"github.com/vmscope/vmscope/internal/fixture"
@@ -58,7 +59,7 @@ var diskCases = []struct {
 	{"mbr.img", []volumeCase{{id: "p1", tree: "tree-fat", fat: true}, {id: "p2", tree: "tree2"}}},
 }
 
-func openDisk(t *testing.T, name string) (*qcow.Image, *fsparse.Disk) {
+func openDisk(t *testing.T, name string) (*disk.Image, *fsparse.Disk) {
 	t.Helper()
 	im, err := qcow.Open(fixture.Path(t, name))
 	if err != nil {

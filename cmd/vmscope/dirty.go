@@ -12,8 +12,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vmscope/vmscope/dirty"
+	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/fsparse"
-	"github.com/vmscope/vmscope/qcow"
 )
 
 type dirtyFlags struct {
@@ -104,7 +104,7 @@ func runDirty(c *cobra.Command, image string, f *dirtyFlags) error {
 }
 
 // compareWith compares image im (disk d) with the older image at path older.
-func compareWith(c *cobra.Command, older string, im *qcow.Image, d *fsparse.Disk) (*dirty.Selection, error) {
+func compareWith(c *cobra.Command, older string, im *disk.Image, d *fsparse.Disk) (*dirty.Selection, error) {
 	return pollDirty(c.Context(), im, d, "base:"+older, "", "")
 }
 

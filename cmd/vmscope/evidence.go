@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/vmscope/vmscope/qcow"
+	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/vmi/qemu"
 )
 
@@ -33,7 +33,7 @@ func refuseEvidence(out string, evidence []string) error {
 }
 
 // chainFiles lists the files of im: the top file and every backing file.
-func chainFiles(im *qcow.Image) []string {
+func chainFiles(im *disk.Image) []string {
 	var out []string
 	for _, l := range im.Layers() {
 		out = append(out, l.Name())

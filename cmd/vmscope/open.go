@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/fsparse"
 	"github.com/vmscope/vmscope/internal/escape"
 	"github.com/vmscope/vmscope/qcow"
@@ -19,7 +20,7 @@ import (
 
 // openDisk opens an image file read-only, with its backing chain, and reads
 // its partitions and filesystems. The caller closes the image.
-func openDisk(path string) (*qcow.Image, *fsparse.Disk, error) {
+func openDisk(path string) (*disk.Image, *fsparse.Disk, error) {
 	im, err := qcow.Open(path)
 	if err != nil {
 		return nil, nil, err

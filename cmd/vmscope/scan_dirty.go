@@ -9,15 +9,15 @@ import (
 
 	"github.com/vmscope/vmscope/dirty"
 	"github.com/vmscope/vmscope/dirty/state"
+	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/fsparse"
-	"github.com/vmscope/vmscope/qcow"
 	"github.com/vmscope/vmscope/scan"
 )
 
 // parseSource turns a dirty source as the flags give it (auto, cow,
 // bitmap:NAME, hash or base:IMAGE) into the dirty.Source of image im. A
 // base image it opens is closed by closer.
-func parseSource(spec string, im *qcow.Image) (src dirty.Source, closer func() error, err error) {
+func parseSource(spec string, im *disk.Image) (src dirty.Source, closer func() error, err error) {
 	closer = func() error { return nil }
 	switch bm, isBitmap := strings.CutPrefix(spec, "bitmap:"); {
 	case spec == "" || spec == "auto":
@@ -43,7 +43,7 @@ func parseSource(spec string, im *qcow.Image) (src dirty.Source, closer func() e
 // pollDirty runs the dirty poll of source spec on image im (disk d). A
 // source that compares with an older image needs no state; the others keep
 // their cursor and file index in the state file statePath.
-func pollDirty(ctx context.Context, im *qcow.Image, d *fsparse.Disk, spec, statePath, rulesDigest string) (*dirty.Selection, error) {
+func pollDirty(ctx context.Context, im *disk.Image, d *fsparse.Disk, spec, statePath, rulesDigest string) (*dirty.Selection, error) {
 	src, closeSrc, err := parseSource(spec, im)
 	if err != nil {
 		return nil, err
@@ -74,7 +74,7 @@ func pollDirty(ctx context.Context, im *qcow.Image, d *fsparse.Disk, spec, state
 }
 
 // selectDirty runs the dirty poll that --dirty asks for.
-func selectDirty(ctx context.Context, c *cobra.Command, im *qcow.Image, d *fsparse.Disk, f *scanFlags, rulesDigest string) (*dirty.Selection, error) {
+func selectDirty(ctx context.Context, c *cobra.Command, im *disk.Image, d *fsparse.Disk, f *scanFlags, rulesDigest string) (*dirty.Selection, error) {
 	sel, err := pollDirty(ctx, im, d, f.dirty, f.state, rulesDigest)
 	if err != nil {
 		return nil, err

@@ -20,10 +20,10 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/vmscope/vmscope/dirty"
+	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/fsparse"
 	"github.com/vmscope/vmscope/internal/fixture"
 	"github.com/vmscope/vmscope/internal/testdisk"
-	"github.com/vmscope/vmscope/qcow"
 )
 
 // newDB opens a new state file, closed when the test ends.
@@ -37,7 +37,7 @@ func newDB(t *testing.T) *DB {
 	return db
 }
 
-func open(t *testing.T, name string) (*qcow.Image, *fsparse.Disk) {
+func open(t *testing.T, name string) (*disk.Image, *fsparse.Disk) {
 	return testdisk.Open(t, fixture.Path(t, name))
 }
 

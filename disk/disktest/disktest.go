@@ -80,9 +80,8 @@ func CheckLayer(t *testing.T, l disk.Layer) {
 }
 
 var (
-	refMu  sync.Mutex
-	refDir string
-	refs   = map[string]string{}
+	refMu sync.Mutex
+	refs  = map[string]string{}
 )
 
 // Reference returns the path of `qemu-img convert -O raw` of the layer's
