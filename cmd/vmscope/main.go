@@ -16,13 +16,16 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/vmscope/vmscope/vmerr"
 )
 
-// Exit codes, as scanners use them.
+// Exit codes, as scanners use them (vmerr.ExitCode maps them).
 const (
-	exitOK       = 0
-	exitFindings = 1
-	exitError    = 2
+	exitOK       = vmerr.ExitClean
+	exitFindings = vmerr.ExitFindings
+	exitError    = vmerr.ExitError
+	exitCanceled = vmerr.ExitCanceled
 )
 
 // errFindings is returned by a command that ran to the end and found
@@ -96,16 +99,16 @@ Live QEMU guests (GDB stub and QMP):
 	return root
 }
 
-// exitCode maps the error a command returned to the process exit status.
-func exitCode(err error) int {
-	switch {
-	case err == nil:
-		return exitOK
-	case errors.Is(err, errFindings):
-		return exitFindings
-	default:
-		return exitError
+// exitCode is the one place that maps the error a command returned to the
+// process exit status (vmerr.ExitCode): findings 1, an interrupted command
+// (SIGINT/SIGTERM cancel ctx) 130, any other error 2. A command that fails
+// after ctx was cancelled counts as interrupted, whatever its error says
+// (a live guest's stub or a read cut short need not wrap context.Canceled).
+func exitCode(ctx context.Context, err error) int {
+	if err != nil && ctx.Err() != nil {
+		err = errors.Join(err, ctx.Err())
 	}
+	return vmerr.ExitCode(err, errors.Is(err, errFindings))
 }
 
 // run executes the CLI with args and returns the exit status; main and the
@@ -126,7 +129,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "Run 'vmscope --help' for usage.\n")
 		}
 	}
-	return exitCode(err)
+	return exitCode(ctx, err)
 }
 
 func main() {
