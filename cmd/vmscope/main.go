@@ -12,11 +12,11 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
-	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
+	"github.com/vmscope/vmscope/internal/output"
 	"github.com/vmscope/vmscope/vmerr"
 )
 
@@ -34,38 +34,12 @@ var errFindings = errors.New("findings")
 
 // errPartial is returned by a command that wrote its output but met errors
 // on the way (reported already); it maps to exit code 2.
-var errPartial = errors.New("completed with errors")
+var errPartial = output.ErrPartial
 
-// problemsError is errPartial with what run prints on stderr: a one-line
-// summary of the problems the command met, in every output format (a JSON
-// report carries them in its problems array, and stderr still says so).
-type problemsError struct {
-	n     int
-	first string
-}
-
-// problems returns errPartial for n problems, first being the first one
-// (an error or a string); n == 0 gives nil.
-func problems(n int, first any) error {
-	if n == 0 {
-		return nil
-	}
-	f := strings.Join(strings.Fields(fmt.Sprint(first)), " ")
-	if len(f) > 300 {
-		f = f[:300] + "..."
-	}
-	return &problemsError{n: n, first: f}
-}
-
-func (e *problemsError) Error() string {
-	s := "s"
-	if e.n == 1 {
-		s = ""
-	}
-	return fmt.Sprintf("%d problem%s; the first: %s", e.n, s, e.first)
-}
-
-func (e *problemsError) Is(target error) bool { return target == errPartial }
+// problems returns errPartial for n problems with the one-line summary run
+// prints on stderr, first being the first one (an error or a string);
+// n == 0 gives nil.
+func problems(n int, first any) error { return output.Problems(n, first) }
 
 // usageError marks bad arguments or flags.
 type usageError struct{ error }
@@ -119,7 +93,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
-	if pe := (*problemsError)(nil); errors.As(err, &pe) {
+	if pe := (*output.ProblemsError)(nil); errors.As(err, &pe) {
 		fmt.Fprintf(stderr, "vmscope: %v\n", pe)
 	}
 	if err != nil && !errors.Is(err, errFindings) && !errors.Is(err, errPartial) {
