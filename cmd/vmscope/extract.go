@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vmscope/vmscope/fsparse"
+	"github.com/vmscope/vmscope/internal/output"
 )
 
 func newExtractCmd() *cobra.Command {
@@ -87,7 +88,7 @@ exit status is then 2.`,
 					return err
 				}
 			}
-			return x.probs.err()
+			return x.probs.Err()
 		},
 	}
 	c.Flags().IntVar(&jobs, "jobs", 4, "files copied in parallel")
@@ -98,14 +99,14 @@ type extractor struct {
 	jobs   int
 	stderr io.Writer
 	mu     sync.Mutex
-	probs  problemCount
+	probs  output.Counter
 }
 
 func (x *extractor) fail(v *fsparse.Volume, e fsparse.Entry, err error) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	msg := fmt.Sprintf("%s:%s: %v", v.ID, displayPath(e), err)
-	x.probs.add(msg)
+	x.probs.Add(msg)
 	fmt.Fprintf(x.stderr, "vmscope: %s\n", msg)
 }
 

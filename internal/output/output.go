@@ -10,11 +10,14 @@
 package output
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"strings"
+	"sync"
 	"text/tabwriter"
 
 	"github.com/vmscope/vmscope/internal/escape"
@@ -112,3 +115,120 @@ func (e *ProblemsError) Error() string {
 
 // Is makes a *ProblemsError match ErrPartial.
 func (e *ProblemsError) Is(target error) bool { return target == ErrPartial }
+
+// Counter counts the problems a command met and keeps the first, for the
+// summary the command prints on stderr. It is safe for concurrent use.
+type Counter struct {
+	mu    sync.Mutex
+	n     int
+	first any
+}
+
+// Add counts one problem (an error or a string).
+func (p *Counter) Add(what any) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n == 0 {
+		p.first = what
+	}
+	p.n++
+}
+
+// Err is nil without problems, else Problems' summary of them.
+func (p *Counter) Err() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return Problems(p.n, p.first)
+}
+
+// Stream writes a listing one record at a time, in bounded memory: as one
+// JSON array (streamed, "[]" when empty), as NDJSON, or as the lines the
+// table callback writes. Close ends it and flushes.
+type Stream struct {
+	w      *bufio.Writer
+	format string
+	n      int
+}
+
+// NewStream starts a listing in format (Table, JSON or NDJSON) on w.
+func NewStream(w io.Writer, format string) *Stream {
+	return &Stream{w: bufio.NewWriterSize(w, 64<<10), format: format}
+}
+
+// Write adds one record: v as JSON in the JSON formats, else what table
+// writes.
+func (s *Stream) Write(v any, table func(w io.Writer)) error {
+	switch s.format {
+	case JSON, NDJSON:
+		b, err := json.Marshal(v)
+		if err != nil {
+			return err
+		}
+		if s.format == JSON {
+			if s.n == 0 {
+				s.w.WriteString("[\n  ")
+			} else {
+				s.w.WriteString(",\n  ")
+			}
+		}
+		s.w.Write(b)
+		if s.format == NDJSON {
+			s.w.WriteByte('\n')
+		}
+	default:
+		table(s.w)
+	}
+	s.n++
+	return nil
+}
+
+// Close ends the JSON array and flushes.
+func (s *Stream) Close() error {
+	if s.format == JSON {
+		if s.n == 0 {
+			s.w.WriteString("[]\n")
+		} else {
+			s.w.WriteString("\n]\n")
+		}
+	}
+	return s.w.Flush()
+}
+
+// Mode renders a file mode as ls -l does ("drwxr-sr-t").
+func Mode(m fs.FileMode) string {
+	var b strings.Builder
+	switch {
+	case m.IsDir():
+		b.WriteByte('d')
+	case m&fs.ModeSymlink != 0:
+		b.WriteByte('l')
+	case m&fs.ModeNamedPipe != 0:
+		b.WriteByte('p')
+	case m&fs.ModeSocket != 0:
+		b.WriteByte('s')
+	case m&fs.ModeCharDevice != 0:
+		b.WriteByte('c')
+	case m&fs.ModeDevice != 0:
+		b.WriteByte('b')
+	default:
+		b.WriteByte('-')
+	}
+	const rwx = "rwxrwxrwx"
+	p := m.Perm()
+	for i := 0; i < 9; i++ {
+		c := byte('-')
+		if p&(1<<uint(8-i)) != 0 {
+			c = rwx[i]
+		}
+		switch {
+		case i == 2 && m&fs.ModeSetuid != 0:
+			c = map[bool]byte{true: 's', false: 'S'}[c == 'x']
+		case i == 5 && m&fs.ModeSetgid != 0:
+			c = map[bool]byte{true: 's', false: 'S'}[c == 'x']
+		case i == 8 && m&fs.ModeSticky != 0:
+			c = map[bool]byte{true: 't', false: 'T'}[c == 'x']
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}

@@ -3,6 +3,8 @@ package output
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"io"
 	"strings"
 	"testing"
 )
@@ -56,5 +58,45 @@ func TestWriters(t *testing.T) {
 	}
 	if got := Printable("a\nb\xff"); got != `a\012b\377` {
 		t.Errorf("Printable: %q", got)
+	}
+}
+
+func TestStream(t *testing.T) {
+	type rec struct {
+		N int `json:"n"`
+	}
+	for format, want := range map[string]string{
+		JSON:   "[\n  {\"n\":1},\n  {\"n\":2}\n]\n",
+		NDJSON: "{\"n\":1}\n{\"n\":2}\n",
+		Table:  "row 1\nrow 2\n",
+	} {
+		var b bytes.Buffer
+		s := NewStream(&b, format)
+		for i := 1; i <= 2; i++ {
+			if err := s.Write(rec{i}, func(w io.Writer) { fmt.Fprintf(w, "row %d\n", i) }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.Close(); err != nil || b.String() != want {
+			t.Errorf("%s: %q %v, want %q", format, b.String(), err, want)
+		}
+	}
+	var b bytes.Buffer
+	s := NewStream(&b, JSON)
+	s.Close()
+	if b.String() != "[]\n" {
+		t.Errorf("empty JSON listing: %q", b.String())
+	}
+}
+
+func TestCounter(t *testing.T) {
+	var c Counter
+	if c.Err() != nil {
+		t.Error("no problems: not nil")
+	}
+	c.Add("first one")
+	c.Add(errors.New("second"))
+	if err := c.Err(); !errors.Is(err, ErrPartial) || err.Error() != "2 problems; the first: first one" {
+		t.Errorf("%v", err)
 	}
 }
