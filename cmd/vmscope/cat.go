@@ -15,24 +15,29 @@ func newCatCmd() *cobra.Command {
 		Long:  "Write the content of the regular file PATH (/etc/passwd, or p2:/etc/passwd on a disk with several filesystems) to stdout. Holes and unwritten extents read as zeros.",
 		Args:  rangeArgs(2, 2),
 		RunE: func(c *cobra.Command, args []string) error {
-			im, d, err := openDisk(args[0])
-			if err != nil {
-				return err
-			}
-			defer im.Close()
-			v, name, err := d.Resolve(args[1])
-			if err != nil {
-				return err
-			}
-			f, err := v.Open(name)
-			if err != nil {
-				return fmt.Errorf("%s:/%s: %w", v.ID, name, err)
-			}
-			w := bufio.NewWriterSize(c.OutOrStdout(), 1<<20)
-			if _, err := io.Copy(w, io.NewSectionReader(f, 0, f.Size())); err != nil {
-				return fmt.Errorf("%s:/%s: %w", v.ID, name, err)
-			}
-			return w.Flush()
+			return runCat(args[0], args[1], c.OutOrStdout())
 		},
 	}
+}
+
+// runCat writes the content of the regular file at path of image to out.
+func runCat(image, path string, out io.Writer) error {
+	im, d, err := openDisk(image)
+	if err != nil {
+		return err
+	}
+	defer im.Close()
+	v, name, err := d.Resolve(path)
+	if err != nil {
+		return err
+	}
+	f, err := v.Open(name)
+	if err != nil {
+		return fmt.Errorf("%s:/%s: %w", v.ID, name, err)
+	}
+	w := bufio.NewWriterSize(out, 1<<20)
+	if _, err := io.Copy(w, io.NewSectionReader(f, 0, f.Size())); err != nil {
+		return fmt.Errorf("%s:/%s: %w", v.ID, name, err)
+	}
+	return w.Flush()
 }

@@ -30,7 +30,7 @@ var (
 // checked once they are.
 var readOnly = map[string]bool{
 	"qcow": false, "disk": false, "fsparse": false, "fsparse/ext4": false, "fsparse/jbd2": false,
-	"scan": false, "cow": false, "dirty": false, "dirty/state": false,
+	"scan": false, "scan/imagescan": false, "internal/output": false, "cow": false, "dirty": false, "dirty/state": false,
 	"vmi": false, "vmi/snapshot": false, "vmi/linux": false, "vmi/memtest": false,
 	"cfi": true, "watch": true,
 }

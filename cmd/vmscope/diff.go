@@ -1,7 +1,7 @@
 package main
 
 import (
-	"encoding/json"
+	"context"
 	"io"
 
 	"github.com/spf13/cobra"
@@ -9,9 +9,13 @@ import (
 	"github.com/vmscope/vmscope/dirty"
 )
 
+type diffFlags struct {
+	format string
+	full   bool
+}
+
 func newDiffCmd() *cobra.Command {
-	var format string
-	var full bool
+	var f diffFlags
 	c := &cobra.Command{
 		Use:   "diff IMAGE_A IMAGE_B",
 		Short: "File-level diff of two images of the same disk (added, deleted, modified, metadata)",
@@ -25,42 +29,44 @@ path with the sha256 of every file (virt-diff --checksum), trusting no
 block-level tracking: for images that do not share a disk history.`,
 		Args: rangeArgs(2, 2),
 		RunE: func(c *cobra.Command, args []string) error {
-			if err := checkFormat(format, "table", "json", "ndjson"); err != nil {
-				return err
-			}
-			im, d, err := openDisk(args[1])
-			if err != nil {
-				return err
-			}
-			defer im.Close()
-			var sel *dirty.Selection
-			if full {
-				oim, od, oerr := openDisk(args[0])
-				if oerr != nil {
-					return oerr
-				}
-				defer oim.Close()
-				sel, err = dirty.FullCompare(c.Context(), od, d)
-			} else {
-				sel, err = compareWith(c, args[0], im, d)
-			}
-			if err != nil {
-				return err
-			}
-			defer sel.Close() // the older image compareWith opened
-			if err := writeChanges(c.OutOrStdout(), format, sel); err != nil {
-				return err
-			}
-			return partial(c, sel)
+			return runDiff(c.Context(), args[0], args[1], &f, c.OutOrStdout(), c.ErrOrStderr())
 		},
 	}
-	c.Flags().StringVar(&format, "format", "table", "output format: table, json or ndjson")
-	c.Flags().BoolVar(&full, "full", false, "compare full walks of both images, with a sha256 of every file")
+	c.Flags().StringVar(&f.format, "format", "table", "output format: table, json or ndjson")
+	c.Flags().BoolVar(&f.full, "full", false, "compare full walks of both images, with a sha256 of every file")
 	return c
 }
 
-func writeNDJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	return enc.Encode(v)
+// runDiff writes the changes from image older to image newer on out;
+// problems go to errOut. Every image it opens is closed when it returns.
+func runDiff(ctx context.Context, older, newer string, f *diffFlags, out, errOut io.Writer) error {
+	if err := checkFormat(f.format, dirty.Formats...); err != nil {
+		return err
+	}
+	im, d, err := openDisk(newer)
+	if err != nil {
+		return err
+	}
+	defer im.Close()
+	var sel *dirty.Selection
+	if f.full {
+		oim, od, oerr := openDisk(older)
+		if oerr != nil {
+			return oerr
+		}
+		defer oim.Close()
+		sel, err = dirty.FullCompare(ctx, od, d)
+	} else {
+		// The base source opens the older image; sel.Close closes it,
+		// and pollDirty closes it itself when the poll fails.
+		sel, err = pollDirty(ctx, im, d, "base:"+older, "", "")
+	}
+	if err != nil {
+		return err
+	}
+	defer sel.Close()
+	if err := dirty.WriteChanges(out, f.format, sel); err != nil {
+		return err
+	}
+	return partial(errOut, sel)
 }

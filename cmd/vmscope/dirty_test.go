@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -30,6 +31,36 @@ func TestDiffAndDirtyCommands(t *testing.T) {
 		}
 		if n := strings.Count(out.String(), "\n"); n < wantMin {
 			t.Errorf("poll %d: %d changes", i, n)
+		}
+	}
+}
+
+// TestDiffClosesImages checks that diff closes every image file it opens
+// (the newer one, and the older one the base source or --full opens), also
+// when it fails: the process holds no more open files after it than
+// before.
+func TestDiffClosesImages(t *testing.T) {
+	base, ov := fixture.Path(t, "ext4.img"), fixture.Path(t, "overlay-raw.qcow2")
+	other := fixture.Path(t, "mbr.img")
+	openFiles := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Skip("no /proc/self/fd")
+		}
+		return len(ents)
+	}
+	for _, args := range [][]string{
+		{"diff", base, ov},
+		{"diff", "--full", base, ov},
+		{"diff", other, ov},           // a disk of another size: the comparison fails
+		{"diff", ov, "/no/such/file"}, // the newer image cannot be opened
+		{"dirty", ov},
+	} {
+		before := openFiles()
+		var out, errb bytes.Buffer
+		code := run(context.Background(), args, &out, &errb)
+		if after := openFiles(); after != before {
+			t.Errorf("%v (exit %d): %d open files before, %d after", args, code, before, after)
 		}
 	}
 }

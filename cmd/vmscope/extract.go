@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vmscope/vmscope/fsparse"
+	"github.com/vmscope/vmscope/internal/output"
 )
 
 func newExtractCmd() *cobra.Command {
@@ -33,79 +35,85 @@ outside its slot) is reported as a problem and written under its escaped form
 exit status is then 2.`,
 		Args: rangeArgs(2, 3),
 		RunE: func(c *cobra.Command, args []string) error {
-			im, d, err := openDisk(args[0])
-			if err != nil {
-				return err
-			}
-			defer im.Close()
-			dest := args[len(args)-1]
-			type target struct {
-				v    *fsparse.Volume
-				name string
-				sub  string // folder of the volume under DIR, "" for DIR itself
-			}
-			var targets []target
-			if len(args) == 3 {
-				v, name, err := d.Resolve(args[1])
-				if err != nil {
-					return err
-				}
-				targets = append(targets, target{v, name, ""})
-			} else {
-				for _, v := range d.Volumes {
-					sub := ""
-					if len(d.Volumes) > 1 {
-						sub = v.ID
-					}
-					targets = append(targets, target{v, ".", sub})
-				}
-			}
-			if err := os.MkdirAll(dest, 0o755); err != nil {
-				return err
-			}
-			root, err := os.OpenRoot(dest)
-			if err != nil {
-				return err
-			}
-			defer root.Close()
-			x := &extractor{jobs: max(jobs, 1), stderr: c.ErrOrStderr()}
-			for _, t := range targets {
-				r := root
-				if t.sub != "" {
-					if err := root.Mkdir(t.sub, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
-						return err
-					}
-					if r, err = root.OpenRoot(t.sub); err != nil {
-						return err
-					}
-				}
-				err := x.volume(c, t.v, t.name, r)
-				if r != root {
-					r.Close()
-				}
-				if err != nil {
-					return err
-				}
-			}
-			return x.probs.err()
+			return runExtract(c.Context(), args[0], args[1:len(args)-1], args[len(args)-1], jobs, c.ErrOrStderr())
 		},
 	}
 	c.Flags().IntVar(&jobs, "jobs", 4, "files copied in parallel")
 	return c
 }
 
+// runExtract copies the tree at paths[0] (every filesystem's root when
+// paths is empty) of image into dest with jobs files in parallel; problems
+// go to errOut and the copy goes on.
+func runExtract(ctx context.Context, image string, paths []string, dest string, jobs int, errOut io.Writer) error {
+	im, d, err := openDisk(image)
+	if err != nil {
+		return err
+	}
+	defer im.Close()
+	type target struct {
+		v    *fsparse.Volume
+		name string
+		sub  string // folder of the volume under DIR, "" for DIR itself
+	}
+	var targets []target
+	if len(paths) == 1 {
+		v, name, err := d.Resolve(paths[0])
+		if err != nil {
+			return err
+		}
+		targets = append(targets, target{v, name, ""})
+	} else {
+		for _, v := range d.Volumes {
+			sub := ""
+			if len(d.Volumes) > 1 {
+				sub = v.ID
+			}
+			targets = append(targets, target{v, ".", sub})
+		}
+	}
+	if err := os.MkdirAll(dest, 0o755); err != nil {
+		return err
+	}
+	root, err := os.OpenRoot(dest)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	x := &extractor{jobs: max(jobs, 1), stderr: errOut}
+	for _, t := range targets {
+		r := root
+		if t.sub != "" {
+			if err := root.Mkdir(t.sub, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+				return err
+			}
+			if r, err = root.OpenRoot(t.sub); err != nil {
+				return err
+			}
+		}
+		err := x.volume(ctx, t.v, t.name, r)
+		if r != root {
+			r.Close()
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return x.probs.Err()
+}
+
 type extractor struct {
 	jobs   int
 	stderr io.Writer
 	mu     sync.Mutex
-	probs  problemCount
+	probs  output.Counter
 }
 
 func (x *extractor) fail(v *fsparse.Volume, e fsparse.Entry, err error) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	msg := fmt.Sprintf("%s:%s: %v", v.ID, displayPath(e), err)
-	x.probs.add(msg)
+	x.probs.Add(msg)
 	fmt.Fprintf(x.stderr, "vmscope: %s\n", msg)
 }
 
@@ -113,7 +121,7 @@ func (x *extractor) fail(v *fsparse.Volume, e fsparse.Entry, err error) {
 // entries' paths relative to the start: every element of them is a valid
 // file name (fsparse escapes the others), and root confines every
 // operation to its directory whatever they hold.
-func (x *extractor) volume(c *cobra.Command, v *fsparse.Volume, name string, root *os.Root) error {
+func (x *extractor) volume(ctx context.Context, v *fsparse.Volume, name string, root *os.Root) error {
 	start, err := v.Lstat(name)
 	if err != nil {
 		return err
@@ -148,7 +156,7 @@ func (x *extractor) volume(c *cobra.Command, v *fsparse.Volume, name string, roo
 			}
 		}()
 	}
-	werr := v.Walk(c.Context(), name, func(e fsparse.Entry, err error) error {
+	werr := v.Walk(ctx, name, func(e fsparse.Entry, err error) error {
 		if err != nil {
 			x.fail(v, e, err)
 			return nil

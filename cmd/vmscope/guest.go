@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -52,49 +53,53 @@ func newGuestInfoCmd() *cobra.Command {
 		Use:   "info --guest gdb://HOST:PORT[,qmp=unix:PATH]",
 		Short: "vCPUs, their mode and CR3, and the run state of a live guest",
 		Args:  rangeArgs(0, 0),
-		RunE: func(cmd *cobra.Command, _ []string) (err error) {
-			if spec == "" {
-				return usageError{errors.New("--guest is required")}
-			}
-			ctx := cmd.Context()
-			src, err := openMemory(ctx, memTarget{Guest: spec, Journal: guestJournal})
-			if err != nil {
-				return err
-			}
-			defer func() { err = errors.Join(err, src.Close(ctx)) }()
-			g := src.guest
-			// The state the guest was in when vmscope attached (attaching
-			// the GDB stub stops it for a moment; Close restores it).
-			state := "unknown (no QMP)"
-			if running, known := g.FoundRunning(); known {
-				state = map[bool]string{true: "running", false: "paused"}[running]
-			}
-			// registers of a consistent stop of all vCPUs
-			cpus := src.cpus
-			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "guest: %s\nstate: %s\nvcpus: %d\n", g.Spec(), state, len(cpus))
-			if r := g.Ranges(); r != nil {
-				var total uint64
-				for _, x := range r {
-					total += x.Size
-				}
-				fmt.Fprintf(w, "memory: %d ranges, %d MiB\n", len(r), total>>20)
-			}
-			fmt.Fprintf(w, "%-4s %-12s %-18s %-18s %-18s\n", "CPU", "MODE", "CR3", "RIP", "EFER")
-			for _, c := range cpus {
-				fmt.Fprintf(w, "%-4d %-12s %#-18x %#-18x %#-18x\n", c.ID, cpuMode(&c), c.CR3, c.RIP, c.EFER)
-			}
-			// The kernel, found as in a snapshot (vmi/linux), with no profile.
-			if k, err := linux.Discover(ctx, g, linux.WithCPUs(cpus)); err != nil {
-				fmt.Fprintf(w, "kernel: not found: %v\n", err)
-			} else {
-				fmt.Fprintf(w, "kernel: %s\nKASLR slide: %#x\nsymbols: %d from %s; types from %s\n", k.Version, k.Slide, len(k.Symbols.List), k.SymbolsSrc, k.TypesSrc)
-			}
-			return nil
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runGuestInfo(cmd.Context(), spec, cmd.OutOrStdout())
 		},
 	}
 	c.Flags().StringVar(&spec, "guest", "", guestFlagHelp)
 	return c
+}
+
+// runGuestInfo writes the vCPUs, run state and kernel of the live guest
+// spec on w, and leaves the guest as it was found.
+func runGuestInfo(ctx context.Context, spec string, w io.Writer) (err error) {
+	if spec == "" {
+		return usageError{errors.New("--guest is required")}
+	}
+	src, err := openMemory(ctx, memTarget{Guest: spec, Journal: guestJournal})
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, src.Close(ctx)) }()
+	g := src.guest
+	// The state the guest was in when vmscope attached (attaching
+	// the GDB stub stops it for a moment; Close restores it).
+	state := "unknown (no QMP)"
+	if running, known := g.FoundRunning(); known {
+		state = map[bool]string{true: "running", false: "paused"}[running]
+	}
+	// registers of a consistent stop of all vCPUs
+	cpus := src.cpus
+	fmt.Fprintf(w, "guest: %s\nstate: %s\nvcpus: %d\n", g.Spec(), state, len(cpus))
+	if r := g.Ranges(); r != nil {
+		var total uint64
+		for _, x := range r {
+			total += x.Size
+		}
+		fmt.Fprintf(w, "memory: %d ranges, %d MiB\n", len(r), total>>20)
+	}
+	fmt.Fprintf(w, "%-4s %-12s %-18s %-18s %-18s\n", "CPU", "MODE", "CR3", "RIP", "EFER")
+	for _, c := range cpus {
+		fmt.Fprintf(w, "%-4d %-12s %#-18x %#-18x %#-18x\n", c.ID, cpuMode(&c), c.CR3, c.RIP, c.EFER)
+	}
+	// The kernel, found as in a snapshot (vmi/linux), with no profile.
+	if k, err := linux.Discover(ctx, g, linux.WithCPUs(cpus)); err != nil {
+		fmt.Fprintf(w, "kernel: not found: %v\n", err)
+	} else {
+		fmt.Fprintf(w, "kernel: %s\nKASLR slide: %#x\nsymbols: %d from %s; types from %s\n", k.Version, k.Slide, len(k.Symbols.List), k.SymbolsSrc, k.TypesSrc)
+	}
+	return nil
 }
 
 // cpuMode names the paging mode and privilege of a vCPU.
@@ -124,39 +129,8 @@ func newGuestDumpCmd() *cobra.Command {
 			"(paging=false; --format elf or kdump-zlib), and resumes the guest if it was running. The GDB stub is not used. " +
 			"OUT then feeds every mem command.",
 		Args: rangeArgs(1, 1),
-		RunE: func(cmd *cobra.Command, args []string) (err error) {
-			if spec == "" {
-				return usageError{errors.New("--guest is required")}
-			}
-			sp, err := qemu.ParseSpec(spec)
-			if err != nil {
-				return usageError{err}
-			}
-			if sp.QMP == "" {
-				return usageError{errors.New("guest dump needs QMP: --guest gdb://HOST:PORT,qmp=unix:PATH")}
-			}
-			out, err := filepath.Abs(args[0])
-			if err != nil {
-				return err
-			}
-			ctx := cmd.Context()
-			files, err := guestFiles(ctx, sp.QMP)
-			if err != nil {
-				return err
-			}
-			if err := refuseEvidence(out, files); err != nil {
-				return err
-			}
-			start := time.Now()
-			if err := qemu.ConsistentDump(ctx, sp, out, format, journalOpts()...); err != nil {
-				return err
-			}
-			fi, err := os.Stat(out)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: %d bytes (%s) in %v\n", out, fi.Size(), format, time.Since(start).Round(time.Millisecond))
-			return nil
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runGuestDump(cmd.Context(), spec, format, args[0], cmd.OutOrStdout())
 		},
 	}
 	c.Flags().StringVar(&spec, "guest", "", guestFlagHelp)
@@ -164,62 +138,107 @@ func newGuestDumpCmd() *cobra.Command {
 	return c
 }
 
+// runGuestDump has QEMU write a consistent memory dump of the live guest
+// spec to path in format, and says what it wrote on w.
+func runGuestDump(ctx context.Context, spec, format, path string, w io.Writer) (err error) {
+	if spec == "" {
+		return usageError{errors.New("--guest is required")}
+	}
+	sp, err := qemu.ParseSpec(spec)
+	if err != nil {
+		return usageError{err}
+	}
+	if sp.QMP == "" {
+		return usageError{errors.New("guest dump needs QMP: --guest gdb://HOST:PORT,qmp=unix:PATH")}
+	}
+	out, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	files, err := guestFiles(ctx, sp.QMP)
+	if err != nil {
+		return err
+	}
+	if err := refuseEvidence(out, files); err != nil {
+		return err
+	}
+	start := time.Now()
+	if err := qemu.ConsistentDump(ctx, sp, out, format, journalOpts()...); err != nil {
+		return err
+	}
+	fi, err := os.Stat(out)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "%s: %d bytes (%s) in %v\n", out, fi.Size(), format, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
 func newGuestBreakCmd() *cobra.Command {
-	var spec, kind string
-	var count, size int
+	var f guestBreakFlags
 	c := &cobra.Command{
 		Use:   "break --guest gdb://HOST:PORT[,qmp=unix:PATH] VA",
 		Short: "Report hits of a breakpoint or watchpoint at a guest-virtual address, until --count hits or SIGINT",
 		Args:  rangeArgs(1, 1),
-		RunE: func(cmd *cobra.Command, args []string) (err error) {
-			if spec == "" {
-				return usageError{errors.New("--guest is required")}
-			}
-			va, perr := strconv.ParseUint(strings.TrimPrefix(args[0], "0x"), 16, 64)
-			if perr != nil {
-				return usageError{fmt.Errorf("address %q: want hex", args[0])}
-			}
-			var trap vmi.Trap
-			switch kind {
-			case "sw", "hw":
-				trap = vmi.Breakpoint(vmi.VA(va))
-			case "write":
-				trap = vmi.Watchpoint(vmi.VA(va), uint64(size), vmi.Write)
-			case "read":
-				trap = vmi.Watchpoint(vmi.VA(va), uint64(size), vmi.Read)
-			case "access":
-				trap = vmi.Watchpoint(vmi.VA(va), uint64(size), vmi.ReadWrite)
-			default:
-				return usageError{fmt.Errorf("--kind %q: want sw, hw, write, read or access", kind)}
-			}
-			if err := trap.Validate(); err != nil {
-				return usageError{err}
-			}
-			ctx := cmd.Context()
-			src, err := openMemory(ctx, memTarget{Guest: spec, Journal: guestJournal, HardwareBreakpoints: kind == "hw"})
-			if err != nil {
-				return err
-			}
-			defer func() { err = errors.Join(err, src.Close(ctx)) }()
-			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "armed %s\n", trap)
-			hits := 0
-			return vmi.Trace(ctx, src.guest, []vmi.Trap{trap}, func(_ context.Context, h vmi.Hit) (bool, error) {
-				hits++
-				fmt.Fprintf(w, "hit %d: cpu %d rip %#x cr3 %#x", hits, h.Stop.CPU, h.Regs.RIP, h.Regs.CR3)
-				if h.Stop.Access != vmi.Execute {
-					fmt.Fprintf(w, " %s %#x", h.Stop.Access, uint64(h.Stop.Addr))
-				}
-				fmt.Fprintln(w)
-				return count == 0 || hits < count, nil
-			})
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runGuestBreak(cmd.Context(), args[0], &f, cmd.OutOrStdout())
 		},
 	}
-	c.Flags().StringVar(&spec, "guest", "", guestFlagHelp)
-	c.Flags().StringVar(&kind, "kind", "sw", "sw, hw (breakpoints), write, read, access (watchpoints)")
-	c.Flags().IntVar(&count, "count", 0, "stop after this many hits (0: until SIGINT/SIGTERM)")
-	c.Flags().IntVar(&size, "size", 1, "watched bytes (1, 2, 4, 8)")
+	c.Flags().StringVar(&f.spec, "guest", "", guestFlagHelp)
+	c.Flags().StringVar(&f.kind, "kind", "sw", "sw, hw (breakpoints), write, read, access (watchpoints)")
+	c.Flags().IntVar(&f.count, "count", 0, "stop after this many hits (0: until SIGINT/SIGTERM)")
+	c.Flags().IntVar(&f.size, "size", 1, "watched bytes (1, 2, 4, 8)")
 	return c
+}
+
+type guestBreakFlags struct {
+	spec, kind  string
+	count, size int
+}
+
+// runGuestBreak arms a trap at the guest-virtual address addr of the live
+// guest and writes each hit on w until f.count hits or ctx ends; the guest
+// is left as it was found.
+func runGuestBreak(ctx context.Context, addr string, f *guestBreakFlags, w io.Writer) (err error) {
+	if f.spec == "" {
+		return usageError{errors.New("--guest is required")}
+	}
+	va, perr := strconv.ParseUint(strings.TrimPrefix(addr, "0x"), 16, 64)
+	if perr != nil {
+		return usageError{fmt.Errorf("address %q: want hex", addr)}
+	}
+	var trap vmi.Trap
+	switch f.kind {
+	case "sw", "hw":
+		trap = vmi.Breakpoint(vmi.VA(va))
+	case "write":
+		trap = vmi.Watchpoint(vmi.VA(va), uint64(f.size), vmi.Write)
+	case "read":
+		trap = vmi.Watchpoint(vmi.VA(va), uint64(f.size), vmi.Read)
+	case "access":
+		trap = vmi.Watchpoint(vmi.VA(va), uint64(f.size), vmi.ReadWrite)
+	default:
+		return usageError{fmt.Errorf("--kind %q: want sw, hw, write, read or access", f.kind)}
+	}
+	if err := trap.Validate(); err != nil {
+		return usageError{err}
+	}
+	src, err := openMemory(ctx, memTarget{Guest: f.spec, Journal: guestJournal, HardwareBreakpoints: f.kind == "hw"})
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, src.Close(ctx)) }()
+	fmt.Fprintf(w, "armed %s\n", trap)
+	hits := 0
+	return vmi.Trace(ctx, src.guest, []vmi.Trap{trap}, func(_ context.Context, h vmi.Hit) (bool, error) {
+		hits++
+		fmt.Fprintf(w, "hit %d: cpu %d rip %#x cr3 %#x", hits, h.Stop.CPU, h.Regs.RIP, h.Regs.CR3)
+		if h.Stop.Access != vmi.Execute {
+			fmt.Fprintf(w, " %s %#x", h.Stop.Access, uint64(h.Stop.Addr))
+		}
+		fmt.Fprintln(w)
+		return f.count == 0 || hits < f.count, nil
+	})
 }
 
 func newGuestReleaseCmd() *cobra.Command {
@@ -234,25 +253,30 @@ func newGuestReleaseCmd() *cobra.Command {
 			"is undone with a QMP cont. Without a journal it changes nothing. The journal is removed once the guest is restored.",
 		Args: rangeArgs(0, 0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if spec == "" {
-				return usageError{errors.New("--guest is required")}
-			}
-			rel, err := qemu.Release(cmd.Context(), spec, journalOpts()...)
-			w := cmd.OutOrStdout()
-			if rel != nil {
-				if !rel.Left {
-					fmt.Fprintf(w, "nothing to release: no journal at %s\n", rel.Journal)
-					return err
-				}
-				fmt.Fprintf(w, "journal: %s (left by pid %d; the guest was %s before it changed anything)\n", rel.Journal, rel.PID, rel.Found)
-				fmt.Fprintf(w, "traps removed: %d (%d no longer set)\n", rel.Removed, rel.Absent)
-				if err == nil {
-					fmt.Fprintln(w, map[bool]string{true: "guest: resumed", false: "guest: left paused"}[rel.Resumed])
-				}
-			}
-			return err
+			return runGuestRelease(cmd.Context(), spec, cmd.OutOrStdout())
 		},
 	}
 	c.Flags().StringVar(&spec, "guest", "", guestFlagHelp)
 	return c
+}
+
+// runGuestRelease restores the live guest spec as the journal a killed
+// vmscope left says, and says what it did on w.
+func runGuestRelease(ctx context.Context, spec string, w io.Writer) error {
+	if spec == "" {
+		return usageError{errors.New("--guest is required")}
+	}
+	rel, err := qemu.Release(ctx, spec, journalOpts()...)
+	if rel != nil {
+		if !rel.Left {
+			fmt.Fprintf(w, "nothing to release: no journal at %s\n", rel.Journal)
+			return err
+		}
+		fmt.Fprintf(w, "journal: %s (left by pid %d; the guest was %s before it changed anything)\n", rel.Journal, rel.PID, rel.Found)
+		fmt.Fprintf(w, "traps removed: %d (%d no longer set)\n", rel.Removed, rel.Absent)
+		if err == nil {
+			fmt.Fprintln(w, map[bool]string{true: "guest: resumed", false: "guest: left paused"}[rel.Resumed])
+		}
+	}
+	return err
 }

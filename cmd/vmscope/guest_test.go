@@ -291,8 +291,8 @@ wait:
 	child.Process.Signal(syscall.SIGTERM)
 	err := child.Wait()
 	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != exitError {
-		t.Errorf("child exit: %v (want status %d after SIGTERM): %s", err, exitError, stderr.String())
+	if !errors.As(err, &ee) || ee.ExitCode() != exitCanceled {
+		t.Errorf("child exit: %v (want status %d after SIGTERM): %s", err, exitCanceled, stderr.String())
 	}
 	t.Logf("child stopped after %d hits: %s", hits, strings.TrimSpace(stderr.String()))
 	l.mustRun(t)

@@ -1,15 +1,16 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
 	"github.com/vmscope/vmscope/fsparse"
+	"github.com/vmscope/vmscope/internal/output"
 	"github.com/vmscope/vmscope/qcow"
 )
 
@@ -57,29 +58,35 @@ func newInfoCmd() *cobra.Command {
 		Short: "Show the image's format, backing chain, partitions, filesystems and bitmaps",
 		Args:  rangeArgs(1, 1),
 		RunE: func(c *cobra.Command, args []string) error {
-			if err := checkFormat(format, "table", "json"); err != nil {
-				return err
-			}
-			doc, err := imageInfo(c, args[0])
-			if err != nil {
-				return err
-			}
-			if format == "json" {
-				err = writeJSON(c.OutOrStdout(), doc)
-			} else {
-				err = writeInfoTable(c.OutOrStdout(), doc)
-			}
-			if err == nil && len(doc.Problems) > 0 {
-				err = problems(len(doc.Problems), doc.Problems[0])
-			}
-			return err
+			return runInfo(c.Context(), args[0], format, c.OutOrStdout())
 		},
 	}
 	c.Flags().StringVar(&format, "format", "table", "output format: table or json")
 	return c
 }
 
-func imageInfo(c *cobra.Command, path string) (*infoDoc, error) {
+// runInfo describes image on out in format (table or json).
+func runInfo(ctx context.Context, image, format string, out io.Writer) error {
+	if err := checkFormat(format, output.Table, output.JSON); err != nil {
+		return err
+	}
+	doc, err := imageInfo(ctx, image)
+	if err != nil {
+		return err
+	}
+	if format == output.JSON {
+		err = output.WriteJSON(out, doc)
+	} else {
+		err = writeInfoTable(out, doc)
+	}
+	if err == nil && len(doc.Problems) > 0 {
+		err = problems(len(doc.Problems), doc.Problems[0])
+	}
+	return err
+}
+
+// imageInfo reads what info shows of the image at path.
+func imageInfo(ctx context.Context, path string) (*infoDoc, error) {
 	im, d, err := openDisk(path)
 	if err != nil {
 		return nil, err
@@ -95,7 +102,7 @@ func imageInfo(c *cobra.Command, path string) (*infoDoc, error) {
 		Filesystems: d.Volumes,
 	}
 	for i, l := range im.Layers() {
-		alloc, err := l.Allocated(c.Context())
+		alloc, err := l.Allocated(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -112,7 +119,7 @@ func imageInfo(c *cobra.Command, path string) (*infoDoc, error) {
 		for _, b := range q.Bitmaps {
 			bi := bitmapInfo{Name: b.Name, Granularity: b.Granularity, InUse: b.InUse, Enabled: b.Enabled}
 			if !b.InUse {
-				set, err := q.BitmapDirty(c.Context(), b.Name)
+				set, err := q.BitmapDirty(ctx, b.Name)
 				if err != nil {
 					bi.Error = err.Error()
 				} else {
@@ -139,13 +146,13 @@ func imageInfo(c *cobra.Command, path string) (*infoDoc, error) {
 func size(n int64) string { return fmt.Sprintf("%s (%d bytes)", humanize.IBytes(uint64(n)), n) }
 
 func writeInfoTable(w io.Writer, doc *infoDoc) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	tw := output.NewTable(w)
 	fmt.Fprintf(tw, "image:\t%s\n", doc.Image)
 	fmt.Fprintf(tw, "format:\t%s\n", doc.Format)
 	fmt.Fprintf(tw, "virtual size:\t%s\n", size(doc.VirtualSize))
 	tw.Flush()
 	fmt.Fprintf(w, "\nbacking chain (top first):\n")
-	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	tw = output.NewTable(w)
 	fmt.Fprintf(tw, "  depth\tformat\tcluster\tallocated\tfile size\tpath\tbacking\n")
 	for _, l := range doc.Chain {
 		f := l.Format
@@ -184,7 +191,7 @@ func writeInfoTable(w io.Writer, doc *infoDoc) error {
 		fmt.Fprintf(w, " (id %s)", doc.TableID)
 	}
 	fmt.Fprintln(w)
-	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	tw = output.NewTable(w)
 	fmt.Fprintf(tw, "  id\tstart\tsize\ttype\tname\n")
 	for _, p := range doc.Partitions {
 		tn := p.Type
@@ -195,7 +202,7 @@ func writeInfoTable(w io.Writer, doc *infoDoc) error {
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\nfilesystems:\n")
-	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	tw = output.NewTable(w)
 	fmt.Fprintf(tw, "  id\ttype\tlabel\tuuid\tblock\tinodes\tfeatures\n")
 	for _, v := range doc.Filesystems {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%d\t%s\n", v.ID, v.Type, printable(v.Label), v.UUID, humanize.IBytes(uint64(v.BlockSize)), v.Inodes, strings.Join(v.Features, " "))

@@ -13,17 +13,20 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
-	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/vmscope/vmscope/internal/output"
+	"github.com/vmscope/vmscope/vmerr"
 )
 
-// Exit codes, as scanners use them.
+// Exit codes, as scanners use them (vmerr.ExitCode maps them).
 const (
-	exitOK       = 0
-	exitFindings = 1
-	exitError    = 2
+	exitOK       = vmerr.ExitClean
+	exitFindings = vmerr.ExitFindings
+	exitError    = vmerr.ExitError
+	exitCanceled = vmerr.ExitCanceled
 )
 
 // errFindings is returned by a command that ran to the end and found
@@ -32,38 +35,12 @@ var errFindings = errors.New("findings")
 
 // errPartial is returned by a command that wrote its output but met errors
 // on the way (reported already); it maps to exit code 2.
-var errPartial = errors.New("completed with errors")
+var errPartial = output.ErrPartial
 
-// problemsError is errPartial with what run prints on stderr: a one-line
-// summary of the problems the command met, in every output format (a JSON
-// report carries them in its problems array, and stderr still says so).
-type problemsError struct {
-	n     int
-	first string
-}
-
-// problems returns errPartial for n problems, first being the first one
-// (an error or a string); n == 0 gives nil.
-func problems(n int, first any) error {
-	if n == 0 {
-		return nil
-	}
-	f := strings.Join(strings.Fields(fmt.Sprint(first)), " ")
-	if len(f) > 300 {
-		f = f[:300] + "..."
-	}
-	return &problemsError{n: n, first: f}
-}
-
-func (e *problemsError) Error() string {
-	s := "s"
-	if e.n == 1 {
-		s = ""
-	}
-	return fmt.Sprintf("%d problem%s; the first: %s", e.n, s, e.first)
-}
-
-func (e *problemsError) Is(target error) bool { return target == errPartial }
+// problems returns errPartial for n problems with the one-line summary run
+// prints on stderr, first being the first one (an error or a string);
+// n == 0 gives nil.
+func problems(n int, first any) error { return output.Problems(n, first) }
 
 // usageError marks bad arguments or flags.
 type usageError struct{ error }
@@ -97,16 +74,16 @@ Live QEMU guests (GDB stub and QMP):
 	return root
 }
 
-// exitCode maps the error a command returned to the process exit status.
-func exitCode(err error) int {
-	switch {
-	case err == nil:
-		return exitOK
-	case errors.Is(err, errFindings):
-		return exitFindings
-	default:
-		return exitError
+// exitCode is the one place that maps the error a command returned to the
+// process exit status (vmerr.ExitCode): findings 1, an interrupted command
+// (SIGINT/SIGTERM cancel ctx) 130, any other error 2. A command that fails
+// after ctx was cancelled counts as interrupted, whatever its error says
+// (a live guest's stub or a read cut short need not wrap context.Canceled).
+func exitCode(ctx context.Context, err error) int {
+	if err != nil && ctx.Err() != nil {
+		err = errors.Join(err, ctx.Err())
 	}
+	return vmerr.ExitCode(err, errors.Is(err, errFindings))
 }
 
 // run executes the CLI with args and returns the exit status; main and the
@@ -117,7 +94,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
-	if pe := (*problemsError)(nil); errors.As(err, &pe) {
+	if pe := (*output.ProblemsError)(nil); errors.As(err, &pe) {
 		fmt.Fprintf(stderr, "vmscope: %v\n", pe)
 	}
 	if err != nil && !errors.Is(err, errFindings) && !errors.Is(err, errPartial) {
@@ -127,7 +104,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "Run 'vmscope --help' for usage.\n")
 		}
 	}
-	return exitCode(err)
+	return exitCode(ctx, err)
 }
 
 func main() {

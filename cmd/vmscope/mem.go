@@ -1,19 +1,19 @@
 package main
 
 import (
-	"encoding/json"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"math"
 	"os"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
+	"github.com/vmscope/vmscope/internal/output"
 	"github.com/vmscope/vmscope/vmi"
 	"github.com/vmscope/vmscope/vmi/linux"
 )
@@ -72,18 +72,18 @@ func newMemCmd() *cobra.Command {
 
 // memVerb builds a mem subcommand: it opens the snapshot or live guest,
 // discovers the kernel, runs run, and leaves the source as found.
-func memVerb(name, short string, f *memFlags, run func(c *cobra.Command, m *memSession) error) *cobra.Command {
+func memVerb(name, short string, f *memFlags, run func(ctx context.Context, m *memSession, out, errOut io.Writer) error) *cobra.Command {
 	c := &cobra.Command{
 		Use:   name + " SNAPSHOT | --guest gdb://HOST:PORT[,qmp=unix:SOCK]",
 		Short: short,
 		Args:  rangeArgs(0, 1),
 		RunE: func(c *cobra.Command, args []string) error {
-			m, err := openMem(c, args, f)
+			m, err := openMem(c.Context(), args, f)
 			if err != nil {
 				return err
 			}
 			defer m.Close()
-			return run(c, m)
+			return run(c.Context(), m, c.OutOrStdout(), c.ErrOrStderr())
 		},
 	}
 	f.add(c)
@@ -106,8 +106,8 @@ func (m *memSession) Close() error { return m.close() }
 
 // openMem opens the snapshot named by args, or the live guest of --guest,
 // and discovers its kernel.
-func openMem(c *cobra.Command, args []string, f *memFlags) (*memSession, error) {
-	if err := checkFormat(f.format, "table", "json", "ndjson"); err != nil {
+func openMem(ctx context.Context, args []string, f *memFlags) (*memSession, error) {
+	if err := checkFormat(f.format, output.Table, output.JSON, output.NDJSON); err != nil {
 		return nil, err
 	}
 	maxRead, err := humanize.ParseBytes(f.maxRead)
@@ -115,12 +115,12 @@ func openMem(c *cobra.Command, args []string, f *memFlags) (*memSession, error) 
 		return nil, usageError{fmt.Errorf("--%s %q, --%s %d: want sizes above 0", flagMaxRead, f.maxRead, flagMaxCands, f.maxCands)}
 	}
 	budget := linux.Budget{Bytes: int64(maxRead), Candidates: f.maxCands}
-	src, err := openMemory(c.Context(), memTarget{Snapshot: strings.Join(args, ""), Guest: f.guest, Pause: f.pause})
+	src, err := openMemory(ctx, memTarget{Snapshot: strings.Join(args, ""), Guest: f.guest, Pause: f.pause})
 	if err != nil {
 		return nil, err
 	}
 	m := &memSession{mem: src.mem, cpus: src.cpus, format: src.format, size: src.size, path: src.name,
-		close: func() error { return src.Close(c.Context()) }}
+		close: func() error { return src.Close(ctx) }}
 	opts := []linux.Option{linux.WithCPUs(m.cpus), linux.WithBudget(budget)}
 	for _, in := range []struct {
 		p   string
@@ -145,7 +145,7 @@ func openMem(c *cobra.Command, args []string, f *memFlags) (*memSession, error) 
 		}
 		opts = append(opts, ki.Options()...)
 	}
-	if m.k, err = linux.Discover(c.Context(), m.mem, opts...); err != nil {
+	if m.k, err = linux.Discover(ctx, m.mem, opts...); err != nil {
 		m.Close()
 		return nil, fmt.Errorf("%s: %w", m.path, budgetHint(err))
 	}
@@ -154,20 +154,17 @@ func openMem(c *cobra.Command, args []string, f *memFlags) (*memSession, error) 
 
 // writeRows writes rows as a JSON document {key: rows, problems} or as
 // NDJSON (one row a line; problems go to stderr), or calls table.
-func writeRows[T any](c *cobra.Command, format, key string, rows []T, probs []linux.Problem, table func(w io.Writer) error) error {
-	w := c.OutOrStdout()
+func writeRows[T any](w, errOut io.Writer, format, key string, rows []T, probs []linux.Problem, table func(w io.Writer) error) error {
 	var err error
 	switch format {
-	case "json":
+	case output.JSON:
 		if rows == nil {
 			rows = []T{}
 		}
 		err = writeJSON(w, map[string]any{key: rows, "problems": problemsOrEmpty(probs)})
-	case "ndjson":
-		enc := json.NewEncoder(w)
-		enc.SetEscapeHTML(false)
+	case output.NDJSON:
 		for _, r := range rows {
-			if err = enc.Encode(r); err != nil {
+			if err = output.WriteNDJSON(w, r); err != nil {
 				break
 			}
 		}
@@ -179,7 +176,7 @@ func writeRows[T any](c *cobra.Command, format, key string, rows []T, probs []li
 	}
 	if format != "json" {
 		for _, p := range probs {
-			fmt.Fprintf(c.ErrOrStderr(), "vmscope: %v\n", p)
+			fmt.Fprintf(errOut, "vmscope: %v\n", p)
 		}
 	}
 	if len(probs) > 0 {
@@ -225,7 +222,7 @@ type memCPU struct {
 
 func newMemInfoCmd() *cobra.Command {
 	var f memFlags
-	c := memVerb("info", "Snapshot format, CPUs, kernel version, KASLR slide, symbol and type sources", &f, func(c *cobra.Command, m *memSession) error {
+	c := memVerb("info", "Snapshot format, CPUs, kernel version, KASLR slide, symbol and type sources", &f, func(ctx context.Context, m *memSession, out, errOut io.Writer) error {
 		k := m.k
 		d := memInfoDoc{
 			Snapshot: m.path, Format: m.format, FileSize: m.size,
@@ -244,9 +241,9 @@ func newMemInfoCmd() *cobra.Command {
 			d.CPUs = append(d.CPUs, memCPU{ID: cpu.ID, CR3: fmt.Sprintf("%#x", cpu.CR3), RIP: fmt.Sprintf("%#x", cpu.RIP)})
 		}
 		if f.format != "table" {
-			return writeJSON(c.OutOrStdout(), d)
+			return output.WriteJSON(out, d)
 		}
-		tw := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
+		tw := output.NewTable(out)
 		fmt.Fprintf(tw, "snapshot:\t%s\n", d.Snapshot)
 		fmt.Fprintf(tw, "format:\t%s\n", d.Format)
 		fmt.Fprintf(tw, "file size:\t%d\n", d.FileSize)
@@ -271,13 +268,13 @@ func newMemInfoCmd() *cobra.Command {
 func newMemPsCmd() *cobra.Command {
 	var f memFlags
 	var threads bool
-	c := memVerb("ps", "Processes: pid, ppid, tgid, comm, uid/gid, state, start time, argv (from the process's memory)", &f, func(c *cobra.Command, m *memSession) error {
-		tasks, probs, err := m.k.Tasks(c.Context(), threads)
+	c := memVerb("ps", "Processes: pid, ppid, tgid, comm, uid/gid, state, start time, argv (from the process's memory)", &f, func(ctx context.Context, m *memSession, out, errOut io.Writer) error {
+		tasks, probs, err := m.k.Tasks(ctx, threads)
 		if err != nil {
 			return err
 		}
-		return writeRows(c, f.format, "processes", tasks, probs, func(w io.Writer) error {
-			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		return writeRows(out, errOut, f.format, "processes", tasks, probs, func(w io.Writer) error {
+			tw := output.NewTable(w)
 			fmt.Fprintln(tw, "PID\tPPID\tTGID\tUID\tGID\tS\tSTART\tCOMM\tARGS")
 			row := func(t linux.Task, tid bool) {
 				args := printable(strings.Join(t.Args, " "))
@@ -309,26 +306,26 @@ func newMemPsCmd() *cobra.Command {
 func newMemModulesCmd() *cobra.Command {
 	var f memFlags
 	var symbols bool
-	c := memVerb("modules", "Loaded kernel modules: name, base, size, state (sorted by name); --symbols: their symbols as /proc/kallsyms", &f, func(c *cobra.Command, m *memSession) error {
+	c := memVerb("modules", "Loaded kernel modules: name, base, size, state (sorted by name); --symbols: their symbols as /proc/kallsyms", &f, func(ctx context.Context, m *memSession, out, errOut io.Writer) error {
 		if symbols {
-			syms, probs, err := m.k.ModuleSymbols(c.Context())
+			syms, probs, err := m.k.ModuleSymbols(ctx)
 			if err != nil {
 				return err
 			}
-			return writeRows(c, f.format, "symbols", syms, probs, func(w io.Writer) error {
+			return writeRows(out, errOut, f.format, "symbols", syms, probs, func(w io.Writer) error {
 				for _, y := range syms {
 					fmt.Fprintf(w, "%016x %c %s\t[%s]\n", y.Addr, y.Type, printable(y.Name), printable(y.Module))
 				}
 				return nil
 			})
 		}
-		mods, probs, err := m.k.Modules(c.Context())
+		mods, probs, err := m.k.Modules(ctx)
 		if err != nil {
 			return err
 		}
 		linux.SortModules(mods)
-		return writeRows(c, f.format, "modules", mods, probs, func(w io.Writer) error {
-			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		return writeRows(out, errOut, f.format, "modules", mods, probs, func(w io.Writer) error {
+			tw := output.NewTable(w)
 			fmt.Fprintln(tw, "NAME\tBASE\tSIZE\tREFS\tSTATE")
 			for _, x := range mods {
 				fmt.Fprintf(tw, "%s\t%#x\t%d\t%d\t%s\n", printable(x.Name), x.Base, x.Size, x.Refs, x.State)
@@ -343,18 +340,18 @@ func newMemModulesCmd() *cobra.Command {
 func newMemFilesCmd() *cobra.Command {
 	var f memFlags
 	var pid int
-	c := memVerb("files", "Open file descriptors with full paths; pipes and sockets named as /proc does", &f, func(c *cobra.Command, m *memSession) error {
-		tasks, probs, err := m.k.Tasks(c.Context(), false)
+	c := memVerb("files", "Open file descriptors with full paths; pipes and sockets named as /proc does", &f, func(ctx context.Context, m *memSession, out, errOut io.Writer) error {
+		tasks, probs, err := m.k.Tasks(ctx, false)
 		if err != nil {
 			return err
 		}
-		files, fprobs, err := m.k.Files(c.Context(), tasks, pid)
+		files, fprobs, err := m.k.Files(ctx, tasks, pid)
 		if err != nil {
 			return err
 		}
 		probs = append(probs, fprobs...)
-		return writeRows(c, f.format, "files", files, probs, func(w io.Writer) error {
-			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		return writeRows(out, errOut, f.format, "files", files, probs, func(w io.Writer) error {
+			tw := output.NewTable(w)
 			fmt.Fprintln(tw, "PID\tFD\tINODE\tPATH")
 			for _, x := range files {
 				fmt.Fprintf(tw, "%d\t%d\t%d\t%s\n", x.PID, x.FD, x.Inode, printable(x.Path))
@@ -368,13 +365,13 @@ func newMemFilesCmd() *cobra.Command {
 
 func newMemMountsCmd() *cobra.Command {
 	var f memFlags
-	c := memVerb("mounts", "Mounts of the initial mount namespace, in /proc/mounts order", &f, func(c *cobra.Command, m *memSession) error {
-		mounts, probs, err := m.k.Mounts(c.Context())
+	c := memVerb("mounts", "Mounts of the initial mount namespace, in /proc/mounts order", &f, func(ctx context.Context, m *memSession, out, errOut io.Writer) error {
+		mounts, probs, err := m.k.Mounts(ctx)
 		if err != nil {
 			return err
 		}
-		return writeRows(c, f.format, "mounts", mounts, probs, func(w io.Writer) error {
-			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		return writeRows(out, errOut, f.format, "mounts", mounts, probs, func(w io.Writer) error {
+			tw := output.NewTable(w)
 			fmt.Fprintln(tw, "SOURCE\tTARGET\tTYPE\tOPTIONS")
 			for _, x := range mounts {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", printable(x.Source), printable(x.Target), printable(x.FSType), x.Options)

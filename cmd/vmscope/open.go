@@ -2,16 +2,14 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"strings"
 
 	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/fsparse"
-	"github.com/vmscope/vmscope/internal/escape"
+	"github.com/vmscope/vmscope/internal/output"
 	"github.com/vmscope/vmscope/qcow"
 	"github.com/vmscope/vmscope/vmi"
 	"github.com/vmscope/vmscope/vmi/qemu"
@@ -111,22 +109,14 @@ func (s *memSource) Close(ctx context.Context) error {
 
 // checkFormat validates a --format value against the allowed ones.
 func checkFormat(f string, allowed ...string) error {
-	for _, a := range allowed {
-		if f == a {
-			return nil
-		}
+	if err := output.Check(f, allowed...); err != nil {
+		return usageError{err}
 	}
-	return usageError{fmt.Errorf("--format %q: want one of %s", f, strings.Join(allowed, ", "))}
+	return nil
 }
 
-// printable escapes a guest name for a terminal: bytes that are not valid
-// UTF-8, and control characters, are shown as octal escapes like ls -b.
-func printable(s string) string { return escape.Octal(s) }
+// printable escapes a guest name for a terminal (output.Printable).
+func printable(s string) string { return output.Printable(s) }
 
 // writeJSON writes v as indented JSON with a final newline.
-func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.SetEscapeHTML(false)
-	return enc.Encode(v)
-}
+func writeJSON(w io.Writer, v any) error { return output.WriteJSON(w, v) }

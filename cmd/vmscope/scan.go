@@ -4,19 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
-	"sort"
-	"strings"
 	"time"
 
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
 	"github.com/vmscope/vmscope/dirty"
+	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/fsparse"
 	"github.com/vmscope/vmscope/scan"
+	"github.com/vmscope/vmscope/scan/imagescan"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -49,7 +50,9 @@ With no --rules, the embedded default ruleset is used (scan/rules/README.md).
 Exit status: 1 when anything matched; otherwise 2 when a file could not be
 read (it is listed in the output) or the scan could not run; otherwise 0.`,
 		Args: rangeArgs(1, 1),
-		RunE: func(c *cobra.Command, args []string) error { return runScan(c, args[0], &f) },
+		RunE: func(c *cobra.Command, args []string) error {
+			return runScan(c.Context(), args[0], &f, c.OutOrStdout(), c.ErrOrStderr())
+		},
 	}
 	fl := c.Flags()
 	fl.StringArrayVar(&f.rules, "rules", nil, "YARA rule file, directory of .yar/.yara files (recursive; includes resolved from the including file), or one compiled rule file from yarac (repeatable; default: the embedded rules)")
@@ -67,40 +70,17 @@ read (it is listed in the output) or the scan could not run; otherwise 0.`,
 	return c
 }
 
-func runScan(c *cobra.Command, image string, f *scanFlags) error {
-	if err := checkFormat(f.format, scan.Formats...); err != nil {
-		return err
-	}
-	if err := checkFormat(f.progress, "auto", "always", "never"); err != nil {
-		return err
-	}
-	var opts []scan.Option
-	if f.maxSize != "" {
-		n, err := humanize.ParseBytes(f.maxSize)
-		if err != nil {
-			return usageError{fmt.Errorf("--max-filesize %q: %w", f.maxSize, err)}
-		}
-		opts = append(opts, scan.WithMaxFileSize(int64(n)))
-	}
-	if f.jobs < 1 {
-		return usageError{fmt.Errorf("--jobs %d: want at least 1", f.jobs)}
-	}
-	opts = append(opts, scan.WithJobs(f.jobs), scan.WithHash(f.hash), scan.WithInclude(f.include...), scan.WithExclude(f.exclude...))
-
-	var rules *scan.Rules
-	var err error
-	if len(f.rules) == 0 {
-		rules, err = scan.DefaultRules()
-	} else {
-		rules, err = scan.LoadRulesCached(rulesCacheDir(f), f.rules...)
-	}
+// runScan scans image as f says and writes the report to out (or to
+// --output); what the user should know on the way goes to errOut.
+func runScan(ctx context.Context, image string, f *scanFlags, out, errOut io.Writer) error {
+	opts, err := f.options()
 	if err != nil {
 		return err
 	}
-	if err := rules.CacheError(); err != nil {
-		fmt.Fprintf(c.ErrOrStderr(), "vmscope: %v (rules compiled, not cached)\n", err)
+	rules, err := f.loadRules(errOut)
+	if err != nil {
+		return err
 	}
-
 	im, d, err := openDisk(image)
 	if err != nil {
 		return err
@@ -111,89 +91,40 @@ func runScan(c *cobra.Command, image string, f *scanFlags) error {
 			return err
 		}
 	}
+	report := &scan.Report{Version: version, Rules: rules, Image: reportImage(image, im, d)}
 
-	report := &scan.Report{Version: version, Rules: rules, Image: scan.ImageInfo{Path: image, Format: string(im.Format()), Size: im.Size()}}
-	for _, l := range im.Layers() {
-		report.Image.Layers = append(report.Image.Layers, scan.LayerInfo{Path: l.Name(), Format: l.Format()})
-	}
-	for _, v := range d.Volumes {
-		report.Image.Filesystems = append(report.Image.Filesystems, scan.FSInfo{Partition: v.ID, Type: v.Type, Label: v.Label, UUID: v.UUID})
-	}
-
-	progress := &scan.Progress{}
-	for _, v := range d.Volumes {
-		if v.Ext4() != nil {
-			sb := v.Ext4().Super()
-			progress.TotalFiles.Add(int64(sb.InodesCount - sb.FreeInodes))
-			progress.TotalBytes.Add(int64(sb.BlocksCount-sb.FreeBlocks) * int64(sb.BlockSize))
-		}
-	}
+	progress := imagescan.Progress(d)
 	opts = append(opts, scan.WithProgress(progress))
-	ctx, cancel := context.WithCancel(c.Context())
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if showProgress(f.progress) {
 		rctx, stop := context.WithCancel(ctx)
 		done := make(chan struct{})
-		go func() { progress.Render(rctx, c.ErrOrStderr(), 200*time.Millisecond); close(done) }()
+		go func() { progress.Render(rctx, errOut, 200*time.Millisecond); close(done) }()
 		defer func() { stop(); <-done }()
 	}
 
 	var sel *dirty.Selection
 	if f.dirty != "" {
-		if sel, err = selectDirty(ctx, c, im, d, f, rules.Digest()); err != nil {
+		if sel, err = selectDirty(ctx, errOut, im, d, f, rules.Digest()); err != nil {
 			return err
 		}
 		defer sel.Close()
 	}
-
-	files := make(chan scan.File, 256)
-	walkErrs := make(chan []scan.FileError, 1)
-	if sel != nil {
-		go func() { walkErrs <- feedSelection(ctx, sel, d, files) }()
-	} else {
-		go func() { walkErrs <- feed(ctx, d, files) }()
-	}
-	res, scanErr := scan.Scan(ctx, rules, files, opts...)
-	cancel() // stops the walk if the scan ended early
-	errs := <-walkErrs
-	if scanErr != nil {
-		return scanErr
-	}
-	for _, p := range d.Problems {
-		res.Errors = append(res.Errors, scan.FileError{Path: "/", Err: p})
-	}
-	res.Errors = append(res.Errors, errs...)
-	sort.SliceStable(res.Errors, func(i, j int) bool {
-		a, b := res.Errors[i], res.Errors[j]
-		if a.Partition != b.Partition {
-			return a.Partition < b.Partition
-		}
-		return a.Path < b.Path
-	})
-	res.Summary.Errors = len(res.Errors)
-	report.Result = res
-	if sel != nil {
-		if err := commitPoll(c, sel, res); err != nil {
-			return err
-		}
-	}
-
-	out := c.OutOrStdout()
-	if f.output != "" {
-		file, err := os.Create(f.output)
-		if err != nil {
-			return err
-		}
-		defer file.Close()
-		out = file
-	}
-	if err := report.Write(out, f.format); err != nil {
+	res, err := imagescan.Scan(ctx, d, rules, sel, opts...)
+	if err != nil {
 		return err
 	}
-	if f.output != "" {
-		if err := out.(*os.File).Close(); err != nil {
+	report.Result = res
+	if sel != nil {
+		if err := imagescan.Commit(ctx, d, sel, res); errors.Is(err, imagescan.ErrNotCommitted) {
+			fmt.Fprintf(errOut, "vmscope: %v\n", err)
+		} else if err != nil {
 			return err
 		}
+	}
+	if err := writeReport(out, f.output, report, f.format); err != nil {
+		return err
 	}
 	var perr error
 	if len(res.Errors) > 0 {
@@ -203,6 +134,73 @@ func runScan(c *cobra.Command, image string, f *scanFlags) error {
 		return errors.Join(errFindings, perr)
 	}
 	return perr
+}
+
+// options checks the flags and turns them into the scan engine's options.
+func (f *scanFlags) options() ([]scan.Option, error) {
+	if err := checkFormat(f.format, scan.Formats...); err != nil {
+		return nil, err
+	}
+	if err := checkFormat(f.progress, "auto", "always", "never"); err != nil {
+		return nil, err
+	}
+	var opts []scan.Option
+	if f.maxSize != "" {
+		n, err := humanize.ParseBytes(f.maxSize)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--max-filesize %q: %w", f.maxSize, err)}
+		}
+		opts = append(opts, scan.WithMaxFileSize(int64(n)))
+	}
+	if f.jobs < 1 {
+		return nil, usageError{fmt.Errorf("--jobs %d: want at least 1", f.jobs)}
+	}
+	return append(opts, scan.WithJobs(f.jobs), scan.WithHash(f.hash), scan.WithInclude(f.include...), scan.WithExclude(f.exclude...)), nil
+}
+
+// loadRules compiles (or loads from the cache) the --rules, or the
+// embedded default rules; a cache that could not be written is said on
+// errOut.
+func (f *scanFlags) loadRules(errOut io.Writer) (*scan.Rules, error) {
+	var rules *scan.Rules
+	var err error
+	if len(f.rules) == 0 {
+		rules, err = scan.DefaultRules()
+	} else {
+		rules, err = scan.LoadRulesCached(rulesCacheDir(f), f.rules...)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := rules.CacheError(); err != nil {
+		fmt.Fprintf(errOut, "vmscope: %v (rules compiled, not cached)\n", err)
+	}
+	return rules, nil
+}
+
+// reportImage describes the image file and its filesystems for the report.
+func reportImage(path string, im *disk.Image, d *fsparse.Disk) scan.ImageInfo {
+	info := scan.ImageInfo{Path: path, Format: string(im.Format()), Size: im.Size(), Filesystems: imagescan.Filesystems(d)}
+	for _, l := range im.Layers() {
+		info.Layers = append(info.Layers, scan.LayerInfo{Path: l.Name(), Format: l.Format()})
+	}
+	return info
+}
+
+// writeReport writes the report to out, or to the file output when given.
+func writeReport(out io.Writer, output string, report *scan.Report, format string) error {
+	if output == "" {
+		return report.Write(out, format)
+	}
+	file, err := os.Create(output)
+	if err != nil {
+		return err
+	}
+	if err := report.Write(file, format); err != nil {
+		file.Close()
+		return err
+	}
+	return file.Close()
 }
 
 // rulesCacheDir is where compiled rule sets are cached: --rules-cache, else
@@ -225,89 +223,6 @@ func rulesCacheDir(f *scanFlags) string {
 	return filepath.Join(d, "vmscope", "rules")
 }
 
-// feed walks every volume and sends its regular files to the scanner. A
-// directory or inode that cannot be read becomes an error entry and the
-// walk goes on. It closes files when done.
-func feed(ctx context.Context, d *fsparse.Disk, files chan<- scan.File) []scan.FileError {
-	defer close(files)
-	owners, errs := guestOwners(d)
-	for _, v := range d.Volumes {
-		fail := func(e fsparse.Entry, err error) {
-			errs = append(errs, scan.FileError{Partition: partitionName(d, v), FS: v.Type, Path: e.Path, Inode: e.Ino, Err: err})
-		}
-		err := v.Walk(ctx, ".", func(e fsparse.Entry, err error) error {
-			if err != nil {
-				fail(e, err)
-				return nil
-			}
-			if e.Type != "file" {
-				return nil
-			}
-			var data fsparse.File
-			if e.Ino != 0 {
-				data, err = v.OpenInode(e.Ino)
-			} else {
-				data, err = v.Open(strings.TrimPrefix(e.Path, "/"))
-			}
-			if err != nil {
-				fail(e, err)
-				return nil
-			}
-			select {
-			case files <- scan.File{Partition: partitionName(d, v), FS: v.Type, Path: e.Path, Ino: e.Ino, Size: data.Size(), Mode: e.Mode, Uid: e.Uid, Gid: e.Gid, Owner: owners[v].Owner(e.Uid), Data: data}:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-			return nil
-		})
-		if err != nil && ctx.Err() == nil {
-			fail(fsparse.Entry{Path: "/"}, err)
-		}
-	}
-	return errs
-}
-
-// guestOwners reads the user names of every filesystem that has an
-// /etc/passwd, for the owner external. A filesystem without one (a
-// separate /home or /var) takes the first one's that has (the root
-// filesystem's, whose users own its files). A passwd that cannot be read is
-// an error entry; its filesystem's owners are then uids.
-func guestOwners(d *fsparse.Disk) (map[*fsparse.Volume]scan.Owners, []scan.FileError) {
-	own := map[*fsparse.Volume]scan.Owners{}
-	var errs []scan.FileError
-	var first scan.Owners
-	for _, v := range d.Volumes {
-		f, err := v.Open("etc/passwd")
-		if err != nil {
-			continue // no passwd here (or not a regular file)
-		}
-		o, err := scan.ReadOwners(f, f.Size())
-		if err != nil {
-			errs = append(errs, scan.FileError{Partition: partitionName(d, v), FS: v.Type, Path: "/etc/passwd", Err: fmt.Errorf("owner names: %w", err)})
-			own[v] = scan.Owners{}
-			continue
-		}
-		own[v] = o
-		if first == nil {
-			first = o
-		}
-	}
-	for _, v := range d.Volumes {
-		if _, ok := own[v]; !ok {
-			own[v] = first
-		}
-	}
-	return own, errs
-}
-
-// partitionName is "p1"..., or "" for a filesystem on the whole disk.
-func partitionName(d *fsparse.Disk, v *fsparse.Volume) string {
-	if v.Partition.Index == 0 {
-		return ""
-	}
-	return v.ID
-}
-
 func showProgress(mode string) bool {
 	switch mode {
 	case "always":
@@ -317,34 +232,4 @@ func showProgress(mode string) bool {
 	}
 	fi, err := os.Stderr.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
-}
-
-// feedSelection sends the files a dirty poll found changed. A file that
-// cannot be opened becomes an error entry.
-func feedSelection(ctx context.Context, sel *dirty.Selection, d *fsparse.Disk, files chan<- scan.File) []scan.FileError {
-	defer close(files)
-	owners, errs := guestOwners(d)
-	for _, e := range sel.Errors {
-		errs = append(errs, scan.FileError{Path: "/", Err: e})
-	}
-	for _, ch := range sel.Due() {
-		v, data, err := sel.Open(ch)
-		if err != nil {
-			errs = append(errs, scan.FileError{Partition: ch.Volume, Path: ch.Path, Inode: uint64(ch.Ino), Err: err})
-			continue
-		}
-		f := scan.File{Partition: partitionName(d, v), FS: v.Type, Path: ch.Path, Ino: uint64(ch.Ino), Size: data.Size(), Data: data}
-		if v.Ext4() != nil {
-			if in, err := v.Ext4().Inode(ch.Ino); err == nil {
-				f.Mode, f.Uid, f.Gid = in.FileMode(), in.Uid, in.Gid
-			}
-		}
-		f.Owner = owners[v].Owner(f.Uid)
-		select {
-		case files <- f:
-		case <-ctx.Done():
-			return errs
-		}
-	}
-	return errs
 }

@@ -3,15 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
-
-	"github.com/spf13/cobra"
 
 	"github.com/vmscope/vmscope/dirty"
 	"github.com/vmscope/vmscope/dirty/state"
 	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/fsparse"
-	"github.com/vmscope/vmscope/scan"
 )
 
 // parseSource turns a dirty source as the flags give it (auto, cow,
@@ -74,41 +72,12 @@ func pollDirty(ctx context.Context, im *disk.Image, d *fsparse.Disk, spec, state
 }
 
 // selectDirty runs the dirty poll that --dirty asks for.
-func selectDirty(ctx context.Context, c *cobra.Command, im *disk.Image, d *fsparse.Disk, f *scanFlags, rulesDigest string) (*dirty.Selection, error) {
+func selectDirty(ctx context.Context, errOut io.Writer, im *disk.Image, d *fsparse.Disk, f *scanFlags, rulesDigest string) (*dirty.Selection, error) {
 	sel, err := pollDirty(ctx, im, d, f.dirty, f.state, rulesDigest)
 	if err != nil {
 		return nil, err
 	}
 	due := sel.Due()
-	fmt.Fprintf(c.ErrOrStderr(), "vmscope: dirty source %s: %d changed files, %d to scan\n", sel.Source, len(sel.Changes), len(due))
+	fmt.Fprintf(errOut, "vmscope: dirty source %s: %d changed files, %d to scan\n", sel.Source, len(sel.Changes), len(due))
 	return sel, nil
-}
-
-// commitPoll records the verdicts and saves the poll state, but only when
-// every due file was read: a file that failed must be due again next poll.
-// A file the scan left out by a filter gets no verdict: it stays due.
-func commitPoll(c *cobra.Command, sel *dirty.Selection, res *scan.Result) error {
-	if len(res.Errors) > 0 {
-		fmt.Fprintf(c.ErrOrStderr(), "vmscope: poll state not updated: %d errors; the next poll redoes this one\n", len(res.Errors))
-		return nil
-	}
-	matched := map[string]bool{}
-	for _, f := range res.Findings {
-		matched[f.Partition+":"+f.Path] = true
-	}
-	for _, ch := range sel.Due() {
-		if !sel.Read(ch) {
-			continue // left out (--include, --exclude, --max-filesize): still due
-		}
-		v := "clean"
-		part := ch.Volume
-		if part == "disk" {
-			part = ""
-		}
-		if matched[part+":"+ch.Path] {
-			v = "match"
-		}
-		sel.SetVerdict(ch, v)
-	}
-	return sel.CommitContext(c.Context())
 }
