@@ -207,9 +207,10 @@ func buildOptions(opts []Option) (options, selector, error) {
 // closed or ctx is cancelled. The producer should stop sending when ctx is
 // done. On cancellation Scan returns what it has, sorted, and ctx.Err().
 //
-// A file of at most the block size is one block: the scan is exactly a
-// whole-file scan. A bigger file is cut into blocks overlapping by the
-// overlap; compared with `yara FILE` the differences are:
+// A file of at most the block size is read whole and handed to libyara as
+// one buffer: the scan is exactly `yara FILE`. A bigger file is cut into
+// blocks overlapping by the overlap; compared with `yara FILE` the
+// differences are:
 //   - a string match longer than the overlap that straddles a boundary is
 //     missed (impossible for regexps and hex strings, capped at 4096 bytes
 //     by libyara, and for text strings shorter than the overlap);
@@ -217,7 +218,7 @@ func buildOptions(opts []Option) (options, selector, error) {
 //     that block (its offset is right, its length may be shorter);
 //   - the pe, elf, dotnet... modules parse the first block only;
 //   - a condition reading data (uint32(x), hash.*(...)) is served by reading
-//     the block again.
+//     the block again when it is not the block last read.
 func Scan(ctx context.Context, rules *Rules, files <-chan File, opts ...Option) (*Result, error) {
 	if rules == nil || rules.y == nil {
 		return nil, &RulesError{File: "(none)", Msg: "no rules"}
@@ -230,7 +231,7 @@ func Scan(ctx context.Context, rules *Rules, files <-chan File, opts ...Option) 
 	if o.progress != nil {
 		o.progress.start()
 	}
-	s := &scanState{rules: rules, o: o, sel: sel}
+	s := &scanState{rules: rules, o: o, sel: sel, wholeMax: o.blockSize}
 	scanners := make([]*yara.Scanner, o.jobs)
 	for i := range scanners {
 		sc, err := yara.NewScanner(rules.y)
@@ -267,6 +268,9 @@ type scanState struct {
 	o     options
 	sel   selector
 
+	// files up to wholeMax bytes are scanned as one buffer.
+	wholeMax int64
+
 	excluded atomic.Int64
 
 	mu       sync.Mutex
@@ -287,6 +291,10 @@ type worker struct {
 	head []byte
 	h    hash.Hash
 	rbuf []byte // for re-reading matched files when not hashing
+	// whole is the buffer of whole-file scans up to the block size, kept
+	// (grown up to the block size); bigger whole files get a buffer of
+	// their own, released after the file.
+	whole []byte
 }
 
 func (s *scanState) worker(ctx context.Context, sc *yara.Scanner, files <-chan File) {
@@ -341,13 +349,37 @@ func (w *worker) file(ctx context.Context, f File) {
 		fail(fmt.Errorf("bad file: size %d, data %v", f.Size, f.Data != nil))
 		return
 	}
-	head := w.head[:min(f.Size, headLen)]
-	if n, err := f.Data.ReadAt(head, 0); n < len(head) {
-		if err == nil || err == io.EOF {
-			err = io.ErrUnexpectedEOF
+	var (
+		data     []byte // the whole file, when scanned as one buffer
+		release  func()
+		head     []byte
+		complete bool // every byte was seen: the hash covers the file
+		h        hash.Hash
+	)
+	if s.o.hash {
+		h = w.h
+	}
+	whole := f.Size <= s.wholeMax
+	if whole {
+		data, release = w.buffer(f.Size)
+		defer release()
+		if err := readWhole(ctx, f, data, p); err != nil {
+			if ctx.Err() != nil {
+				return // cancelled: not reported
+			}
+			fail(err)
+			return
 		}
-		fail(fmt.Errorf("scan: read %d bytes at offset 0: %w", len(head), err))
-		return
+		head = data[:min(f.Size, headLen)]
+	} else {
+		head = w.head[:min(f.Size, headLen)]
+		if n, err := f.Data.ReadAt(head, 0); n < len(head) {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			fail(fmt.Errorf("scan: read %d bytes at offset 0: %w", len(head), err))
+			return
+		}
 	}
 	owner := f.Owner
 	if owner == "" {
@@ -366,19 +398,22 @@ func (w *worker) file(ctx context.Context, f File) {
 			return
 		}
 	}
-	var h hash.Hash
-	if s.o.hash {
-		h = w.h
-	}
-	w.it.reset(ctx, f.Data, f.Size, head, h)
 	w.col.reset(f)
-	yerr := w.sc.ScanMemBlocks(&w.it)
-	if w.it.cancelled || (ctx.Err() != nil && !w.it.complete()) {
-		return // cancelled: not reported
-	}
-	if w.it.err != nil {
-		fail(w.it.err)
-		return
+	var yerr error
+	if whole {
+		yerr = w.sc.ScanMem(data)
+		complete = true
+	} else {
+		w.it.reset(ctx, f.Data, f.Size, head, h)
+		yerr = w.sc.ScanMemBlocks(&w.it)
+		if w.it.cancelled || (ctx.Err() != nil && !w.it.complete()) {
+			return // cancelled: not reported
+		}
+		if w.it.err != nil {
+			fail(w.it.err)
+			return
+		}
+		complete = w.it.complete()
 	}
 	if yerr != nil {
 		fail(fmt.Errorf("yara: %w", yerr))
@@ -387,9 +422,14 @@ func (w *worker) file(ctx context.Context, f File) {
 	found := w.col.findings
 	if len(found) > 0 || s.o.hash {
 		var sum string
-		if h != nil && w.it.complete() {
+		switch {
+		case whole:
+			w.h.Reset()
+			w.h.Write(data)
+			sum = hex.EncodeToString(w.h.Sum(nil))
+		case h != nil && complete:
 			sum = hex.EncodeToString(h.Sum(nil))
-		} else if len(found) > 0 {
+		case len(found) > 0:
 			var err error
 			sum, err = w.rehash(ctx, f)
 			if err != nil {
@@ -413,6 +453,49 @@ func (w *worker) file(ctx context.Context, f File) {
 		s.matched++
 	}
 	s.mu.Unlock()
+}
+
+// wholeChunk is the read size of whole-file reads (between two checks of
+// the context and two progress updates).
+const wholeChunk = 4 << 20
+
+// readWhole fills data with the file's bytes.
+func readWhole(ctx context.Context, f File, data []byte, p *Progress) error {
+	for off := 0; off < len(data); {
+		if off > 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		b := data[off:min(len(data), off+wholeChunk)]
+		n, err := f.Data.ReadAt(b, int64(off))
+		if n < len(b) {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return fmt.Errorf("scan: read %d bytes at offset %d: %w", len(b)-n, off+n, err)
+		}
+		off += n
+		if p != nil {
+			p.Bytes.Add(int64(n))
+		}
+	}
+	return nil
+}
+
+// buffer returns a buffer of n bytes for a whole-file scan and the function
+// that gives it back. Up to the block size it is the worker's own buffer;
+// a bigger one is mapped for this file only, so the memory of a big file
+// is returned when the file is done.
+func (w *worker) buffer(n int64) ([]byte, func()) {
+	if n <= w.s.o.blockSize {
+		if int64(cap(w.whole)) < n {
+			w.whole = make([]byte, min(max(n, 2*int64(cap(w.whole)), 64<<10), w.s.o.blockSize))
+		}
+		return w.whole[:n], func() {}
+	}
+	b, free := bigBuffer(int(n))
+	return b, free
 }
 
 // rehash reads a matched file again to hash it (only without WithHash).
