@@ -18,6 +18,7 @@ fixtures: deps
 	bash testdata/fixtures.sh
 	bash testdata/guest/build.sh
 	bash testdata/guest-disk/build.sh
+	bash testdata/modules/build.sh
 
 demo: build
 	bash scripts/demo.sh

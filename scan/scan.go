@@ -112,7 +112,10 @@ type Result struct {
 	Findings []Finding
 	Errors   []FileError
 	Skipped  []Skipped
-	Summary  Summary
+	// ModulePrefix lists, sorted by (partition, path), the files whose
+	// structure modules saw only a prefix (see WithModuleMaxSize).
+	ModulePrefix []ModulePrefix
+	Summary      Summary
 }
 
 type options struct {
@@ -126,6 +129,7 @@ type options struct {
 	overlap    int64
 	timeout    time.Duration
 	maxStrings int
+	moduleMax  int64
 }
 
 // Option configures Scan.
@@ -169,10 +173,25 @@ func WithOverlap(n int64) Option { return func(o *options) { o.overlap = n } }
 // A file that times out is a FileError.
 func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }
 
+// WithModuleMaxSize sets the largest file handed to libyara as one block
+// when the rules import a module that parses file structure (see
+// [WholeFileModules]); default DefaultModuleMaxSize. Such a file is read
+// into a buffer of its size (one per worker, released after the file), so
+// the memory a scan may take is jobs × n. Bigger files are scanned in
+// blocks and listed in Result.ModulePrefix. 0 scans every file bigger than
+// the block size in blocks.
+func WithModuleMaxSize(n int64) Option { return func(o *options) { o.moduleMax = n } }
+
+// DefaultModuleMaxSize is the default of WithModuleMaxSize.
+const DefaultModuleMaxSize = 256 << 20
+
 // WithMaxStrings caps the string matches kept per finding (default 16).
 func WithMaxStrings(n int) Option { return func(o *options) { o.maxStrings = n } }
 
 const maxJobs = 256
+
+// maxModuleMax bounds WithModuleMaxSize (a buffer per worker).
+const maxModuleMax = 16 << 30
 
 func buildOptions(opts []Option) (options, selector, error) {
 	o := options{
@@ -180,6 +199,7 @@ func buildOptions(opts []Option) (options, selector, error) {
 		blockSize:  DefaultBlockSize,
 		overlap:    DefaultOverlap,
 		maxStrings: 16,
+		moduleMax:  DefaultModuleMaxSize,
 	}
 	for _, f := range opts {
 		f(&o)
@@ -195,6 +215,8 @@ func buildOptions(opts []Option) (options, selector, error) {
 		return o, selector{}, fmt.Errorf("%w: max file size %d < 0", ErrOption, o.maxSize)
 	case o.maxStrings < 0:
 		return o, selector{}, fmt.Errorf("%w: max strings %d < 0", ErrOption, o.maxStrings)
+	case o.moduleMax < 0 || o.moduleMax > maxModuleMax:
+		return o, selector{}, fmt.Errorf("%w: module max size %d not in [0, %d]", ErrOption, o.moduleMax, int64(maxModuleMax))
 	}
 	sel, err := newSelector(o.include, o.exclude)
 	if err != nil {
@@ -208,7 +230,9 @@ func buildOptions(opts []Option) (options, selector, error) {
 // done. On cancellation Scan returns what it has, sorted, and ctx.Err().
 //
 // A file of at most the block size is read whole and handed to libyara as
-// one buffer: the scan is exactly `yara FILE`. A bigger file is cut into
+// one buffer: the scan is exactly `yara FILE`. So is a file of at most the
+// module max size (WithModuleMaxSize) when the rules import a module that
+// parses file structure ([WholeFileModules]). A bigger file is cut into
 // blocks overlapping by the overlap; compared with `yara FILE` the
 // differences are:
 //   - a string match longer than the overlap that straddles a boundary is
@@ -216,7 +240,8 @@ func buildOptions(opts []Option) (options, selector, error) {
 //     by libyara, and for text strings shorter than the overlap);
 //   - a regexp match starting near the end of a block is cut at the end of
 //     that block (its offset is right, its length may be shorter);
-//   - the pe, elf, dotnet... modules parse the first block only;
+//   - the pe, elf, dotnet... modules parse the first block only (such
+//     files are listed in Result.ModulePrefix);
 //   - a condition reading data (uint32(x), hash.*(...)) is served by reading
 //     the block again when it is not the block last read.
 func Scan(ctx context.Context, rules *Rules, files <-chan File, opts ...Option) (*Result, error) {
@@ -231,7 +256,20 @@ func Scan(ctx context.Context, rules *Rules, files <-chan File, opts ...Option) 
 	if o.progress != nil {
 		o.progress.start()
 	}
-	s := &scanState{rules: rules, o: o, sel: sel, wholeMax: o.blockSize}
+	mods, err := importedModules(rules.y)
+	if err != nil {
+		return nil, err
+	}
+	s := &scanState{rules: rules, o: o, sel: sel}
+	for _, m := range mods {
+		if !blockSafeModules[m] {
+			s.wholeModules = append(s.wholeModules, m)
+		}
+	}
+	s.wholeMax = o.blockSize
+	if len(s.wholeModules) > 0 {
+		s.wholeMax = max(o.blockSize, o.moduleMax)
+	}
 	scanners := make([]*yara.Scanner, o.jobs)
 	for i := range scanners {
 		sc, err := yara.NewScanner(rules.y)
@@ -263,13 +301,67 @@ func Scan(ctx context.Context, rules *Rules, files <-chan File, opts ...Option) 
 	return res, nil
 }
 
+// WholeFileModules lists the YARA modules known to libyara 4.2 that read
+// only the first block of a block-wise scan, or need contiguous blocks:
+// pe, elf, dotnet, macho and dex parse the first block; magic looks at the
+// first block; math's global functions (math.count, math.percentage...)
+// are undefined over overlapping blocks. Rules importing any module not in
+// the block-safe set (hash, time, string, console) get whole files up to
+// the module max size; this list is for documentation and tests.
+var WholeFileModules = []string{"dex", "dotnet", "elf", "macho", "magic", "math", "pe"}
+
+// blockSafeModules give the same results over overlapping blocks as over
+// the whole file: hash walks the blocks by offset; the others read no data.
+var blockSafeModules = map[string]bool{"hash": true, "time": true, "string": true, "console": true}
+
+// importedModules returns the modules the compiled rules import, sorted: a
+// scan of an empty buffer runs the rules' import instructions, each of
+// which asks the callback first (CALLBACK_MSG_IMPORT_MODULE).
+func importedModules(r *yara.Rules) ([]string, error) {
+	sc, err := yara.NewScanner(r)
+	if err != nil {
+		return nil, fmt.Errorf("scan: new yara scanner: %w", err)
+	}
+	defer sc.Destroy()
+	for _, k := range externalNames {
+		if err := sc.DefineVariable(k, Externals[k]); err != nil {
+			return nil, fmt.Errorf("scan: define %s: %w", k, err)
+		}
+	}
+	var im importRecorder
+	sc.SetCallback(&im)
+	if err := sc.ScanMem(nil); err != nil {
+		return nil, fmt.Errorf("scan: listing the rules' modules: %w", err)
+	}
+	sort.Strings(im.names)
+	return im.names, nil
+}
+
+type importRecorder struct{ names []string }
+
+func (im *importRecorder) RuleMatching(*yara.ScanContext, *yara.Rule) (bool, error) {
+	return false, nil
+}
+
+func (im *importRecorder) ImportModule(_ *yara.ScanContext, name string) ([]byte, bool, error) {
+	for _, n := range im.names {
+		if n == name {
+			return nil, false, nil
+		}
+	}
+	im.names = append(im.names, name)
+	return nil, false, nil
+}
+
 type scanState struct {
 	rules *Rules
 	o     options
 	sel   selector
 
-	// files up to wholeMax bytes are scanned as one buffer.
-	wholeMax int64
+	// wholeModules are the imported modules that need whole files; files
+	// up to wholeMax bytes are scanned as one buffer.
+	wholeModules []string
+	wholeMax     int64
 
 	excluded atomic.Int64
 
@@ -277,9 +369,23 @@ type scanState struct {
 	findings []Finding
 	errs     []FileError
 	skipped  []Skipped
+	prefix   []ModulePrefix
 	files    int64
 	bytes    int64
 	matched  int
+}
+
+// ModulePrefix is a file bigger than the module max size, scanned in blocks
+// by rules importing modules that parse file structure: those modules saw
+// only its first block, so rules using them may miss (`yara FILE` parses
+// the whole file).
+type ModulePrefix struct {
+	Partition string   `json:"partition"`
+	Path      string   `json:"path"`
+	Inode     uint64   `json:"inode"`
+	Size      int64    `json:"size"`
+	Modules   []string `json:"modules"` // the imported modules concerned, sorted
+	Prefix    int64    `json:"prefix"`  // bytes they saw: the first block
 }
 
 // worker state, reused for every file.
@@ -452,6 +558,9 @@ func (w *worker) file(ctx context.Context, f File) {
 	if len(found) > 0 {
 		s.matched++
 	}
+	if !whole && len(s.wholeModules) > 0 {
+		s.prefix = append(s.prefix, ModulePrefix{f.Partition, f.Path, f.Ino, f.Size, s.wholeModules, min(f.Size, s.o.blockSize)})
+	}
 	s.mu.Unlock()
 }
 
@@ -525,7 +634,7 @@ func (w *worker) rehash(ctx context.Context, f File) (string, error) {
 func (s *scanState) result(d time.Duration) *Result {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r := &Result{Findings: s.findings, Errors: s.errs, Skipped: s.skipped}
+	r := &Result{Findings: s.findings, Errors: s.errs, Skipped: s.skipped, ModulePrefix: s.prefix}
 	SortFindings(r.Findings)
 	sort.SliceStable(r.Errors, func(i, j int) bool {
 		a, b := r.Errors[i], r.Errors[j]
@@ -539,6 +648,16 @@ func (s *scanState) result(d time.Duration) *Result {
 	})
 	sort.Slice(r.Skipped, func(i, j int) bool {
 		a, b := r.Skipped[i], r.Skipped[j]
+		if a.Partition != b.Partition {
+			return a.Partition < b.Partition
+		}
+		if a.Path != b.Path {
+			return a.Path < b.Path
+		}
+		return a.Inode < b.Inode
+	})
+	sort.Slice(r.ModulePrefix, func(i, j int) bool {
+		a, b := r.ModulePrefix[i], r.ModulePrefix[j]
 		if a.Partition != b.Partition {
 			return a.Partition < b.Partition
 		}

@@ -16,6 +16,7 @@ pkgs=(
   busybox-static      # the guest fixture's initramfs
   qemu-system-x86     # the guest fixture
   cpio
+  gcc gcc-mingw-w64-x86-64  # ELF and PE fixtures of the module-aware scan (testdata/modules)
 )
 
 missing=()
