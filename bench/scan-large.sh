@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # vmscope scan with a large public rule set (thousands of rules) against the
 # pipeline users have today, same run, same rules, same jobs:
-#   B2 = yara -r -p JOBS alone over the already extracted tree;
+#   B2 = yara -r -N -p JOBS alone over the already extracted tree (-N: no
+#        symlinks followed; vmscope scans regular files only, and an
+#        absolute symlink of the tree would lead yara into the host);
 #   B1 = the extraction (debugfs rdump of the image, after qemu-img convert
 #        -O raw for a qcow2), timed on its own, plus B2: yara over that same
 #        tree (B1's peak memory is the larger of the two). One yara run per
@@ -114,7 +116,7 @@ measure() {
 }
 ratio() { awk -v x="$1" -v y="$2" 'BEGIN {printf "%.2f", (y > 0 ? x / y : 0)}'; }
 
-YARA="yara ${D[*]} -r -p $N ${YRULES[*]}"
+YARA="yara ${D[*]} -r -N -p $N ${YRULES[*]}"
 for target in $TARGETS; do
   image_for "$target"
   X=$OUT/x-large-$target
