@@ -22,6 +22,7 @@ fixtures: deps
 	bash testdata/guest/build.sh
 	bash testdata/guest-disk/build.sh
 	bash testdata/hostile-mem/build.sh
+	bash testdata/modules/build.sh
 
 demo: build
 	bash scripts/demo.sh

@@ -53,12 +53,21 @@ type blockIter struct {
 
 	err       error // first read error; stops the iteration
 	cancelled bool
+
+	// The block last written into go-yara's buffer: a condition reading
+	// data (uint16(0) == 0x5a4d, evaluated by thousands of rules of a
+	// public rule set) makes libyara fetch the block again for every read;
+	// while the buffer still holds it, it is not read again.
+	filledPtr  *byte
+	filledBase int64
+	filledLen  int64
 }
 
 func (it *blockIter) reset(ctx context.Context, r io.ReaderAt, size int64, head []byte, h hash.Hash) {
 	it.ctx, it.r, it.size, it.head, it.h = ctx, r, size, head, h
 	it.idx, it.hashedTo, it.read = 0, 0, 0
 	it.err, it.cancelled = nil, false
+	it.filledPtr, it.filledBase, it.filledLen = nil, -1, 0
 	if h != nil {
 		h.Reset()
 	}
@@ -107,6 +116,13 @@ func (it *blockIter) fetch(buf []byte) {
 	base := int64(it.block.Base)
 	n := int64(it.block.Size)
 	buf = buf[:n]
+	if n == 0 {
+		return
+	}
+	if &buf[0] == it.filledPtr && base == it.filledBase && n == it.filledLen {
+		return // go-yara's buffer (reused within one scan) holds it already
+	}
+	it.filledPtr = nil
 	off := int64(0)
 	if base < int64(len(it.head)) { // block 0: reuse the sniffed head
 		off = int64(copy(buf, it.head[base:]))
@@ -124,6 +140,7 @@ func (it *blockIter) fetch(buf []byte) {
 			return
 		}
 	}
+	it.filledPtr, it.filledBase, it.filledLen = &buf[0], base, n
 	end := base + n
 	if base <= it.hashedTo && end > it.hashedTo { // sequential first pass
 		if it.h != nil {

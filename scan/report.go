@@ -164,7 +164,9 @@ type jsonDoc struct {
 	Findings    []jsonFinding   `json:"findings"`
 	Errors      []jsonFileError `json:"errors"`
 	Skipped     []jsonSkipped   `json:"skipped"`
-	Summary     jsonSummary     `json:"summary"`
+	// ModulePrefix is omitted when empty (most scans).
+	ModulePrefix []ModulePrefix `json:"module_prefix,omitempty"`
+	Summary      jsonSummary    `json:"summary"`
 }
 
 func (r *Report) rulesInfo() jsonRules {
@@ -229,16 +231,17 @@ func (r *Report) WriteJSON(w io.Writer) error {
 		fs = append(fs, findingJSON(f))
 	}
 	doc := jsonDoc{
-		Schema:      SchemaVersion,
-		Version:     r.Version,
-		Image:       jsonImage{r.Image.Path, r.Image.Format, r.Image.Size},
-		Chain:       nonNil(r.Image.Layers),
-		Filesystems: nonNil(r.Image.Filesystems),
-		Rules:       r.rulesInfo(),
-		Findings:    fs,
-		Errors:      errorsJSON(res.Errors),
-		Skipped:     skippedJSON(res.Skipped),
-		Summary:     summaryJSON(res.Summary),
+		Schema:       SchemaVersion,
+		Version:      r.Version,
+		Image:        jsonImage{r.Image.Path, r.Image.Format, r.Image.Size},
+		Chain:        nonNil(r.Image.Layers),
+		Filesystems:  nonNil(r.Image.Filesystems),
+		Rules:        r.rulesInfo(),
+		Findings:     fs,
+		Errors:       errorsJSON(res.Errors),
+		Skipped:      skippedJSON(res.Skipped),
+		ModulePrefix: res.ModulePrefix,
+		Summary:      summaryJSON(res.Summary),
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -263,6 +266,12 @@ type ndSkipped struct {
 	Type  string `json:"type"`
 	Image string `json:"image"`
 	jsonSkipped
+}
+
+type ndModulePrefix struct {
+	Type  string `json:"type"`
+	Image string `json:"image"`
+	ModulePrefix
 }
 
 type ndSummary struct {
@@ -294,6 +303,11 @@ func (r *Report) WriteNDJSON(w io.Writer) error {
 	}
 	for _, s := range res.Skipped {
 		if err := enc.Encode(ndSkipped{"skipped", img, jsonSkipped{s, pathRaw(s.Path)}}); err != nil {
+			return err
+		}
+	}
+	for _, m := range res.ModulePrefix {
+		if err := enc.Encode(ndModulePrefix{"module_prefix", img, m}); err != nil {
 			return err
 		}
 	}
@@ -390,6 +404,14 @@ func (r *Report) WriteTable(w io.Writer) error {
 		fmt.Fprintln(bw, "skipped:")
 		for _, s := range res.Skipped {
 			fmt.Fprintf(bw, "  %s (%s): %s\n", location(s.Partition, s.Path), humanize.IBytes(uint64(max(s.Size, 0))), s.Reason)
+		}
+		fmt.Fprintln(bw)
+	}
+	if len(res.ModulePrefix) > 0 {
+		fmt.Fprintln(bw, "module rules saw only a prefix (bigger than --module-max-size):")
+		for _, m := range res.ModulePrefix {
+			fmt.Fprintf(bw, "  %s (%s): %s parsed the first %s\n", location(m.Partition, m.Path), humanize.IBytes(uint64(max(m.Size, 0))),
+				strings.Join(m.Modules, ", "), humanize.IBytes(uint64(max(m.Prefix, 0))))
 		}
 		fmt.Fprintln(bw)
 	}
@@ -583,6 +605,13 @@ func (r *Report) WriteSARIF(w io.Writer) error {
 			Level:     "error",
 			Message:   sarifText{errorJSON(e).Error},
 			Locations: []sarifLocation{{sarifPhysical{ArtifactLocation: sarifArtifact{sarifURI(e.Partition, e.Path)}}}},
+		})
+	}
+	for _, m := range res.ModulePrefix {
+		inv.Notifications = append(inv.Notifications, sarifNotification{
+			Level:     "warning",
+			Message:   sarifText{fmt.Sprintf("module rules saw only a prefix: %s parsed the first %d of %d bytes", strings.Join(m.Modules, ", "), m.Prefix, m.Size)},
+			Locations: []sarifLocation{{sarifPhysical{ArtifactLocation: sarifArtifact{sarifURI(m.Partition, m.Path)}}}},
 		})
 	}
 	log := sarifLog{

@@ -112,7 +112,10 @@ type Result struct {
 	Findings []Finding
 	Errors   []FileError
 	Skipped  []Skipped
-	Summary  Summary
+	// ModulePrefix lists, sorted by (partition, path), the files whose
+	// structure modules saw only a prefix (see WithModuleMaxSize).
+	ModulePrefix []ModulePrefix
+	Summary      Summary
 }
 
 type options struct {
@@ -126,6 +129,7 @@ type options struct {
 	overlap    int64
 	timeout    time.Duration
 	maxStrings int
+	moduleMax  int64
 }
 
 // Option configures Scan.
@@ -169,10 +173,25 @@ func WithOverlap(n int64) Option { return func(o *options) { o.overlap = n } }
 // A file that times out is a FileError.
 func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }
 
+// WithModuleMaxSize sets the largest file handed to libyara as one block
+// when the rules import a module that parses file structure (see
+// [WholeFileModules]); default DefaultModuleMaxSize. Such a file is read
+// into a buffer of its size (one per worker, released after the file), so
+// the memory a scan may take is jobs × n. Bigger files are scanned in
+// blocks and listed in Result.ModulePrefix. 0 scans every file bigger than
+// the block size in blocks.
+func WithModuleMaxSize(n int64) Option { return func(o *options) { o.moduleMax = n } }
+
+// DefaultModuleMaxSize is the default of WithModuleMaxSize.
+const DefaultModuleMaxSize = 256 << 20
+
 // WithMaxStrings caps the string matches kept per finding (default 16).
 func WithMaxStrings(n int) Option { return func(o *options) { o.maxStrings = n } }
 
 const maxJobs = 256
+
+// maxModuleMax bounds WithModuleMaxSize (a buffer per worker).
+const maxModuleMax = 16 << 30
 
 func buildOptions(opts []Option) (options, selector, error) {
 	o := options{
@@ -180,6 +199,7 @@ func buildOptions(opts []Option) (options, selector, error) {
 		blockSize:  DefaultBlockSize,
 		overlap:    DefaultOverlap,
 		maxStrings: 16,
+		moduleMax:  DefaultModuleMaxSize,
 	}
 	for _, f := range opts {
 		f(&o)
@@ -195,6 +215,8 @@ func buildOptions(opts []Option) (options, selector, error) {
 		return o, selector{}, fmt.Errorf("%w: max file size %d < 0", ErrOption, o.maxSize)
 	case o.maxStrings < 0:
 		return o, selector{}, fmt.Errorf("%w: max strings %d < 0", ErrOption, o.maxStrings)
+	case o.moduleMax < 0 || o.moduleMax > maxModuleMax:
+		return o, selector{}, fmt.Errorf("%w: module max size %d not in [0, %d]", ErrOption, o.moduleMax, int64(maxModuleMax))
 	}
 	sel, err := newSelector(o.include, o.exclude)
 	if err != nil {
@@ -207,17 +229,21 @@ func buildOptions(opts []Option) (options, selector, error) {
 // closed or ctx is cancelled. The producer should stop sending when ctx is
 // done. On cancellation Scan returns what it has, sorted, and ctx.Err().
 //
-// A file of at most the block size is one block: the scan is exactly a
-// whole-file scan. A bigger file is cut into blocks overlapping by the
-// overlap; compared with `yara FILE` the differences are:
+// A file of at most the block size is read whole and handed to libyara as
+// one buffer: the scan is exactly `yara FILE`. So is a file of at most the
+// module max size (WithModuleMaxSize) when the rules import a module that
+// parses file structure ([WholeFileModules]). A bigger file is cut into
+// blocks overlapping by the overlap; compared with `yara FILE` the
+// differences are:
 //   - a string match longer than the overlap that straddles a boundary is
 //     missed (impossible for regexps and hex strings, capped at 4096 bytes
 //     by libyara, and for text strings shorter than the overlap);
 //   - a regexp match starting near the end of a block is cut at the end of
 //     that block (its offset is right, its length may be shorter);
-//   - the pe, elf, dotnet... modules parse the first block only;
+//   - the pe, elf, dotnet... modules parse the first block only (such
+//     files are listed in Result.ModulePrefix);
 //   - a condition reading data (uint32(x), hash.*(...)) is served by reading
-//     the block again.
+//     the block again when it is not the block last read.
 func Scan(ctx context.Context, rules *Rules, files <-chan File, opts ...Option) (*Result, error) {
 	if rules == nil || rules.y == nil {
 		return nil, &RulesError{File: "(none)", Msg: "no rules"}
@@ -230,7 +256,20 @@ func Scan(ctx context.Context, rules *Rules, files <-chan File, opts ...Option) 
 	if o.progress != nil {
 		o.progress.start()
 	}
+	mods, err := importedModules(rules.y)
+	if err != nil {
+		return nil, err
+	}
 	s := &scanState{rules: rules, o: o, sel: sel}
+	for _, m := range mods {
+		if !blockSafeModules[m] {
+			s.wholeModules = append(s.wholeModules, m)
+		}
+	}
+	s.wholeMax = o.blockSize
+	if len(s.wholeModules) > 0 {
+		s.wholeMax = max(o.blockSize, o.moduleMax)
+	}
 	scanners := make([]*yara.Scanner, o.jobs)
 	for i := range scanners {
 		sc, err := yara.NewScanner(rules.y)
@@ -262,10 +301,67 @@ func Scan(ctx context.Context, rules *Rules, files <-chan File, opts ...Option) 
 	return res, nil
 }
 
+// WholeFileModules lists the YARA modules known to libyara 4.2 that read
+// only the first block of a block-wise scan, or need contiguous blocks:
+// pe, elf, dotnet, macho and dex parse the first block; magic looks at the
+// first block; math's global functions (math.count, math.percentage...)
+// are undefined over overlapping blocks. Rules importing any module not in
+// the block-safe set (hash, time, string, console) get whole files up to
+// the module max size; this list is for documentation and tests.
+var WholeFileModules = []string{"dex", "dotnet", "elf", "macho", "magic", "math", "pe"}
+
+// blockSafeModules give the same results over overlapping blocks as over
+// the whole file: hash walks the blocks by offset; the others read no data.
+var blockSafeModules = map[string]bool{"hash": true, "time": true, "string": true, "console": true}
+
+// importedModules returns the modules the compiled rules import, sorted: a
+// scan of an empty buffer runs the rules' import instructions, each of
+// which asks the callback first (CALLBACK_MSG_IMPORT_MODULE).
+func importedModules(r *yara.Rules) ([]string, error) {
+	sc, err := yara.NewScanner(r)
+	if err != nil {
+		return nil, fmt.Errorf("scan: new yara scanner: %w", err)
+	}
+	defer sc.Destroy()
+	for _, k := range externalNames {
+		if err := sc.DefineVariable(k, Externals[k]); err != nil {
+			return nil, fmt.Errorf("scan: define %s: %w", k, err)
+		}
+	}
+	var im importRecorder
+	sc.SetCallback(&im)
+	if err := sc.ScanMem(nil); err != nil {
+		return nil, fmt.Errorf("scan: listing the rules' modules: %w", err)
+	}
+	sort.Strings(im.names)
+	return im.names, nil
+}
+
+type importRecorder struct{ names []string }
+
+func (im *importRecorder) RuleMatching(*yara.ScanContext, *yara.Rule) (bool, error) {
+	return false, nil
+}
+
+func (im *importRecorder) ImportModule(_ *yara.ScanContext, name string) ([]byte, bool, error) {
+	for _, n := range im.names {
+		if n == name {
+			return nil, false, nil
+		}
+	}
+	im.names = append(im.names, name)
+	return nil, false, nil
+}
+
 type scanState struct {
 	rules *Rules
 	o     options
 	sel   selector
+
+	// wholeModules are the imported modules that need whole files; files
+	// up to wholeMax bytes are scanned as one buffer.
+	wholeModules []string
+	wholeMax     int64
 
 	excluded atomic.Int64
 
@@ -273,9 +369,23 @@ type scanState struct {
 	findings []Finding
 	errs     []FileError
 	skipped  []Skipped
+	prefix   []ModulePrefix
 	files    int64
 	bytes    int64
 	matched  int
+}
+
+// ModulePrefix is a file bigger than the module max size, scanned in blocks
+// by rules importing modules that parse file structure: those modules saw
+// only its first block, so rules using them may miss (`yara FILE` parses
+// the whole file).
+type ModulePrefix struct {
+	Partition string   `json:"partition"`
+	Path      string   `json:"path"`
+	Inode     uint64   `json:"inode"`
+	Size      int64    `json:"size"`
+	Modules   []string `json:"modules"` // the imported modules concerned, sorted
+	Prefix    int64    `json:"prefix"`  // bytes they saw: the first block
 }
 
 // worker state, reused for every file.
@@ -287,6 +397,10 @@ type worker struct {
 	head []byte
 	h    hash.Hash
 	rbuf []byte // for re-reading matched files when not hashing
+	// whole is the buffer of whole-file scans up to the block size, kept
+	// (grown up to the block size); bigger whole files get a buffer of
+	// their own, released after the file.
+	whole []byte
 }
 
 func (s *scanState) worker(ctx context.Context, sc *yara.Scanner, files <-chan File) {
@@ -341,13 +455,37 @@ func (w *worker) file(ctx context.Context, f File) {
 		fail(fmt.Errorf("bad file: size %d, data %v", f.Size, f.Data != nil))
 		return
 	}
-	head := w.head[:min(f.Size, headLen)]
-	if n, err := f.Data.ReadAt(head, 0); n < len(head) {
-		if err == nil || err == io.EOF {
-			err = io.ErrUnexpectedEOF
+	var (
+		data     []byte // the whole file, when scanned as one buffer
+		release  func()
+		head     []byte
+		complete bool // every byte was seen: the hash covers the file
+		h        hash.Hash
+	)
+	if s.o.hash {
+		h = w.h
+	}
+	whole := f.Size <= s.wholeMax
+	if whole {
+		data, release = w.buffer(f.Size)
+		defer release()
+		if err := readWhole(ctx, f, data, p); err != nil {
+			if ctx.Err() != nil {
+				return // cancelled: not reported
+			}
+			fail(err)
+			return
 		}
-		fail(fmt.Errorf("scan: read %d bytes at offset 0: %w", len(head), err))
-		return
+		head = data[:min(f.Size, headLen)]
+	} else {
+		head = w.head[:min(f.Size, headLen)]
+		if n, err := f.Data.ReadAt(head, 0); n < len(head) {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			fail(fmt.Errorf("scan: read %d bytes at offset 0: %w", len(head), err))
+			return
+		}
 	}
 	owner := f.Owner
 	if owner == "" {
@@ -369,19 +507,22 @@ func (w *worker) file(ctx context.Context, f File) {
 			return
 		}
 	}
-	var h hash.Hash
-	if s.o.hash {
-		h = w.h
-	}
-	w.it.reset(ctx, f.Data, f.Size, head, h)
 	w.col.reset(f)
-	yerr := w.sc.ScanMemBlocks(&w.it)
-	if w.it.cancelled || (ctx.Err() != nil && !w.it.complete()) {
-		return // cancelled: not reported
-	}
-	if w.it.err != nil {
-		fail(w.it.err)
-		return
+	var yerr error
+	if whole {
+		yerr = w.sc.ScanMem(data)
+		complete = true
+	} else {
+		w.it.reset(ctx, f.Data, f.Size, head, h)
+		yerr = w.sc.ScanMemBlocks(&w.it)
+		if w.it.cancelled || (ctx.Err() != nil && !w.it.complete()) {
+			return // cancelled: not reported
+		}
+		if w.it.err != nil {
+			fail(w.it.err)
+			return
+		}
+		complete = w.it.complete()
 	}
 	if yerr != nil {
 		fail(fmt.Errorf("yara: %w", yerr))
@@ -390,9 +531,14 @@ func (w *worker) file(ctx context.Context, f File) {
 	found := w.col.findings
 	if len(found) > 0 || s.o.hash {
 		var sum string
-		if h != nil && w.it.complete() {
+		switch {
+		case whole:
+			w.h.Reset()
+			w.h.Write(data)
+			sum = hex.EncodeToString(w.h.Sum(nil))
+		case h != nil && complete:
 			sum = hex.EncodeToString(h.Sum(nil))
-		} else if len(found) > 0 {
+		case len(found) > 0:
 			var err error
 			sum, err = w.rehash(ctx, f)
 			if err != nil {
@@ -415,7 +561,53 @@ func (w *worker) file(ctx context.Context, f File) {
 	if len(found) > 0 {
 		s.matched++
 	}
+	if !whole && len(s.wholeModules) > 0 {
+		s.prefix = append(s.prefix, ModulePrefix{f.Partition, f.Path, f.Ino, f.Size, s.wholeModules, min(f.Size, s.o.blockSize)})
+	}
 	s.mu.Unlock()
+}
+
+// wholeChunk is the read size of whole-file reads (between two checks of
+// the context and two progress updates).
+const wholeChunk = 4 << 20
+
+// readWhole fills data with the file's bytes.
+func readWhole(ctx context.Context, f File, data []byte, p *Progress) error {
+	for off := 0; off < len(data); {
+		if off > 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		b := data[off:min(len(data), off+wholeChunk)]
+		n, err := f.Data.ReadAt(b, int64(off))
+		if n < len(b) {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return fmt.Errorf("scan: read %d bytes at offset %d: %w", len(b)-n, off+n, err)
+		}
+		off += n
+		if p != nil {
+			p.Bytes.Add(int64(n))
+		}
+	}
+	return nil
+}
+
+// buffer returns a buffer of n bytes for a whole-file scan and the function
+// that gives it back. Up to the block size it is the worker's own buffer;
+// a bigger one is mapped for this file only, so the memory of a big file
+// is returned when the file is done.
+func (w *worker) buffer(n int64) ([]byte, func()) {
+	if n <= w.s.o.blockSize {
+		if int64(cap(w.whole)) < n {
+			w.whole = make([]byte, min(max(n, 2*int64(cap(w.whole)), 64<<10), w.s.o.blockSize))
+		}
+		return w.whole[:n], func() {}
+	}
+	b, free := bigBuffer(int(n))
+	return b, free
 }
 
 // rehash reads a matched file again to hash it (only without WithHash).
@@ -445,7 +637,7 @@ func (w *worker) rehash(ctx context.Context, f File) (string, error) {
 func (s *scanState) result(d time.Duration) *Result {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r := &Result{Findings: s.findings, Errors: s.errs, Skipped: s.skipped}
+	r := &Result{Findings: s.findings, Errors: s.errs, Skipped: s.skipped, ModulePrefix: s.prefix}
 	SortFindings(r.Findings)
 	sort.SliceStable(r.Errors, func(i, j int) bool {
 		a, b := r.Errors[i], r.Errors[j]
@@ -459,6 +651,16 @@ func (s *scanState) result(d time.Duration) *Result {
 	})
 	sort.Slice(r.Skipped, func(i, j int) bool {
 		a, b := r.Skipped[i], r.Skipped[j]
+		if a.Partition != b.Partition {
+			return a.Partition < b.Partition
+		}
+		if a.Path != b.Path {
+			return a.Path < b.Path
+		}
+		return a.Inode < b.Inode
+	})
+	sort.Slice(r.ModulePrefix, func(i, j int) bool {
+		a, b := r.ModulePrefix[i], r.ModulePrefix[j]
 		if a.Partition != b.Partition {
 			return a.Partition < b.Partition
 		}

@@ -29,6 +29,7 @@ type scanFlags struct {
 	output   string
 	jobs     int
 	maxSize  string
+	modMax   string
 	include  []string
 	exclude  []string
 	hash     bool
@@ -61,6 +62,7 @@ read (it is listed in the output) or the scan could not run; otherwise 0.`,
 	fl.StringVarP(&f.output, "output", "o", "", "write the report to this file instead of stdout")
 	fl.IntVar(&f.jobs, "jobs", runtime.NumCPU(), "files scanned in parallel")
 	fl.StringVar(&f.maxSize, "max-filesize", "", "skip (and report) files larger than this, e.g. 512MiB (default: no limit)")
+	fl.StringVar(&f.modMax, "module-max-size", "256MiB", "when the rules import pe, elf, dotnet, macho, dex, magic or math, scan files up to this size whole (one buffer per job); bigger ones are scanned in blocks and listed as module_prefix")
 	fl.StringArrayVar(&f.include, "include", nil, "scan only guest paths matching this glob (repeatable; ** spans directories; a pattern without / matches the base name)")
 	fl.StringArrayVar(&f.exclude, "exclude", nil, "leave out guest paths matching this glob (repeatable; wins over --include)")
 	fl.BoolVar(&f.hash, "hash", false, "compute the sha256 of every scanned file (matched files always get one)")
@@ -152,6 +154,14 @@ func (f *scanFlags) options() ([]scan.Option, error) {
 		}
 		opts = append(opts, scan.WithMaxFileSize(int64(n)))
 	}
+	n, err := humanize.ParseBytes(f.modMax)
+	if err == nil && n > 1<<34 {
+		err = fmt.Errorf("more than 16GiB")
+	}
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--module-max-size %q: %w", f.modMax, err)}
+	}
+	opts = append(opts, scan.WithModuleMaxSize(int64(n)))
 	if f.jobs < 1 {
 		return nil, usageError{fmt.Errorf("--jobs %d: want at least 1", f.jobs)}
 	}
