@@ -19,13 +19,7 @@ import (
 
 func sh(t *testing.T, dir, tool string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(fixture.Tool(t, tool), args...)
-	cmd.Dir = dir
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %v: %v\n%s", tool, args, err, out)
-	}
-	return string(out)
+	return fixture.Run(t, dir, tool, args...)
 }
 
 // workload builds base.img with mkfs.ext4 -d and changed.img with debugfs

@@ -21,13 +21,7 @@ import (
 
 func run1(t *testing.T, dir, tool string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(fixture.Tool(t, tool), args...)
-	cmd.Dir = dir
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %v: %v\n%s", tool, args, err, out)
-	}
-	return string(out)
+	return fixture.Run(t, dir, tool, args...)
 }
 
 // guestWrites builds base.img (mkfs.ext4 -d, no partition table) and
