@@ -83,7 +83,7 @@ rule a { condition: pe.number_of_sections > 0 or math.entropy(0, filesize) > 7 o
 		{`import "elf" rule a { condition: elf.type == elf.ET_EXEC }`, "[elf]"},
 	} {
 		r := mustRules(t, tc.src)
-		got, err := importedModules(r.y)
+		got, err := importedModules(r)
 		if err != nil || fmt.Sprint(got) != tc.want {
 			t.Errorf("%q: modules %v, %v; want %s", tc.src, got, err, tc.want)
 		}

@@ -256,7 +256,7 @@ func Scan(ctx context.Context, rules *Rules, files <-chan File, opts ...Option) 
 	if o.progress != nil {
 		o.progress.start()
 	}
-	mods, err := importedModules(rules.y)
+	mods, err := importedModules(rules)
 	if err != nil {
 		return nil, err
 	}
@@ -316,14 +316,18 @@ var blockSafeModules = map[string]bool{"hash": true, "time": true, "string": tru
 
 // importedModules returns the modules the compiled rules import, sorted: a
 // scan of an empty buffer runs the rules' import instructions, each of
-// which asks the callback first (CALLBACK_MSG_IMPORT_MODULE).
-func importedModules(r *yara.Rules) ([]string, error) {
-	sc, err := yara.NewScanner(r)
+// which asks the callback first (CALLBACK_MSG_IMPORT_MODULE). Only the
+// externals the rules define are set (a yarac file may define none).
+func importedModules(rules *Rules) ([]string, error) {
+	sc, err := yara.NewScanner(rules.y)
 	if err != nil {
 		return nil, fmt.Errorf("scan: new yara scanner: %w", err)
 	}
 	defer sc.Destroy()
 	for _, k := range externalNames {
+		if !rules.HasExternal(k) {
+			continue
+		}
 		if err := sc.DefineVariable(k, Externals[k]); err != nil {
 			return nil, fmt.Errorf("scan: define %s: %w", k, err)
 		}
