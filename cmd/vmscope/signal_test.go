@@ -21,7 +21,7 @@ import (
 // reports an interrupted command, not 2 (an error) or 0 (a clean scan).
 func TestSIGINTExits130(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds the binary and scans a 480 MiB image")
+		fixture.Missing(t, "-short: builds the binary and scans a 480 MiB image")
 	}
 	img := fixture.Path(t, "gpt.img")
 	bin := filepath.Join(t.TempDir(), "vmscope")

@@ -32,7 +32,7 @@ func TestVersion(t *testing.T) {
 
 	head, err := exec.Command("git", "-C", fixture.Root(), "rev-parse", "HEAD").Output()
 	if err != nil {
-		t.Skipf("not a git checkout: %v", err)
+		fixture.Missing(t, "not a git checkout: %v", err)
 	}
 	bin := filepath.Join(t.TempDir(), "vmscope")
 	build := exec.Command("go", "build", "-ldflags", "-X main.commit="+strings.TrimSpace(string(head)), "-o", bin, ".")

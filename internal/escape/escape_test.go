@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/vmscope/vmscope/internal/fixture"
 )
 
 func TestOctal(t *testing.T) {
@@ -31,10 +33,7 @@ func TestOctal(t *testing.T) {
 // (no valid non-ASCII UTF-8, whose treatment depends on the locale),
 // Octal agrees with GNU ls -b byte for byte.
 func TestOctalLikeLs(t *testing.T) {
-	ls, err := exec.LookPath("ls")
-	if err != nil {
-		t.Skip("no ls")
-	}
+	ls := fixture.Tool(t, "ls")
 	dir := t.TempDir()
 	names := []string{"\xe9t\xe9.com", "\xe9t\xe8.com", "tab\there", "del\x7f", "back\\slash", "plain.txt", "\x01\x02x"}
 	for _, n := range names {
