@@ -42,13 +42,8 @@ func chainFiles(im *disk.Image) []string {
 }
 
 // guestFiles lists the files QEMU has open as block nodes (each disk, each
-// layer of its backing chain), asked through QMP.
-func guestFiles(ctx context.Context, qmpPath string) ([]string, error) {
-	q, err := qemu.DialQMP(ctx, qmpPath)
-	if err != nil {
-		return nil, err
-	}
-	defer q.Close()
+// layer of its backing chain), asked through the guest's monitor.
+func guestFiles(ctx context.Context, q qemu.Monitor) ([]string, error) {
 	r, err := q.Execute(ctx, "query-named-block-nodes", nil)
 	if err != nil {
 		return nil, fmt.Errorf("listing the guest's disk files: %w", err)

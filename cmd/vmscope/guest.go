@@ -22,9 +22,11 @@ import (
 func newGuestCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "guest",
-		Short: "Attach to a running QEMU guest (GDB stub + QMP)",
-		Long: "guest commands attach to a running QEMU guest through its GDB stub (-gdb tcp:HOST:PORT) and its QMP socket " +
-			"(-qmp unix:PATH,server=on,wait=off; QEMU serves one client per QMP socket, so give vmscope its own). " +
+		Short: "Attach to a running QEMU guest (its process, QMP, GDB stub)",
+		Long: "guest commands attach to a running QEMU guest: " + guestSpecHelp + ". With qemu: the memory is read from the QEMU " +
+			"process (process_vm_readv; root, or QEMU's user with CAP_SYS_PTRACE under Yama) and the guest never stops; the GDB " +
+			"stub (-gdb tcp:HOST:PORT) is attached only for traps and single-step. The QMP socket " +
+			"(-qmp unix:PATH,server=on,wait=off; QEMU serves one client per QMP socket, so give vmscope its own) gives the layout. " +
 			"The guest is left as found: breakpoints removed, detached, running if it ran, also on errors, SIGINT and SIGTERM. " +
 			"Before its first change vmscope writes a journal (--journal; by default $XDG_RUNTIME_DIR/vmscope or /run/vmscope, " +
 			"one per GDB address); after a SIGKILL, `guest release` undoes what it names.",
@@ -45,13 +47,13 @@ func journalOpts() []qemu.Option {
 	return []qemu.Option{qemu.WithJournal(guestJournal)}
 }
 
-const guestFlagHelp = "the guest: gdb://HOST:PORT[,qmp=unix:PATH]"
+const guestFlagHelp = "the guest: " + guestSpecHelp
 
 func newGuestInfoCmd() *cobra.Command {
 	var spec string
 	c := &cobra.Command{
-		Use:   "info --guest gdb://HOST:PORT[,qmp=unix:PATH]",
-		Short: "vCPUs, their mode and CR3, and the run state of a live guest",
+		Use:   "info --guest SPEC",
+		Short: "vCPUs, their mode and CR3, the run state, the memory path and its read speed of a live guest",
 		Args:  rangeArgs(0, 0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runGuestInfo(cmd.Context(), spec, cmd.OutOrStdout())
@@ -79,15 +81,34 @@ func runGuestInfo(ctx context.Context, spec string, w io.Writer) (err error) {
 	if running, known := g.FoundRunning(); known {
 		state = map[bool]string{true: "running", false: "paused"}[running]
 	}
-	// registers of a consistent stop of all vCPUs
+	// registers of a consistent stop of all vCPUs (through the stub), or
+	// from HMP (the process path: the guest is not stopped)
 	cpus := src.cpus
-	fmt.Fprintf(w, "guest: %s\nstate: %s\nvcpus: %d\n", g.Spec(), state, len(cpus))
+	fmt.Fprintf(w, "guest: %s\nstate: %s\nvcpus: %d\n", g.Name(), state, len(cpus))
 	if r := g.Ranges(); r != nil {
 		var total uint64
 		for _, x := range r {
 			total += x.Size
 		}
 		fmt.Fprintf(w, "memory: %d ranges, %d MiB\n", len(r), total>>20)
+	}
+	if pm := g.Process(); pm != nil {
+		fmt.Fprintf(w, "memory path: process (pid %d, %s; layout verified on %d pages)\n", pm.PID(), pm.Method(), pm.Verified)
+	} else {
+		fmt.Fprintln(w, "memory path: gdb stub")
+	}
+	switch stub := g.Stub(); {
+	case stub != "":
+		fmt.Fprintf(w, "stub: %s (attached)\n", stub)
+	case src.ep.GDB != "" || src.ep.OpenGDB != nil:
+		fmt.Fprintln(w, "stub: available, not attached (attached on demand for traps and single-step)")
+	default:
+		fmt.Fprintln(w, "stub: none (registers from HMP info registers)")
+	}
+	if speed, n, err := readSpeed(ctx, g); err != nil {
+		fmt.Fprintf(w, "read speed: not measured: %v\n", err)
+	} else {
+		fmt.Fprintf(w, "read speed: %.0f MiB/s (%d MiB read)\n", speed, n>>20)
 	}
 	fmt.Fprintf(w, "%-4s %-12s %-18s %-18s %-18s\n", "CPU", "MODE", "CR3", "RIP", "EFER")
 	for _, c := range cpus {
@@ -100,6 +121,34 @@ func runGuestInfo(ctx context.Context, spec string, w io.Writer) (err error) {
 		fmt.Fprintf(w, "kernel: %s\nKASLR slide: %#x\nsymbols: %d from %s; types from %s\n", k.Version, k.Slide, len(k.Symbols.List), k.SymbolsSrc, k.TypesSrc)
 	}
 	return nil
+}
+
+// readSpeed reads guest RAM in 4 MiB reads (64 MiB from the process, 4
+// MiB through the stub, which is ~100× slower) from the largest range and
+// returns MiB/s and the bytes read.
+func readSpeed(ctx context.Context, g *qemu.Guest) (float64, uint64, error) {
+	var big vmi.Range
+	for _, r := range g.Ranges() {
+		if r.Size > big.Size {
+			big = r
+		}
+	}
+	want := uint64(64 << 20)
+	if g.Process() == nil {
+		want = 4 << 20
+	}
+	n := min(want, big.Size)
+	if n == 0 {
+		return 0, 0, errors.New("no memory map")
+	}
+	buf := make([]byte, min(n, 4<<20))
+	start := time.Now()
+	for off := uint64(0); off < n; off += uint64(len(buf)) {
+		if _, err := g.ReadPhys(ctx, buf, big.Start+vmi.PA(off)); err != nil {
+			return 0, 0, err
+		}
+	}
+	return float64(n) / (1 << 20) / time.Since(start).Seconds(), n, nil
 }
 
 // cpuMode names the paging mode and privilege of a vCPU.
@@ -123,7 +172,7 @@ func cpuMode(c *vmi.CPU) string {
 func newGuestDumpCmd() *cobra.Command {
 	var spec, format string
 	c := &cobra.Command{
-		Use:   "dump --guest gdb://HOST:PORT,qmp=unix:PATH OUT",
+		Use:   "dump --guest SPEC OUT",
 		Short: "Write a consistent memory dump of a live guest (QMP stop, dump-guest-memory, cont)",
 		Long: "dump pauses the guest through QMP, has QEMU write guest-physical memory to OUT with dump-guest-memory " +
 			"(paging=false; --format elf or kdump-zlib), and resumes the guest if it was running. The GDB stub is not used. " +
@@ -141,21 +190,19 @@ func newGuestDumpCmd() *cobra.Command {
 // runGuestDump has QEMU write a consistent memory dump of the live guest
 // spec to path in format, and says what it wrote on w.
 func runGuestDump(ctx context.Context, spec, format, path string, w io.Writer) (err error) {
-	if spec == "" {
-		return usageError{errors.New("--guest is required")}
-	}
-	sp, err := qemu.ParseSpec(spec)
+	ep, err := resolveGuest(ctx, spec)
 	if err != nil {
-		return usageError{err}
+		return err
 	}
-	if sp.QMP == "" {
-		return usageError{errors.New("guest dump needs QMP: --guest gdb://HOST:PORT,qmp=unix:PATH")}
+	defer func() { err = errors.Join(err, closeEndpoint(ep)) }()
+	if ep.Monitor == nil {
+		return usageError{errors.New("guest dump needs QMP: --guest gdb://HOST:PORT,qmp=unix:PATH or qemu:…,qmp=unix:PATH")}
 	}
 	out, err := filepath.Abs(path)
 	if err != nil {
 		return err
 	}
-	files, err := guestFiles(ctx, sp.QMP)
+	files, err := guestFiles(ctx, ep.Monitor)
 	if err != nil {
 		return err
 	}
@@ -163,7 +210,7 @@ func runGuestDump(ctx context.Context, spec, format, path string, w io.Writer) (
 		return err
 	}
 	start := time.Now()
-	if err := qemu.ConsistentDump(ctx, sp, out, format, journalOpts()...); err != nil {
+	if err := qemu.ConsistentDumpEndpoint(ctx, ep, out, format, journalOpts()...); err != nil {
 		return err
 	}
 	fi, err := os.Stat(out)
@@ -177,7 +224,7 @@ func runGuestDump(ctx context.Context, spec, format, path string, w io.Writer) (
 func newGuestBreakCmd() *cobra.Command {
 	var f guestBreakFlags
 	c := &cobra.Command{
-		Use:   "break --guest gdb://HOST:PORT[,qmp=unix:PATH] VA",
+		Use:   "break --guest SPEC VA",
 		Short: "Report hits of a breakpoint or watchpoint at a guest-virtual address, until --count hits or SIGINT",
 		Args:  rangeArgs(1, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -244,7 +291,7 @@ func runGuestBreak(ctx context.Context, addr string, f *guestBreakFlags, w io.Wr
 func newGuestReleaseCmd() *cobra.Command {
 	var spec string
 	c := &cobra.Command{
-		Use:   "release --guest gdb://HOST:PORT[,qmp=unix:PATH] [--journal PATH]",
+		Use:   "release --guest SPEC [--journal PATH]",
 		Short: "Restore a guest a killed vmscope left stopped or with breakpoints, as its journal says",
 		Long: "release reads the journal a vmscope process left (killed with SIGKILL, or a restore that failed), attaches, " +
 			"removes every breakpoint and watchpoint the journal names, turns the stub's physical-memory mode off, and " +
@@ -266,7 +313,19 @@ func runGuestRelease(ctx context.Context, spec string, w io.Writer) error {
 	if spec == "" {
 		return usageError{errors.New("--guest is required")}
 	}
-	rel, err := qemu.Release(ctx, spec, journalOpts()...)
+	var rel *qemu.Released
+	var err error
+	if strings.HasPrefix(spec, "gdb://") || strings.HasPrefix(spec, "qemu:") {
+		// Release goes on when the monitor does not answer
+		rel, err = qemu.Release(ctx, spec, journalOpts()...)
+	} else {
+		ep, rerr := resolveGuest(ctx, spec)
+		if rerr != nil {
+			return rerr
+		}
+		rel, err = qemu.ReleaseEndpoint(ctx, ep, journalOpts()...)
+		err = errors.Join(err, closeEndpoint(ep))
+	}
 	if rel != nil {
 		if !rel.Left {
 			fmt.Fprintf(w, "nothing to release: no journal at %s\n", rel.Journal)

@@ -48,8 +48,11 @@ var (
 
 type cliLive struct {
 	spec, gdb string
-	ref       *qemu.QMP
-	cmd       *exec.Cmd
+	// procSpec is the same guest as a qemu: spec: memory from the QEMU
+	// process, the stub attached only on demand
+	procSpec string
+	ref      *qemu.QMP
+	cmd      *exec.Cmd
 
 	symOnce sync.Once
 	syms    *linux.Symbols
@@ -154,7 +157,8 @@ func bootCLIGuest(kernel, initrd string) (*cliLive, error) {
 		cmd.Process.Kill()
 		return nil, err
 	}
-	return &cliLive{spec: "gdb://" + gdb + ",qmp=unix:" + qmpA, gdb: gdb, ref: ref, cmd: cmd}, nil
+	return &cliLive{spec: "gdb://" + gdb + ",qmp=unix:" + qmpA, gdb: gdb, ref: ref, cmd: cmd,
+		procSpec: fmt.Sprintf("qemu:pid=%d,qmp=unix:%s,gdb=%s", cmd.Process.Pid, qmpA, gdb)}, nil
 }
 
 func TestMain(m *testing.M) {
@@ -190,18 +194,35 @@ func (l *cliLive) mustRun(t *testing.T) {
 	}
 }
 
+// specs are the fixture guest's specs, by name: through the GDB stub, and
+// from the QEMU process.
+func (l *cliLive) specs() map[string]string {
+	return map[string]string{"gdb": l.spec, "process": l.procSpec}
+}
+
 func TestGuestInfo(t *testing.T) {
 	l := liveGuest(t)
-	out, errOut, code := vmscope(t, "guest", "info", "--guest", l.spec)
-	if code != 0 {
-		t.Fatalf("exit %d: %s", code, errOut)
+	for name, spec := range l.specs() {
+		t.Run(name, func(t *testing.T) {
+			out, errOut, code := vmscope(t, "guest", "info", "--guest", spec)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, errOut)
+			}
+			want := []string{"state: running", "vcpus: 1", "long/", "CR3", "memory: 4 ranges", "kernel: Linux version ", "symbols: ", "read speed: "}
+			if name == "process" {
+				want = append(want, "memory path: process (pid ", "process_vm_readv", "stub: available, not attached")
+			} else {
+				want = append(want, "memory path: gdb stub", "stub: "+l.gdb+" (attached)")
+			}
+			for _, w := range want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+			t.Logf("%s", out)
+			l.mustRun(t)
+		})
 	}
-	for _, want := range []string{"state: running", "vcpus: 1", "long/", "CR3", "memory: 4 ranges", "kernel: Linux version ", "symbols: "} {
-		if !strings.Contains(out, want) {
-			t.Errorf("output lacks %q:\n%s", want, out)
-		}
-	}
-	l.mustRun(t)
 	if _, _, code := vmscope(t, "guest", "info"); code != exitError {
 		t.Errorf("no --guest: exit %d", code)
 	}
@@ -209,8 +230,14 @@ func TestGuestInfo(t *testing.T) {
 
 func TestGuestDump(t *testing.T) {
 	l := liveGuest(t)
+	for name, spec := range l.specs() {
+		t.Run(name, func(t *testing.T) { testGuestDump(t, l, spec) })
+	}
+}
+
+func testGuestDump(t *testing.T, l *cliLive, spec string) {
 	out := filepath.Join(t.TempDir(), "g.elf")
-	stdout, errOut, code := vmscope(t, "guest", "dump", "--guest", l.spec, out)
+	stdout, errOut, code := vmscope(t, "guest", "dump", "--guest", spec, out)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
@@ -231,6 +258,12 @@ func TestGuestDump(t *testing.T) {
 // memory at the breakpoint is unchanged.
 func TestGuestBreakSIGTERM(t *testing.T) {
 	l := liveGuest(t)
+	for name, spec := range l.specs() {
+		t.Run(name, func(t *testing.T) { testGuestBreakSIGTERM(t, l, spec) })
+	}
+}
+
+func testGuestBreakSIGTERM(t *testing.T, l *cliLive, spec string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	// a kernel address the idle vCPU runs every few milliseconds, from the
@@ -255,7 +288,7 @@ func TestGuestBreakSIGTERM(t *testing.T) {
 	before := xp()
 
 	child := exec.Command(os.Args[0], "-test.run=^TestGuestCLIChild$")
-	child.Env = append(os.Environ(), "VMSCOPE_CLI_CHILD="+strings.Join([]string{"guest", "break", "--guest", l.spec, "--journal", journal, fmt.Sprintf("%#x", addr)}, "\x1f"))
+	child.Env = append(os.Environ(), "VMSCOPE_CLI_CHILD="+strings.Join([]string{"guest", "break", "--guest", spec, "--journal", journal, fmt.Sprintf("%#x", addr)}, "\x1f"))
 	stdout, _ := child.StdoutPipe()
 	var stderr bytes.Buffer
 	child.Stderr = &stderr
@@ -382,7 +415,10 @@ func TestGuestReleaseAfterSIGKILL(t *testing.T) {
 		point       string
 		foundPaused bool // the guest's owner paused it before vmscope attached
 		wantStopped bool // QEMU keeps the guest stopped after the kill
+		process     bool // the qemu: spec (a pause is a QMP stop; a trap attaches the stub)
 	}{
+		{point: "paused", wantStopped: true, process: true},
+		{point: "armed", wantStopped: true, process: true},
 		{point: "attached"},
 		{point: "paused", wantStopped: true},
 		{point: "armed", wantStopped: true},
@@ -393,6 +429,10 @@ func TestGuestReleaseAfterSIGKILL(t *testing.T) {
 		name := tc.point
 		if tc.foundPaused {
 			name += "-found-paused"
+		}
+		spec := l.spec
+		if tc.process {
+			name, spec = "process-"+name, l.procSpec
 		}
 		t.Run(name, func(t *testing.T) {
 			journal := filepath.Join(t.TempDir(), "guest.journal")
@@ -406,13 +446,13 @@ func TestGuestReleaseAfterSIGKILL(t *testing.T) {
 			switch tc.point {
 			case "dumping":
 				child = exec.Command(os.Args[0], "-test.run=^TestGuestCLIChild$")
-				child.Env = append(os.Environ(), "VMSCOPE_CLI_CHILD="+strings.Join([]string{"guest", "dump", "--guest", l.spec, "--journal", journal, filepath.Join(t.TempDir(), "g.elf")}, "\x1f"))
+				child.Env = append(os.Environ(), "VMSCOPE_CLI_CHILD="+strings.Join([]string{"guest", "dump", "--guest", spec, "--journal", journal, filepath.Join(t.TempDir(), "g.elf")}, "\x1f"))
 			case "stepping":
 				child = exec.Command(os.Args[0], "-test.run=^TestGuestCLIChild$")
-				child.Env = append(os.Environ(), "VMSCOPE_CLI_CHILD="+strings.Join([]string{"guest", "break", "--guest", l.spec, "--journal", journal, fmt.Sprintf("%#x", addr)}, "\x1f"))
+				child.Env = append(os.Environ(), "VMSCOPE_CLI_CHILD="+strings.Join([]string{"guest", "break", "--guest", spec, "--journal", journal, fmt.Sprintf("%#x", addr)}, "\x1f"))
 			default:
 				child = exec.Command(os.Args[0], "-test.run=^TestGuestKillChild$")
-				child.Env = append(os.Environ(), "VMSCOPE_KILL_CHILD="+strings.Join([]string{tc.point, l.spec, journal, fmt.Sprintf("%x", addr)}, "\x1f"))
+				child.Env = append(os.Environ(), "VMSCOPE_KILL_CHILD="+strings.Join([]string{tc.point, spec, journal, fmt.Sprintf("%x", addr)}, "\x1f"))
 			}
 			stdout, err := child.StdoutPipe()
 			if err != nil {
@@ -483,11 +523,11 @@ func TestGuestReleaseAfterSIGKILL(t *testing.T) {
 				t.Errorf("memory at the breakpoint changed:\n%s\n%s", before, after)
 			}
 			// A new vmscope on the guest is refused until the release.
-			if _, errOut, code := vmscope(t, "guest", "info", "--guest", l.spec, "--journal", journal); code != exitError || !strings.Contains(errOut, "guest release") {
+			if _, errOut, code := vmscope(t, "guest", "info", "--guest", spec, "--journal", journal); code != exitError || !strings.Contains(errOut, "guest release") {
 				t.Errorf("guest info on a guest left by a killed vmscope: exit %d: %s", code, errOut)
 			}
 
-			out, errOut, code := vmscope(t, "guest", "release", "--guest", l.spec, "--journal", journal)
+			out, errOut, code := vmscope(t, "guest", "release", "--guest", spec, "--journal", journal)
 			if code != 0 {
 				t.Fatalf("guest release: exit %d: %s%s", code, out, errOut)
 			}
@@ -524,7 +564,7 @@ func TestGuestReleaseAfterSIGKILL(t *testing.T) {
 				{Kind: qemu.WriteWatch, Addr: vmi.VA(addr+0x1000) &^ 7, Size: 8},
 			})
 			// And a second release has nothing to do.
-			if out, _, code := vmscope(t, "guest", "release", "--guest", l.spec, "--journal", journal); code != 0 || !strings.Contains(out, "nothing to release") {
+			if out, _, code := vmscope(t, "guest", "release", "--guest", spec, "--journal", journal); code != 0 || !strings.Contains(out, "nothing to release") {
 				t.Errorf("second release: exit %d: %s", code, out)
 			}
 		})

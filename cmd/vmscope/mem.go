@@ -35,7 +35,7 @@ func (f *memFlags) add(c *cobra.Command) {
 	c.Flags().StringVar(&f.kallsyms, "kallsyms", "", "a /proc/kallsyms of the same boot, instead of recovering kallsyms from memory")
 	c.Flags().StringVar(&f.systemMap, "system-map", "", "the kernel build's System.map, instead of recovering kallsyms from memory")
 	c.Flags().StringVar(&f.vmlinux, "vmlinux", "", "the kernel build's vmlinux (ELF: BTF, and symbols when not stripped) or the distribution's vmlinuz, instead of the types (and symbols) in memory")
-	c.Flags().StringVar(&f.guest, "guest", "", "a running QEMU guest instead of a snapshot: gdb://HOST:PORT[,qmp=unix:SOCK]")
+	c.Flags().StringVar(&f.guest, "guest", "", "a running QEMU guest instead of a snapshot: "+guestSpecHelp)
 	c.Flags().BoolVar(&f.pause, "pause", false, "with --guest: pause the guest for a consistent view, resume it after")
 	c.Flags().StringVar(&f.maxRead, flagMaxRead, fmt.Sprintf("%dMiB", linux.DefaultBudget.Bytes>>20), "kernel discovery reads at most this much guest memory besides one pass over it")
 	c.Flags().IntVar(&f.maxCands, flagMaxCands, linux.DefaultBudget.Candidates, "kernel discovery tries at most this many page-table roots and kallsyms tables")
@@ -74,7 +74,7 @@ func newMemCmd() *cobra.Command {
 // discovers the kernel, runs run, and leaves the source as found.
 func memVerb(name, short string, f *memFlags, run func(ctx context.Context, m *memSession, out, errOut io.Writer) error) *cobra.Command {
 	c := &cobra.Command{
-		Use:   name + " SNAPSHOT | --guest gdb://HOST:PORT[,qmp=unix:SOCK]",
+		Use:   name + " SNAPSHOT | --guest SPEC",
 		Short: short,
 		Args:  rangeArgs(0, 1),
 		RunE: func(c *cobra.Command, args []string) error {

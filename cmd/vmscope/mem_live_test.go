@@ -16,9 +16,10 @@ import (
 // TestMemLiveEqualsDump pauses the fixture guest, takes a
 // dump-guest-memory at that moment, checks that the live guest's memory
 // and vCPUs agree with the dump's (the memory conformance kit), runs every
-// mem analysis live through the GDB stub (--guest --pause) and on the
-// dump, and checks that the two answers are identical; then that the guest's scenario processes are there
-// with their argv, and that the guest runs again afterwards.
+// mem analysis live (--guest --pause), through the GDB stub and from the
+// QEMU process (qemu:pid=…), and on the dump, and checks that the answers
+// are identical; then that the guest's scenario processes are there with
+// their argv, and that the guest runs again afterwards.
 func TestMemLiveEqualsDump(t *testing.T) {
 	l := liveGuest(t)
 	ctx := context.Background()
@@ -29,9 +30,31 @@ func TestMemLiveEqualsDump(t *testing.T) {
 	if err := l.ref.DumpGuestMemory(ctx, dump, "elf"); err != nil {
 		t.Fatal(err)
 	}
-	memoryAgrees(t, l.spec, dump)
+	for name, spec := range l.specs() {
+		t.Run(name, func(t *testing.T) { memLiveEqualsDump(t, spec, dump) })
+	}
+	st, err := l.ref.Status(ctx)
+	if err != nil || st.Status != "paused" {
+		t.Errorf("after --pause on a paused guest: %+v %v, want it left paused", st, err)
+	}
+	if err := l.ref.Cont(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// --pause on a running guest pauses it for the analysis and resumes it.
+	for _, spec := range l.specs() {
+		if _, errOut, code := vmscope(t, "mem", "modules", "--guest", spec, "--pause"); code != 0 {
+			t.Fatalf("mem modules --guest %s --pause: exit %d: %s", spec, code, errOut)
+		}
+		l.mustRun(t)
+	}
+}
+
+// memLiveEqualsDump runs the memory conformance kit and every mem
+// analysis on the paused guest spec and on its dump.
+func memLiveEqualsDump(t *testing.T, spec, dump string) {
+	memoryAgrees(t, spec, dump)
 	for _, verb := range [][]string{{"ps"}, {"ps", "-t"}, {"modules"}, {"files"}, {"mounts"}} {
-		live, errLive, code := vmscope(t, append(append([]string{"mem"}, verb...), "--format", "json", "--guest", l.spec, "--pause")...)
+		live, errLive, code := vmscope(t, append(append([]string{"mem"}, verb...), "--format", "json", "--guest", spec, "--pause")...)
 		if code != 0 {
 			t.Fatalf("mem %v --guest: exit %d: %s", verb, code, errLive)
 		}
@@ -64,18 +87,6 @@ func TestMemLiveEqualsDump(t *testing.T) {
 			}
 		}
 	}
-	st, err := l.ref.Status(ctx)
-	if err != nil || st.Status != "paused" {
-		t.Errorf("after --pause on a paused guest: %+v %v, want it left paused", st, err)
-	}
-	if err := l.ref.Cont(ctx); err != nil {
-		t.Fatal(err)
-	}
-	// --pause on a running guest pauses it for the analysis and resumes it.
-	if _, errOut, code := vmscope(t, "mem", "modules", "--guest", l.spec, "--pause"); code != 0 {
-		t.Fatalf("mem modules --guest --pause: exit %d: %s", code, errOut)
-	}
-	l.mustRun(t)
 }
 
 // memoryAgrees checks with the memory conformance kit that the paused
@@ -113,4 +124,34 @@ func firstDiff(a, b string) string {
 	lo := max(i-3, 0)
 	part := func(l []string) string { return strings.Join(l[min(lo, len(l)):min(i+6, len(l))], "\n") }
 	return fmt.Sprintf("line %d of %d / %d\n--- live\n%s\n--- dump\n%s", i+1, len(la), len(lb), part(la), part(lb))
+}
+
+// TestMemPsProcessNoStub runs `mem ps` on the running fixture guest with a
+// qemu: spec that gives no GDB stub: registers from HMP, memory from the
+// QEMU process. The guest never stops (QEMU sends no STOP event) and the
+// scenario's processes are found.
+func TestMemPsProcessNoStub(t *testing.T) {
+	l := liveGuest(t)
+	ctx := context.Background()
+	if _, err := l.ref.Status(ctx); err != nil {
+		t.Fatal(err)
+	}
+	l.ref.Events() // forget earlier ones
+	spec := strings.Split(l.procSpec, ",gdb=")[0]
+	out, errOut, code := vmscope(t, "mem", "ps", "--guest", spec)
+	if code != 0 {
+		t.Fatalf("mem ps --guest %s: exit %d: %s", spec, code, errOut)
+	}
+	if !strings.Contains(out, "sleep 31337") {
+		t.Errorf("mem ps lacks the scenario's sleep 31337:\n%s", out)
+	}
+	if _, err := l.ref.Status(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range l.ref.Events() {
+		if e.Name == "STOP" || e.Name == "RESUME" {
+			t.Errorf("QEMU sent %s during mem ps through the process", e.Name)
+		}
+	}
+	l.mustRun(t)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/fsparse"
@@ -34,7 +35,7 @@ func openDisk(path string) (*disk.Image, *fsparse.Disk, error) {
 // memTarget says which memory to open: a snapshot file, or a live guest.
 type memTarget struct {
 	Snapshot string // a memory snapshot file; "" for a live guest
-	Guest    string // a live guest spec (gdb://HOST:PORT[,qmp=unix:PATH])
+	Guest    string // a live guest spec (see guestSpecHelp)
 	Pause    bool   // live: pause the guest for a consistent view (Close resumes it)
 	Journal  string // live: the journal path; "" for the default
 	// HardwareBreakpoints: live execute traps are hardware breakpoints.
@@ -50,7 +51,41 @@ type memSource struct {
 	size   int64  // the snapshot file's size
 	name   string // the snapshot path or the guest spec
 	guest  *qemu.Guest
+	ep     qemu.Endpoint // what resolving the guest spec opened
 	snap   *snapshot.Snapshot
+}
+
+// guestSpecHelp lists the guest specs resolveGuest takes.
+const guestSpecHelp = "gdb://HOST:PORT[,qmp=unix:SOCK] (memory through the GDB stub), " +
+	"qemu:pid=PID,qmp=unix:SOCK[,gdb=HOST:PORT] (memory from the QEMU process; also qemu:pidfile=FILE,… " +
+	"or qemu:qmp=unix:SOCK,… with the pid from the socket's peer)"
+
+// resolveGuest is the one place a guest spec becomes an Endpoint (its
+// monitor connected, its QEMU process found). The caller closes it.
+func resolveGuest(ctx context.Context, spec string) (qemu.Endpoint, error) {
+	switch {
+	case strings.HasPrefix(spec, "libvirt:"):
+		// vmi/qemu/libvirt resolves libvirt:DOMAIN[?uri=…]; wired in by
+		// the lead when it lands.
+		return qemu.Endpoint{}, usageError{fmt.Errorf("--guest %s: libvirt domains are not built yet; give %s", spec, guestSpecHelp)}
+	case strings.HasPrefix(spec, "gdb://"), strings.HasPrefix(spec, "qemu:"):
+		sp, err := qemu.ParseSpec(spec)
+		if err != nil {
+			return qemu.Endpoint{}, usageError{err}
+		}
+		return qemu.DialSpec(ctx, sp)
+	case spec == "":
+		return qemu.Endpoint{}, usageError{errors.New("--guest is required")}
+	}
+	return qemu.Endpoint{}, usageError{fmt.Errorf("--guest %q: want %s", spec, guestSpecHelp)}
+}
+
+// closeEndpoint closes what resolveGuest opened.
+func closeEndpoint(ep qemu.Endpoint) error {
+	if ep.Close == nil {
+		return nil
+	}
+	return ep.Close()
 }
 
 // openMemory is the one opener of memory for the commands: a snapshot
@@ -81,11 +116,15 @@ func openMemory(ctx context.Context, t memTarget) (*memSource, error) {
 	if t.HardwareBreakpoints {
 		opts = append(opts, qemu.WithHardwareBreakpoints())
 	}
-	g, err := qemu.Open(ctx, t.Guest, opts...)
+	ep, err := resolveGuest(ctx, t.Guest)
 	if err != nil {
 		return nil, err
 	}
-	src := &memSource{mem: g, format: "live", name: t.Guest, guest: g}
+	g, err := qemu.OpenEndpoint(ctx, ep, opts...)
+	if err != nil {
+		return nil, errors.Join(err, closeEndpoint(ep))
+	}
+	src := &memSource{mem: g, format: "live", name: t.Guest, guest: g, ep: ep}
 	if t.Pause {
 		if err := g.Pause(ctx); err != nil {
 			return nil, errors.Join(err, src.Close(ctx))
@@ -102,7 +141,7 @@ func openMemory(ctx context.Context, t memTarget) (*memSource, error) {
 // cancelled by SIGINT/SIGTERM.
 func (s *memSource) Close(ctx context.Context) error {
 	if s.guest != nil {
-		return s.guest.Close(context.WithoutCancel(ctx))
+		return errors.Join(s.guest.Close(context.WithoutCancel(ctx)), closeEndpoint(s.ep))
 	}
 	return s.snap.Close()
 }

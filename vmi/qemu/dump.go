@@ -17,6 +17,21 @@ func ConsistentDump(ctx context.Context, spec Spec, out, format string, opts ...
 	if spec.QMP == "" {
 		return errors.New("qemu: a dump needs the guest's QMP socket")
 	}
+	ep, err := DialSpec(ctx, spec)
+	if err != nil {
+		return err
+	}
+	defer ep.Close()
+	return ConsistentDumpEndpoint(ctx, ep, out, format, opts...)
+}
+
+// ConsistentDumpEndpoint is ConsistentDump through an endpoint's monitor
+// (the caller closes ep).
+func ConsistentDumpEndpoint(ctx context.Context, ep Endpoint, out, format string, opts ...Option) (err error) {
+	q := ep.Monitor
+	if q == nil {
+		return errors.New("qemu: a dump needs the guest's monitor (QMP)")
+	}
 	var o options
 	for _, f := range opts {
 		f(&o)
@@ -25,21 +40,15 @@ func ConsistentDump(ctx context.Context, spec Spec, out, format string, opts ...
 	if !o.noJournal {
 		path := o.journal
 		if path == "" {
-			if path, err = JournalPath(spec); err != nil {
+			if path, err = journalPathOf(ep); err != nil {
 				return err
 			}
 		}
-		if j, err = openJournal(path, spec); err != nil {
+		if j, err = openJournal(path, ep.Name); err != nil {
 			return err
 		}
 	}
-	q, err := DialQMP(ctx, spec.QMP)
-	if err != nil {
-		j.discard()
-		return err
-	}
-	defer q.Close()
-	st, err := q.Status(ctx)
+	st, err := monStatus(ctx, q)
 	if err != nil {
 		j.discard()
 		return err
@@ -47,18 +56,18 @@ func ConsistentDump(ctx context.Context, spec Spec, out, format string, opts ...
 	if !st.Running {
 		j.discard()
 	} else {
-		if err := j.update(func(d *journalDoc) { d.Found, d.QMPStopped = foundRunning, true }); err != nil {
+		if err := j.beginStop(foundRunning); err != nil {
 			j.discard()
 			return err
 		}
-		if err := q.Stop(ctx); err != nil {
+		if err := monExec(ctx, q, "stop"); err != nil {
 			j.keep()
 			return err
 		}
 		defer func() {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), closeTimeout)
 			defer cancel()
-			if cerr := q.Cont(rctx); cerr != nil {
+			if cerr := monExec(rctx, q, "cont"); cerr != nil {
 				err = errors.Join(err, fmt.Errorf("qemu: resuming after the dump: %w", cerr))
 				j.keep()
 				return
@@ -68,7 +77,10 @@ func ConsistentDump(ctx context.Context, spec Spec, out, format string, opts ...
 			}
 		}()
 	}
-	if err := q.DumpGuestMemory(ctx, out, format); err != nil {
+	_, err = q.Execute(ctx, "dump-guest-memory", map[string]any{
+		"paging": false, "protocol": "file:" + out, "format": format,
+	})
+	if err != nil {
 		return fmt.Errorf("qemu: dump to %s: %w", out, err)
 	}
 	return nil

@@ -111,12 +111,18 @@ func JournalDir() string {
 }
 
 // JournalPath is the default journal of a guest: in JournalDir, named by
-// the guest's GDB stub address (the stub is what holds the traps).
+// the guest's GDB stub address (the stub is what holds the traps), or by
+// the QEMU process's pid for a qemu: spec without a stub.
 func JournalPath(sp Spec) (string, error) {
-	if sp.GDB == "" {
-		return "", errors.New("qemu: journal: the guest spec has no GDB address")
+	var name []byte
+	switch {
+	case sp.GDB != "":
+		name = []byte("gdb-" + sp.GDB)
+	case sp.PID > 0:
+		name = []byte("qemu-pid-" + strconv.Itoa(sp.PID))
+	default:
+		return "", errors.New("qemu: journal: the guest spec has no GDB address and no QEMU pid")
 	}
-	name := []byte("gdb-" + sp.GDB)
 	for i, c := range name {
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-') {
 			name[i] = '_'
@@ -176,7 +182,7 @@ func unlock(lf *os.File) {
 
 // openJournal takes the journal of a guest Open is about to attach; it
 // refuses a guest whose journal a killed vmscope left.
-func openJournal(path string, sp Spec) (*journal, error) {
+func openJournal(path string, guest string) (*journal, error) {
 	lf, old, err := lockJournal(path)
 	if err != nil {
 		return nil, err
@@ -186,7 +192,7 @@ func openJournal(path string, sp Spec) (*journal, error) {
 		return nil, &LeftBehindError{Path: path, Guest: old.Guest, PID: old.PID, Since: old.Started}
 	}
 	return &journal{path: path, lock: lf, doc: journalDoc{
-		Version: journalVersion, Guest: sp.String(), PID: os.Getpid(), Started: time.Now().UTC().Truncate(time.Second), Traps: []journalTrap{},
+		Version: journalVersion, Guest: guest, PID: os.Getpid(), Started: time.Now().UTC().Truncate(time.Second), Traps: []journalTrap{},
 	}}, nil
 }
 
@@ -195,6 +201,13 @@ func openJournal(path string, sp Spec) (*journal, error) {
 // change.
 func (j *journal) begin(found string) error {
 	return j.update(func(d *journalDoc) { d.Found, d.Attached = found, true })
+}
+
+// beginStop records the run state found and that a QMP stop is about to
+// be sent (Pause without the stub): Release then sends cont if the guest
+// ran.
+func (j *journal) beginStop(found string) error {
+	return j.update(func(d *journalDoc) { d.Found, d.QMPStopped = found, true })
 }
 
 // update changes the journal and writes it (atomically).

@@ -15,11 +15,11 @@ import (
 func TestJournal(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "j.json")
 	sp := Spec{GDB: "127.0.0.1:1234", QMP: "/tmp/q.sock"}
-	j, err := openJournal(path, sp)
+	j, err := openJournal(path, sp.String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := openJournal(path, sp); !errors.Is(err, ErrInUse) {
+	if _, err := openJournal(path, sp.String()); !errors.Is(err, ErrInUse) {
 		t.Fatalf("second open while held: %v", err)
 	}
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
@@ -65,7 +65,7 @@ func TestJournal(t *testing.T) {
 	}
 	// the process goes away without finishing: the next Open is refused
 	j.keep()
-	_, err = openJournal(path, sp)
+	_, err = openJournal(path, sp.String())
 	var lb *LeftBehindError
 	if !errors.As(err, &lb) || !errors.Is(err, ErrLeftBehind) || lb.PID != os.Getpid() || lb.Path != path {
 		t.Fatalf("open after a journal was left: %v", err)
@@ -89,7 +89,7 @@ func TestJournal(t *testing.T) {
 		t.Errorf("truncated journal: %v", err)
 	}
 	os.Remove(path)
-	j, err = openJournal(path, sp)
+	j, err = openJournal(path, sp.String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func TestJournal(t *testing.T) {
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("journal left after finish: %v", err)
 	}
-	if j, err = openJournal(path, sp); err != nil {
+	if j, err = openJournal(path, sp.String()); err != nil {
 		t.Fatalf("open after finish: %v", err)
 	}
 	j.discard()

@@ -14,8 +14,8 @@ import (
 // memoryMap reads the RAM and ROM ranges of the "memory" address space
 // from HMP "info mtree -f" (the flat view QEMU itself uses; it is what
 // dump-guest-memory writes).
-func memoryMap(ctx context.Context, q *QMP) ([]vmi.Range, error) {
-	s, err := q.HMP(ctx, "info mtree -f")
+func memoryMap(ctx context.Context, m Monitor) ([]vmi.Range, error) {
+	s, err := m.HMP(ctx, "info mtree -f")
 	if err != nil {
 		return nil, err
 	}
@@ -75,9 +75,17 @@ func mergeRanges(rs []vmi.Range) []vmi.Range {
 	return out
 }
 
-// ReadPhys reads guest-physical memory at pa into p. A read that meets a
+// ReadPhys reads guest-physical memory at pa into p: from the QEMU
+// process when it is known (the guest keeps running), else through the
+// stub (a running guest is stopped for the read). A read that meets a
 // hole in the memory map returns the bytes before it and a *vmi.HoleError.
 func (g *Guest) ReadPhys(ctx context.Context, p []byte, pa vmi.PA) (int, error) {
+	if g.pm != nil {
+		if err := g.checkOpen(); err != nil {
+			return 0, err
+		}
+		return g.pm.ReadPhys(ctx, p, pa)
+	}
 	n := len(p)
 	var hole error
 	if g.ranges != nil {

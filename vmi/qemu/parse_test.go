@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"os"
 	"slices"
 	"testing"
 
@@ -12,9 +13,38 @@ func TestParseSpec(t *testing.T) {
 	if err != nil || s.GDB != "127.0.0.1:1234" || s.QMP != "/run/q.sock" || s.String() != "gdb://127.0.0.1:1234,qmp=unix:/run/q.sock" {
 		t.Errorf("%+v %v", s, err)
 	}
-	for _, bad := range []string{"127.0.0.1:1234", "gdb://", "gdb://h:1,qmp=tcp:x", "gdb://h:1,x=y"} {
+	for in, want := range map[string]Spec{
+		"qemu:pid=42,qmp=unix:/q.sock":                     {Process: true, PID: 42, QMP: "/q.sock"},
+		"qemu:pidfile=/run/q.pid,qmp=unix:/q.sock,gdb=h:1": {Process: true, PIDFile: "/run/q.pid", QMP: "/q.sock", GDB: "h:1"},
+		"qemu:qmp=unix:/q.sock":                            {Process: true, QMP: "/q.sock"},
+	} {
+		s, err := ParseSpec(in)
+		if err != nil || s != want || s.String() != in {
+			t.Errorf("%q: %+v %q %v", in, s, s.String(), err)
+		}
+	}
+	for _, bad := range []string{"127.0.0.1:1234", "gdb://", "gdb://h:1,qmp=tcp:x", "gdb://h:1,x=y", "gdb://h:1,qmp=unix:a,qmp=unix:b",
+		"qemu:pid=42", "qemu:pid=x,qmp=unix:/q", "qemu:pid=-1,qmp=unix:/q", "qemu:pid=1,pid=2,qmp=unix:/q", "qemu:pid=1,pidfile=/p,qmp=unix:/q",
+		"qemu:qmp=/q", "qemu:qmp=unix:/q,gdb=nohost", "qemu:qmp=unix:/q,x=y", "qemu:", "libvirt:dom"} {
 		if _, err := ParseSpec(bad); err == nil {
 			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// TestReadPIDFile reads the pid of a qemu:pidfile= spec and refuses a
+// file that holds no pid.
+func TestReadPIDFile(t *testing.T) {
+	dir := t.TempDir()
+	good, bad := dir+"/good", dir+"/bad"
+	os.WriteFile(good, []byte("1234\n"), 0o600)
+	os.WriteFile(bad, []byte("12x\n"), 0o600)
+	if pid, err := readPIDFile(good); err != nil || pid != 1234 {
+		t.Errorf("good: %d %v", pid, err)
+	}
+	for _, p := range []string{bad, dir + "/none"} {
+		if _, err := readPIDFile(p); err == nil {
+			t.Errorf("%s accepted", p)
 		}
 	}
 }

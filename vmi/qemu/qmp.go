@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // QMP is a client of the QEMU Machine Protocol on a unix socket: JSON
@@ -279,3 +281,65 @@ func (q *QMP) Quit(ctx context.Context) error {
 
 // Close closes the connection.
 func (q *QMP) Close() error { return q.conn.Close() }
+
+// PeerPID is the process at the other end of the QMP socket (SO_PEERCRED):
+// QEMU's own pid.
+func (q *QMP) PeerPID() (int, error) {
+	uc, ok := q.conn.(*net.UnixConn)
+	if !ok {
+		return 0, errors.New("qemu: qmp: not a unix socket")
+	}
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil {
+		return 0, err
+	}
+	if cerr != nil {
+		return 0, fmt.Errorf("qemu: qmp: SO_PEERCRED: %w", cerr)
+	}
+	return int(cred.Pid), nil
+}
+
+// monitorPID is the pid of the process behind a monitor, when it is a
+// QMP socket.
+func monitorPID(m Monitor) (int, bool) {
+	q, ok := m.(*QMP)
+	if !ok {
+		return 0, false
+	}
+	pid, err := q.PeerPID()
+	return pid, err == nil && pid > 0
+}
+
+// monExec runs a QMP command without arguments on a monitor.
+func monExec(ctx context.Context, m Monitor, command string) error {
+	_, err := m.Execute(ctx, command, nil)
+	return err
+}
+
+// monStatus runs query-status on a monitor.
+func monStatus(ctx context.Context, m Monitor) (Status, error) {
+	var s Status
+	r, err := m.Execute(ctx, "query-status", nil)
+	if err == nil {
+		err = json.Unmarshal(r, &s)
+	}
+	return s, err
+}
+
+// monCPUCount is the number of vCPUs (query-cpus-fast).
+func monCPUCount(ctx context.Context, m Monitor) (int, error) {
+	var c []CPUInfo
+	r, err := m.Execute(ctx, "query-cpus-fast", nil)
+	if err == nil {
+		err = json.Unmarshal(r, &c)
+	}
+	if err == nil && (len(c) == 0 || len(c) > maxHMPCPUs) {
+		err = fmt.Errorf("%w: query-cpus-fast lists %d vCPUs", ErrMonitor, len(c))
+	}
+	return len(c), err
+}

@@ -8,8 +8,13 @@ import (
 	"github.com/vmscope/vmscope/vmi"
 )
 
-// CPUs returns the registers of every vCPU.
+// CPUs returns the registers of every vCPU: through the stub when it is
+// attached (at one stop), else from HMP "info registers -a" (the guest
+// keeps running; Pause first for a consistent view).
 func (g *Guest) CPUs(ctx context.Context) ([]vmi.CPU, error) {
+	if c, ok, err := g.hmpRegs(ctx); ok {
+		return c, err
+	}
 	var cpus []vmi.CPU
 	err := g.withStopped(ctx, func() error {
 		for i := range g.thread {
@@ -24,8 +29,36 @@ func (g *Guest) CPUs(ctx context.Context) ([]vmi.CPU, error) {
 	return cpus, err
 }
 
-// Regs returns the registers of vCPU cpu.
+// hmpRegs reads the registers through HMP when the stub is not attached
+// and there is a monitor (ok false: use the stub).
+func (g *Guest) hmpRegs(ctx context.Context) ([]vmi.CPU, bool, error) {
+	g.op.Lock()
+	defer g.op.Unlock()
+	if err := g.checkOpen(); err != nil {
+		return nil, true, err
+	}
+	if g.gdb != nil || g.mon == nil {
+		return nil, false, nil
+	}
+	cpus, err := hmpCPUs(ctx, g.mon)
+	if err == nil && len(cpus) != g.ncpu {
+		err = fmt.Errorf("%w: info registers -a lists %d vCPUs, query-cpus-fast %d", ErrMonitor, len(cpus), g.ncpu)
+	}
+	return cpus, true, err
+}
+
+// Regs returns the registers of vCPU cpu (from HMP, as CPUs, while the
+// stub is not attached).
 func (g *Guest) Regs(ctx context.Context, cpu int) (vmi.CPU, error) {
+	if cs, ok, err := g.hmpRegs(ctx); ok {
+		if err != nil {
+			return vmi.CPU{}, err
+		}
+		if cpu < 0 || cpu >= len(cs) {
+			return vmi.CPU{}, fmt.Errorf("qemu: registers: no vCPU %d", cpu)
+		}
+		return cs[cpu], nil
+	}
 	var c vmi.CPU
 	err := g.withStopped(ctx, func() error {
 		var err error

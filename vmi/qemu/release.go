@@ -41,13 +41,34 @@ func Release(ctx context.Context, spec string, opts ...Option) (*Released, error
 	if err != nil {
 		return nil, err
 	}
+	ep := Endpoint{Name: sp.String(), GDB: sp.GDB}
+	var errs []error
+	if sp.QMP != "" {
+		// a monitor that does not answer must not stop the stub's part
+		if d, err := DialSpec(ctx, sp); err != nil {
+			errs = append(errs, err)
+		} else {
+			ep = d
+			defer ep.Close()
+		}
+	}
+	if ep.PID == 0 && sp.PID != 0 {
+		ep.PID = sp.PID
+	}
+	rel, err := ReleaseEndpoint(ctx, ep, opts...)
+	return rel, errors.Join(append(errs, err)...)
+}
+
+// ReleaseEndpoint is Release of an endpoint (the caller closes it).
+func ReleaseEndpoint(ctx context.Context, ep Endpoint, opts ...Option) (*Released, error) {
 	var o options
 	for _, f := range opts {
 		f(&o)
 	}
+	var err error
 	path := o.journal
 	if path == "" {
-		if path, err = JournalPath(sp); err != nil {
+		if path, err = journalPathOf(ep); err != nil {
 			return nil, err
 		}
 	}
@@ -66,26 +87,33 @@ func Release(ctx context.Context, spec string, opts ...Option) (*Released, error
 	defer cancel()
 
 	var errs []error
-	var q *QMP
+	q := ep.Monitor
 	runningNow := false
-	if sp.QMP != "" {
-		if q, err = DialQMP(ctx, sp.QMP); err != nil {
+	if q != nil {
+		st, err := monStatus(ctx, q)
+		if err != nil {
 			errs = append(errs, err)
-		} else {
-			defer q.Close()
-			st, err := q.Status(ctx)
-			if err != nil {
-				errs = append(errs, err)
-			}
-			runningNow = st.Running
 		}
+		runningNow = st.Running
 	} else if doc.QMPStopped {
 		j.keep()
 		return rel, fmt.Errorf("qemu: release: the journal %s names a QMP stop: give the guest's QMP socket (gdb://HOST:PORT,qmp=unix:PATH)", path)
 	}
 	resume := doc.Found != foundPaused || runningNow
 	if doc.Attached {
-		d, err := DialGDB(ctx, sp.GDB)
+		addr := ep.GDB
+		var closeStub func(context.Context) error
+		if addr == "" && ep.OpenGDB != nil {
+			if addr, closeStub, err = ep.OpenGDB(ctx); err != nil {
+				j.keep()
+				return rel, errors.Join(append(errs, err)...)
+			}
+		}
+		if addr == "" {
+			j.keep()
+			return rel, errors.Join(append(errs, fmt.Errorf("qemu: release: the journal %s names traps on a GDB stub: give its address (gdb=HOST:PORT)", path))...)
+		}
+		d, err := DialGDB(ctx, addr)
 		if err != nil {
 			j.keep()
 			return rel, errors.Join(append(errs, err)...)
@@ -117,13 +145,16 @@ func Release(ctx context.Context, spec string, opts ...Option) (*Released, error
 		errs = append(errs, d.Close())
 		if !resume && q != nil {
 			// as Close leaves a guest found paused
-			if err := q.Stop(ctx); err != nil {
+			if err := monExec(ctx, q, "stop"); err != nil {
 				errs = append(errs, err)
 			}
 		}
+		if closeStub != nil {
+			errs = append(errs, closeStub(ctx))
+		}
 	}
 	if doc.QMPStopped && doc.Found == foundRunning && q != nil {
-		if err := q.Cont(ctx); err != nil {
+		if err := monExec(ctx, q, "cont"); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -58,10 +58,14 @@ func (g *Guest) Dropped() int {
 	return g.dropped
 }
 
-// Running reports whether the guest runs (as far as the stub said).
+// Running reports whether the guest runs: as far as the stub said when it
+// is attached, else whether it was found running and not paused since.
 func (g *Guest) Running() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if !g.attached {
+		return !g.wasPaused && !g.qmpPaused
+	}
 	return g.running
 }
 
@@ -74,12 +78,33 @@ func (g *Guest) checkOpen() error {
 	return nil
 }
 
-// Pause stops every vCPU and waits until the stub reports it.
+// Pause stops every vCPU: through the stub when it is attached (and waits
+// until it reports the stop), else with QMP stop (journaled first, so
+// that Release lets a guest found running run again). A guest found
+// paused stays as it is.
 func (g *Guest) Pause(ctx context.Context) error {
 	g.op.Lock()
 	defer g.op.Unlock()
 	if err := g.checkOpen(); err != nil {
 		return err
+	}
+	if g.gdb == nil {
+		if g.mon == nil {
+			return ErrNoStub
+		}
+		if g.wasPaused || g.qmpPaused {
+			return nil
+		}
+		if err := g.journal.beginStop(g.found); err != nil {
+			return err
+		}
+		if err := monExec(ctx, g.mon, "stop"); err != nil {
+			return fmt.Errorf("qemu: pause: %w", err)
+		}
+		g.mu.Lock()
+		g.qmpPaused = true
+		g.mu.Unlock()
+		return nil
 	}
 	return g.pause(ctx)
 }
@@ -106,12 +131,26 @@ func (g *Guest) pause(ctx context.Context) error {
 	}
 }
 
-// Resume lets every vCPU run (vCont;c).
+// Resume lets every vCPU run: vCont;c through the stub when it is
+// attached, else QMP cont of a guest Pause stopped. Without the stub, a
+// guest found paused is not resumed (it is not this Guest's to run).
 func (g *Guest) Resume(ctx context.Context) error {
 	g.op.Lock()
 	defer g.op.Unlock()
 	if err := g.checkOpen(); err != nil {
 		return err
+	}
+	if g.gdb == nil {
+		if !g.qmpPaused {
+			return nil
+		}
+		if err := monExec(ctx, g.mon, "cont"); err != nil {
+			return fmt.Errorf("qemu: resume: %w", err)
+		}
+		g.mu.Lock()
+		g.qmpPaused = false
+		g.mu.Unlock()
+		return nil
 	}
 	return g.resume()
 }
@@ -142,6 +181,9 @@ func (g *Guest) Step(ctx context.Context, cpu int) (vmi.CPU, error) {
 	if err := g.checkOpen(); err != nil {
 		return vmi.CPU{}, err
 	}
+	if err := g.attachStub(ctx); err != nil {
+		return vmi.CPU{}, err
+	}
 	if cpu < 0 || cpu >= len(g.thread) {
 		return vmi.CPU{}, fmt.Errorf("qemu: step: no vCPU %d", cpu)
 	}
@@ -164,12 +206,16 @@ func (g *Guest) Step(ctx context.Context, cpu int) (vmi.CPU, error) {
 	return g.regs(ctx, cpu)
 }
 
-// withStopped runs f with the guest stopped: if it runs, it is paused for
-// the time of f and resumed after.
+// withStopped runs f with the guest stopped through the stub (attached
+// first if it is not): if it runs, it is paused for the time of f and
+// resumed after.
 func (g *Guest) withStopped(ctx context.Context, f func() error) error {
 	g.op.Lock()
 	defer g.op.Unlock()
 	if err := g.checkOpen(); err != nil {
+		return err
+	}
+	if err := g.attachStub(ctx); err != nil {
 		return err
 	}
 	g.mu.Lock()

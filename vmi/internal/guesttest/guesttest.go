@@ -14,6 +14,7 @@ package guesttest
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -386,3 +387,15 @@ func Live(t testing.TB, mode string) *Guest {
 	t.Cleanup(func() { g.Quit() })
 	return g
 }
+
+// PID is the QEMU process of a booted guest.
+func (g *Guest) PID() int { return g.cmd.Process.Pid }
+
+// Execute runs one QMP command on the test's own QMP connection (so that
+// a Guest is a qemu.Monitor, with HMP).
+func (g *Guest) Execute(ctx context.Context, command string, args any) (json.RawMessage, error) {
+	return g.QMP(ctx, command, args)
+}
+
+// PID is the QEMU process of a Shared guest.
+func (s *Shared) PID() int { return s.cmd.Process.Pid }
