@@ -72,6 +72,8 @@ type Options struct {
 	// the NBD socket go there. Default: os.TempDir().
 	Dir string
 	// Tag names the poll state the tracking bitmaps belong to (StateTag).
+	// "" takes a point in time without tracking: no bitmap is added or
+	// read (a full scan of the live disk).
 	Tag string
 	// StopAfter, when > 0, is a test hook: after step StopAfter (1
 	// fleecing node added, 2 transaction, 3 export, 4 poll done, 5
@@ -150,9 +152,6 @@ func Begin(ctx context.Context, m qemu.Monitor, o Options) (v *View, err error) 
 	if o.Dir == "" {
 		o.Dir = os.TempDir()
 	}
-	if o.Tag == "" {
-		return nil, fmt.Errorf("live: no state tag")
-	}
 	d, err := FindDisk(ctx, m, o.Disk)
 	if err != nil {
 		return nil, err
@@ -171,43 +170,10 @@ func Begin(ctx context.Context, m qemu.Monitor, o Options) (v *View, err error) 
 			v = nil
 		}
 	}()
-	// Orphans of a killed poll (disabled tracking bitmaps of this tag):
-	// merged into the enabled one, so that it holds every write since
-	// the point in time they began at.
-	var cur *trackBitmap
-	var last uint64
-	ts := d.tracks(o.Tag)
-	for i := range ts {
-		last = ts[i].gen
-		if ts[i].Recording && !ts[i].Inconsistent {
-			cur = &ts[i]
-		}
-	}
-	for _, t := range ts {
-		switch {
-		case cur != nil && t.Name != cur.Name && !t.Recording && !t.Inconsistent && !t.Busy:
-			if err := mergeForward(ctx, m, d.Node, t.Name, cur.Name); err != nil {
-				return v, err
-			}
-			v.merged = append(v.merged, t.Name)
-		case t.Inconsistent:
-			// QEMU quit without storing it (crash, kill): in-use.
-			if err := qmp(ctx, m, "block-dirty-bitmap-remove", map[string]any{"node": d.Node, "name": t.Name}, nil); err != nil {
-				return v, err
-			}
-		}
-	}
-	v.Gen = last + 1
-	v.next = trackName(o.Tag, v.Gen)
-	switch {
-	case cur == nil && len(ts) > 0 && ts[len(ts)-1].Inconsistent:
-		v.Full, v.Why = true, fmt.Sprintf("bitmap %s is inconsistent (in-use: QEMU stopped without storing it)", ts[len(ts)-1].Name)
-	case cur == nil:
-		v.Full, v.Why = true, fmt.Sprintf("no tracking bitmap %strack-%s-* on node %s (first poll, or it was removed)", Prefix, o.Tag, d.Node)
-	case cur.Busy:
-		return v, fmt.Errorf("%w: bitmap %s is busy", ErrBusy, cur.Name)
-	default:
-		v.Read = cur.Name
+	if o.Tag == "" {
+		v.Full, v.Why = true, "no poll state: a full pass at one point in time"
+	} else if err := v.pickBitmaps(ctx); err != nil {
+		return v, err
 	}
 
 	// 1. The fleecing image, backed by the disk's format node.
@@ -235,7 +201,9 @@ func Begin(ctx context.Context, m qemu.Monitor, o Options) (v *View, err error) 
 	// 2. The point in time.
 	actions := []map[string]any{
 		{"type": "blockdev-backup", "data": map[string]any{"device": d.Node, "target": fleeceNode, "sync": "none", "job-id": backupJob}},
-		{"type": "block-dirty-bitmap-add", "data": map[string]any{"node": d.Node, "name": v.next, "persistent": true, "granularity": 4096}},
+	}
+	if v.next != "" {
+		actions = append(actions, map[string]any{"type": "block-dirty-bitmap-add", "data": map[string]any{"node": d.Node, "name": v.next, "persistent": true, "granularity": 4096}})
 	}
 	if v.Read != "" {
 		actions = append(actions, map[string]any{"type": "block-dirty-bitmap-disable", "data": map[string]any{"node": d.Node, "name": v.Read}})
@@ -302,6 +270,52 @@ func Begin(ctx context.Context, m qemu.Monitor, o Options) (v *View, err error) 
 		return v, err
 	}
 	return v, nil
+}
+
+// pickBitmaps merges the orphans of a killed poll forward, removes the
+// inconsistent tracking bitmaps and picks the bitmap to read (N) and the
+// one to create (N+1).
+func (v *View) pickBitmaps(ctx context.Context) error {
+	m, d := v.m, v.Disk
+	// Orphans of a killed poll (disabled tracking bitmaps of this tag):
+	// merged into the enabled one, so that it holds every write since
+	// the point in time they began at.
+	var cur *trackBitmap
+	var last uint64
+	ts := d.tracks(v.o.Tag)
+	for i := range ts {
+		last = ts[i].gen
+		if ts[i].Recording && !ts[i].Inconsistent {
+			cur = &ts[i]
+		}
+	}
+	for _, t := range ts {
+		switch {
+		case cur != nil && t.Name != cur.Name && !t.Recording && !t.Inconsistent && !t.Busy:
+			if err := mergeForward(ctx, m, d.Node, t.Name, cur.Name); err != nil {
+				return err
+			}
+			v.merged = append(v.merged, t.Name)
+		case t.Inconsistent:
+			// QEMU quit without storing it (crash, kill): in-use.
+			if err := qmp(ctx, m, "block-dirty-bitmap-remove", map[string]any{"node": d.Node, "name": t.Name}, nil); err != nil {
+				return err
+			}
+		}
+	}
+	v.Gen = last + 1
+	v.next = trackName(v.o.Tag, v.Gen)
+	switch {
+	case cur == nil && len(ts) > 0 && ts[len(ts)-1].Inconsistent:
+		v.Full, v.Why = true, fmt.Sprintf("bitmap %s is inconsistent (in-use: QEMU stopped without storing it)", ts[len(ts)-1].Name)
+	case cur == nil:
+		v.Full, v.Why = true, fmt.Sprintf("no tracking bitmap %strack-%s-* on node %s (first poll, or it was removed)", Prefix, v.o.Tag, d.Node)
+	case cur.Busy:
+		return fmt.Errorf("%w: bitmap %s is busy", ErrBusy, cur.Name)
+	default:
+		v.Read = cur.Name
+	}
+	return nil
 }
 
 // mergeForward merges bitmap from into to and removes from.
@@ -373,7 +387,7 @@ func (v *View) End(ctx context.Context, ok bool) error {
 		os.Remove(v.sock)
 		v.started = false
 	}
-	if v.rotated && v.Read != "" {
+	if v.rotated && v.Read != "" && v.next != "" {
 		if ok {
 			errs = append(errs, qmp(ctx, m, "block-dirty-bitmap-remove", map[string]any{"node": v.Disk.Node, "name": v.Read}, nil))
 		} else {

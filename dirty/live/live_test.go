@@ -303,6 +303,22 @@ func TestFullPassReasons(t *testing.T) {
 	if _, full, why := poll("a", &other); !full || !strings.Contains(why, "made on") {
 		t.Errorf("state of another disk: full %v (%s)", full, why)
 	}
+	// Without a state: a point in time, no bitmap added or read.
+	before, _ := FindDisk(ctx, mc.m, "")
+	v, err := Begin(ctx, mc.m, Options{Dir: mc.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !v.Full || v.Read != "" || v.Next() != "" || v.Image.Size() != 64<<20 {
+		t.Errorf("untracked view: full %v read %q next %q", v.Full, v.Read, v.Next())
+	}
+	if err := v.End(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := FindDisk(ctx, mc.m, "")
+	if fmt.Sprint(before.Bitmaps) != fmt.Sprint(after.Bitmaps) {
+		t.Errorf("an untracked view changed the bitmaps: %v → %v", before.Bitmaps, after.Bitmaps)
+	}
 	if _, err := FindDisk(ctx, mc.m, "nope"); err == nil || !strings.Contains(err.Error(), "node disk0, device vd0") {
 		t.Errorf("unknown disk: %v", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/vmscope/vmscope/vmi/qemu"
@@ -78,8 +79,19 @@ func Release(ctx context.Context, m qemu.Monitor, dir string) (*Released, error)
 	if err != nil {
 		return rel, errors.Join(append(errs, err)...)
 	}
+	// The scratch directories: dir, and those of the fleecing files.
+	dirs := []string{dir}
+	for _, n := range left.Nodes {
+		if n.File != "" && !slices.Contains(dirs, filepath.Dir(n.File)) {
+			dirs = append(dirs, filepath.Dir(n.File))
+		}
+	}
 	for _, d := range ds {
-		if sock := sockPath(dir, d); fileExists(sock) {
+		for _, dir := range dirs {
+			sock := sockPath(dir, d)
+			if !fileExists(sock) {
+				continue
+			}
 			err := qmp(ctx, m, "nbd-server-stop", nil, nil)
 			if err != nil && !isQMPError(err, "not running") {
 				errs = append(errs, err)
