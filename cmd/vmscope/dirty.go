@@ -97,6 +97,7 @@ func runDirtyGuest(ctx context.Context, f *dirtyFlags, out, errOut io.Writer) (e
 		return err
 	}
 	saved = true
+	l.view.Step(4, "poll state saved")
 	return nil
 }
 

@@ -160,8 +160,9 @@ func runScan(ctx context.Context, image string, f *scanFlags, out, errOut io.Wri
 			fmt.Fprintf(errOut, "vmscope: %v\n", err)
 		} else if err != nil {
 			return err
-		} else {
+		} else if lv != nil {
 			saved = true
+			lv.view.Step(4, "poll state saved")
 		}
 	}
 	if err := writeReport(out, f.output, report, f.format); err != nil {

@@ -139,6 +139,10 @@ func (o *Options) stop(step int, what string) {
 	select {}
 }
 
+// Step is the test hook of a step the caller runs (4: the poll's state
+// saved): see Options.StopAfter.
+func (v *View) Step(step int, what string) { v.o.stop(step, what) }
+
 // sockPath is the NBD socket of disk d in dir.
 func sockPath(dir string, d *Disk) string {
 	s := sha256.Sum256([]byte(d.File + "\x00" + d.Node))
@@ -357,7 +361,8 @@ func (v *View) End(ctx context.Context, ok bool) error {
 		v.Client = nil
 	}
 	if v.exported {
-		if err := qmp(ctx, m, "block-export-del", map[string]any{"id": exportID}, nil); err != nil {
+		// hard: our client has gone, QEMU may not have seen it yet
+		if err := qmp(ctx, m, "block-export-del", map[string]any{"id": exportID, "mode": "hard"}, nil); err != nil {
 			errs = append(errs, err)
 		} else {
 			errs = append(errs, waitGone(ctx, "export "+exportID, exportGone(ctx, m, exportID)))
