@@ -32,6 +32,7 @@ type pollGuest struct {
 	mon     *qemu.QMP // the test's own monitor
 	ctl     net.Conn
 	spec    string
+	spec2   string // the same guest through another QMP socket
 	bin     string
 	bg      bool // the background writer runs (and counts)
 }
@@ -73,7 +74,7 @@ func bootLive(t *testing.T, sizeMiB int, tree string, appendLine string) *pollGu
 		t.Cleanup(func() { os.Remove(p) })
 		return p
 	}
-	ctlSock, qmpSock, testSock := sock("ctl"), sock("qmp"), sock("tqmp")
+	ctlSock, qmpSock, qmp2Sock, testSock := sock("ctl"), sock("qmp"), sock("qmp2"), sock("tqmp")
 	port := freeTCPPort(t)
 	console := filepath.Join(work, "console.log")
 	cmd := exec.Command(fixture.Tool(t, "qemu-system-x86_64"), "-accel", "tcg", "-m", "256", "-smp", "1",
@@ -86,6 +87,7 @@ func bootLive(t *testing.T, sizeMiB int, tree string, appendLine string) *pollGu
 		"-gdb", fmt.Sprintf("tcp:127.0.0.1:%d", port),
 		"-qmp", "unix:"+testSock+",server=on,wait=off", // the test's monitor
 		"-qmp", "unix:"+qmpSock+",server=on,wait=off", // vmscope's
+		"-qmp", "unix:"+qmp2Sock+",server=on,wait=off", // a second vmscope's
 		"-blockdev", "driver=file,node-name=data-file,filename="+img,
 		"-blockdev", "driver=qcow2,node-name=data,file=data-file",
 		"-device", "virtio-blk-pci,drive=data,id=vd0")
@@ -95,7 +97,8 @@ func bootLive(t *testing.T, sizeMiB int, tree string, appendLine string) *pollGu
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	lg := &pollGuest{t: t, console: console, bin: bin, bg: !strings.Contains(appendLine, "vmscope.bg=0"), spec: fmt.Sprintf("gdb://127.0.0.1:%d,qmp=unix:%s", port, qmpSock)}
+	lg := &pollGuest{t: t, console: console, bin: bin, bg: !strings.Contains(appendLine, "vmscope.bg=0"),
+		spec: fmt.Sprintf("gdb://127.0.0.1:%d,qmp=unix:%s", port, qmpSock), spec2: fmt.Sprintf("gdb://127.0.0.1:%d,qmp=unix:%s", port, qmp2Sock)}
 	deadline := time.Now().Add(3 * time.Minute)
 	for !strings.Contains(lg.log(), "=== READY ===") {
 		if time.Now().After(deadline) || cmd.ProcessState != nil || strings.Contains(lg.log(), "=== FAIL") {
@@ -390,7 +393,21 @@ func TestLiveDirtyGuest(t *testing.T) {
 	for step := 1; step <= 5; step++ {
 		k := 3 + step
 		lg.round(k)
-		killed := lg.killedPoll(state, step)
+		killed := lg.killedPoll(state, step, func() {
+			if step != 3 {
+				return
+			}
+			// Two pollers: the second refuses, by the state's lock or
+			// by the first one's objects in QEMU.
+			_, errOut, code := lg.run(nil, "dirty", "--guest", lg.spec, "--state", state)
+			if code != 2 || !strings.Contains(errOut, "another vmscope") {
+				t.Errorf("a second poller of the same state: exit %d: %s", code, errOut)
+			}
+			_, errOut, code = lg.run(nil, "dirty", "--guest", lg.spec2, "--state", state+".other")
+			if code != 2 || !strings.Contains(errOut, "a vmscope poll is running on this guest") || !strings.Contains(errOut, "vmscope-fleece") {
+				t.Errorf("a second poller with another state: exit %d: %s", code, errOut)
+			}
+		})
 		out, errOut, code := lg.run(nil, "guest", "release", "--guest", lg.spec)
 		if code != 0 || !strings.Contains(out, "live poll: removed") || step >= 2 && !strings.Contains(out, "merged bitmap") {
 			t.Errorf("step %d: guest release: exit %d: %s %s", step, code, out, errOut)
@@ -407,9 +424,9 @@ func TestLiveDirtyGuest(t *testing.T) {
 	}
 }
 
-// killedPoll starts a poll that stops after step, SIGKILLs it there, and
-// returns what it wrote on stdout (the changes, from step 4 on).
-func (lg *pollGuest) killedPoll(state string, step int) *changeDoc {
+// killedPoll starts a poll that stops after step, runs during while it
+// holds there, SIGKILLs it, and returns what it wrote on stdout (the changes, from step 4 on).
+func (lg *pollGuest) killedPoll(state string, step int, during func()) *changeDoc {
 	lg.t.Helper()
 	cmd := exec.Command(lg.bin, "dirty", "--guest", lg.spec, "--state", state, "--format", "json")
 	cmd.Env = append(os.Environ(), fmt.Sprintf("VMSCOPE_LIVE_STOP_AFTER=%d", step))
@@ -432,6 +449,7 @@ func (lg *pollGuest) killedPoll(state string, step int) *changeDoc {
 			lg.t.Fatalf("step %d: the poll ended before its stop: %s", step, all.String())
 		}
 	}
+	during()
 	cmd.Process.Signal(syscall.SIGKILL)
 	go io.Copy(io.Discard, br)
 	cmd.Wait()

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/spf13/pflag"
 
 	"github.com/vmscope/vmscope/dirty"
@@ -100,6 +101,8 @@ type liveDisk struct {
 	im   *disk.Image
 	d    *fsparse.Disk
 	db   *state.DB // nil without --state
+
+	errOut io.Writer
 }
 
 // liveFlags are the flags of a live disk.
@@ -126,7 +129,7 @@ func openLive(ctx context.Context, lf *liveFlags, statePath string, errOut io.Wr
 	if sp.QMP == "" {
 		return nil, usageError{fmt.Errorf("--guest %s: a live disk needs the QMP socket (,qmp=unix:PATH)", lf.guest)}
 	}
-	l := &liveDisk{spec: lf.guest}
+	l := &liveDisk{spec: lf.guest, errOut: errOut}
 	o := live.Options{Disk: lf.disk, Dir: lf.scratch, Log: errOut}
 	if s := os.Getenv("VMSCOPE_LIVE_STOP_AFTER"); s != "" {
 		o.StopAfter, _ = strconv.Atoi(s) // a test hook: see live.Options
@@ -194,6 +197,10 @@ func (l *liveDisk) close(ctx context.Context, ok bool) error {
 	var errs []error
 	if l.view != nil {
 		errs = append(errs, l.view.End(ctx, ok))
+		if l.errOut != nil {
+			fmt.Fprintf(l.errOut, "vmscope: live: %s read over NBD in %v; the fleecing image took %s\n",
+				humanize.IBytes(uint64(l.view.BytesRead.Load())), time.Since(l.view.Time).Round(time.Millisecond), humanize.IBytes(uint64(l.view.TempBytes)))
+		}
 	}
 	if l.q != nil {
 		errs = append(errs, l.q.Close())

@@ -37,6 +37,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/vmscope/vmscope/dirty/nbd"
@@ -114,6 +116,11 @@ type View struct {
 	// Image is the disk at Time (raw, over NBD).
 	Image  *disk.Image
 	Client *nbd.Client
+	// BytesRead counts the bytes read through Image; TempBytes is the
+	// space the fleecing image took (what the guest overwrote during the
+	// poll), measured by End before it removes the file.
+	BytesRead atomic.Int64
+	TempBytes int64
 
 	m        qemu.Monitor
 	o        Options
@@ -269,7 +276,7 @@ func Begin(ctx context.Context, m qemu.Monitor, o Options) (v *View, err error) 
 			}
 		}
 	}
-	v.Image, err = disk.New(v.Client.ReaderAt(context.WithoutCancel(ctx)), d.Size, nil, disk.WithName("qemu:"+d.File))
+	v.Image, err = disk.New(countingReader{v.Client.ReaderAt(context.WithoutCancel(ctx)), &v.BytesRead}, d.Size, nil, disk.WithName("qemu:"+d.File))
 	if err != nil {
 		return v, err
 	}
@@ -320,6 +327,17 @@ func (v *View) pickBitmaps(ctx context.Context) error {
 		v.Read = cur.Name
 	}
 	return nil
+}
+
+type countingReader struct {
+	r io.ReaderAt
+	n *atomic.Int64
+}
+
+func (c countingReader) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.r.ReadAt(p, off)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 // mergeForward merges bitmap from into to and removes from.
@@ -382,6 +400,10 @@ func (v *View) End(ctx context.Context, ok bool) error {
 		v.added = false
 	}
 	if v.tmp != "" {
+		var st syscall.Stat_t
+		if syscall.Stat(v.tmp, &st) == nil {
+			v.TempBytes = st.Blocks * 512
+		}
 		if err := os.Remove(v.tmp); err != nil && !os.IsNotExist(err) {
 			errs = append(errs, err)
 		}
