@@ -5,6 +5,7 @@ set -euo pipefail
 
 pkgs=(
   qemu-utils          # qemu-img, qemu-io, qemu-nbd: images and the conformance reference
+  libnbd-bin          # nbdinfo --map, nbdcopy: the NBD client's reference and benchmark peer
   e2fsprogs           # mkfs.ext4 -d, debugfs: fixtures and the ext4 reference
   fdisk               # sfdisk: GPT and MBR fixtures
   dosfstools mtools   # mkfs.vfat, mcopy: the FAT fixture

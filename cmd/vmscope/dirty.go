@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -13,12 +14,13 @@ import (
 
 type dirtyFlags struct {
 	base, bitmap, state, source, format string
+	live                                liveFlags
 }
 
 func newDirtyCmd() *cobra.Command {
 	var f dirtyFlags
 	c := &cobra.Command{
-		Use:   "dirty IMAGE [--base IMAGE | --bitmap NAME | --state PATH]",
+		Use:   "dirty IMAGE [--base IMAGE | --bitmap NAME | --state PATH] | dirty --guest SPEC [--disk ID] --state PATH",
 		Short: "List the files changed since a base image or the last poll, and why",
 		Long: `List the guest files that changed, found from the dirty blocks up:
   --base IMAGE   against an older image of the same disk (shared layers are skipped)
@@ -32,9 +34,26 @@ poll reports only what changed since. To keep a bitmap small, rotate it as
 incremental backup does: a QMP transaction of block-dirty-bitmap-add (new,
 persistent) and block-dirty-bitmap-disable (old), poll the old one, then
 block-dirty-bitmap-remove it; poll the new one next time. A bitmap that was
-not enabled at the last poll, or holds less than then, makes a full pass.`,
-		Args: rangeArgs(1, 1),
+not enabled at the last poll, or holds less than then, makes a full pass.
+
+--guest SPEC polls a running QEMU (its QMP socket) without pausing it: each
+poll takes a point in time of the disk (a fleecing image, blockdev-backup
+sync=none) and, in the same QMP transaction, rotates vmscope's persistent
+tracking bitmap (vmscope-track-*); the files the guest wrote since the last
+poll's point in time are read from that view over NBD. The output names the
+point in time and the bitmap generation. A killed poll leaves vmscope- nodes
+and bitmaps: vmscope guest release --guest SPEC removes and merges them.`,
+		Args: rangeArgs(0, 1),
 		RunE: func(c *cobra.Command, args []string) error {
+			if f.live.guest != "" {
+				if len(args) > 0 {
+					return usageError{fmt.Errorf("--guest reads a running guest's disk: no IMAGE with it")}
+				}
+				return runDirtyGuest(c.Context(), &f, c.OutOrStdout(), c.ErrOrStderr())
+			}
+			if len(args) != 1 {
+				return usageError{fmt.Errorf("give an IMAGE, or --guest SPEC")}
+			}
 			return runDirty(c.Context(), args[0], &f, c.OutOrStdout(), c.ErrOrStderr())
 		},
 	}
@@ -44,7 +63,42 @@ not enabled at the last poll, or holds less than then, makes a full pass.`,
 	fl.StringVar(&f.state, "state", "", "poll state file (created when missing)")
 	fl.StringVar(&f.source, "source", "auto", "dirty source with --state: auto, cow, bitmap:NAME or hash")
 	fl.StringVar(&f.format, "format", "table", "output format: table, json or ndjson")
+	f.live.add(fl)
 	return c
+}
+
+// runDirtyGuest lists the files the running guest of f changed since the
+// last poll of the state, at one point in time.
+func runDirtyGuest(ctx context.Context, f *dirtyFlags, out, errOut io.Writer) (err error) {
+	if err := checkFormat(f.format, dirty.Formats...); err != nil {
+		return err
+	}
+	if f.state == "" || f.base != "" || f.bitmap != "" || f.source != "auto" {
+		return usageError{fmt.Errorf("--guest polls with --state PATH alone (its source is the guest's own tracking bitmap)")}
+	}
+	l, err := openLive(ctx, &f.live, f.state, errOut)
+	if err != nil {
+		return err
+	}
+	saved := false
+	defer func() { err = errors.Join(err, l.close(ctx, saved)) }()
+	sel, err := l.selectLive(ctx, errOut, "")
+	if err != nil {
+		return err
+	}
+	if err := dirty.WriteChanges(out, f.format, sel); err != nil {
+		return err
+	}
+	if len(sel.Errors) > 0 {
+		fmt.Fprintf(errOut, "vmscope: poll state not updated: %d errors; the next poll redoes this one\n", len(sel.Errors))
+		return partial(errOut, sel)
+	}
+	if err := sel.CommitContext(ctx); err != nil {
+		return err
+	}
+	saved = true
+	l.view.Step(4, "poll state saved")
+	return nil
 }
 
 // runDirty lists the changed files of image as f says on out; problems and

@@ -300,7 +300,8 @@ func newGuestReleaseCmd() *cobra.Command {
 			"is undone with a QMP cont. Without a journal it changes nothing. The journal is removed once the guest is restored.",
 		Args: rangeArgs(0, 0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runGuestRelease(cmd.Context(), spec, cmd.OutOrStdout())
+			// then what a killed live dirty poll left (dirty/live)
+			return errors.Join(runGuestRelease(cmd.Context(), spec, cmd.OutOrStdout()), releaseLive(cmd.Context(), spec, cmd.OutOrStdout()))
 		},
 	}
 	c.Flags().StringVar(&spec, "guest", "", guestFlagHelp)

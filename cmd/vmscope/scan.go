@@ -37,22 +37,34 @@ type scanFlags struct {
 	dirty    string
 	state    string
 	cache    string
+	live     liveFlags
 }
 
 func newScanCmd() *cobra.Command {
 	var f scanFlags
 	c := &cobra.Command{
-		Use:   "scan IMAGE",
+		Use:   "scan IMAGE | scan --guest SPEC [--disk ID] [--dirty live --state PATH]",
 		Short: "YARA-scan every file of every guest filesystem, straight from the image",
 		Long: `Scan every regular file of every filesystem of IMAGE with YARA rules, streaming
 each file from the image in bounded memory, in parallel.
 
 With no --rules, the embedded default ruleset is used (scan/rules/README.md).
 Exit status: 1 when anything matched; otherwise 2 when a file could not be
-read (it is listed in the output) or the scan could not run; otherwise 0.`,
-		Args: rangeArgs(1, 1),
+read (it is listed in the output) or the scan could not run; otherwise 0.
+
+--guest SPEC scans the disk of a running QEMU at one point in time, without
+pausing it (see vmscope dirty --help); with --dirty live --state PATH only the
+files the guest changed since the last poll.`,
+		Args: rangeArgs(0, 1),
 		RunE: func(c *cobra.Command, args []string) error {
-			return runScan(c.Context(), args[0], &f, c.OutOrStdout(), c.ErrOrStderr())
+			image := ""
+			if len(args) == 1 {
+				image = args[0]
+			}
+			if (image == "") == (f.live.guest == "") {
+				return usageError{fmt.Errorf("give an IMAGE or --guest SPEC")}
+			}
+			return runScan(c.Context(), image, &f, c.OutOrStdout(), c.ErrOrStderr())
 		},
 	}
 	fl := c.Flags()
@@ -67,27 +79,46 @@ read (it is listed in the output) or the scan could not run; otherwise 0.`,
 	fl.StringArrayVar(&f.exclude, "exclude", nil, "leave out guest paths matching this glob (repeatable; wins over --include)")
 	fl.BoolVar(&f.hash, "hash", false, "compute the sha256 of every scanned file (matched files always get one)")
 	fl.StringVar(&f.progress, "progress", "auto", "progress line on stderr: auto (when stderr is a terminal), always or never")
-	fl.StringVar(&f.dirty, "dirty", "", "scan only the files changed since the last poll: auto, cow, bitmap:NAME, hash (need --state) or base:IMAGE")
+	fl.StringVar(&f.dirty, "dirty", "", "scan only the files changed since the last poll: auto, cow, bitmap:NAME, hash (need --state) or base:IMAGE; live with --guest (needs --state)")
 	fl.StringVar(&f.state, "state", "", "poll state database for --dirty (created on the first poll, which scans everything)")
+	f.live.add(fl)
 	return c
 }
 
 // runScan scans image as f says and writes the report to out (or to
 // --output); what the user should know on the way goes to errOut.
-func runScan(ctx context.Context, image string, f *scanFlags, out, errOut io.Writer) error {
+func runScan(ctx context.Context, image string, f *scanFlags, out, errOut io.Writer) (err error) {
 	opts, err := f.options()
 	if err != nil {
 		return err
+	}
+	if f.live.guest != "" && f.dirty != "" && f.dirty != "live" || f.live.guest == "" && f.dirty == "live" {
+		return usageError{fmt.Errorf("--dirty live goes with --guest (and --guest with no other --dirty source)")}
 	}
 	rules, err := f.loadRules(errOut)
 	if err != nil {
 		return err
 	}
-	im, d, err := openDisk(image)
-	if err != nil {
-		return err
+	var im *disk.Image
+	var d *fsparse.Disk
+	var lv *liveDisk // --guest: the disk at one point in time
+	saved := false
+	if f.live.guest != "" {
+		state := ""
+		if f.dirty == "live" {
+			state = f.state
+		}
+		if lv, err = openLive(ctx, &f.live, state, errOut); err != nil {
+			return err
+		}
+		defer func() { err = errors.Join(err, lv.close(ctx, saved)) }()
+		im, d, image = lv.im, lv.d, "live: "+lv.point()
+	} else {
+		if im, d, err = openDisk(image); err != nil {
+			return err
+		}
+		defer im.Close()
 	}
-	defer im.Close()
 	if f.output != "" {
 		if err := refuseEvidence(f.output, chainFiles(im)); err != nil {
 			return err
@@ -107,7 +138,13 @@ func runScan(ctx context.Context, image string, f *scanFlags, out, errOut io.Wri
 	}
 
 	var sel *dirty.Selection
-	if f.dirty != "" {
+	switch {
+	case lv != nil && f.dirty == "live":
+		if sel, err = lv.selectLive(ctx, errOut, rules.Digest()); err != nil {
+			return err
+		}
+		fmt.Fprintf(errOut, "vmscope: %d changed files, %d to scan\n", len(sel.Changes), len(sel.Due()))
+	case f.dirty != "":
 		if sel, err = selectDirty(ctx, errOut, im, d, f, rules.Digest()); err != nil {
 			return err
 		}
@@ -123,6 +160,9 @@ func runScan(ctx context.Context, image string, f *scanFlags, out, errOut io.Wri
 			fmt.Fprintf(errOut, "vmscope: %v\n", err)
 		} else if err != nil {
 			return err
+		} else if lv != nil {
+			saved = true
+			lv.view.Step(4, "poll state saved")
 		}
 	}
 	if err := writeReport(out, f.output, report, f.format); err != nil {

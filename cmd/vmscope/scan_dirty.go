@@ -2,14 +2,23 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"os"
+	"strconv"
 	"strings"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"github.com/spf13/pflag"
 
 	"github.com/vmscope/vmscope/dirty"
+	"github.com/vmscope/vmscope/dirty/live"
 	"github.com/vmscope/vmscope/dirty/state"
 	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/fsparse"
+	"github.com/vmscope/vmscope/vmi/qemu"
 )
 
 // parseSource turns a dirty source as the flags give it (auto, cow,
@@ -80,4 +89,147 @@ func selectDirty(ctx context.Context, errOut io.Writer, im *disk.Image, d *fspar
 	due := sel.Due()
 	fmt.Fprintf(errOut, "vmscope: dirty source %s: %d changed files, %d to scan\n", sel.Source, len(sel.Changes), len(due))
 	return sel, nil
+}
+
+// liveDisk is the disk of a running guest at one point in time (package
+// dirty/live): the fleecing export read over NBD, with the poll state
+// when the poll keeps one.
+type liveDisk struct {
+	spec string
+	q    *qemu.QMP
+	view *live.View
+	im   *disk.Image
+	d    *fsparse.Disk
+	db   *state.DB // nil without --state
+
+	errOut io.Writer
+}
+
+// liveFlags are the flags of a live disk.
+type liveFlags struct {
+	guest, disk, scratch string
+}
+
+func (lf *liveFlags) add(fl *pflag.FlagSet) {
+	fl.StringVar(&lf.guest, "guest", "", "a running guest instead of IMAGE: gdb://HOST:PORT,qmp=unix:PATH (its disk is read at one point in time over QMP and NBD, never paused)")
+	fl.StringVar(&lf.disk, "disk", "", "with --guest: the block device (QOM path, device id, node name or drive id; default the only disk)")
+	fl.StringVar(&lf.scratch, "scratch", "", "with --guest: a directory QEMU can write, for the fleecing image and the NBD socket (default $TMPDIR)")
+}
+
+// openLive takes the point in time of the disk of the guest of lf: the
+// state first (its lock: a second poller with the same state waits, then
+// refuses), then QEMU (a second poller of the same guest finds the first
+// one's objects and refuses). Close it with ok = the poll's state was
+// saved.
+func openLive(ctx context.Context, lf *liveFlags, statePath string, errOut io.Writer) (*liveDisk, error) {
+	sp, err := qemu.ParseSpec(lf.guest)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	if sp.QMP == "" {
+		return nil, usageError{fmt.Errorf("--guest %s: a live disk needs the QMP socket (,qmp=unix:PATH)", lf.guest)}
+	}
+	l := &liveDisk{spec: lf.guest, errOut: errOut}
+	o := live.Options{Disk: lf.disk, Dir: lf.scratch, Log: errOut}
+	if s := os.Getenv("VMSCOPE_LIVE_STOP_AFTER"); s != "" {
+		o.StopAfter, _ = strconv.Atoi(s) // a test hook: see live.Options
+	}
+	if statePath != "" {
+		if l.db, err = state.Open(statePath); err != nil {
+			return nil, err
+		}
+		o.Tag = live.StateTag(statePath)
+	}
+	if l.q, err = qemu.DialQMP(ctx, sp.QMP); err != nil {
+		l.close(ctx, false)
+		return nil, err
+	}
+	if l.view, err = live.Begin(ctx, l.q, o); err != nil {
+		l.close(ctx, false)
+		return nil, err
+	}
+	l.im = l.view.Image
+	if l.d, err = fsparse.Open(l.im, l.im.Size()); err != nil {
+		l.close(ctx, false)
+		return nil, err
+	}
+	v := l.view
+	fmt.Fprintf(errOut, "vmscope: %s\n", l.point())
+	if len(v.Merged()) > 0 {
+		fmt.Fprintf(errOut, "vmscope: merged the bitmaps a killed poll left: %s\n", strings.Join(v.Merged(), ", "))
+	}
+	return l, nil
+}
+
+// point says which point in time the view is.
+func (l *liveDisk) point() string {
+	v := l.view
+	s := fmt.Sprintf("guest %s disk %s at %s", l.spec, v.Disk.ID(), v.Time.Format(time.RFC3339Nano))
+	if v.Next() != "" {
+		s += fmt.Sprintf(" (bitmap generation %d", v.Gen)
+		if v.Read != "" {
+			s += fmt.Sprintf(", writes since generation %d from %s", v.Gen-1, v.Read)
+		}
+		s += ")"
+	}
+	return s
+}
+
+// selectLive runs the dirty poll of the live view against its state.
+func (l *liveDisk) selectLive(ctx context.Context, errOut io.Writer, rulesDigest string) (*dirty.Selection, error) {
+	if l.db == nil {
+		return nil, usageError{fmt.Errorf("--dirty live needs --state PATH (the poll state; the first poll scans everything)")}
+	}
+	sel, err := dirty.Select(ctx, l.im, l.d, l.view.Source(), l.db, rulesDigest)
+	if err != nil {
+		return nil, err
+	}
+	sel.Source = "live: " + l.point()
+	if l.view.Full {
+		fmt.Fprintf(errOut, "vmscope: full pass: %s\n", l.view.Why)
+	}
+	return sel, nil
+}
+
+// close tears the point in time down (the bitmap read is merged forward
+// unless ok: the poll's state was saved), then QMP and the state.
+func (l *liveDisk) close(ctx context.Context, ok bool) error {
+	var errs []error
+	if l.view != nil {
+		errs = append(errs, l.view.End(ctx, ok))
+		if l.errOut != nil {
+			fmt.Fprintf(l.errOut, "vmscope: live: %s read over NBD in %v; the fleecing image took %s\n",
+				humanize.IBytes(uint64(l.view.BytesRead.Load())), time.Since(l.view.Time).Round(time.Millisecond), humanize.IBytes(uint64(l.view.TempBytes)))
+		}
+	}
+	if l.q != nil {
+		errs = append(errs, l.q.Close())
+	}
+	if l.db != nil {
+		errs = append(errs, l.db.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// releaseLive removes what a killed live poll left in the guest spec
+// (guest release): vmscope- nodes, jobs, exports, the NBD socket, and
+// merges orphaned tracking bitmaps forward.
+func releaseLive(ctx context.Context, spec string, w io.Writer) error {
+	sp, err := qemu.ParseSpec(spec)
+	if err != nil || sp.QMP == "" {
+		return nil // no QMP: no live poll could have run
+	}
+	q, err := qemu.DialQMP(ctx, sp.QMP)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	rel, err := live.Release(ctx, q, "")
+	for _, r := range rel.Removed {
+		fmt.Fprintf(w, "live poll: removed %s\n", r)
+	}
+	for _, r := range rel.Merged {
+		fmt.Fprintf(w, "live poll: merged bitmap %s\n", r)
+	}
+	return err
 }

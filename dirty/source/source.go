@@ -47,4 +47,14 @@ type Cursor struct {
 	// for cow, of the blocks the overlays held; for bitmap, of the whole
 	// disk.
 	Blocks *BlockHashes `json:"-"`
+	// Live is the cursor of a running QEMU's disk (package dirty/live).
+	Live *LiveCursor `json:"live,omitempty"`
+}
+
+// LiveCursor is where a live poll left off: the QEMU block node it read
+// (its identity: node name, image file, size) and the tracking bitmap it
+// created at its point in time, which the next poll reads.
+type LiveCursor struct {
+	Node   string `json:"node"`
+	Bitmap string `json:"bitmap"`
 }
