@@ -67,7 +67,7 @@ func TestDomain(t *testing.T) {
 	t.Run("monitor", func(t *testing.T) { testMonitor(t, ctx, d, ep) })
 	t.Run("taint", func(t *testing.T) { testTaint(t, d) })
 	t.Run("pid", func(t *testing.T) { testPID(t, ctx, d, ep) })
-	t.Run("stub", func(t *testing.T) { testStub(t, ctx, d, ep) })
+	t.Run("stub", func(t *testing.T) { testLive(t, ctx, d, ep, attachGDB) })
 }
 
 func has(msgs []string, s string) bool {
@@ -172,36 +172,48 @@ func testPID(t *testing.T, ctx context.Context, d *libvirttest.Domain, ep qemu.E
 	}
 }
 
-// testStub opens a GDB stub on demand, attaches the existing GDB-stub
-// path (qemu.Open) to it, lists the guest's processes as `mem ps` does and
-// compares them with the guest's own ps, compares 64 random pages with a
-// dump-guest-memory taken through the pass-through at the same stop, and
-// checks that after the detach and the closer no stub listens and the
-// guest runs.
-func testStub(t *testing.T, ctx context.Context, d *libvirttest.Domain, ep qemu.Endpoint) {
+// attached is vmscope's live path attached to the domain's endpoint.
+type attached struct {
+	live  vmi.Live
+	stub  string                      // the stub's address; "" without one
+	close func(context.Context) error // detaches (and closes the stub)
+}
+
+// attachGDB is the GDB-stub path: a stub opened on demand (ep.OpenGDB) and
+// the existing qemu.Open on it. The process-memory path attaches through
+// the same Endpoint; testLive is the same for both.
+func attachGDB(t *testing.T, ctx context.Context, ep qemu.Endpoint) attached {
 	addr, closeStub, err := ep.OpenGDB(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	stubClosed := false
-	defer func() {
-		if !stubClosed {
-			closeStub(context.WithoutCancel(ctx))
-		}
-	}()
 	if h, _, _ := net.SplitHostPort(addr); h != "127.0.0.1" {
 		t.Errorf("stub on %s, want loopback", addr)
 	}
 	g, err := qemu.Open(ctx, "gdb://"+addr, qemu.WithJournal(filepath.Join(t.TempDir(), "journal")))
 	if err != nil {
+		closeStub(context.WithoutCancel(ctx))
 		t.Fatal(err)
 	}
-	guestClosed := false
+	return attached{live: g, stub: addr, close: func(ctx context.Context) error {
+		return errors.Join(g.Close(ctx), closeStub(ctx))
+	}}
+}
+
+// testLive attaches (attach), pauses, lists the guest's processes as
+// `mem ps` does and compares them with the guest's own ps, compares random
+// pages with `virsh dump --memory-only` taken at the same stop (and that
+// dump with Domain.Dump's), and checks that after the detach no stub
+// listens and the guest runs.
+func testLive(t *testing.T, ctx context.Context, d *libvirttest.Domain, ep qemu.Endpoint, attach func(*testing.T, context.Context, qemu.Endpoint) attached) {
+	a := attach(t, ctx, ep)
+	closed := false
 	defer func() {
-		if !guestClosed {
-			g.Close(context.WithoutCancel(ctx))
+		if !closed {
+			a.close(context.WithoutCancel(ctx))
 		}
 	}()
+	g := a.live
 	if err := g.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -242,17 +254,15 @@ func testStub(t *testing.T, ctx context.Context, d *libvirttest.Domain, ep qemu.
 	defer snap.Close()
 	samePages(t, g, snap, 64)
 
-	if err := g.Close(ctx); err != nil {
-		t.Errorf("close the guest: %v", err)
+	closed = true
+	if err := a.close(ctx); err != nil {
+		t.Errorf("detach: %v", err)
 	}
-	guestClosed = true
-	if err := closeStub(ctx); err != nil {
-		t.Errorf("close the stub: %v", err)
-	}
-	stubClosed = true
-	if c, err := net.DialTimeout("tcp", addr, 2*time.Second); err == nil {
-		c.Close()
-		t.Errorf("a stub still listens on %s after its closer", addr)
+	if a.stub != "" {
+		if c, err := net.DialTimeout("tcp", a.stub, 2*time.Second); err == nil {
+			c.Close()
+			t.Errorf("a stub still listens on %s after the detach", a.stub)
+		}
 	}
 	r, err := ep.Monitor.Execute(ctx, "query-status", nil)
 	var st qemu.Status
@@ -272,7 +282,7 @@ func testStub(t *testing.T, ctx context.Context, d *libvirttest.Domain, ep qemu.
 // its console at boot: every user process of ps is there with its ppid
 // and argv, no other user process is, and the kernel threads agree in
 // number but for kworkers started or ended since.
-func checkPS(t *testing.T, ctx context.Context, g *qemu.Guest, truth *guesttest.Truth) {
+func checkPS(t *testing.T, ctx context.Context, g vmi.Live, truth *guesttest.Truth) {
 	cpus, err := g.CPUs(ctx)
 	if err != nil {
 		t.Fatal(err)
