@@ -16,6 +16,7 @@ pkgs=(
   pkg-config
   busybox-static      # the guest fixture's initramfs
   qemu-system-x86     # the guest fixture
+  libvirt-daemon-system libvirt-clients  # libvirt: guests by domain name (testdata/libvirt, vmi/qemu/libvirt)
   makedumpfile        # the guest fixture: kdump files written by makedumpfile -c / -l
   gcc-12 make         # the guest fixture: LiME built against the guest kernel's headers
   cpio
