@@ -311,7 +311,7 @@ func (m *KernelMap) addKprobeSlots() {
 
 // addBPF adds each JIT image on bpf_kallsyms (struct bpf_ksym: start,
 // end, name, on a list through lnode) and each bpf_prog_pack on pack_list
-// (its ptr and bpf_prog_pack_size bytes), where the build has them.
+// (its ptr and BPF_PROG_PACK_SIZE bytes), where the build has them.
 func (m *KernelMap) addBPF() {
 	k := m.Kernel
 	if head, ok := k.Symbols.Addr("bpf_kallsyms"); ok {
@@ -336,16 +336,22 @@ func (m *KernelMap) addBPF() {
 			}
 		}
 	}
+	// A pack is PMD_SIZE per possible NUMA node (BPF_PROG_PACK_SIZE; the
+	// kernel maps it executable as a whole): 2 MiB on x86-64 with 4- or
+	// 5-level paging, times nr_node_ids.
 	head, ok1 := k.Symbols.Addr("pack_list")
-	sizeVar, ok2 := k.Symbols.Addr("bpf_prog_pack_size")
+	nodesVar, ok2 := k.Symbols.Addr("nr_node_ids")
 	listOff, err := k.Field("bpf_prog_pack", "list")
 	if !ok1 || !ok2 || err != nil {
 		return
 	}
-	size, err := k.ReadU64(sizeVar)
-	if err != nil || size == 0 || size > maxRegionSize {
+	nodes, err := k.ReadU64(nodesVar)
+	nodes &= 0xffffffff // unsigned int
+	if err != nil || nodes == 0 || nodes > 1024 {
+		m.problem("nr_node_ids", nodesVar, fmt.Errorf("%d nodes: %v: %w", nodes, err, vmi.ErrCorrupt))
 		return
 	}
+	size := nodes << 21
 	if p := walkList(k, head, maxListEntries, func(e vmi.VA) bool {
 		r := newReader(k)
 		ptr := vmi.VA(r.uint("bpf_prog_pack", e-vmi.VA(listOff), "ptr"))
