@@ -38,11 +38,11 @@ func WithCPUs(c []vmi.CPU) Option { return func(o *options) { o.cpus = c } }
 
 // checker runs the checks on one kernel map.
 type checker struct {
-	m     *KernelMap
-	k     *linux.Kernel
-	o     options
-	rep   *Report
-	exec  execSet // ExecRanges, once walked
+	m    *KernelMap
+	k    *linux.Kernel
+	o    options
+	rep  *Report
+	exec execSet // ExecRanges, once walked
 }
 
 // Check runs every static check on k and returns its findings, sorted.

@@ -141,7 +141,7 @@ func (m *KernelMap) Known(va vmi.VA) bool {
 
 // Symbolize names va: the nearest symbol at or below it within the same
 // code region (for an address outside every region, the nearest symbol
-// within 64 KiB, as a hint), its offset from that symbol, and the owner
+// only inside the kernel image: its data), its offset from that symbol, and the owner
 // of the region ("kernel", "module NAME", or "none").
 func (m *KernelMap) Symbolize(va vmi.VA) (sym string, off uint64, owner string) {
 	r, ok := m.Region(va)
@@ -160,7 +160,7 @@ func (m *KernelMap) Symbolize(va vmi.VA) (sym string, off uint64, owner string) 
 		}
 		return "", 0, owner
 	}
-	if !ok && va-s.addr > 64<<10 {
+	if !ok && (va < m.Kernel.Text || va >= m.Kernel.ImageEnd) {
 		return "", 0, owner
 	}
 	return s.name, uint64(va - s.addr), owner

@@ -67,10 +67,10 @@ type pageWalk struct {
 	la57     bool
 	lo, hi   vmi.VA
 	execOnly bool
-	tables int
-	leaves int
-	out    []ExecRange
-	probs  []vmerr.Problem
+	tables   int
+	leaves   int
+	out      []ExecRange
+	probs    []vmerr.Problem
 }
 
 // canonical sign-extends a virtual address from bit 47 (or 56).

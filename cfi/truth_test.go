@@ -45,6 +45,10 @@ func loadConsole(t testing.TB, path string) *consoleTruth {
 	for sc.Scan() {
 		l := strings.TrimRight(sc.Text(), "\r")
 		ct.lines = append(ct.lines, l)
+		// a marker may follow terminal control bytes on its line
+		if i := strings.Index(l, "=== "); i > 0 && !in {
+			l = l[i:]
+		}
 		if name, ok := strings.CutPrefix(l, "=== BEGIN "); ok {
 			cur, in = strings.TrimSuffix(name, " ==="), true
 			continue
@@ -89,11 +93,26 @@ func loadConsole(t testing.TB, path string) *consoleTruth {
 	return ct
 }
 
-func (ct *consoleTruth) symbol(name string) (uint64, bool) {
-	for _, s := range ct.kallsyms {
-		if s.name == name && s.module == "" {
-			return s.addr, true
+// rootkit is the rootkit section's KEY=VALUE pairs
+// (testdata/rootkit/init.sh), the hexadecimal addresses parsed.
+func (ct *consoleTruth) rootkit(t testing.TB) (map[string]string, map[string]uint64) {
+	t.Helper()
+	kv, addr := map[string]string{}, map[string]uint64{}
+	lines, ok := ct.sections["rootkit"]
+	if !ok {
+		t.Fatal("no rootkit section on the console")
+	}
+	for _, l := range lines {
+		for _, f := range strings.Fields(l) {
+			k, v, ok := strings.Cut(f, "=")
+			if !ok {
+				continue
+			}
+			kv[k] = v
+			if a, err := strconv.ParseUint(v, 16, 64); err == nil && len(v) == 16 {
+				addr[k] = a
+			}
 		}
 	}
-	return 0, false
+	return kv, addr
 }
