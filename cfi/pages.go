@@ -23,7 +23,7 @@ const (
 // Caps on a page-table walk: tables read and leaf entries kept. A kernel
 // of 16 GiB maps its half with a few thousand tables.
 const (
-	MaxTables = 1 << 18
+	MaxTables = 1 << 16
 	maxLeaves = 1 << 22
 )
 
@@ -51,7 +51,7 @@ func MappedRanges(ctx context.Context, mem io.ReaderAt, root vmi.PA, la57 bool, 
 }
 
 func walkKernel(ctx context.Context, mem io.ReaderAt, root vmi.PA, la57 bool, lo, hi vmi.VA, execOnly bool) ([]ExecRange, []vmerr.Problem, error) {
-	w := &pageWalk{mem: mem, la57: la57, lo: lo, hi: hi, execOnly: execOnly}
+	w := &pageWalk{mem: mem, la57: la57, lo: lo, hi: hi, execOnly: execOnly, seen: map[[2]uint64]bool{}}
 	levels := 4
 	if la57 {
 		levels = 5
@@ -67,6 +67,7 @@ type pageWalk struct {
 	la57     bool
 	lo, hi   vmi.VA
 	execOnly bool
+	seen     map[[2]uint64]bool
 	tables   int
 	leaves   int
 	out      []ExecRange
@@ -86,10 +87,20 @@ func (w *pageWalk) canonical(va uint64) vmi.VA {
 // user is true while every level above allowed user access.
 func (w *pageWalk) table(ctx context.Context, pa vmi.PA, level int, va uint64, user bool, first int) error {
 	if w.tables >= MaxTables {
-		w.probs = append(w.probs, vmerr.Problem{Where: "kernel page tables", Offset: -1, Addr: uint64(pa),
+		w.problem(vmerr.Problem{Where: "kernel page tables", Offset: -1, Addr: uint64(pa),
 			Err: fmt.Errorf("more than %d tables: %w", MaxTables, vmi.ErrCorrupt)})
 		return nil
 	}
+	// A table reached twice (at the same level) is walked once: kernels do
+	// not share kernel page tables between addresses, and a hostile loop
+	// of tables would multiply the walk.
+	key := [2]uint64{uint64(pa), uint64(level)}
+	if w.seen[key] {
+		w.problem(vmerr.Problem{Where: fmt.Sprintf("level-%d page table", level), Offset: -1, Addr: uint64(pa),
+			Err: fmt.Errorf("reached again from %#x: %w", uint64(w.canonical(va)), vmi.ErrCorrupt)})
+		return nil
+	}
+	w.seen[key] = true
 	w.tables++
 	if w.tables&1023 == 0 {
 		if err := ctx.Err(); err != nil {
@@ -98,7 +109,7 @@ func (w *pageWalk) table(ctx context.Context, pa vmi.PA, level int, va uint64, u
 	}
 	var tbl [4096]byte
 	if _, err := w.mem.ReadAt(tbl[:], int64(pa)); err != nil {
-		w.probs = append(w.probs, vmerr.Problem{Where: fmt.Sprintf("level-%d page table", level), Offset: -1, Addr: uint64(pa), Err: err})
+		w.problem(vmerr.Problem{Where: fmt.Sprintf("level-%d page table", level), Offset: -1, Addr: uint64(pa), Err: err})
 		return nil
 	}
 	shift := 12 + 9*uint(level-1)
@@ -142,6 +153,15 @@ func (w *pageWalk) table(ctx context.Context, pa vmi.PA, level int, va uint64, u
 		w.add(start, size, pa)
 	}
 	return nil
+}
+
+// maxWalkProblems caps the problems one walk reports.
+const maxWalkProblems = 64
+
+func (w *pageWalk) problem(p vmerr.Problem) {
+	if len(w.probs) < maxWalkProblems {
+		w.probs = append(w.probs, p)
+	}
 }
 
 // add appends an executable page, merging it into the previous run when

@@ -81,6 +81,7 @@ func (c *checker) stacks(ctx context.Context) (int, []Finding, error) {
 	}
 	var out []Finding
 	frames := 0
+	scanned := map[vmi.VA]bool{} // a stack is scanned once, whoever claims it
 	buf := make([]byte, size)
 	code := make([]byte, 7)
 	for _, t := range all {
@@ -99,6 +100,10 @@ func (c *checker) stacks(ctx context.Context) (int, []Finding, error) {
 			c.problem(fmt.Sprintf("stack of task %d", t.PID), stack, fmt.Errorf("not a kernel stack of %d bytes: %w", size, vmi.ErrCorrupt))
 			continue
 		}
+		if scanned[stack] {
+			continue
+		}
+		scanned[stack] = true
 		from := stack
 		if sp > stack && sp < top {
 			from = sp &^ 7
