@@ -29,12 +29,18 @@ type CheckStat struct {
 type Option func(*options)
 
 type options struct {
-	cpus []vmi.CPU
+	cpus    []vmi.CPU
+	vmlinux []byte
 }
 
 // WithCPUs gives the vCPUs' state (a snapshot's saved registers, a live
 // guest's): the IDT check reads IDTR from it.
 func WithCPUs(c []vmi.CPU) Option { return func(o *options) { o.cpus = c } }
+
+// WithKernelImage gives the build's kernel ELF (linux.ReadVmlinux of the
+// distribution's vmlinuz, with its relocation table): core text is
+// compared with it.
+func WithKernelImage(vmlinux []byte) Option { return func(o *options) { o.vmlinux = vmlinux } }
 
 // checker runs the checks on one kernel map.
 type checker struct {
@@ -43,6 +49,9 @@ type checker struct {
 	o    options
 	rep  *Report
 	exec execSet // ExecRanges, once walked
+	// kprobeAddrs are the probed addresses (the kprobes check finds them,
+	// the text check allows their int3 or jump)
+	kprobeAddrs []vmi.VA
 }
 
 // Check runs every static check on k and returns its findings, sorted.
@@ -70,6 +79,7 @@ func Check(ctx context.Context, k *linux.Kernel, opts ...Option) (*Report, error
 		{"ftrace", c.ftrace},
 		{"kprobes", c.kprobes},
 		{"stacks", c.stacks},
+		{"text", c.text},
 	} {
 		if err := ctx.Err(); err != nil {
 			return nil, err

@@ -201,6 +201,7 @@ func (c *checker) kprobes(ctx context.Context) (int, []Finding, error) {
 			c.problem("kprobe", p, r.err)
 			return
 		}
+		c.kprobeAddrs = append(c.kprobeAddrs, addr)
 		sym, off, _ := c.m.Symbolize(addr)
 		for _, h := range []vmi.VA{pre, post} {
 			if h != 0 && !c.m.InCore(h) {

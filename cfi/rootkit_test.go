@@ -9,6 +9,7 @@ import (
 
 	"github.com/vmscope/vmscope/cfi"
 	"github.com/vmscope/vmscope/internal/fixture"
+	"github.com/vmscope/vmscope/vmi/linux"
 )
 
 // rootkitPath is a file of the rootkit fixture (testdata/rootkit/build.sh),
@@ -29,7 +30,11 @@ func TestCheckRootkit(t *testing.T) {
 			kv, addr := truth.rootkit(t)
 			t.Logf("truth %v", kv)
 			s, k := openKernel(t, rootkitPath(t, sc, "guest.elf"))
-			rep, err := cfi.Check(context.Background(), k, cfi.WithCPUs(s.CPUs()))
+			img, err := linux.ReadVmlinux(fixture.GuestPath(t, "vmlinuz"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep, err := cfi.Check(context.Background(), k, cfi.WithCPUs(s.CPUs()), cfi.WithKernelImage(img))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -64,6 +69,11 @@ func TestCheckRootkit(t *testing.T) {
 				w := want[i]
 				if f.Kind != w.Kind || f.Address != w.Address || f.Symbol != w.Symbol || f.Owner != w.Owner || f.Where != w.Where || f.Offset != 0 || f.Evidence == "" {
 					t.Errorf("finding %v\nwant %+v", f, w)
+				}
+			}
+			for _, st := range rep.Checks {
+				if st.Skipped != "" {
+					t.Errorf("check %s skipped: %s", st.Name, st.Skipped)
 				}
 			}
 			for _, p := range rep.Problems {

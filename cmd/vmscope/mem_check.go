@@ -10,14 +10,24 @@ import (
 
 	"github.com/vmscope/vmscope/cfi"
 	"github.com/vmscope/vmscope/internal/output"
+	"github.com/vmscope/vmscope/vmi/linux"
 )
 
 // newMemCheckCmd is `vmscope mem check`: the kernel integrity checks of
 // package cfi on a snapshot or a live guest; exit status 1 on findings.
 func newMemCheckCmd() *cobra.Command {
 	var f memFlags
+	var vmlinuz string
 	c := memVerb("check", "Kernel integrity: system-call table, IDT, hidden modules, injected executable pages, ftrace and kprobe hooks, kernel stacks (exit 1 on findings)", &f, func(ctx context.Context, m *memSession, out, errOut io.Writer) error {
-		rep, err := cfi.Check(ctx, m.k, cfi.WithCPUs(m.cpus))
+		opts := []cfi.Option{cfi.WithCPUs(m.cpus)}
+		if vmlinuz != "" {
+			img, err := linux.ReadVmlinux(vmlinuz)
+			if err != nil {
+				return err
+			}
+			opts = append(opts, cfi.WithKernelImage(img))
+		}
+		rep, err := cfi.Check(ctx, m.k, opts...)
 		if err != nil {
 			return err
 		}
@@ -70,5 +80,6 @@ func newMemCheckCmd() *cobra.Command {
 		}
 		return perr
 	})
+	c.Flags().StringVar(&vmlinuz, "vmlinuz", "", "the distribution's vmlinuz (or vmlinux) of the kernel build: core text is compared with it, relocated by the slide")
 	return c
 }

@@ -130,7 +130,7 @@ func TestMemCheckRootkitDumps(t *testing.T) {
 		t.Run(sc, func(t *testing.T) {
 			dump := rootkitFile(t, sc, "guest.elf")
 			want := wantFindings(t, sc, rootkitTruth(t, rootkitFile(t, sc, "console.log")))
-			out, errOut, code := vmscope(t, "mem", "check", "--format", "json", dump)
+			out, errOut, code := vmscope(t, "mem", "check", "--format", "json", "--vmlinuz", guestFile(t, "vmlinuz"), dump)
 			wantCode := 1
 			if len(want) == 0 {
 				wantCode = 0
@@ -145,9 +145,12 @@ func TestMemCheckRootkitDumps(t *testing.T) {
 			if n := strings.Count(nd, "\n"); n != len(want) {
 				t.Errorf("ndjson: %d lines, want %d", n, len(want))
 			}
-			tab, _, _ := vmscope(t, "mem", "check", dump)
+			tab, errOut, _ := vmscope(t, "mem", "check", dump)
 			if n := strings.Count(tab, "\n") - 1; n != len(want) {
 				t.Errorf("table: %d rows, want %d:\n%s", n, len(want), tab)
+			}
+			if !strings.Contains(errOut, "check text: skipped: no kernel image given") {
+				t.Errorf("without --vmlinuz, stderr does not say the text check was skipped:\n%s", errOut)
 			}
 		})
 	}
@@ -167,7 +170,7 @@ func TestMemCheckLive(t *testing.T) {
 		t.Run(sc, func(t *testing.T) {
 			spec, console := bootRootkit(t, kernel, initrd, sc)
 			want := wantFindings(t, sc, rootkitTruth(t, console))
-			out, errOut, code := vmscope(t, "mem", "check", "--format", "json", "--guest", spec, "--pause")
+			out, errOut, code := vmscope(t, "mem", "check", "--format", "json", "--vmlinuz", kernel, "--guest", spec, "--pause")
 			if code != 1 {
 				t.Errorf("exit %d, want 1: %s", code, errOut)
 			}
