@@ -52,6 +52,8 @@ type checker struct {
 	// kprobeAddrs are the probed addresses (the kprobes check finds them,
 	// the text check allows their int3 or jump)
 	kprobeAddrs []vmi.VA
+	// carved are the modules the modules check carved from memory
+	carved []CarvedModule
 }
 
 // Check runs every static check on k and returns its findings, sorted.
@@ -125,9 +127,14 @@ func (c *checker) execPages(ctx context.Context) (int, []Finding, error) {
 		pages += int((er.End - er.Start) / vmi.PageBytes)
 		for _, u := range subtract(er.Start, er.End, regions) {
 			pa := er.PA + vmi.PA(u[0]-er.Start)
-			out = append(out, c.m.newFinding(KindExecPage, u[0], "",
-				fmt.Sprintf("%d KiB [%#x, %#x) mapped executable for the kernel (guest-physical %#x), outside core text, module text and known trampolines",
-					(u[1]-u[0])>>10, uint64(u[0]), uint64(u[1]), uint64(pa))))
+			ev := fmt.Sprintf("%d KiB [%#x, %#x) mapped executable for the kernel (guest-physical %#x), outside core text, module text and known trampolines",
+				(u[1]-u[0])>>10, uint64(u[0]), uint64(u[1]), uint64(pa))
+			for _, cm := range c.carved {
+				if u[0] >= cm.Base && u[0] < cm.Base+vmi.VA(cm.Text) {
+					ev += fmt.Sprintf("; it is the core text of module %q, whose struct module (at %#x) was carved from memory", cm.Name, uint64(cm.Addr))
+				}
+			}
+			out = append(out, c.m.newFinding(KindExecPage, u[0], "", ev))
 		}
 	}
 	return pages, out, nil

@@ -196,6 +196,7 @@ func (c *checker) modules(ctx context.Context) (int, []Finding, error) {
 	if err != nil {
 		return 0, nil, err
 	}
+	c.carved = carved
 	live, _ := c.k.EnumValue("module_state", "MODULE_STATE_LIVE")
 	coming, _ := c.k.EnumValue("module_state", "MODULE_STATE_COMING")
 	isCarved := map[vmi.VA]bool{}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/vmscope/vmscope/cfi"
@@ -67,6 +68,9 @@ func TestCheckRootkit(t *testing.T) {
 					continue
 				}
 				w := want[i]
+				if sc == "hide" && f.Kind == cfi.KindExecPage && !strings.Contains(f.Evidence, `core text of module "vmscope_rootkit"`) {
+					t.Errorf("the hidden module's page is not attributed to its carved struct module: %s", f.Evidence)
+				}
 				if f.Kind != w.Kind || f.Address != w.Address || f.Symbol != w.Symbol || f.Owner != w.Owner || f.Where != w.Where || f.Offset != 0 || f.Evidence == "" {
 					t.Errorf("finding %v\nwant %+v", f, w)
 				}
