@@ -24,6 +24,7 @@ fixtures: deps
 	bash testdata/hostile-mem/build.sh
 	bash testdata/modules/build.sh
 	bash testdata/livedirty/build.sh
+	bash testdata/rootkit/build.sh
 
 demo: build
 	bash scripts/demo.sh

@@ -66,7 +66,7 @@ func newMemCmd() *cobra.Command {
 		Use:   "mem",
 		Short: "Reconstruct a Linux guest from a memory snapshot (ELF core, kdump, LiME, raw) with no profile",
 	}
-	c.AddCommand(newMemInfoCmd(), newMemPsCmd(), newMemModulesCmd(), newMemFilesCmd(), newMemMountsCmd())
+	c.AddCommand(newMemInfoCmd(), newMemPsCmd(), newMemModulesCmd(), newMemFilesCmd(), newMemMountsCmd(), newMemCheckCmd())
 	return c
 }
 

@@ -223,3 +223,6 @@ func sizeof(f field) (int, error) {
 	}
 	return n, nil
 }
+
+// FieldSize is the size in bytes of member path of struct typ, from BTF.
+func (k *Kernel) FieldSize(typ, path string) (uint64, error) { return k.fieldSize(typ, path) }

@@ -193,3 +193,35 @@ func systemMap(e *elf.File, syms []elf.Symbol) []byte {
 	}
 	return b.Bytes()
 }
+
+// ReadVmlinux returns the kernel ELF of a bzImage (vmlinuz), decompressed
+// (on x86 the KASLR relocation table follows the ELF in it), or the bytes
+// of a vmlinux ELF file; at most 1 GiB.
+func ReadVmlinux(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	var hdr [0x250]byte
+	if fi.Size() > int64(len(hdr)) {
+		if _, err := f.ReadAt(hdr[:], 0); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		if string(hdr[0x202:0x206]) == "HdrS" {
+			b, _, err := unpackBzImage(f, fi.Size(), hdr[:])
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", path, err)
+			}
+			return b, nil
+		}
+	}
+	if fi.Size() > maxVmlinux {
+		return nil, fmt.Errorf("%w: %s: %d bytes", ErrKernelImage, path, fi.Size())
+	}
+	return io.ReadAll(f)
+}

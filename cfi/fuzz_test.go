@@ -1,0 +1,346 @@
+package cfi
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/cilium/ebpf/btf"
+
+	"github.com/vmscope/vmscope/internal/fixture"
+	"github.com/vmscope/vmscope/vmi"
+	"github.com/vmscope/vmscope/vmi/linux"
+	"github.com/vmscope/vmscope/vmi/snapshot"
+)
+
+// fakeMem is guest-physical memory from a byte slice.
+type fakeMem []byte
+
+func (m fakeMem) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off >= int64(len(m)) {
+		return 0, &vmi.HoleError{Addr: vmi.PA(off)}
+	}
+	n := copy(p, m[off:])
+	if n < len(p) {
+		return n, &vmi.HoleError{Addr: vmi.PA(off + int64(n))}
+	}
+	return n, nil
+}
+
+func (m fakeMem) Ranges() []vmi.Range { return []vmi.Range{{Start: 0, Size: uint64(len(m))}} }
+
+// The hostile kernel of the fuzz targets: page tables at physical 0 map
+// window (windowPages pages at windowVA, in the module area) onto the fuzz
+// input, at physical dataPA; every structure the checks read is there.
+const (
+	windowVA    = vmi.VA(0xffffffffc0000000)
+	windowPages = 16
+	dataPA      = 0x4000
+)
+
+// hostileMem builds the page tables (PML4 slot 511 -> PDPT slot 511 -> PD
+// slot 0 -> PT) and copies data into the window.
+func hostileMem(data []byte) fakeMem {
+	m := make(fakeMem, dataPA+windowPages*vmi.PageBytes)
+	put := func(pa uint64, v uint64) { binary.LittleEndian.PutUint64(m[pa:], v) }
+	idx := func(va vmi.VA, level uint) uint64 { return uint64(va) >> (12 + 9*(level-1)) & 0x1ff }
+	put(0x0000+idx(windowVA, 4)*8, 0x1000|3)
+	put(0x1000+idx(windowVA, 3)*8, 0x2000|3)
+	put(0x2000+idx(windowVA, 2)*8, 0x3000|3)
+	for i := uint64(0); i < windowPages; i++ {
+		put(0x3000+(idx(windowVA, 1)+i)*8, (dataPA+i*vmi.PageBytes)|3) // present, writable, executable
+	}
+	copy(m[dataPA:], data)
+	return m
+}
+
+// hostileSyms places every symbol the checks look up in the window, 0x200
+// apart; core text is elsewhere (unmapped).
+var hostileSymNames = []string{
+	"modules", "module_kset", "ftrace_ops_list", "ftrace_list_end", "ftrace_pages_start",
+	"ftrace_ops_trampoline_list", "kprobe_table", "kprobe_insn_slots", "kprobe_optinsn_slots",
+	"sys_call_table", "syscalls_metadata", "idt_table", "init_task", "pack_list", "nr_node_ids",
+	"bpf_kallsyms", "real_mode_header", "early_idt_handler_array", "__start_init_task", "__end_init_task",
+}
+
+func hostileSymbols() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "ffffffff81000000 T _text\nffffffff82000000 T _etext\n")
+	for i, n := range hostileSymNames {
+		fmt.Fprintf(&b, "%016x D %s\n", uint64(windowVA)+uint64(i)*0x200, n)
+	}
+	return b.String()
+}
+
+var (
+	btfOnce sync.Once
+	btfSpec *btf.Spec
+	btfErr  error
+)
+
+// guestBTF is the guest fixture kernel's BTF (the layouts the checks use),
+// or skips the test.
+func guestBTF(t testing.TB) *btf.Spec {
+	t.Helper()
+	p := fixture.GuestPath(t, "kaslr", "guest.elf")
+	btfOnce.Do(func() {
+		s, err := snapshot.Open(p)
+		if err != nil {
+			btfErr = err
+			return
+		}
+		defer s.Close()
+		k, err := linux.Discover(context.Background(), s, linux.WithCPUs(s.CPUs()))
+		if err != nil {
+			btfErr = err
+			return
+		}
+		btfSpec = k.Types
+	})
+	if btfErr != nil {
+		t.Fatal(btfErr)
+	}
+	return btfSpec
+}
+
+func hostileKernel(t testing.TB, data []byte, spec *btf.Spec) *linux.Kernel {
+	syms, err := linux.ParseKallsyms(strings.NewReader(hostileSymbols()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := hostileMem(data)
+	return &linux.Kernel{Mem: mem, AS: vmi.AddressSpace{Mem: mem, Root: 0}, Text: 0xffffffff81000000, ImageEnd: 0xffffffff82000000,
+		Symbols: syms, Types: spec, Version: "fuzz"}
+}
+
+// seedWindow is a window whose lists point at each other: every list head
+// holds pointers into the window, a few self-loops and cycles.
+func seedWindow(f *testing.F) {
+	f.Add([]byte{})
+	w := make([]byte, windowPages*vmi.PageBytes)
+	for i := 0; i+8 <= len(w); i += 8 {
+		binary.LittleEndian.PutUint64(w[i:], uint64(windowVA)+uint64((i*7919)%len(w))&^7)
+	}
+	f.Add(w)
+	self := make([]byte, windowPages*vmi.PageBytes)
+	for i := 0; i+8 <= len(self); i += 8 {
+		binary.LittleEndian.PutUint64(self[i:], uint64(windowVA)+uint64(i))
+	}
+	f.Add(self)
+	next := make([]byte, windowPages*vmi.PageBytes)
+	for i := 0; i+8 <= len(next); i += 8 {
+		binary.LittleEndian.PutUint64(next[i:], uint64(windowVA)+uint64(i+0x100)%uint64(len(next)))
+	}
+	f.Add(next)
+}
+
+// FuzzCheck runs every check on a kernel whose structures (lists, tables,
+// module area, stacks) are the fuzz input: Check must end without panic,
+// its findings sorted and within bounds, every carved module valid.
+func FuzzCheck(f *testing.F) {
+	seedWindow(f)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		spec := guestBTF(t)
+		k := hostileKernel(t, data, spec)
+		ctx := context.Background()
+		rep, err := Check(ctx, k)
+		if err != nil {
+			if errors.Is(err, context.Canceled) {
+				t.Fatal(err)
+			}
+			return
+		}
+		if !sort.SliceIsSorted(rep.Findings, func(i, j int) bool {
+			a, b := rep.Findings[i], rep.Findings[j]
+			return a.Kind < b.Kind || a.Kind == b.Kind && a.Address < b.Address
+		}) {
+			t.Errorf("findings not sorted")
+		}
+		if len(rep.Findings) > 1<<20 {
+			t.Errorf("%d findings", len(rep.Findings))
+		}
+		cm, _, err := CarveModules(ctx, k)
+		if err != nil {
+			return
+		}
+		modOff, _ := k.Field("module", "mkobj.mod")
+		for _, m := range cm {
+			self, err := k.ReadU64(m.Addr + vmi.VA(modOff))
+			if err != nil || vmi.VA(self) != m.Addr || m.Name == "" || m.Base < moduleAreaLo || m.Base >= moduleAreaHi {
+				t.Errorf("carved module %+v not valid", m)
+			}
+		}
+	})
+}
+
+// FuzzWalkList follows hostile list_heads: the walk ends, visits each
+// entry once, and stays on kernel pointers.
+func FuzzWalkList(f *testing.F) {
+	seedWindow(f)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		k := hostileKernel(t, data, nil)
+		for _, head := range []vmi.VA{windowVA, windowVA + 0x208, windowVA + vmi.VA(len(data)&^7)} {
+			seen := map[vmi.VA]bool{}
+			walkList(k, head, 64, func(e vmi.VA) bool {
+				if seen[e] || !kernelPtr(e) || e == head {
+					t.Fatalf("entry %#x: seen %v", uint64(e), seen[e])
+				}
+				seen[e] = true
+				return true
+			})
+			if len(seen) > 64 {
+				t.Fatalf("%d entries past the cap", len(seen))
+			}
+		}
+	})
+}
+
+// FuzzExecRanges walks hostile page tables (the input is guest-physical
+// memory from 0, the root at 0): ranges sorted, disjoint, non-empty, in
+// the kernel half, the tables read capped.
+func FuzzExecRanges(f *testing.F) {
+	f.Add([]byte(hostileMem(nil)[:dataPA+vmi.PageBytes]))
+	loop := make([]byte, 0x2000)
+	for i := 0; i < 512; i++ {
+		binary.LittleEndian.PutUint64(loop[i*8:], 0x1000|3)
+		binary.LittleEndian.PutUint64(loop[0x1000+i*8:], 0x0000|3)
+	}
+	f.Add(loop)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, la57 := range []bool{false, true} {
+			rs, _, err := ExecRanges(context.Background(), bytes.NewReader(data), 0, la57)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, r := range rs {
+				if r.End <= r.Start || !kernelPtr(r.Start) && !la57 || i > 0 && r.Start < rs[i-1].End {
+					t.Fatalf("range %d %#x-%#x after %#x", i, uint64(r.Start), uint64(r.End), uint64(rs[max(i-1, 0)].End))
+				}
+			}
+		}
+	})
+}
+
+// FuzzReturnAddress decodes hostile code bytes without panicking; any
+// bytes followed by a call rel32 (E8) are a return site.
+func FuzzReturnAddress(f *testing.F) {
+	f.Add([]byte{0, 0, 0xe8, 1, 2, 3, 4})
+	f.Add([]byte{0, 0, 0, 0, 0, 0xff, 0xd0})
+	f.Add([]byte{0xff, 0x15, 0, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, code []byte) {
+		_ = ReturnAddress(code)
+		rel := append(append([]byte{}, code...), 0xe8, code0(code), 0, 0, 0)
+		if !ReturnAddress(rel) {
+			t.Fatalf("% x followed by a call rel32: not a return site", code)
+		}
+	})
+}
+
+var _ io.ReaderAt = fakeMem(nil)
+
+func code0(b []byte) byte {
+	if len(b) == 0 {
+		return 0
+	}
+	return b[0]
+}
+
+// FuzzTextImage parses hostile kernel images (ELF and relocation table)
+// for a kernel whose core text is 4 KiB: no panic, and an image accepted
+// has exactly that much text.
+func FuzzTextImage(f *testing.F) {
+	var b bytes.Buffer
+	// a minimal ELF64 with a .text section is built by the seed below
+	f.Add(minimalELF(&b))
+	f.Add([]byte("\x7fELF"))
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		k := &linux.Kernel{Text: 0xffffffff81000000}
+		m := &KernelMap{Kernel: k, Core: Region{Start: 0xffffffff81000000, End: 0xffffffff81001000}}
+		ti, err := newTextImage(m, payload)
+		if err != nil {
+			return
+		}
+		if len(ti.text) != 0x1000 {
+			t.Fatalf("%d bytes of text", len(ti.text))
+		}
+	})
+}
+
+// minimalELF writes an ELF64 with one .text section of 4 KiB at
+// 0xffffffff81000000 and a relocation table of three empty lists.
+func minimalELF(b *bytes.Buffer) []byte {
+	le := binary.LittleEndian
+	const textOff, textSize = 0x1000, 0x1000
+	shoff := textOff + textSize
+	hdr := make([]byte, 64)
+	copy(hdr, "\x7fELF\x02\x01\x01")
+	le.PutUint16(hdr[16:], 2)    // ET_EXEC
+	le.PutUint16(hdr[18:], 0x3e) // x86-64
+	le.PutUint32(hdr[20:], 1)
+	le.PutUint64(hdr[40:], uint64(shoff))
+	le.PutUint16(hdr[52:], 64)
+	le.PutUint16(hdr[58:], 64)
+	le.PutUint16(hdr[60:], 3) // null, .text, .shstrtab
+	le.PutUint16(hdr[62:], 2)
+	out := make([]byte, shoff+3*64+32+12)
+	copy(out, hdr)
+	strtab := []byte("\x00.text\x00.shstrtab\x00")
+	strOff := shoff + 3*64
+	copy(out[strOff:], strtab)
+	sh := func(i int, name, typ uint32, flags, addr, off, size uint64) {
+		s := out[shoff+i*64:]
+		le.PutUint32(s[0:], name)
+		le.PutUint32(s[4:], typ)
+		le.PutUint64(s[8:], flags)
+		le.PutUint64(s[16:], addr)
+		le.PutUint64(s[24:], off)
+		le.PutUint64(s[32:], size)
+	}
+	sh(1, 1, 1, 6, 0xffffffff81000000, textOff, textSize)
+	sh(2, 7, 3, 0, 0, uint64(strOff), uint64(len(strtab)))
+	b.Write(out)
+	return b.Bytes()
+}
+
+// TestTextImageRelocates checks the relocation table reader on the seed
+// image: one 32-bit, one inverse 32-bit and one 64-bit relocation in
+// .text, applied with the slide.
+func TestTextImageRelocates(t *testing.T) {
+	var b bytes.Buffer
+	img := minimalELF(&b)
+	le := binary.LittleEndian
+	le.PutUint32(img[0x1000+0x10:], 0x81000100)
+	le.PutUint32(img[0x1000+0x20:], 0x100)
+	le.PutUint64(img[0x1000+0x30:], 0xffffffff81000200)
+	// backwards from the end: 32-bit list, 0, inverse list, 0, 64-bit list, 0
+	var tab []uint32
+	tab = append(tab, 0, 0x81000030, 0, 0x81000020, 0, 0x81000010)
+	for _, v := range tab {
+		img = le.AppendUint32(img, v)
+	}
+	const slide = 0x2000000
+	k := &linux.Kernel{Text: 0xffffffff81000000 + slide}
+	m := &KernelMap{Kernel: k, Core: Region{Start: 0xffffffff81000000 + slide, End: 0xffffffff81001000 + slide}}
+	ti, err := newTextImage(m, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := le.Uint32(ti.text[0x10:]); v != 0x81000100+slide {
+		t.Errorf("32-bit: %#x", v)
+	}
+	inv := uint32(0x100)
+	inv -= slide
+	if v := le.Uint32(ti.text[0x20:]); v != inv {
+		t.Errorf("inverse 32-bit: %#x", v)
+	}
+	if v := le.Uint64(ti.text[0x30:]); v != 0xffffffff81000200+slide {
+		t.Errorf("64-bit: %#x", v)
+	}
+}
