@@ -33,6 +33,16 @@ func (k *Kernel) Field(typ, path string) (uint64, error) {
 	return f.off, err
 }
 
+// FieldSize returns the size in bytes of member path of struct typ, from
+// BTF (for watchers that trap on a member's bytes).
+func (k *Kernel) FieldSize(typ, path string) (int, error) {
+	f, err := k.field(typ, path)
+	if err != nil {
+		return 0, err
+	}
+	return sizeof(f)
+}
+
 func (k *Kernel) field(typ, path string) (field, error) {
 	key := typ + "/" + path
 	if v, ok := k.fields.Load(key); ok && v.(cachedField).spec == k.Types {
