@@ -6,9 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmscope/vmscope/watch/watchtest"
 	"github.com/vmscope/vmscope/vmi/linux"
 	"github.com/vmscope/vmscope/vmi/qemu"
+	"github.com/vmscope/vmscope/watch/watchtest"
 )
 
 // openKernel attaches to the guest (its own journal in the test's
@@ -83,4 +83,112 @@ func TestResolveEqualsGuestStat(t *testing.T) {
 		t.Errorf("cold.txt pending under inode %#x, /mnt/data/watched is %+v %v", uint64(res.Pending.DirInode), dir.Target, err)
 	}
 	t.Logf("resolved %d paths in %v", len(truth)+2, time.Since(start))
+}
+
+// watched are the fixture's watched files (testdata/watch/build.sh).
+var watched = []string{
+	"/mnt/data/watched/secret.txt", "/mnt/data/watched/config.txt", "/mnt/data/watched/notes.txt",
+	"/mnt/data/watched/moveme.txt", "/mnt/data/watched/victim.txt", "/mnt/data/watched/cold.txt",
+}
+
+// runScenario watches the fixture's files while the guest runs its
+// scenario, and returns the events and the guest.
+func runScenario(t *testing.T, appendArgs string) ([]Event, Stats, *watchtest.Guest) {
+	l := watchtest.Boot(t, appendArgs)
+	g, w := openKernel(t, l)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	x, err := New(ctx, g, w, watched, Options{Queue: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(x.Pending()) != 1 || x.Pending()["/mnt/data/watched/cold.txt"] == nil {
+		t.Errorf("pending %v, want cold.txt only", x.Pending())
+	}
+	done := make(chan error, 1)
+	go func() { done <- x.Run(ctx) }()
+	var events []Event
+	collected := make(chan struct{})
+	go func() {
+		for ev := range x.Events() {
+			events = append(events, ev)
+		}
+		close(collected)
+	}()
+	time.Sleep(time.Second)
+	if err := l.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WaitFor("=== SCENARIO DONE ===", 6*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	<-collected
+	if bps := g.Breakpoints(); len(bps) != 0 {
+		t.Errorf("%d traps left after Run: %v", len(bps), bps)
+	}
+	return events, x.Stats(), l
+}
+
+// TestWatchScenario checks vmscope's events against the guest's own log
+// of its actions (ACT lines: pid, uid, kind) and inotify: each action on
+// a watched file is reported once, with its kind, pid, comm and uid; no
+// action on an unwatched file is reported; no stop falls outside the
+// watched ranges (TCG); after the watched victim.txt is unlinked and many
+// files are created, nothing more is reported for it.
+func TestWatchScenario(t *testing.T) {
+	events, st, l := runScenario(t, "")
+	for _, ev := range events {
+		t.Logf("event %s %s pid=%d comm=%s uid=%d fields=%v fn=%s entry=%s stops=%d note=%s", ev.Kind, ev.Path, ev.PID, ev.Comm, ev.UID, ev.Fields, ev.Function, ev.VFSEntry, ev.Stops, ev.Note)
+	}
+	t.Logf("stats %+v", st)
+	acts := l.Actions()
+	if len(acts) < 100 {
+		t.Fatalf("%d ACT lines", len(acts))
+	}
+	byPID := map[int][]Event{}
+	for _, ev := range events {
+		byPID[ev.PID] = append(byPID[ev.PID], ev)
+	}
+	isWatched := map[string]bool{}
+	for _, p := range watched {
+		isWatched[p] = true
+	}
+	checked := 0
+	for _, a := range acts {
+		if a.Kind == "create" {
+			continue
+		}
+		var got []Event
+		for _, ev := range byPID[a.PID] {
+			if ev.Kind == a.Kind {
+				got = append(got, ev)
+			}
+		}
+		if !isWatched[a.Path] {
+			if len(byPID[a.PID]) != 0 {
+				t.Errorf("unwatched %s %s by pid %d: reported %+v", a.Kind, a.Path, a.PID, byPID[a.PID])
+			}
+			continue
+		}
+		checked++
+		if len(got) != 1 {
+			t.Errorf("%s %s by pid %d: %d events of that kind, want 1 (%+v)", a.Kind, a.Path, a.PID, len(got), byPID[a.PID])
+			continue
+		}
+		ev := got[0]
+		if ev.Path != a.Path || ev.Comm != a.Comm || int(ev.UID) != a.UID || int(ev.EUID) != a.EUID || ev.TGID != a.PID {
+			t.Errorf("%s %s by pid %d uid %d comm %s: reported %+v", a.Kind, a.Path, a.PID, a.UID, a.Comm, ev)
+		}
+	}
+	if checked < 10 {
+		t.Errorf("checked %d watched actions", checked)
+	}
+	if st.Outside != 0 {
+		t.Errorf("%d stops outside the watched ranges", st.Outside)
+	}
 }
