@@ -58,7 +58,7 @@ type Event struct {
 	Fields   []string  `json:"fields"`    // the watched fields touched
 	Access   string    `json:"access"`    // the accesses seen, "rw-"
 	Stops    int       `json:"stops"`
-	Action   string    `json:"action"` // alert
+	Action   string    `json:"action"` // log; alert when a policy forbids it (cmd/vmscope)
 	// Note says what else happened: "resolved" (a pending path found by
 	// this call's lookup), "freed" (the inode is being evicted: its
 	// watches are dropped, the path is pending again).
@@ -81,6 +81,9 @@ type Options struct {
 	Kinds map[string]bool
 	// Queue is the event queue's length (1024 when 0).
 	Queue int
+	// Armed, when not nil, is called once Run has armed every watch,
+	// with their number, before the guest runs again.
+	Armed func(traps int)
 }
 
 type owner struct {
@@ -314,6 +317,9 @@ func (x *Watcher) Run(ctx context.Context) (err error) {
 		if err := x.arm(ctx, p); err != nil {
 			return err
 		}
+	}
+	if x.opts.Armed != nil {
+		x.opts.Armed(len(x.traps))
 	}
 	if err := x.t.Resume(ctx); err != nil {
 		return err
@@ -589,7 +595,7 @@ func (x *Watcher) emit(g *group) {
 		ev := Event{
 			Time: g.started.UTC(), CPU: g.cpu, Kind: kind, Path: p,
 			PID: g.task.PID, TGID: g.task.TGID, Comm: g.task.Comm, UID: g.task.UID, EUID: g.task.EUID, Exe: g.task.Exe,
-			Function: g.first, VFSEntry: g.entry, Access: a.access.String(), Stops: a.stops, Action: "alert", Note: a.note,
+			Function: g.first, VFSEntry: g.entry, Access: a.access.String(), Stops: a.stops, Action: "log", Note: a.note,
 		}
 		ev.Dev, ev.Inode = a.dev, a.ino
 		if t := x.targets[p]; t != nil && ev.Inode == 0 {
