@@ -44,7 +44,13 @@ func openKernel(t *testing.T, l *watchtest.Guest) (*qemu.Guest, *Kernel) {
 // guest's own stat; a file never looked up is Pending, under its cached
 // parent.
 func TestResolveEqualsGuestStat(t *testing.T) {
-	l := watchtest.Boot(t, "")
+	for _, mode := range []string{"", "nokaslr"} {
+		t.Run("append="+mode, func(t *testing.T) { resolveEqualsGuestStat(t, mode) })
+	}
+}
+
+func resolveEqualsGuestStat(t *testing.T, appendArgs string) {
+	l := watchtest.Boot(t, appendArgs)
 	truth, err := l.Stats("stat")
 	if err != nil || len(truth) < 9 {
 		t.Fatalf("stat section: %d lines, %v", len(truth), err)
@@ -184,6 +190,26 @@ func TestWatchScenario(t *testing.T) {
 		if ev.Path != a.Path || ev.Comm != a.Comm || int(ev.UID) != a.UID || int(ev.EUID) != a.EUID || ev.TGID != a.PID {
 			t.Errorf("%s %s by pid %d uid %d comm %s: reported %+v", a.Kind, a.Path, a.PID, a.UID, a.Comm, ev)
 		}
+	}
+	// victim.txt: unlinked (its inode freed: the event says so), then
+	// files are created until its slot may be reused: nothing more
+	after := false
+	for _, ev := range events {
+		if ev.Path != "/mnt/data/watched/victim.txt" {
+			continue
+		}
+		if after {
+			t.Errorf("victim.txt reported after its unlink: %+v", ev)
+		}
+		if ev.Kind == "unlink" {
+			after = true
+			if ev.Note != "freed" {
+				t.Errorf("the unlink of victim.txt: note %q, want freed", ev.Note)
+			}
+		}
+	}
+	if !after {
+		t.Error("no unlink of victim.txt reported")
 	}
 	if checked < 10 {
 		t.Errorf("checked %d watched actions", checked)

@@ -25,6 +25,11 @@ var ErrLayout = vmerr.New("watch: unsupported kernel layout", vmerr.ErrUnsupport
 type Kernel struct {
 	K *linux.Kernel
 
+	// mem reads kernel virtual memory (K.AS).
+	mem interface {
+		ReadVirt(p []byte, va vmi.VA) (int, error)
+	}
+
 	// dentry children: d_subdirs/d_child (list) or d_children/d_sib (hlist)
 	childHlist       bool
 	dChildren, dSib  uint64
@@ -47,7 +52,7 @@ type Kernel struct {
 // the known variants of each (d_subdirs/d_child up to 6.7,
 // d_children/d_sib from 6.8).
 func NewKernel(k *linux.Kernel) (*Kernel, error) {
-	w := &Kernel{K: k}
+	w := &Kernel{K: k, mem: k.AS}
 	var errs []error
 	get := func(dst *uint64, typ string, paths ...string) {
 		for _, p := range paths {
@@ -105,7 +110,7 @@ func fieldSize(k *linux.Kernel, typ, member string) (int, error) {
 
 func (w *Kernel) read(va vmi.VA, n int) ([]byte, error) {
 	b := make([]byte, n)
-	if _, err := w.K.AS.ReadVirt(b, va); err != nil {
+	if _, err := w.mem.ReadVirt(b, va); err != nil {
 		return nil, err
 	}
 	return b, nil
@@ -113,7 +118,7 @@ func (w *Kernel) read(va vmi.VA, n int) ([]byte, error) {
 
 func (w *Kernel) u64(va vmi.VA) (uint64, error) {
 	var b [8]byte
-	if _, err := w.K.AS.ReadVirt(b[:], va); err != nil {
+	if _, err := w.mem.ReadVirt(b[:], va); err != nil {
 		return 0, err
 	}
 	return binary.LittleEndian.Uint64(b[:]), nil
@@ -121,7 +126,7 @@ func (w *Kernel) u64(va vmi.VA) (uint64, error) {
 
 func (w *Kernel) u32(va vmi.VA) (uint32, error) {
 	var b [4]byte
-	if _, err := w.K.AS.ReadVirt(b[:], va); err != nil {
+	if _, err := w.mem.ReadVirt(b[:], va); err != nil {
 		return 0, err
 	}
 	return binary.LittleEndian.Uint32(b[:]), nil

@@ -3,6 +3,7 @@ package watch
 import (
 	"encoding/binary"
 	"sort"
+	"strings"
 
 	"golang.org/x/arch/x86/x86asm"
 
@@ -181,10 +182,25 @@ var vfsEntries = map[string]string{
 var Kinds = []string{"open", "read", "write", "attr", "unlink", "rename", "access"}
 
 // classify is the VFS entry of a stack: the outermost frame whose callee is
-// a VFS entry (closest to the system call), and its kind.
-func classify(frames []Frame) (entry, kind string) {
-	for _, f := range frames {
-		if k, ok := vfsEntries[f.Callee]; ok {
+// a VFS entry (closest to the system call), and its kind. A stack scan
+// also finds stale return addresses (left in a frame's unused slots), so
+// a VFS frame counts only when it is chained to a neighbour: the frame
+// inside it returns into the entry (or the stop itself is in it, rip), or
+// the frame outside it called the function it returns into (directly or
+// through an indirect thunk, __x86_indirect_thunk_*).
+func classify(frames []Frame, rip string) (entry, kind string) {
+	for i, f := range frames {
+		k, ok := vfsEntries[f.Callee]
+		if !ok {
+			continue
+		}
+		in := (i > 0 && frames[i-1].Caller == f.Callee) || (i == 0 && rip == f.Callee)
+		out := false
+		if i+1 < len(frames) {
+			o := frames[i+1].Callee
+			out = o == f.Caller || strings.HasPrefix(o, "__x86_indirect_thunk_") || strings.HasPrefix(o, "__x86_indirect_call_thunk_")
+		}
+		if in || out {
 			entry, kind = f.Callee, k
 		}
 	}

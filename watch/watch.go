@@ -430,7 +430,8 @@ func (x *Watcher) onWatch(ctx context.Context, st vmi.Stop, regs vmi.CPU, hits [
 	}
 	stack, base := x.stack(regs)
 	frames := x.z.ScanStack(stack, base, x.code)
-	entry, kind := classify(frames)
+	ripFunc, _, _ := x.z.Lookup(vmi.VA(regs.RIP))
+	entry, kind := classify(frames, ripFunc)
 	var sys *Frame
 	for i := range frames {
 		if frames[i].Callee == "do_syscall_64" {

@@ -44,6 +44,9 @@ type Guest struct {
 // when the fixture or QEMU is missing.
 func Boot(t testing.TB, appendArgs string) *Guest {
 	t.Helper()
+	if testing.Short() {
+		fixture.Missing(t, "-short: boots a guest")
+	}
 	fixture.Tool(t, "qemu-system-x86_64")
 	src := Dir()
 	for _, f := range []string{"vmlinuz", "initrd.gz", "data.img"} {
