@@ -31,6 +31,8 @@ import (
 	"sort"
 	"time"
 
+	"golang.org/x/arch/x86/x86asm"
+
 	"github.com/vmscope/vmscope/vmi"
 )
 
@@ -73,6 +75,13 @@ type Stats struct {
 	Access  int `json:"access_events"`  // events with no VFS entry found
 	Dropped int `json:"dropped"`        // events the queue had no room for
 	Groups  int `json:"groups_flushed"` // calls that never returned (flushed after a timeout)
+	// StringOps are watchpoint stops QEMU reported at a rep stos/movs
+	// whose destination (RDI, after the iteration that stopped) was not
+	// in the watched range: not an access to the watched field, so not
+	// reported as one.
+	StringOps int `json:"string_op_stops"`
+	// Denied is how many permission checks deny mode made fail.
+	Denied int `json:"denied"`
 }
 
 // Options are the optional settings of New.
@@ -81,10 +90,28 @@ type Options struct {
 	Kinds map[string]bool
 	// Queue is the event queue's length (1024 when 0).
 	Queue int
+	// Deny, when not nil, makes the guest's own permission check fail for
+	// the accesses it forbids (deny mode).
+	Deny *Deny
 	// Armed, when not nil, is called once Run has armed every watch,
 	// with their number, before the guest runs again.
 	Armed func(traps int)
 }
+
+// Deny is deny mode: when a task Forbid names reads a watched i_mode
+// inside inode_permission, a one-shot breakpoint goes at that call's
+// validated return address (filtered by task and stack pointer), and when
+// it hits, RAX is set to -EACCES through Controller: the open (or
+// truncate) fails through the kernel's own error path. Accesses that do
+// not go through inode_permission (a descriptor opened earlier, a shared
+// mapping) cannot be denied this way: their events say deny_unavailable.
+type Deny struct {
+	Controller vmi.Controller
+	Forbid     func(path string, t TaskInfo) bool
+}
+
+// eacces is -EACCES as a register holds it.
+const eacces = ^uint64(13 - 1)
 
 type owner struct {
 	path  string
@@ -105,6 +132,7 @@ type group struct {
 	entry   string
 	kind    string
 	paths   map[string]*pathAcc
+	denied  bool
 }
 
 type pathAcc struct {
@@ -132,6 +160,10 @@ type Watcher struct {
 	traps   map[vmi.Trap][]owner
 	groups  map[groupKey]*group
 	retBP   map[vmi.VA]int
+	denyBP  map[vmi.VA]int
+	denies  map[groupKey]vmi.VA // (task, slot of inode_permission's return) -> breakpoint
+	// Denied counts the accesses deny mode made fail.
+	denied int
 
 	out   chan Event
 	stats Stats
@@ -163,7 +195,7 @@ func New(ctx context.Context, t vmi.Tracer, w *Kernel, paths []string, opts Opti
 			return err
 		}},
 		targets: map[string]*Target{}, pending: map[string]*Pending{}, traps: map[vmi.Trap][]owner{},
-		groups: map[groupKey]*group{}, retBP: map[vmi.VA]int{}, out: make(chan Event, opts.Queue),
+		groups: map[groupKey]*group{}, retBP: map[vmi.VA]int{}, denyBP: map[vmi.VA]int{}, denies: map[groupKey]vmi.VA{}, out: make(chan Event, opts.Queue),
 	}
 	seen := map[string]bool{}
 	for _, p := range paths {
@@ -193,7 +225,11 @@ func (x *Watcher) Pending() map[string]*Pending { return x.pending }
 func (x *Watcher) Events() <-chan Event { return x.out }
 
 // Stats is what Run saw so far (read it after Run returns).
-func (x *Watcher) Stats() Stats { return x.stats }
+func (x *Watcher) Stats() Stats {
+	st := x.stats
+	st.Denied = x.denied
+	return st
+}
 
 // trapsOf are the watchpoints of a target: i_rwsem's count (write,
 // truncate, setattr, unlink and rename take it), i_size (reads and
@@ -286,7 +322,15 @@ func (x *Watcher) removeAll(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	x.traps, x.retBP = map[vmi.Trap][]owner{}, map[vmi.VA]int{}
+	for a := range x.denyBP {
+		if x.retBP[a] > 0 {
+			continue
+		}
+		if err := x.t.Remove(ctx, vmi.Breakpoint(a)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	x.traps, x.retBP, x.denyBP, x.denies = map[vmi.Trap][]owner{}, map[vmi.VA]int{}, map[vmi.VA]int{}, map[groupKey]vmi.VA{}
 	return errors.Join(errs...)
 }
 
@@ -366,10 +410,18 @@ func (x *Watcher) handle(ctx context.Context, st vmi.Stop) error {
 		return err
 	}
 	x.stats.Stops++
-	var hits []vmi.Trap
+	var hits, stepped []vmi.Trap
 	if st.Access == vmi.Execute {
-		if x.retBP[vmi.VA(regs.RIP)] > 0 {
-			hits = append(hits, vmi.Breakpoint(vmi.VA(regs.RIP)))
+		rip := vmi.VA(regs.RIP)
+		if x.retBP[rip] > 0 || x.denyBP[rip] > 0 {
+			hits = append(hits, vmi.Breakpoint(rip))
+		}
+		if x.denyBP[rip] > 0 {
+			if err := x.onDeny(ctx, regs); err != nil {
+				return err
+			}
+		}
+		if x.retBP[rip] > 0 {
 			x.onReturn(ctx, regs)
 		}
 	} else {
@@ -378,16 +430,22 @@ func (x *Watcher) handle(ctx context.Context, st vmi.Stop) error {
 				hits = append(hits, tr)
 			}
 		}
+		stepped = hits
 		if len(hits) == 0 {
 			x.stats.Outside++
+		} else if hits = x.verifyStringOp(regs, hits); len(hits) == 0 {
+			x.stats.StringOps++
 		} else if err := x.onWatch(ctx, st, regs, hits); err != nil {
 			return err
 		}
 	}
 	// step past the traps still armed that the stop hit
+	if st.Access == vmi.Execute {
+		stepped = hits
+	}
 	var armed []vmi.Trap
-	for _, tr := range hits {
-		if tr.Access == vmi.Execute && x.retBP[tr.Addr] > 0 || tr.Access != vmi.Execute && len(x.traps[tr]) > 0 {
+	for _, tr := range stepped {
+		if tr.Access == vmi.Execute && (x.retBP[tr.Addr] > 0 || x.denyBP[tr.Addr] > 0) || tr.Access != vmi.Execute && len(x.traps[tr]) > 0 {
 			armed = append(armed, tr)
 		}
 	}
@@ -407,6 +465,42 @@ func (x *Watcher) handle(ctx context.Context, st vmi.Stop) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// verifyStringOp keeps the hits a stop at a rep stos/movs really made:
+// the iteration that stopped wrote the bytes just below RDI (the
+// direction flag clear, as the kernel keeps it). Other instructions stop
+// after their access and are kept as they are.
+func (x *Watcher) verifyStringOp(regs vmi.CPU, hits []vmi.Trap) []vmi.Trap {
+	var b [16]byte
+	if _, err := x.w.mem.ReadVirt(b[:], vmi.VA(regs.RIP)); err != nil {
+		return hits
+	}
+	inst, err := x86asm.Decode(b[:], 64)
+	if err != nil {
+		return hits
+	}
+	size := uint64(0)
+	switch inst.Op {
+	case x86asm.STOSB, x86asm.MOVSB:
+		size = 1
+	case x86asm.STOSW, x86asm.MOVSW:
+		size = 2
+	case x86asm.STOSD, x86asm.MOVSD:
+		size = 4
+	case x86asm.STOSQ, x86asm.MOVSQ:
+		size = 8
+	default:
+		return hits
+	}
+	lo, hi := vmi.VA(regs.RDI-size), vmi.VA(regs.RDI)
+	var keep []vmi.Trap
+	for _, tr := range hits {
+		if tr.Access == vmi.Execute || (tr.Addr < hi && lo < tr.Addr+vmi.VA(tr.Len)) {
+			keep = append(keep, tr)
+		}
+	}
+	return keep
 }
 
 // stack reads the kernel stack of a stopped vCPU, from RSP up to the
@@ -461,6 +555,11 @@ func (x *Watcher) onWatch(ctx context.Context, st vmi.Stop, regs vmi.CPU, hits [
 					a.note = "freed"
 				}
 			}
+		}
+	}
+	if x.opts.Deny != nil && taskAddr != 0 && st.Access.Read {
+		if err := x.armDeny(ctx, taskAddr, ti, frames, acc); err != nil {
+			return err
 		}
 	}
 	// an inode being freed: drop its watches now, before its slot can be
@@ -539,7 +638,15 @@ func (x *Watcher) endGroup(ctx context.Context, key groupKey, g *group) {
 	x.retBP[g.ret]--
 	if x.retBP[g.ret] <= 0 {
 		delete(x.retBP, g.ret)
-		x.t.Remove(ctx, vmi.Breakpoint(g.ret))
+		if x.denyBP[g.ret] == 0 {
+			x.t.Remove(ctx, vmi.Breakpoint(g.ret))
+		}
+	}
+	// a deny breakpoint of this task that never hit goes with its call
+	for k, a := range x.denies {
+		if k.task == key.task {
+			x.dropDeny(ctx, k, a)
+		}
 	}
 	// a lookup in a pending path's directory: resolve it again
 	for p, a := range g.paths {
@@ -567,6 +674,79 @@ func (x *Watcher) endGroup(ctx context.Context, key groupKey, g *group) {
 		}
 	}
 	x.emit(g)
+}
+
+// armDeny sets the one-shot breakpoint of deny mode: the task reads a
+// watched i_mode it is forbidden, inside inode_permission (a validated
+// frame whose callee is inode_permission): the breakpoint goes at that
+// frame's return address, for this task and this stack slot.
+func (x *Watcher) armDeny(ctx context.Context, task vmi.VA, ti TaskInfo, frames []Frame, acc map[string]*pathAcc) error {
+	forbidden := false
+	for p, a := range acc {
+		if a.fields["i_mode"] && x.opts.Deny.Forbid(p, ti) {
+			forbidden = true
+		}
+	}
+	if !forbidden {
+		return nil
+	}
+	for _, f := range frames {
+		if f.Callee != "inode_permission" {
+			continue
+		}
+		key := groupKey{task: task, slot: f.Slot}
+		if _, ok := x.denies[key]; ok {
+			return nil
+		}
+		if x.denyBP[f.Return] == 0 && x.retBP[f.Return] == 0 {
+			if err := x.t.Insert(ctx, vmi.Breakpoint(f.Return)); err != nil {
+				return err
+			}
+		}
+		x.denyBP[f.Return]++
+		x.denies[key] = f.Return
+		return nil
+	}
+	return nil
+}
+
+func (x *Watcher) dropDeny(ctx context.Context, key groupKey, a vmi.VA) {
+	delete(x.denies, key)
+	x.denyBP[a]--
+	if x.denyBP[a] <= 0 {
+		delete(x.denyBP, a)
+		if x.retBP[a] == 0 {
+			x.t.Remove(ctx, vmi.Breakpoint(a))
+		}
+	}
+}
+
+// onDeny is a deny breakpoint hit: inode_permission returns into its
+// caller; for the task and stack slot it was set for, RAX becomes
+// -EACCES.
+func (x *Watcher) onDeny(ctx context.Context, regs vmi.CPU) error {
+	task, err := x.pc.task(regs)
+	if err != nil {
+		return nil
+	}
+	key := groupKey{task: task, slot: vmi.VA(regs.RSP) - 8}
+	a, ok := x.denies[key]
+	if !ok || a != vmi.VA(regs.RIP) {
+		return nil
+	}
+	x.dropDeny(ctx, key, a)
+	want := regs
+	want.RAX = eacces
+	if err := x.opts.Deny.Controller.SetRegs(ctx, regs.ID, want); err != nil {
+		return fmt.Errorf("watch: deny: %w", err)
+	}
+	x.denied++
+	for k, g := range x.groups {
+		if k.task == task {
+			g.denied = true
+		}
+	}
+	return nil
 }
 
 // flush reports the groups older than groupTimeout (all with all).
@@ -597,6 +777,9 @@ func (x *Watcher) emit(g *group) {
 			Time: g.started.UTC(), CPU: g.cpu, Kind: kind, Path: p,
 			PID: g.task.PID, TGID: g.task.TGID, Comm: g.task.Comm, UID: g.task.UID, EUID: g.task.EUID, Exe: g.task.Exe,
 			Function: g.first, VFSEntry: g.entry, Access: a.access.String(), Stops: a.stops, Action: "log", Note: a.note,
+		}
+		if g.denied {
+			ev.Action = "deny"
 		}
 		ev.Dev, ev.Inode = a.dev, a.ino
 		if t := x.targets[p]; t != nil && ev.Inode == 0 {
