@@ -8,6 +8,7 @@ import (
 
 	"github.com/vmscope/vmscope/vmi/linux"
 	"github.com/vmscope/vmscope/vmi/qemu"
+	"github.com/vmscope/vmscope/watch/denyctl"
 	"github.com/vmscope/vmscope/watch/watchtest"
 )
 
@@ -99,12 +100,16 @@ var watched = []string{
 
 // runScenario watches the fixture's files while the guest runs its
 // scenario, and returns the events and the guest.
-func runScenario(t *testing.T, appendArgs string) ([]Event, Stats, *watchtest.Guest) {
+func runScenario(t *testing.T, appendArgs string, deny func(g *qemu.Guest) *Deny) ([]Event, Stats, *watchtest.Guest) {
 	l := watchtest.Boot(t, appendArgs)
 	g, w := openKernel(t, l)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	x, err := New(ctx, g, w, watched, Options{Queue: 4096})
+	opts := Options{Queue: 4096}
+	if deny != nil {
+		opts.Deny = deny(g)
+	}
+	x, err := New(ctx, g, w, watched, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +152,7 @@ func runScenario(t *testing.T, appendArgs string) ([]Event, Stats, *watchtest.Gu
 // watched ranges (TCG); after the watched victim.txt is unlinked and many
 // files are created, nothing more is reported for it.
 func TestWatchScenario(t *testing.T) {
-	events, st, l := runScenario(t, "")
+	events, st, l := runScenario(t, "", nil)
 	for _, ev := range events {
 		t.Logf("event %s %s pid=%d comm=%s uid=%d fields=%v fn=%s entry=%s stops=%d note=%s", ev.Kind, ev.Path, ev.PID, ev.Comm, ev.UID, ev.Fields, ev.Function, ev.VFSEntry, ev.Stops, ev.Note)
 	}
@@ -213,5 +218,49 @@ func TestWatchScenario(t *testing.T) {
 	}
 	if st.Outside != 0 {
 		t.Errorf("%d stops outside the watched ranges", st.Outside)
+	}
+}
+
+// TestDenyScenario runs the scenario in deny mode with uid 1000 forbidden
+// secret.txt: the guest's own log shows EACCES for exactly the opens of
+// secret.txt by uid 1000, and every other action goes through; the
+// events of the denied opens say deny.
+func TestDenyScenario(t *testing.T) {
+	const secret = "/mnt/data/watched/secret.txt"
+	events, st, l := runScenario(t, "", func(g *qemu.Guest) *Deny {
+		return &Deny{Controller: denyctl.Controller(g), Forbid: func(p string, ti TaskInfo) bool {
+			return p == secret && (ti.UID == 1000 || ti.EUID == 1000)
+		}}
+	})
+	t.Logf("stats %+v", st)
+	denied := map[int]bool{}
+	for _, ev := range events {
+		if ev.Action == "deny" {
+			denied[ev.PID] = true
+			if ev.Path != secret || ev.UID != 1000 {
+				t.Errorf("denied event %+v is not a forbidden access", ev)
+			}
+		}
+	}
+	n := 0
+	for _, a := range l.Actions() {
+		forbidden := a.Path == secret && a.UID == 1000 && a.Kind == "open"
+		if forbidden {
+			n++
+			if a.Result != "EACCES" {
+				t.Errorf("forbidden open by pid %d: %s, want EACCES", a.PID, a.Result)
+			}
+			if !denied[a.PID] {
+				t.Errorf("forbidden open by pid %d: no event with action deny", a.PID)
+			}
+		} else if a.Result == "EACCES" {
+			t.Errorf("%+v: EACCES, but nothing forbids it", a)
+		}
+	}
+	if n != 2 {
+		t.Errorf("%d forbidden opens in the scenario, want 2", n)
+	}
+	if st.Denied != n {
+		t.Errorf("%d permission checks denied, want %d", st.Denied, n)
 	}
 }

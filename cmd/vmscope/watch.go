@@ -18,6 +18,7 @@ import (
 	"github.com/vmscope/vmscope/vmi/linux"
 	"github.com/vmscope/vmscope/vmi/qemu"
 	"github.com/vmscope/vmscope/watch"
+	"github.com/vmscope/vmscope/watch/denyctl"
 )
 
 // watchOpts are the flags of vmscope watch.
@@ -51,7 +52,7 @@ func newWatchCmd() *cobra.Command {
 	f.StringVar(&o.guest, "guest", "", guestFlagHelp)
 	f.StringVar(&o.pathsFrom, "paths-from", "", "a file of paths to watch, one a line (# comments)")
 	f.StringVar(&o.events, "events", "", "report only these kinds: "+strings.Join(watch.Kinds, ","))
-	f.StringVar(&o.mode, "mode", "alert", "alert (report accesses the policy forbids); deny is not available in this build")
+	f.StringVar(&o.mode, "mode", "alert", "alert: report the accesses the policy forbids; deny: also make the guest's permission check fail for them (open, truncate: EACCES); what deny cannot stop is reported as deny_unavailable")
 	f.StringVar(&o.policy, "policy", "", "policy file: lines `deny PATH uid=N[,N...]` (an access to PATH by one of those uids or euids breaks it)")
 	f.DurationVar(&o.duration, "duration", 0, "stop after this long (0: until SIGINT)")
 	f.StringVar(&o.format, "format", output.NDJSON, "output format: ndjson or table")
@@ -112,7 +113,9 @@ func runWatch(ctx context.Context, o watchOpts, args []string, out, errOut io.Wr
 	switch o.mode {
 	case "alert":
 	case "deny":
-		return usageError{errors.New("--mode deny: not available in this build (it needs register writes, a vmi.Controller); use --mode alert")}
+		if o.policy == "" {
+			return usageError{errors.New("--mode deny needs --policy")}
+		}
 	default:
 		return usageError{fmt.Errorf("--mode %q: want alert or deny", o.mode)}
 	}
@@ -183,9 +186,15 @@ func runWatch(ctx context.Context, o watchOpts, args []string, out, errOut io.Wr
 	if err != nil {
 		return err
 	}
-	x, err := watch.New(ctx, g, wk, paths, watch.Options{Kinds: kinds, Armed: func(n int) {
+	wopts := watch.Options{Kinds: kinds, Armed: func(n int) {
 		fmt.Fprintf(errOut, "watch: %d traps armed\n", n)
-	}})
+	}}
+	if o.mode == "deny" {
+		wopts.Deny = &watch.Deny{Controller: denyctl.Controller(g), Forbid: func(p string, ti watch.TaskInfo) bool {
+			return breaks(rules, watch.Event{Path: p, UID: ti.UID, EUID: ti.EUID})
+		}}
+	}
+	x, err := watch.New(ctx, g, wk, paths, wopts)
 	if err != nil {
 		return err
 	}
@@ -207,10 +216,20 @@ func runWatch(ctx context.Context, o watchOpts, args []string, out, errOut io.Wr
 	broken := 0
 	var werr error
 	for ev := range x.Events() {
+		denied := ev.Action == "deny"
 		ev.Action = "log"
 		if breaks(rules, ev) {
-			ev.Action = "alert"
 			broken++
+			switch {
+			case o.mode != "deny":
+				ev.Action = "alert"
+			case denied:
+				ev.Action = "deny"
+			default:
+				// not through inode_permission (a descriptor opened
+				// earlier, a mapping): deny mode cannot stop it
+				ev.Action = "deny_unavailable"
+			}
 		}
 		if werr != nil {
 			continue // drain the queue: Run must not block
@@ -229,8 +248,8 @@ func runWatch(ctx context.Context, o watchOpts, args []string, out, errOut io.Wr
 	}
 	rerr := <-done
 	st := x.Stats()
-	fmt.Fprintf(errOut, "watch: %d events (%d access), %d stops, %d outside watched ranges, %d dropped\n",
-		st.Events, st.Access, st.Stops, st.Outside, st.Dropped)
+	fmt.Fprintf(errOut, "watch: %d events (%d access), %d stops, %d outside watched ranges, %d at string ops elsewhere, %d dropped, %d denied\n",
+		st.Events, st.Access, st.Stops, st.Outside, st.StringOps, st.Dropped, st.Denied)
 	if err := errors.Join(rerr, werr); err != nil {
 		return err
 	}
