@@ -25,6 +25,7 @@ fixtures: deps
 	bash testdata/modules/build.sh
 	bash testdata/livedirty/build.sh
 	bash testdata/rootkit/build.sh
+	bash testdata/watch/build.sh
 
 demo: build
 	bash scripts/demo.sh

@@ -18,8 +18,12 @@ const mod = "github.com/vmscope/vmscope/"
 // The packages that write to a live guest (vmi.Controller
 // implementations), and the only packages that may import them.
 var (
-	guestWriters       = []string{mod + "vmi/qemu/control", mod + "vmi/libvmi/control"}
-	guestWriterImports = []string{mod + "inject"}
+	guestWriters = []string{mod + "vmi/qemu/control", mod + "vmi/libvmi/control"}
+	// watch/denyctl: deny mode of `vmscope watch` writes one register
+	// (RAX = -EACCES when a forbidden task's inode_permission returns);
+	// package watch itself stays read-only and takes the vmi.Controller
+	// denyctl gives it.
+	guestWriterImports = []string{mod + "inject", mod + "watch/denyctl"}
 )
 
 // The read-only packages, each with whether it may link a live backend

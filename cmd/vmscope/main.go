@@ -70,7 +70,7 @@ Live QEMU guests (GDB stub and QMP):
 	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newInfoCmd(), newLsCmd(), newCatCmd(), newExtractCmd(), newScanCmd(), newDirtyCmd(), newDiffCmd(), newMemCmd())
-	root.AddCommand(newGuestCmd())
+	root.AddCommand(newGuestCmd(), newWatchCmd())
 	return root
 }
 

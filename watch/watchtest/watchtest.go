@@ -1,0 +1,243 @@
+// Package watchtest boots the watch fixture (testdata/watch/build.sh) for
+// the tests of package watch and of `vmscope watch`: the Debian kernel of
+// testdata/guest under QEMU (TCG) with an ext4 data disk on virtio-blk, a
+// GDB stub and QMP on the host, and a second serial port whose first line
+// starts the guest's file scenario. The guest's console holds its own view
+// (stat, ls -i, the scenario's ACT lines, inotify's INOTIFY lines).
+package watchtest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmscope/vmscope/internal/fixture"
+)
+
+// Dir is the fixture folder, testdata/out-watch.
+func Dir() string { return filepath.Join(fixture.Root(), "testdata", "out-watch") }
+
+// Guest is the fixture guest, running.
+type Guest struct {
+	Spec    string // gdb://HOST:PORT,qmp=unix:PATH
+	GDB     string
+	QMP     string
+	Console string
+	Ctl     string // unix socket of the guest's /dev/ttyS1
+	Dir     string
+	cmd     *exec.Cmd
+	exited  chan struct{}
+}
+
+// Boot boots the fixture guest with extra kernel arguments, waits for its
+// READY marker and stops it when the test ends. It skips (fails under CI)
+// when the fixture or QEMU is missing.
+func Boot(t testing.TB, appendArgs string) *Guest {
+	t.Helper()
+	if testing.Short() {
+		fixture.Missing(t, "-short: boots a guest")
+	}
+	fixture.Tool(t, "qemu-system-x86_64")
+	src := Dir()
+	for _, f := range []string{"vmlinuz", "initrd.gz", "data.img"} {
+		if _, err := os.Stat(filepath.Join(src, f)); err != nil {
+			fixture.Missing(t, "%s (bash testdata/watch/build.sh)", filepath.Join(src, f))
+		}
+	}
+	dir := t.TempDir()
+	img := filepath.Join(dir, "data.img")
+	b, err := os.ReadFile(filepath.Join(src, "data.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(img, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gdb := l.Addr().String()
+	l.Close()
+	sock, err := os.MkdirTemp("", "vmscope-watch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sock) })
+	g := &Guest{GDB: gdb, QMP: filepath.Join(sock, "qmp"), Ctl: filepath.Join(sock, "ctl"),
+		Console: filepath.Join(dir, "console.log"), Dir: dir, exited: make(chan struct{})}
+	g.Spec = "gdb://" + g.GDB + ",qmp=unix:" + g.QMP
+	var stderr bytes.Buffer
+	g.cmd = exec.Command("qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-smp", "1",
+		"-nographic", "-display", "none", "-no-reboot",
+		"-kernel", filepath.Join(src, "vmlinuz"), "-initrd", filepath.Join(src, "initrd.gz"),
+		"-append", strings.TrimSpace("console=ttyS0 quiet panic=-1 "+appendArgs),
+		"-serial", "file:"+g.Console, "-serial", "unix:"+g.Ctl+",server=on,wait=off",
+		"-monitor", "none", "-gdb", "tcp:"+g.GDB, "-qmp", "unix:"+g.QMP+",server=on,wait=off",
+		"-net", "none", "-drive", "file="+img+",format=raw,if=virtio")
+	g.cmd.Stderr = &stderr
+	if err := g.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { g.cmd.Wait(); close(g.exited) }()
+	t.Cleanup(func() { g.cmd.Process.Kill(); <-g.exited })
+	if err := g.WaitFor("=== READY ===", 4*time.Minute); err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	return g
+}
+
+// Running reports whether QEMU still runs.
+func (g *Guest) Running() bool {
+	select {
+	case <-g.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// WaitFor waits until the console holds marker, or QEMU exits, or d passes.
+func (g *Guest) WaitFor(marker string, d time.Duration) error {
+	end := time.Now().Add(d)
+	for {
+		b, _ := os.ReadFile(g.Console)
+		if bytes.Contains(b, []byte(marker)) {
+			return nil
+		}
+		if bytes.Contains(b, []byte("=== FAIL")) {
+			return fmt.Errorf("watchtest: the guest failed:\n%s", b)
+		}
+		if !g.Running() || time.Now().After(end) {
+			return fmt.Errorf("watchtest: no %q on the console (qemu running: %v):\n%s", marker, g.Running(), b)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// Start sends the line that starts the guest's scenario.
+func (g *Guest) Start() error {
+	c, err := net.Dial("unix", g.Ctl)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = io.WriteString(c, "go\n")
+	time.Sleep(300 * time.Millisecond)
+	return err
+}
+
+// Section returns the lines of console section name (between "=== BEGIN
+// name ===" and "=== END name ===").
+func (g *Guest) Section(name string) []string {
+	b, _ := os.ReadFile(g.Console)
+	var out []string
+	in := false
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		l := strings.TrimRight(sc.Text(), "\r")
+		switch {
+		case strings.HasSuffix(l, "=== BEGIN "+name+" ==="):
+			in = true
+		case in && l == "=== END "+name+" ===":
+			return out
+		case in:
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// Stat is a line of the guest's `stat -c '%n %i %d'`: inode and st_dev.
+type Stat struct {
+	Ino, Dev uint64
+}
+
+// Stats parses section name of stat lines by path.
+func (g *Guest) Stats(name string) (map[string]Stat, error) {
+	m := map[string]Stat{}
+	for _, l := range g.Section(name) {
+		f := strings.Fields(l)
+		if len(f) != 3 {
+			return nil, fmt.Errorf("watchtest: stat line %q", l)
+		}
+		ino, err1 := strconv.ParseUint(f[1], 10, 64)
+		dev, err2 := strconv.ParseUint(f[2], 10, 64)
+		if err1 != nil || err2 != nil {
+			return nil, fmt.Errorf("watchtest: stat line %q", l)
+		}
+		m[f[0]] = Stat{ino, dev}
+	}
+	return m, nil
+}
+
+// Action is an ACT line of the scenario: one system call on one file.
+type Action struct {
+	PID, UID, EUID int
+	Comm, Kind     string
+	Path, Result   string
+}
+
+// Actions parses the ACT lines of the console.
+func (g *Guest) Actions() []Action {
+	b, _ := os.ReadFile(g.Console)
+	var out []Action
+	for _, l := range strings.Split(string(b), "\n") {
+		l = strings.TrimRight(l, "\r")
+		i := strings.Index(l, "ACT pid=")
+		if i < 0 {
+			continue
+		}
+		var a Action
+		for _, f := range strings.Fields(l[i+4:]) {
+			k, v, _ := strings.Cut(f, "=")
+			switch k {
+			case "pid":
+				a.PID, _ = strconv.Atoi(v)
+			case "uid":
+				a.UID, _ = strconv.Atoi(v)
+			case "euid":
+				a.EUID, _ = strconv.Atoi(v)
+			case "comm":
+				a.Comm = v
+			case "kind":
+				a.Kind = v
+			case "path":
+				a.Path = v
+			case "result":
+				a.Result = v
+			}
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// Lines returns the console lines that contain s.
+func (g *Guest) Lines(s string) []string {
+	b, _ := os.ReadFile(g.Console)
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, s) {
+			out = append(out, strings.TrimRight(l, "\r"))
+		}
+	}
+	return out
+}
+
+// Context is a context for a guest operation of at most d.
+func Context(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
