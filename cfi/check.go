@@ -54,6 +54,9 @@ type checker struct {
 	kprobeAddrs []vmi.VA
 	// carved are the modules the modules check carved from memory
 	carved []CarvedModule
+	// img is the kernel image (WithKernelImage), parsed on first use
+	img    *textImage
+	imgErr error
 }
 
 // Check runs every static check on k and returns its findings, sorted.
