@@ -344,3 +344,31 @@ func TestTextImageRelocates(t *testing.T) {
 		t.Errorf("64-bit: %#x", v)
 	}
 }
+
+// TestRegionNested checks lookups among nested regions (JIT images inside
+// a BPF pack): the innermost region that holds an address answers, and a
+// pack's address past many images is still in the pack.
+func TestRegionNested(t *testing.T) {
+	m := &KernelMap{Kernel: &linux.Kernel{}}
+	m.Regions = []Region{{Start: 0x1000, End: 0x201000, Kind: RegionBPF, Name: "pack"}}
+	for i := 0; i < 10; i++ {
+		a := vmi.VA(0x1000 + i*0x100)
+		m.Regions = append(m.Regions, Region{Start: a, End: a + 0x80, Kind: RegionBPF, Name: fmt.Sprintf("prog%d", i)})
+	}
+	m.maxEnd = make([]vmi.VA, len(m.Regions))
+	for i := range m.Regions {
+		m.maxEnd[i] = 0x201000
+	}
+	for va, want := range map[vmi.VA]string{0x1010: "prog0", 0x1990: "pack", 0x1910: "prog9", 0x100000: "pack"} {
+		if r, ok := m.Region(va); !ok || r.Name != want {
+			t.Errorf("Region(%#x) = %q %v, want %q", uint64(va), r.Name, ok, want)
+		}
+	}
+	if _, ok := m.Region(0x201000); ok {
+		t.Errorf("Region past the pack found")
+	}
+	got := subtract(0, 0x300000, []Region{{Start: 0x1000, End: 0x201000}})
+	if len(got) != 2 || got[0] != [2]vmi.VA{0, 0x1000} || got[1] != [2]vmi.VA{0x201000, 0x300000} {
+		t.Errorf("subtract: %v", got)
+	}
+}
