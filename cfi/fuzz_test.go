@@ -372,3 +372,48 @@ func TestRegionNested(t *testing.T) {
 		t.Errorf("subtract: %v", got)
 	}
 }
+
+// TestKprobeHandlerOutsideText registers, in the hostile kernel's memory,
+// one struct kprobe (layout from the fixture kernel's BTF) on a core-text
+// address whose pre_handler is outside every code region: the kprobes
+// check reports exactly that handler, on that probe.
+func TestKprobeHandlerOutsideText(t *testing.T) {
+	spec := guestBTF(t)
+	k0 := hostileKernel(t, nil, spec)
+	field := func(f string) uint64 {
+		o, err := k0.Field("kprobe", f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o
+	}
+	data := make([]byte, windowPages*vmi.PageBytes)
+	const probeOff, handlerOff = 0x8000, 0x9000
+	probe := windowVA + probeOff
+	var table int
+	for i, n := range hostileSymNames {
+		if n == "kprobe_table" {
+			table = i * 0x200
+		}
+	}
+	le := binary.LittleEndian
+	le.PutUint64(data[table:], uint64(probe)+field("hlist")) // bucket 0
+	le.PutUint64(data[probeOff+field("hlist"):], 0)          // last on its chain
+	le.PutUint64(data[probeOff+field("addr"):], 0xffffffff81001234)
+	le.PutUint64(data[probeOff+field("pre_handler"):], uint64(windowVA+handlerOff))
+	k := hostileKernel(t, data, spec)
+	rep, err := Check(context.Background(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []Finding
+	for _, f := range rep.Findings {
+		if f.Kind == KindKprobe {
+			got = append(got, f)
+		}
+	}
+	want := fmt.Sprintf("kprobe %#x on _text+0x1234", uint64(probe))
+	if len(got) != 1 || got[0].Address != uint64(windowVA+handlerOff) || got[0].Where != want || got[0].Owner != OwnerNone {
+		t.Fatalf("kprobe findings %v, want one at %#x in %q", got, uint64(windowVA+handlerOff), want)
+	}
+}
