@@ -124,8 +124,9 @@ func hostileKernel(t testing.TB, data []byte, spec *btf.Spec) *linux.Kernel {
 // holds pointers into the window, a few self-loops and cycles.
 func seedWindow(f *testing.F) {
 	f.Add([]byte{})
+	// the symbols' area holds pointers scattered over the window
 	w := make([]byte, windowPages*vmi.PageBytes)
-	for i := 0; i+8 <= len(w); i += 8 {
+	for i := 0; i+8 <= 0x3000; i += 8 {
 		binary.LittleEndian.PutUint64(w[i:], uint64(windowVA)+uint64((i*7919)%len(w))&^7)
 	}
 	f.Add(w)
