@@ -54,6 +54,9 @@ type checker struct {
 	kprobeAddrs []vmi.VA
 	// carved are the modules the modules check carved from memory
 	carved []CarvedModule
+	// img is the kernel image (WithKernelImage), parsed on first use
+	img    *textImage
+	imgErr error
 }
 
 // Check runs every static check on k and returns its findings, sorted.
@@ -115,11 +118,17 @@ func (c *checker) execPages(ctx context.Context) (int, []Finding, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	regions := make([]Region, len(c.m.Regions))
-	for i, r := range c.m.Regions {
+	// the regions rounded out to whole pages and merged where they
+	// overlap or nest, sorted
+	var regions []Region
+	for _, r := range c.m.Regions {
 		r.Start &^= vmi.PageBytes - 1
 		r.End = (r.End + vmi.PageBytes - 1) &^ (vmi.PageBytes - 1)
-		regions[i] = r
+		if n := len(regions); n > 0 && r.Start <= regions[n-1].End {
+			regions[n-1].End = max(regions[n-1].End, r.End)
+			continue
+		}
+		regions = append(regions, r)
 	}
 	var out []Finding
 	pages := 0

@@ -2,6 +2,8 @@ package cfi_test
 
 import (
 	"context"
+	"encoding/binary"
+	"strings"
 	"testing"
 
 	"github.com/vmscope/vmscope/cfi"
@@ -95,5 +97,64 @@ func TestCheckTextModified(t *testing.T) {
 	t.Logf("%v", f)
 	if f.Kind != cfi.KindTextModified || f.Address != uint64(va) || f.Symbol != "do_sys_openat2" || f.Offset != 0x30 || f.Owner != cfi.OwnerKernel {
 		t.Errorf("finding %+v, want text-modified at do_sys_openat2+0x30", f)
+	}
+}
+
+// patchedU64 is memory with one quadword changed.
+type patchedU64 struct {
+	vmi.Memory
+	pa vmi.PA
+	v  uint64
+}
+
+func (p patchedU64) ReadAt(b []byte, off int64) (int, error) {
+	n, err := p.Memory.ReadAt(b, off)
+	var q [8]byte
+	binary.LittleEndian.PutUint64(q[:], p.v)
+	for i := range q {
+		if j := int64(p.pa) + int64(i) - off; j >= 0 && j < int64(n) {
+			b[j] = q[i]
+		}
+	}
+	return n, err
+}
+
+// TestCheckSyscallSwapped points sys_call_table[__NR_getdents64] (217) at
+// another system call of core text, __x64_sys_getdents, in the guest
+// fixture's dump: the entry is reported, by the kernel's syscall metadata
+// and by the distribution image's table, and nothing else.
+func TestCheckSyscallSwapped(t *testing.T) {
+	img, err := linux.ReadVmlinux(fixture.GuestPath(t, "vmlinuz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, k := openKernel(t, fixture.GuestPath(t, "kaslr", "guest.elf"))
+	table, _ := k.Symbols.Addr("sys_call_table")
+	other, ok := k.Symbols.Addr("__x64_sys_getdents")
+	if table == 0 || !ok {
+		t.Fatal("no sys_call_table or __x64_sys_getdents")
+	}
+	pa, _, err := k.AS.Translate(table + 217*8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := patchedU64{s, pa, uint64(other)}
+	k2, err := linux.Discover(context.Background(), mem, linux.WithCPUs(s.CPUs()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := cfi.Check(context.Background(), k2, cfi.WithCPUs(s.CPUs()), cfi.WithKernelImage(img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Findings) != 1 {
+		t.Fatalf("%d findings, want 1: %v", len(rep.Findings), rep.Findings)
+	}
+	f := rep.Findings[0]
+	t.Logf("%v", f)
+	if f.Kind != cfi.KindSyscallHook || f.Address != uint64(other) || f.Where != "sys_call_table[217]" ||
+		!strings.Contains(f.Evidence, "syscall metadata names number 217 sys_getdents64") ||
+		!strings.Contains(f.Evidence, "the kernel image has __x64_sys_getdents64") {
+		t.Errorf("finding %+v", f)
 	}
 }

@@ -124,8 +124,9 @@ func hostileKernel(t testing.TB, data []byte, spec *btf.Spec) *linux.Kernel {
 // holds pointers into the window, a few self-loops and cycles.
 func seedWindow(f *testing.F) {
 	f.Add([]byte{})
+	// the symbols' area holds pointers scattered over the window
 	w := make([]byte, windowPages*vmi.PageBytes)
-	for i := 0; i+8 <= len(w); i += 8 {
+	for i := 0; i+8 <= 0x3000; i += 8 {
 		binary.LittleEndian.PutUint64(w[i:], uint64(windowVA)+uint64((i*7919)%len(w))&^7)
 	}
 	f.Add(w)
@@ -342,5 +343,78 @@ func TestTextImageRelocates(t *testing.T) {
 	}
 	if v := le.Uint64(ti.text[0x30:]); v != 0xffffffff81000200+slide {
 		t.Errorf("64-bit: %#x", v)
+	}
+}
+
+// TestRegionNested checks lookups among nested regions (JIT images inside
+// a BPF pack): the innermost region that holds an address answers, and a
+// pack's address past many images is still in the pack.
+func TestRegionNested(t *testing.T) {
+	m := &KernelMap{Kernel: &linux.Kernel{}}
+	m.Regions = []Region{{Start: 0x1000, End: 0x201000, Kind: RegionBPF, Name: "pack"}}
+	for i := 0; i < 10; i++ {
+		a := vmi.VA(0x1000 + i*0x100)
+		m.Regions = append(m.Regions, Region{Start: a, End: a + 0x80, Kind: RegionBPF, Name: fmt.Sprintf("prog%d", i)})
+	}
+	m.maxEnd = make([]vmi.VA, len(m.Regions))
+	for i := range m.Regions {
+		m.maxEnd[i] = 0x201000
+	}
+	for va, want := range map[vmi.VA]string{0x1010: "prog0", 0x1990: "pack", 0x1910: "prog9", 0x100000: "pack"} {
+		if r, ok := m.Region(va); !ok || r.Name != want {
+			t.Errorf("Region(%#x) = %q %v, want %q", uint64(va), r.Name, ok, want)
+		}
+	}
+	if _, ok := m.Region(0x201000); ok {
+		t.Errorf("Region past the pack found")
+	}
+	got := subtract(0, 0x300000, []Region{{Start: 0x1000, End: 0x201000}})
+	if len(got) != 2 || got[0] != [2]vmi.VA{0, 0x1000} || got[1] != [2]vmi.VA{0x201000, 0x300000} {
+		t.Errorf("subtract: %v", got)
+	}
+}
+
+// TestKprobeHandlerOutsideText registers, in the hostile kernel's memory,
+// one struct kprobe (layout from the fixture kernel's BTF) on a core-text
+// address whose pre_handler is outside every code region: the kprobes
+// check reports exactly that handler, on that probe.
+func TestKprobeHandlerOutsideText(t *testing.T) {
+	spec := guestBTF(t)
+	k0 := hostileKernel(t, nil, spec)
+	field := func(f string) uint64 {
+		o, err := k0.Field("kprobe", f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o
+	}
+	data := make([]byte, windowPages*vmi.PageBytes)
+	const probeOff, handlerOff = 0x8000, 0x9000
+	probe := windowVA + probeOff
+	var table int
+	for i, n := range hostileSymNames {
+		if n == "kprobe_table" {
+			table = i * 0x200
+		}
+	}
+	le := binary.LittleEndian
+	le.PutUint64(data[table:], uint64(probe)+field("hlist")) // bucket 0
+	le.PutUint64(data[probeOff+field("hlist"):], 0)          // last on its chain
+	le.PutUint64(data[probeOff+field("addr"):], 0xffffffff81001234)
+	le.PutUint64(data[probeOff+field("pre_handler"):], uint64(windowVA+handlerOff))
+	k := hostileKernel(t, data, spec)
+	rep, err := Check(context.Background(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []Finding
+	for _, f := range rep.Findings {
+		if f.Kind == KindKprobe {
+			got = append(got, f)
+		}
+	}
+	want := fmt.Sprintf("kprobe %#x on _text+0x1234", uint64(probe))
+	if len(got) != 1 || got[0].Address != uint64(windowVA+handlerOff) || got[0].Where != want || got[0].Owner != OwnerNone {
+		t.Fatalf("kprobe findings %v, want one at %#x in %q", got, uint64(windowVA+handlerOff), want)
 	}
 }

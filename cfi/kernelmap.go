@@ -77,6 +77,9 @@ type KernelMap struct {
 	Problems []vmerr.Problem
 
 	syms []symbol
+	// maxEnd[i] is the largest End of Regions[:i+1]: regions may nest (BPF
+	// JIT images inside their pack)
+	maxEnd []vmi.VA
 }
 
 // NewKernelMap builds the map of k's code: core text from kallsyms
@@ -114,6 +117,12 @@ func NewKernelMap(ctx context.Context, k *linux.Kernel) (*KernelMap, error) {
 		return nil, err
 	}
 	sort.SliceStable(m.Regions, func(i, j int) bool { return m.Regions[i].Start < m.Regions[j].Start })
+	m.maxEnd = make([]vmi.VA, len(m.Regions))
+	var e vmi.VA
+	for i, r := range m.Regions {
+		e = max(e, r.End)
+		m.maxEnd[i] = e
+	}
 	sort.SliceStable(m.syms, func(i, j int) bool { return m.syms[i].addr < m.syms[j].addr })
 	return m, nil
 }
@@ -121,8 +130,9 @@ func NewKernelMap(ctx context.Context, k *linux.Kernel) (*KernelMap, error) {
 // Region returns the code region holding va.
 func (m *KernelMap) Region(va vmi.VA) (Region, bool) {
 	i := sort.Search(len(m.Regions), func(i int) bool { return m.Regions[i].Start > va })
-	// regions may nest (none do today); look back over the few before
-	for j := i - 1; j >= 0 && j >= i-4; j-- {
+	// the innermost region holding va is the last one starting at or
+	// before it that contains it
+	for j := i - 1; j >= 0 && m.maxEnd[j] > va; j-- {
 		if m.Regions[j].Contains(va) {
 			return m.Regions[j], true
 		}

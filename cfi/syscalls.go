@@ -73,9 +73,11 @@ func (c *checker) syscallNames(n int) ([]string, error) {
 
 // syscalls checks sys_call_table and ia32_sys_call_table. Each entry must
 // be the start of a core-text function named PREFIX_sys_* (PREFIX __x64 or
-// __ia32; __ia32_compat_sys_* too), used by no other number unless it is
-// sys_ni_syscall; for the x64 table, where the kernel's syscall metadata
-// names number N sys_NAME, the entry must be __x64_sys_NAME exactly.
+// __ia32; __ia32_compat_sys_* too); where no reference below names the
+// number, one used by no other number unless it is sys_ni_syscall; for the x64 table, where the kernel's syscall metadata
+// names number N sys_NAME, the entry must be __x64_sys_NAME exactly; with
+// the kernel image (WithKernelImage), the entry must be the one the build
+// wrote there, relocated by the slide.
 func (c *checker) syscalls(ctx context.Context) (int, []Finding, error) {
 	var out []Finding
 	checked := 0
@@ -114,6 +116,13 @@ func (c *checker) syscalls(ctx context.Context) (int, []Finding, error) {
 				c.problem(t.table+": number to name", 0, err)
 			}
 		}
+		// with the kernel image, the table as the build wrote it
+		var orig []byte
+		if ti, err := c.image(); err == nil {
+			if orig, err = ti.at(base, uint64(n)*8); err != nil {
+				c.problem(t.table+" in the kernel image", base, err)
+			}
+		}
 		used := map[vmi.VA]int{}
 		for i := 0; i < n; i++ {
 			used[vmi.VA(binary.LittleEndian.Uint64(b[i*8:]))]++
@@ -123,25 +132,35 @@ func (c *checker) syscalls(ctx context.Context) (int, []Finding, error) {
 			e := vmi.VA(binary.LittleEndian.Uint64(b[i*8:]))
 			where := fmt.Sprintf("%s[%d]", t.table, i)
 			sym, off, _ := c.m.Symbolize(e)
-			bad := ""
+			var bad []string
 			switch {
 			case !c.m.InCore(e):
-				bad = "outside core kernel text"
+				bad = append(bad, "outside core kernel text")
 			case off != 0:
-				bad = "not at the start of a function"
+				bad = append(bad, "not at the start of a function")
 			case !hasPrefix(sym, t.prefixes) && !c.aliasWithPrefix(e, t.prefixes):
-				bad = fmt.Sprintf("%s is not a %s* function", sym, strings.Join(t.prefixes, "*/"))
-			case used[e] > 1 && !strings.HasSuffix(sym, "_sys_ni_syscall"):
-				bad = fmt.Sprintf("%s is also the entry of %d other numbers", sym, used[e]-1)
+				bad = append(bad, fmt.Sprintf("%s is not a %s* function", sym, strings.Join(t.prefixes, "*/")))
 			}
-			if bad == "" && i < len(names) && names[i] != "" {
+			// with no reference for this number, a function used for two
+			// numbers betrays one of them
+			haveRef := orig != nil || i < len(names) && names[i] != ""
+			if !haveRef && used[e] > 1 && !strings.HasSuffix(sym, "_sys_ni_syscall") {
+				bad = append(bad, fmt.Sprintf("%s is also the entry of %d other numbers", sym, used[e]-1))
+			}
+			if i < len(names) && names[i] != "" {
 				want := "__x64_" + names[i]
 				if a, ok := c.k.Symbols.Addr(want); ok && a != e {
-					bad = fmt.Sprintf("the kernel's syscall metadata names number %d %s, at %#x", i, names[i], uint64(a))
+					bad = append(bad, fmt.Sprintf("the kernel's syscall metadata names number %d %s, at %#x", i, names[i], uint64(a)))
 				}
 			}
-			if bad != "" {
-				out = append(out, c.m.newFinding(KindSyscallHook, e, where, "entry "+bad+dispatch))
+			if orig != nil {
+				if o := vmi.VA(binary.LittleEndian.Uint64(orig[i*8:])); o != e {
+					osym, _, _ := c.m.Symbolize(o)
+					bad = append(bad, fmt.Sprintf("the kernel image has %s (%#x) for number %d", osym, uint64(o), i))
+				}
+			}
+			if len(bad) > 0 {
+				out = append(out, c.m.newFinding(KindSyscallHook, e, where, "entry "+strings.Join(bad, "; ")+dispatch))
 			}
 		}
 	}

@@ -33,7 +33,10 @@ type textImage struct {
 	delta int64 // runtime VA - link VA
 	text  []byte
 	link  vmi.VA // link address of .text
-	sites []span // runtime VAs the kernel patches at boot or at run time
+	// relocs are the relocation table's 32-bit, inverse 32-bit and 64-bit
+	// lists, link addresses, sorted
+	relocs [3][]vmi.VA
+	sites  []span // runtime VAs the kernel patches at boot or at run time
 }
 
 // readLink reads n bytes at link address a from the ELF's loaded segments.
@@ -75,18 +78,14 @@ func newTextImage(m *KernelMap, payload []byte) (*textImage, error) {
 	return ti, nil
 }
 
-// relocate applies the relocation table at the end of the payload:
-// working backwards from the end, 32-bit relocations up to a zero, then
+// relocate reads the relocation table at the end of the payload
+// (working backwards from the end: 32-bit relocations up to a zero, then
 // inverse 32-bit ones up to a zero, then 64-bit ones up to a zero; each
-// entry is the sign-extended link address of a field to adjust by the
-// slide. Only fields inside .text matter here.
+// entry the sign-extended link address of a field to adjust by the slide)
+// and applies it to .text.
 func (ti *textImage) relocate() error {
-	if ti.delta == 0 {
-		return nil
-	}
 	b := ti.raw
 	i := len(b) - 4
-	lo, hi := ti.link, ti.link+vmi.VA(len(ti.text))
 	for pass := 0; pass < 3; pass++ {
 		for n := 0; ; n++ {
 			if i < 0 || n > maxRelocs {
@@ -97,26 +96,52 @@ func (ti *textImage) relocate() error {
 			if r == 0 {
 				break
 			}
-			a := vmi.VA(int64(int32(r)))
-			width := vmi.VA(4)
-			if pass == 2 {
-				width = 8
-			}
-			if a < lo || a+width > hi {
-				continue
-			}
-			off := a - lo
+			ti.relocs[pass] = append(ti.relocs[pass], vmi.VA(int64(int32(r))))
+		}
+	}
+	for p := range ti.relocs {
+		sort.Slice(ti.relocs[p], func(i, j int) bool { return ti.relocs[p][i] < ti.relocs[p][j] })
+	}
+	ti.apply(ti.text, ti.link)
+	return nil
+}
+
+// apply relocates buf, the image's bytes at link address link.
+func (ti *textImage) apply(buf []byte, link vmi.VA) {
+	if ti.delta == 0 {
+		return
+	}
+	hi := link + vmi.VA(len(buf))
+	for pass, rs := range ti.relocs {
+		width := vmi.VA(4)
+		if pass == 2 {
+			width = 8
+		}
+		i := sort.Search(len(rs), func(i int) bool { return rs[i] >= link })
+		for ; i < len(rs) && rs[i]+width <= hi; i++ {
+			off := rs[i] - link
 			switch pass {
 			case 0:
-				binary.LittleEndian.PutUint32(ti.text[off:], binary.LittleEndian.Uint32(ti.text[off:])+uint32(ti.delta))
+				binary.LittleEndian.PutUint32(buf[off:], binary.LittleEndian.Uint32(buf[off:])+uint32(ti.delta))
 			case 1:
-				binary.LittleEndian.PutUint32(ti.text[off:], binary.LittleEndian.Uint32(ti.text[off:])-uint32(ti.delta))
+				binary.LittleEndian.PutUint32(buf[off:], binary.LittleEndian.Uint32(buf[off:])-uint32(ti.delta))
 			case 2:
-				binary.LittleEndian.PutUint64(ti.text[off:], binary.LittleEndian.Uint64(ti.text[off:])+uint64(ti.delta))
+				binary.LittleEndian.PutUint64(buf[off:], binary.LittleEndian.Uint64(buf[off:])+uint64(ti.delta))
 			}
 		}
 	}
-	return nil
+}
+
+// at returns the image's n bytes at runtime address va, relocated: what
+// the kernel held there when it was loaded.
+func (ti *textImage) at(va vmi.VA, n uint64) ([]byte, error) {
+	link := vmi.VA(int64(va) - ti.delta)
+	b, err := ti.readLink(link, n)
+	if err != nil {
+		return nil, err
+	}
+	ti.apply(b, link)
+	return b, nil
 }
 
 // section returns the bytes and link address of a section, nil if absent.
@@ -294,10 +319,7 @@ func (ss *siteSet) covers(va vmi.VA) bool {
 // text compares core text in memory with the build's image, relocated;
 // every run of differing bytes that no patch site covers is a finding.
 func (c *checker) text(ctx context.Context) (int, []Finding, error) {
-	if c.o.vmlinux == nil {
-		return 0, nil, fmt.Errorf("no kernel image given (--vmlinuz): %w", vmerr.ErrNotPresent)
-	}
-	ti, err := newTextImage(c.m, c.o.vmlinux)
+	ti, err := c.image()
 	if err != nil {
 		return 0, nil, err
 	}
@@ -345,6 +367,17 @@ func (c *checker) text(ctx context.Context) (int, []Finding, error) {
 	}
 	flush()
 	return n, out, nil
+}
+
+// image is the kernel image given, parsed once.
+func (c *checker) image() (*textImage, error) {
+	if c.o.vmlinux == nil {
+		return nil, fmt.Errorf("no kernel image given (--vmlinuz): %w", vmerr.ErrNotPresent)
+	}
+	if c.img == nil && c.imgErr == nil {
+		c.img, c.imgErr = newTextImage(c.m, c.o.vmlinux)
+	}
+	return c.img, c.imgErr
 }
 
 func (c *checker) memBytes(va vmi.VA, n int) []byte {
