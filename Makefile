@@ -26,6 +26,7 @@ fixtures: deps
 	bash testdata/livedirty/build.sh
 	bash testdata/rootkit/build.sh
 	bash testdata/watch/build.sh
+	bash testdata/libvirt/libvirt.sh images
 
 demo: build
 	bash scripts/demo.sh

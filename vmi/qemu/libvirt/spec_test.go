@@ -129,3 +129,76 @@ func FuzzGuestName(f *testing.F) {
 		}
 	})
 }
+
+// The backup job description libvirt 9.0 gave TestPullBackup (an
+// incremental pull backup of vda), with a disk vdb not backed up added.
+const backupJobXML = `<domainbackup mode='pull'>
+  <incremental>vmscope-c1</incremental>
+  <server transport='unix' socket='/var/lib/libvirt/qemu/vmscope-backup-1/nbd.sock'/>
+  <disks>
+    <disk name='vda' backup='yes' type='file' backupmode='incremental' incremental='vmscope-c1' exportname='vda' exportbitmap='backup-vda' index='2'>
+      <driver type='qcow2'/>
+      <scratch file='/var/lib/libvirt/qemu/vmscope-backup-1/scratch-vda.qcow2'/>
+    </disk>
+    <disk name='vdb' backup='no'/>
+  </disks>
+</domainbackup>`
+
+func TestParseBackupJob(t *testing.T) {
+	j, err := parseBackupJob([]byte(backupJobXML))
+	if err != nil || j.Socket != "/var/lib/libvirt/qemu/vmscope-backup-1/nbd.sock" || j.Incremental != "vmscope-c1" ||
+		len(j.Exports) != 1 || j.Exports[0] != (BackupExport{Target: "vda", Name: "vda", Bitmap: "backup-vda"}) ||
+		j.Exports[0].Context() != "qemu:dirty-bitmap:backup-vda" {
+		t.Fatalf("%+v %v", j, err)
+	}
+	for _, bad := range []string{``, `<domainbackup mode='push'/>`, strings.Replace(backupJobXML, "transport='unix'", "transport='tcp'", 1),
+		strings.Replace(backupJobXML, " exportname='vda'", "", 1), strings.Replace(backupJobXML, "backup='yes'", "backup='no'", 1),
+		"<domainbackup mode='pull'>" + strings.Repeat("<x>", maxXML/3)} {
+		if _, err := parseBackupJob([]byte(bad)); !errors.Is(err, ErrBackupXML) {
+			t.Errorf("parseBackupJob(%.60q): %v, want ErrBackupXML", bad, err)
+		}
+	}
+}
+
+func FuzzParseBackupJob(f *testing.F) {
+	f.Add([]byte(backupJobXML))
+	f.Add([]byte(`<domainbackup mode='pull'><server transport='unix' socket='/s'/><disks><disk name='a' exportname='a'/></disks></domainbackup>`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		j, err := parseBackupJob(b)
+		if err != nil {
+			if !errors.Is(err, ErrBackupXML) {
+				t.Fatalf("error %v is not ErrBackupXML", err)
+			}
+			return
+		}
+		if !strings.HasPrefix(j.Socket, "/") || len(j.Exports) == 0 {
+			t.Fatalf("%+v", j)
+		}
+		for _, e := range j.Exports {
+			if e.Target == "" || e.Name == "" {
+				t.Fatalf("export %+v", e)
+			}
+		}
+	})
+}
+
+func TestBackupXML(t *testing.T) {
+	bx, cx, err := backupXML(PullBackup{Socket: "/d/nbd.sock", Incremental: "c1", Checkpoint: "c2",
+		Disks: []BackupDisk{{Target: "vda", Scratch: "/d/s'<.qcow2"}}})
+	want := `<domainbackup mode="pull"><incremental>c1</incremental><server transport="unix" socket="/d/nbd.sock"></server><disks><disk name="vda" backup="yes" type="file"><scratch file="/d/s&#39;&lt;.qcow2"></scratch></disk></disks></domainbackup>`
+	if err != nil || bx != want {
+		t.Errorf("backup xml %s %v\nwant %s", bx, err, want)
+	}
+	if cx != `<domaincheckpoint><name>c2</name><disks><disk name="vda" checkpoint="bitmap"></disk></disks></domaincheckpoint>` {
+		t.Errorf("checkpoint xml %s", cx)
+	}
+	bx, cx, err = backupXML(PullBackup{Socket: "/d/nbd.sock", Disks: []BackupDisk{{Target: "vda", Scratch: "/d/s.qcow2"}}})
+	if err != nil || strings.Contains(bx, "incremental") || cx != "" {
+		t.Errorf("full backup: %s %q %v", bx, cx, err)
+	}
+	for _, bad := range []PullBackup{{}, {Socket: "rel", Disks: []BackupDisk{{"vda", "/s"}}}, {Socket: "/s"}, {Socket: "/s", Disks: []BackupDisk{{"vda", "rel"}}}, {Socket: "/s", Disks: []BackupDisk{{"", "/x"}}}} {
+		if _, _, err := backupXML(bad); err == nil {
+			t.Errorf("backupXML(%+v) accepted", bad)
+		}
+	}
+}
