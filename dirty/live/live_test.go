@@ -326,6 +326,11 @@ func TestFullPassReasons(t *testing.T) {
 	if fmt.Sprint(before.Bitmaps) != fmt.Sprint(after.Bitmaps) {
 		t.Errorf("an untracked view changed the bitmaps: %v → %v", before.Bitmaps, after.Bitmaps)
 	}
+	for _, id := range []string{"", "vd0", "disk0", "/machine/peripheral/vd0/virtio-backend"} {
+		if d, err := FindDisk(ctx, mc.m, id); err != nil || d.Node != "disk0" || d.File != mc.img {
+			t.Errorf("--disk %q: %+v %v", id, d, err)
+		}
+	}
 	if _, err := FindDisk(ctx, mc.m, "nope"); err == nil || !strings.Contains(err.Error(), "node disk0, device vd0") {
 		t.Errorf("unknown disk: %v", err)
 	}
