@@ -27,7 +27,7 @@ import (
 // QEMU (TCG) with a qcow2 data disk (ext4), a workload in rounds driven
 // through its second serial port, and a background writer.
 type pollGuest struct {
-	t       *testing.T
+	t       testing.TB
 	console string    // the serial console's log
 	mon     *qemu.QMP // the test's own monitor
 	ctl     net.Conn
@@ -37,7 +37,7 @@ type pollGuest struct {
 	bg      bool // the background writer runs (and counts)
 }
 
-func liveFixture(t *testing.T) (kernel, initrd string) {
+func liveFixture(t testing.TB) (kernel, initrd string) {
 	t.Helper()
 	dir := filepath.Join(fixture.Root(), "testdata", "out-livedirty")
 	for _, f := range []string{"vmlinuz", "initrd.gz"} {
@@ -50,7 +50,7 @@ func liveFixture(t *testing.T) (kernel, initrd string) {
 
 // bootLive boots the guest on a fresh size-MiB ext4 qcow2 disk (made with
 // mkfs.ext4 -d from tree when not "") and builds the vmscope binary.
-func bootLive(t *testing.T, sizeMiB int, tree string, appendLine string) *pollGuest {
+func bootLive(t testing.TB, sizeMiB int, tree string, appendLine string) *pollGuest {
 	t.Helper()
 	kernel, initrd := liveFixture(t)
 	work := t.TempDir()
@@ -118,7 +118,7 @@ func bootLive(t *testing.T, sizeMiB int, tree string, appendLine string) *pollGu
 	return lg
 }
 
-func freeTCPPort(t *testing.T) int {
+func freeTCPPort(t testing.TB) int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -132,14 +132,16 @@ func (lg *pollGuest) log() string {
 	return strings.ReplaceAll(string(b), "\r", "")
 }
 
-// send writes a command line to the guest and waits for marker.
+// send writes a command line to the guest and waits for one more
+// marker on its console.
 func (lg *pollGuest) send(cmd, marker string, timeout time.Duration) {
 	lg.t.Helper()
+	before := strings.Count(lg.log(), marker)
 	if _, err := fmt.Fprintf(lg.ctl, "%s\n", cmd); err != nil {
 		lg.t.Fatal(err)
 	}
 	deadline := time.Now().Add(timeout)
-	for !strings.Contains(lg.log(), marker) {
+	for strings.Count(lg.log(), marker) <= before {
 		if time.Now().After(deadline) {
 			lg.t.Fatalf("no %q after %q in %v:\n%s", marker, cmd, timeout, tail(lg.log(), 2000))
 		}

@@ -320,7 +320,7 @@ func (v *View) pickBitmaps(ctx context.Context) error {
 	case cur == nil && len(ts) > 0 && ts[len(ts)-1].Inconsistent:
 		v.Full, v.Why = true, fmt.Sprintf("bitmap %s is inconsistent (in-use: QEMU stopped without storing it)", ts[len(ts)-1].Name)
 	case cur == nil:
-		v.Full, v.Why = true, fmt.Sprintf("no tracking bitmap %strack-%s-* on node %s (first poll, or it was removed)", Prefix, v.o.Tag, d.Node)
+		v.Full, v.Why = true, fmt.Sprintf("no tracking bitmap %strack-%s-* on node %s (first poll; or it was removed, or QEMU was killed before it stored it)", Prefix, v.o.Tag, d.Node)
 	case cur.Busy:
 		return fmt.Errorf("%w: bitmap %s is busy", ErrBusy, cur.Name)
 	default:

@@ -36,7 +36,14 @@ func startMachine(t *testing.T) *machine {
 	img := filepath.Join(dir, "disk.qcow2")
 	fixture.Run(t, dir, "qemu-img", "create", "-q", "-f", "qcow2", img, "64M")
 	fixture.Run(t, dir, "qemu-io", "-c", "write -P 0x01 0 64M", img)
+	return startMachineOn(t, dir, img)
+}
+
+// startMachineOn starts QEMU on the disk image img (scratch files in dir).
+func startMachineOn(t *testing.T, dir, img string) *machine {
+	t.Helper()
 	sock := filepath.Join(dir, "qmp.sock")
+	os.Remove(sock)
 	cmd := exec.Command(fixture.Tool(t, "qemu-system-x86_64"), "-accel", "tcg", "-nodefaults", "-display", "none",
 		"-qmp", "unix:"+sock+",server=on,wait=off",
 		"-blockdev", "driver=file,node-name=disk0-file,filename="+img,
@@ -319,6 +326,11 @@ func TestFullPassReasons(t *testing.T) {
 	if fmt.Sprint(before.Bitmaps) != fmt.Sprint(after.Bitmaps) {
 		t.Errorf("an untracked view changed the bitmaps: %v → %v", before.Bitmaps, after.Bitmaps)
 	}
+	for _, id := range []string{"", "vd0", "disk0", "/machine/peripheral/vd0/virtio-backend"} {
+		if d, err := FindDisk(ctx, mc.m, id); err != nil || d.Node != "disk0" || d.File != mc.img {
+			t.Errorf("--disk %q: %+v %v", id, d, err)
+		}
+	}
 	if _, err := FindDisk(ctx, mc.m, "nope"); err == nil || !strings.Contains(err.Error(), "node disk0, device vd0") {
 		t.Errorf("unknown disk: %v", err)
 	}
@@ -331,4 +343,59 @@ func mustQMP(t *testing.T, m qemu.Monitor, cmd string, args any) {
 	}
 }
 
-var _ = os.Remove
+// TestRestart: a persistent tracking bitmap survives a clean QEMU quit
+// and the next poll is incremental; after QEMU was killed the bitmap is
+// in-use (inconsistent) and the next poll is a full pass that says so.
+func TestRestart(t *testing.T) {
+	mc := startMachine(t)
+	ctx := context.Background()
+	o := mc.opts("r")
+	poll := func(mc *machine, prev *source.Cursor) (*View, source.Cursor, rangeset.Set, bool) {
+		t.Helper()
+		v, err := Begin(ctx, mc.m, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var next source.Cursor
+		dirty, full, _ := v.Source().Since(ctx, prev, &next)
+		if err := v.End(ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		return v, next, dirty, full
+	}
+	_, cur, _, _ := poll(mc, nil)
+	mc.write(0x42, 5<<20, 4096)
+	if _, err := mc.m.Execute(ctx, "quit", nil); err != nil {
+		t.Fatal(err)
+	}
+	mc.proc.Wait()
+	mc = startMachineOn(t, mc.dir, mc.img)
+	_, cur, dirty, full := poll(mc, &cur)
+	if full || !rangeset.Equal(dirty, set([2]int64{5 << 20, 4096})) {
+		t.Errorf("after a clean restart: full %v dirty %v", full, dirty)
+	}
+	// Killed while it holds a bitmap loaded from the image (in-use there).
+	mc.write(0x43, 6<<20, 4096)
+	mc.m.Execute(ctx, "quit", nil)
+	mc.proc.Wait()
+	mc = startMachineOn(t, mc.dir, mc.img)
+	mc.proc.Process.Kill()
+	mc.proc.Wait()
+	mc = startMachineOn(t, mc.dir, mc.img)
+	v, cur, _, full := poll(mc, &cur)
+	if !full || !strings.Contains(v.Why, "inconsistent") {
+		t.Errorf("after QEMU was killed with the bitmap loaded: full %v (%s)", full, v.Why)
+	}
+	// Killed before it stored its new bitmap: missing.
+	mc.proc.Process.Kill()
+	mc.proc.Wait()
+	mc = startMachineOn(t, mc.dir, mc.img)
+	v, _, _, full = poll(mc, &cur)
+	if !full || !strings.Contains(v.Why, "no tracking bitmap") {
+		t.Errorf("after QEMU was killed before storing the bitmap: full %v (%s)", full, v.Why)
+	}
+	d, _ := FindDisk(ctx, mc.m, "")
+	if len(d.Bitmaps) != 1 || d.Bitmaps[0].Inconsistent || !d.Bitmaps[0].Recording {
+		t.Errorf("bitmaps after the full pass: %+v", d.Bitmaps)
+	}
+}

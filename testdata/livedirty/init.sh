@@ -5,7 +5,8 @@
 # the commands the host writes on the second serial port (/dev/ttyS1), one
 # a line:
 #   round K        the scripted workload of round K (work_K below)
-#   churn N SEED   rewrites N files of /mnt/tree (the benchmark's churn)
+#   churn N SEED TOTAL  rewrites N of the TOTAL files of /mnt/tree (the
+#                       benchmark's churn)
 # Every path a round writes or deletes is announced on the console, the
 # ground truth of the tests:
 #   === W K /path ===   written (created, or content changed) in round K
@@ -67,16 +68,17 @@ work_n() {
   true
 }
 
-# churn N SEED: overwrite N files of /mnt/tree in place (a new content of
-# the same size), spread over the tree.
+# churn N SEED TOTAL: overwrite N of the TOTAL files /mnt/tree/dI/fJ
+# (J from 0, I = J / 1000: bench/running.sh's tree) in place, spread
+# evenly from SEED: the start of each is rewritten, its size kept.
 churn() {
-  n=$1 seed=$2 total=$(ls /mnt/tree | wc -l) j=0
-  [ "$total" -gt 0 ] || return 0
+  n=$1 seed=$2 total=$3 j=0
   step=$((total / n)); [ $step -ge 1 ] || step=1
-  for f in $(ls /mnt/tree | awk -v s="$step" -v o="$seed" 'NR % s == o % s'); do
-    [ $j -lt "$n" ] || break
-    printf 'churn %s %s\n' "$seed" "$f" | dd of="/mnt/tree/$f" conv=notrunc 2>/dev/null
-    j=$((j+1))
+  i=$((seed % step))
+  while [ $j -lt "$n" ] && [ $i -lt "$total" ]; do
+    f=/mnt/tree/d$((i / 1000))/f$i
+    printf 'churn %s %s\n' "$seed" "$i" | dd of="$f" conv=notrunc 2>/dev/null
+    j=$((j+1)) i=$((i+step))
   done
   echo "=== CHURNED $j ==="
 }
@@ -101,7 +103,7 @@ exec 3<> /dev/ttyS1
 stty raw -echo <&3 2>/dev/null
 sync
 echo "=== READY ==="
-while read -r cmd a b <&3; do
+while read -r cmd a b c <&3; do
   case $cmd in
     round)
       case $a in 1|2|3) work_$a ;; *) work_n "$a" ;; esac
@@ -110,7 +112,7 @@ while read -r cmd a b <&3; do
       echo "=== ROUND $a DONE ==="
       ;;
     churn)
-      churn "$a" "$b"
+      churn "$a" "$b" "$c"
       sync
       ckpt /mnt || echo "=== FAIL ckpt ==="
       echo "=== CHURN DONE ==="
