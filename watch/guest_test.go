@@ -14,7 +14,7 @@ import (
 
 // openKernel attaches to the guest (its own journal in the test's
 // folder) and discovers its kernel.
-func openKernel(t *testing.T, l *watchtest.Guest) (*qemu.Guest, *Kernel) {
+func openKernel(t testing.TB, l *watchtest.Guest) (*qemu.Guest, *Kernel) {
 	t.Helper()
 	ctx := context.Background()
 	g, err := qemu.Open(ctx, l.Spec, qemu.WithJournal(filepath.Join(l.Dir, "journal")))

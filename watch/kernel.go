@@ -29,6 +29,9 @@ type Kernel struct {
 	mem interface {
 		ReadVirt(p []byte, va vmi.VA) (int, error)
 	}
+	// exes caches the path of executables by their struct file (an
+	// exe_file is pinned while a process maps it)
+	exes map[vmi.VA]string
 
 	// dentry children: d_subdirs/d_child (list) or d_children/d_sib (hlist)
 	childHlist       bool
@@ -52,7 +55,7 @@ type Kernel struct {
 // the known variants of each (d_subdirs/d_child up to 6.7,
 // d_children/d_sib from 6.8).
 func NewKernel(k *linux.Kernel) (*Kernel, error) {
-	w := &Kernel{K: k, mem: k.AS}
+	w := &Kernel{K: k, mem: k.AS, exes: map[vmi.VA]string{}}
 	var errs []error
 	get := func(dst *uint64, typ string, paths ...string) {
 		for _, p := range paths {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"strings"
 	"time"
 
 	"github.com/vmscope/vmscope/vmi"
@@ -28,9 +29,15 @@ var opFunctions = []string{"vfs_read", "vfs_write", "notify_change", "vfs_unlink
 // reads and writes, the dentry's inode for notify_change, vfs_unlink and
 // vfs_rename, the last name component for do_filp_open) against the
 // targets. It runs until ctx ends, then removes its breakpoints and
-// leaves the guest running.
-func RunOperation(ctx context.Context, t vmi.Tracer, w *Kernel, targets []*Target) (st OperationStats, err error) {
+// leaves the guest running. armed, when not nil, is called once the
+// breakpoints are in.
+func RunOperation(ctx context.Context, t vmi.Tracer, w *Kernel, targets []*Target, armed func()) (st OperationStats, err error) {
 	k := w.K
+	// the same per-stop page cache as Run: a fair baseline
+	cw := *w
+	as, cache := cachedSpace(w.K.AS)
+	cw.mem = as
+	w = &cw
 	inodes := map[vmi.VA]bool{}
 	names := map[string]bool{}
 	for _, tg := range targets {
@@ -73,6 +80,9 @@ func RunOperation(ctx context.Context, t vmi.Tracer, w *Kernel, targets []*Targe
 			return st, err
 		}
 	}
+	if armed != nil {
+		armed()
+	}
 	if err := t.Resume(ctx); err != nil {
 		return st, err
 	}
@@ -94,6 +104,7 @@ func RunOperation(ctx context.Context, t vmi.Tracer, w *Kernel, targets []*Targe
 			continue
 		}
 		cpu := max(s.CPU, 0)
+		cache.reset()
 		regs, err := t.Regs(ctx, cpu)
 		if err != nil {
 			return st, ctxOr(ctx, err)
@@ -120,8 +131,14 @@ func RunOperation(ctx context.Context, t vmi.Tracer, w *Kernel, targets []*Targe
 			inode = dinode(d)
 		case "do_filp_open":
 			p, _ := w.ptr(vmi.VA(regs.RSI), fname)
-			if s, err := k.ReadString(p, 4096); err == nil && names[path.Base(s)] {
-				st.Matched++
+			if b, err := w.read(p, 256); err == nil {
+				s := string(b)
+				if i := strings.IndexByte(s, 0); i >= 0 {
+					s = s[:i]
+				}
+				if names[path.Base(s)] {
+					st.Matched++
+				}
 			}
 		}
 		if inode != 0 && inodes[inode] {

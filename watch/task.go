@@ -149,10 +149,17 @@ func (w *Kernel) taskInfo(task vmi.VA) (TaskInfo, error) {
 	if err != nil || exe == 0 {
 		return ti, nil
 	}
+	if p, ok := w.exes[exe]; ok {
+		ti.Exe = p
+		return ti, nil
+	}
 	mnt, err1 := w.ptr(exe, uint64(off("file", "f_path.mnt")))
 	dentry, err2 := w.ptr(exe, uint64(off("file", "f_path.dentry")))
 	if err1 == nil && err2 == nil {
 		ti.Exe, _ = k.Path(dentry, mnt)
+		if w.exes != nil && len(w.exes) < 4096 {
+			w.exes[exe] = ti.Exe
+		}
 	}
 	return ti, nil
 }

@@ -165,6 +165,8 @@ type Watcher struct {
 	// Denied counts the accesses deny mode made fail.
 	denied int
 
+	cache *stopCache // the guest-physical pages read during the current stop
+
 	out   chan Event
 	stats Stats
 	rsem  uint64 // offset of count in struct rw_semaphore
@@ -188,10 +190,16 @@ func New(ctx context.Context, t vmi.Tracer, w *Kernel, paths []string, opts Opti
 	if err != nil {
 		return nil, err
 	}
+	cw := *w
+	as, cache := cachedSpace(w.K.AS)
+	cw.mem = as
+	w = &cw
+	r.w = w
 	x := &Watcher{
-		t: t, w: w, r: r, z: NewSymbolizer(w.K.Symbols), pc: pc, opts: opts, rsem: rsem,
+		cache: cache,
+		t:     t, w: w, r: r, z: NewSymbolizer(w.K.Symbols), pc: pc, opts: opts, rsem: rsem,
 		code: &codeReader{cache: map[vmi.VA][5]byte{}, read: func(p []byte, va vmi.VA) error {
-			_, err := w.K.AS.ReadVirt(p, va)
+			_, err := w.mem.ReadVirt(p, va)
 			return err
 		}},
 		targets: map[string]*Target{}, pending: map[string]*Pending{}, traps: map[vmi.Trap][]owner{},
@@ -213,6 +221,7 @@ func New(ctx context.Context, t vmi.Tracer, w *Kernel, paths []string, opts Opti
 		} else {
 			x.pending[p] = res.Pending
 		}
+		x.cache.reset()
 	}
 	return x, nil
 }
@@ -347,6 +356,7 @@ func (x *Watcher) Run(ctx context.Context) (err error) {
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
 		defer cancel()
+		x.cache.reset()
 		x.flush(true)
 		rerr := x.removeAll(cctx)
 		if rerr == nil {
@@ -357,6 +367,7 @@ func (x *Watcher) Run(ctx context.Context) (err error) {
 	if err := x.t.Pause(ctx); err != nil {
 		return err
 	}
+	x.cache.reset()
 	for _, p := range x.paths {
 		if err := x.arm(ctx, p); err != nil {
 			return err
@@ -376,7 +387,9 @@ func (x *Watcher) Run(ctx context.Context) (err error) {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+			x.cache.reset()
 			x.flush(false)
+			x.cache.reset()
 			continue
 		case st = <-x.t.Events():
 		}
@@ -405,6 +418,8 @@ func (x *Watcher) Run(ctx context.Context) (err error) {
 // handle classifies one stop, then steps the vCPU past the traps it hit.
 func (x *Watcher) handle(ctx context.Context, st vmi.Stop) error {
 	cpu := max(st.CPU, 0)
+	x.cache.reset() // the guest ran since the last stop
+	defer x.cache.reset()
 	regs, err := x.t.Regs(ctx, cpu)
 	if err != nil {
 		return err
@@ -512,7 +527,7 @@ func (x *Watcher) stack(regs vmi.CPU) ([]byte, vmi.VA) {
 		n = uint64(top - sp)
 	}
 	b := make([]byte, n)
-	m, _ := x.w.K.AS.ReadVirt(b, sp)
+	m, _ := x.w.mem.ReadVirt(b, sp)
 	return b[:m], sp
 }
 
@@ -550,7 +565,7 @@ func (x *Watcher) onWatch(ctx context.Context, st vmi.Stop, regs vmi.CPU, hits [
 			a.stops++
 			if o.field == "i_state" {
 				var b [8]byte
-				if _, err := x.w.K.AS.ReadVirt(b[:x.w.iStateSize], tr.Addr); err == nil && binary.LittleEndian.Uint64(b[:])&iFreeing != 0 {
+				if _, err := x.w.mem.ReadVirt(b[:x.w.iStateSize], tr.Addr); err == nil && binary.LittleEndian.Uint64(b[:])&iFreeing != 0 {
 					freed = append(freed, o.path)
 					a.note = "freed"
 				}

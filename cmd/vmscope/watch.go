@@ -30,6 +30,7 @@ type watchOpts struct {
 	policy    string
 	duration  time.Duration
 	format    string
+	method    string
 }
 
 func newWatchCmd() *cobra.Command {
@@ -56,6 +57,7 @@ func newWatchCmd() *cobra.Command {
 	f.StringVar(&o.policy, "policy", "", "policy file: lines `deny PATH uid=N[,N...]` (an access to PATH by one of those uids or euids breaks it)")
 	f.DurationVar(&o.duration, "duration", 0, "stop after this long (0: until SIGINT)")
 	f.StringVar(&o.format, "format", output.NDJSON, "output format: ndjson or table")
+	f.StringVar(&o.method, "method", "target", "target: trap the files' kernel objects; operation: the baseline bench/watch.sh measures (breakpoints on the VFS functions, filtered on the files; counts only, no events)")
 	f.StringVar(&guestJournal, "journal", "", "the journal of what vmscope changed on the guest (default: $XDG_RUNTIME_DIR/vmscope/gdb-HOST_PORT.json, or /run/vmscope/…)")
 	return c
 }
@@ -118,6 +120,12 @@ func runWatch(ctx context.Context, o watchOpts, args []string, out, errOut io.Wr
 		}
 	default:
 		return usageError{fmt.Errorf("--mode %q: want alert or deny", o.mode)}
+	}
+	if o.method != "target" && o.method != "operation" {
+		return usageError{fmt.Errorf("--method %q: want target or operation", o.method)}
+	}
+	if o.method == "operation" && o.mode != "alert" {
+		return usageError{errors.New("--method operation reports counts only: no --mode deny")}
 	}
 	paths := append([]string(nil), args...)
 	if o.pathsFrom != "" {
@@ -210,6 +218,18 @@ func runWatch(ctx context.Context, o watchOpts, args []string, out, errOut io.Wr
 		var cancel context.CancelFunc
 		rctx, cancel = context.WithTimeout(ctx, o.duration)
 		defer cancel()
+	}
+	if o.method == "operation" {
+		var targets []*watch.Target
+		for _, t := range x.Targets() {
+			targets = append(targets, t)
+		}
+		st, err := watch.RunOperation(rctx, g, wk, targets, func() { fmt.Fprintln(errOut, "watch: operation breakpoints armed") })
+		fmt.Fprintf(errOut, "watch (operation-based): %d stops, %d on the watched files\n", st.Stops, st.Matched)
+		if err != nil {
+			return err
+		}
+		return ctx.Err()
 	}
 	done := make(chan error, 1)
 	go func() { done <- x.Run(rctx) }()

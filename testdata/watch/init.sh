@@ -7,8 +7,9 @@
 # "=== READY ===", then waits for a line on the second serial port
 # (/dev/ttyS1: the host says when vmscope watches) and runs the scenario
 # (actor scenario: ACT lines), and prints "=== SCENARIO DONE ===" and the
-# stat of the files the scenario made. The guest then idles (it must still
-# run when the tests check it).
+# stat of the files the scenario made; or runs the benchmark loop of
+# bench/watch.sh (see the command loop at the end). The guest then idles
+# (it must still run when the tests check it).
 export PATH=/bin:/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -33,14 +34,33 @@ echo "=== END ls-i ==="
 echo "=== BEGIN mounts ==="
 cat /proc/mounts
 echo "=== END mounts ==="
+# warm the dentry cache for the files the benchmark watches untouched
+cat /mnt/data/bulk/f10[0-9] > /dev/null
 /bin/actor inotify $d /mnt/data/bulk &
 sleep 1
 echo "=== READY ==="
-read -r go < /dev/ttyS1
-echo "=== SCENARIO START ==="
-/bin/actor scenario /mnt/data
-echo "=== SCENARIO DONE ==="
-echo "=== BEGIN stat-after ==="
-stat -c '%n %i %d' $d/cold.txt $d/moved.txt
-echo "=== END stat-after ==="
-while :; do sleep 3600; done
+# Commands, one a line on /dev/ttyS1 (clocal: a host that disconnects is
+# no hangup):
+#   go                  the scenario (once)
+#   bench N HZ ID       the benchmark loop on N files (touching notes.txt
+#                       at HZ per second when HZ > 0), then "=== BENCH DONE ID ==="
+stty -F /dev/ttyS1 -echo clocal 2>/dev/null
+while :; do
+  while read -r cmd a b c; do
+    case "$cmd" in
+    go)
+      echo "=== SCENARIO START ==="
+      /bin/actor scenario /mnt/data
+      echo "=== SCENARIO DONE ==="
+      echo "=== BEGIN stat-after ==="
+      stat -c '%n %i %d' $d/cold.txt $d/moved.txt
+      echo "=== END stat-after ==="
+      ;;
+    bench)
+      /bin/actor bench /mnt/data/bench "$a" "$b" $d/notes.txt
+      echo "=== BENCH DONE $c ==="
+      ;;
+    esac
+  done < /dev/ttyS1
+  sleep 0.2
+done

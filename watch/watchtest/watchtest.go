@@ -126,13 +126,17 @@ func (g *Guest) WaitFor(marker string, d time.Duration) error {
 }
 
 // Start sends the line that starts the guest's scenario.
-func (g *Guest) Start() error {
+func (g *Guest) Start() error { return g.Send("go") }
+
+// Send sends one command line to the guest's command loop
+// (testdata/watch/init.sh).
+func (g *Guest) Send(line string) error {
 	c, err := net.Dial("unix", g.Ctl)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	_, err = io.WriteString(c, "go\n")
+	_, err = io.WriteString(c, line+"\n")
 	time.Sleep(300 * time.Millisecond)
 	return err
 }

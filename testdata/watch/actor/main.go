@@ -6,6 +6,9 @@
 //	actor scenario DIR         run the scenario on the data disk mounted at DIR
 //	actor do UID ACTION PATH [ARG]   one action as user UID (re-executed by scenario)
 //	actor inotify DIR...       log inotify events of the directories, one line each
+//	actor bench DIR N HZ FILE  the benchmark loop: create N files of 4 KiB in DIR,
+//	                           read them, rename them, delete them; meanwhile read
+//	                           FILE HZ times a second (HZ 0: never)
 //
 // Lines on stdout (the serial console):
 //
@@ -36,6 +39,10 @@ func main() {
 		os.Exit(do(os.Args[2:]))
 	case "inotify":
 		inotify(os.Args[2:])
+	case "bench":
+		n, _ := strconv.Atoi(os.Args[3])
+		hz, _ := strconv.Atoi(os.Args[4])
+		bench(os.Args[2], n, hz, os.Args[5])
 	default:
 		os.Exit(2)
 	}
@@ -212,4 +219,49 @@ func trimZero(b []byte) []byte {
 		}
 	}
 	return b
+}
+
+func bench(dir string, n, hz int, touch string) {
+	os.MkdirAll(dir, 0o755)
+	stop := make(chan struct{})
+	done := make(chan int)
+	go func() {
+		touches := 0
+		if hz > 0 {
+			tick := time.NewTicker(time.Second / time.Duration(hz))
+			defer tick.Stop()
+		loop:
+			for {
+				select {
+				case <-stop:
+					break loop
+				case <-tick.C:
+					if b, err := os.ReadFile(touch); err == nil && len(b) > 0 {
+						touches++
+					}
+				}
+			}
+		}
+		done <- touches
+	}()
+	start := time.Now()
+	data := make([]byte, 4096)
+	name := func(i int) string { return filepath.Join(dir, fmt.Sprintf("b%05d", i)) }
+	for i := 0; i < n; i++ {
+		if err := os.WriteFile(name(i), data, 0o644); err != nil {
+			fmt.Println("BENCH-ERROR", err)
+			return
+		}
+	}
+	for i := 0; i < n; i++ {
+		os.ReadFile(name(i))
+	}
+	for i := 0; i < n; i++ {
+		os.Rename(name(i), name(i)+".r")
+	}
+	for i := 0; i < n; i++ {
+		os.Remove(name(i) + ".r")
+	}
+	close(stop)
+	fmt.Printf("BENCH files=%d hz=%d touches=%d guest_ms=%d\n", n, hz, <-done, time.Since(start).Milliseconds())
 }
