@@ -14,6 +14,7 @@ import (
 	"github.com/vmscope/vmscope/qcow"
 	"github.com/vmscope/vmscope/vmi"
 	"github.com/vmscope/vmscope/vmi/qemu"
+	"github.com/vmscope/vmscope/vmi/qemu/libvirt"
 	"github.com/vmscope/vmscope/vmi/snapshot"
 )
 
@@ -58,16 +59,18 @@ type memSource struct {
 // guestSpecHelp lists the guest specs resolveGuest takes.
 const guestSpecHelp = "gdb://HOST:PORT[,qmp=unix:SOCK] (memory through the GDB stub), " +
 	"qemu:pid=PID,qmp=unix:SOCK[,gdb=HOST:PORT] (memory from the QEMU process; also qemu:pidfile=FILE,… " +
-	"or qemu:qmp=unix:SOCK,… with the pid from the socket's peer)"
+	"or qemu:qmp=unix:SOCK,… with the pid from the socket's peer), " +
+	"libvirt:DOMAIN[?uri=qemu:///system] (a libvirt domain: its monitor, its QEMU process, a GDB stub opened on demand)"
 
 // resolveGuest is the one place a guest spec becomes an Endpoint (its
 // monitor connected, its QEMU process found). The caller closes it.
 func resolveGuest(ctx context.Context, spec string) (qemu.Endpoint, error) {
 	switch {
 	case strings.HasPrefix(spec, "libvirt:"):
-		// vmi/qemu/libvirt resolves libvirt:DOMAIN[?uri=…]; wired in by
-		// the lead when it lands.
-		return qemu.Endpoint{}, usageError{fmt.Errorf("--guest %s: libvirt domains are not built yet; give %s", spec, guestSpecHelp)}
+		if _, err := libvirt.ParseSpec(spec); err != nil {
+			return qemu.Endpoint{}, usageError{err}
+		}
+		return libvirt.Dial(ctx, spec)
 	case strings.HasPrefix(spec, "gdb://"), strings.HasPrefix(spec, "qemu:"):
 		sp, err := qemu.ParseSpec(spec)
 		if err != nil {
