@@ -135,6 +135,8 @@ boot() {
   run=/var/lib/libvirt/qemu/vmscope-$name
   mkdir -p "$run"
   chown libvirt-qemu:kvm "$run"
+  # (expanded now: the trap runs after the function's locals are gone)
+  trap "rm -rf '$run'" EXIT
   xml=$run/domain.xml
   cat >"$xml" <<EOF
 <domain type='qemu'>
@@ -162,7 +164,7 @@ EOF
   t0=$(ms)
   virsh -q -c qemu:///system create "$xml" >/dev/null
   t1=$(ms)
-  trap 'virsh -q -c qemu:///system destroy "$name" >/dev/null 2>&1 || true' EXIT
+  trap "virsh -q -c qemu:///system destroy '$name' >/dev/null 2>&1 || true; rm -rf '$run'" EXIT
   local i
   for i in $(seq 1 3000); do
     grep -q '=== READY ===' "$run/console.log" 2>/dev/null && break
@@ -172,9 +174,7 @@ EOF
   grep -q '=== READY ===' "$run/console.log" || die "no READY from $name in 300 s"
   t2=$(ms)
   virsh -q -c qemu:///system destroy "$name" >/dev/null
-  trap - EXIT
   echo "domain $name: create $((t1 - t0)) ms, READY after $((t2 - t0)) ms"
-  rm -rf "$run"
 }
 
 case "${1:-}" in

@@ -17,6 +17,10 @@
 //     gdb://127.0.0.1:PORT) then works on the domain.
 //   - Close: disconnects from libvirt.
 //
+// Domain (the Monitor's concrete type) adds DumpGuestMemory, Messages,
+// and checkpoints and pull-mode backups for dirty polls
+// (CreateCheckpoint, BeginPullBackup, BackupJob, AbortJob).
+//
 // # Taint
 //
 // libvirt marks a domain whose monitor was used behind its back. The first
@@ -34,8 +38,9 @@
 //   - QMP dump-guest-memory through the pass-through crashes libvirtd 9.0
 //     (Debian 12): its DUMP_COMPLETED handler dereferences the job of a
 //     dump libvirt did not start (segfault in libvirt_driver_qemu.so).
-//     Execute refuses it (ErrRefused); Domain.Dump asks libvirt for the
-//     dump (virDomainCoreDumpWithFormat, VIR_DUMP_MEMORY_ONLY).
+//     Execute refuses it (ErrRefused); Domain.DumpGuestMemory asks
+//     libvirt for the dump (virDomainCoreDumpWithFormat,
+//     VIR_DUMP_MEMORY_ONLY).
 //   - A stub stop is a pause libvirt sees (the domain turns "paused"
 //     while the stub holds the guest, and "running" after the detach).
 //   - QEMU has one gdbserver: OpenGDB replaces one the domain's XML

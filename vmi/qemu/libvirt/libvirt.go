@@ -40,9 +40,9 @@ var (
 // reason. dump-guest-memory: libvirtd 9.0 (Debian 12) dereferences a NULL
 // job on the DUMP_COMPLETED event of a dump it did not start and crashes
 // (segfault in libvirt_driver_qemu.so, every domain's management gone);
-// Dump asks libvirt for the dump instead.
+// DumpGuestMemory asks libvirt for the dump instead.
 var refused = map[string]string{
-	"dump-guest-memory": "libvirtd 9.0 crashes on the DUMP_COMPLETED event of a dump it did not start; use Domain.Dump (virDomainCoreDumpWithFormat, virsh dump --memory-only)",
+	"dump-guest-memory": "libvirtd 9.0 crashes on the DUMP_COMPLETED event of a dump it did not start; use Domain.DumpGuestMemory (virDomainCoreDumpWithFormat, virsh dump --memory-only)",
 }
 
 // Bounds on what libvirt and the host give back.
@@ -254,7 +254,7 @@ func (d *Domain) HMP(ctx context.Context, line string) (string, error) {
 	return s, nil
 }
 
-// Dump formats of Dump (virDomainCoreDumpFormat).
+// Dump formats of DumpGuestMemory (virDomainCoreDumpFormat).
 var dumpFormats = map[string]golibvirt.DomainCoreDumpFormat{
 	"elf":          golibvirt.DomainCoreDumpFormatRaw,
 	"kdump-zlib":   golibvirt.DomainCoreDumpFormatKdumpZlib,
@@ -263,13 +263,14 @@ var dumpFormats = map[string]golibvirt.DomainCoreDumpFormat{
 	"win-dmp":      golibvirt.DomainCoreDumpFormatWinDmp,
 }
 
-// Dump writes the guest's memory to path (absolute; libvirt opens it, as
+// DumpGuestMemory writes the guest's memory to path (absolute; libvirt opens it, as
 // root) in format "elf", "kdump-zlib", "kdump-lzo", "kdump-snappy" or
 // "win-dmp": virDomainCoreDumpWithFormat with VIR_DUMP_MEMORY_ONLY, what
 // `virsh dump --memory-only` does, and what QMP dump-guest-memory does
-// for plain QEMU. libvirt pauses a running domain for the dump and
+// for plain QEMU (the same signature as (*qemu.QMP).DumpGuestMemory, so
+// one interface covers both). libvirt pauses a running domain for the dump and
 // resumes it; one libvirt sees paused (also by a GDB stub) stays paused.
-func (d *Domain) Dump(ctx context.Context, path, format string) error {
+func (d *Domain) DumpGuestMemory(ctx context.Context, path, format string) error {
 	f, ok := dumpFormats[format]
 	if !ok {
 		return fmt.Errorf("libvirt: dump format %q (want elf, kdump-zlib, kdump-lzo, kdump-snappy or win-dmp)", format)

@@ -203,7 +203,7 @@ func attachGDB(t *testing.T, ctx context.Context, ep qemu.Endpoint) attached {
 // testLive attaches (attach), pauses, lists the guest's processes as
 // `mem ps` does and compares them with the guest's own ps, compares random
 // pages with `virsh dump --memory-only` taken at the same stop (and that
-// dump with Domain.Dump's), and checks that after the detach no stub
+// dump with Domain.DumpGuestMemory's), and checks that after the detach no stub
 // listens and the guest runs.
 func testLive(t *testing.T, ctx context.Context, d *libvirttest.Domain, ep qemu.Endpoint, attach func(*testing.T, context.Context, qemu.Endpoint) attached) {
 	a := attach(t, ctx, ep)
@@ -235,17 +235,17 @@ func testLive(t *testing.T, ctx context.Context, d *libvirttest.Domain, ep qemu.
 		t.Fatalf("libvirt state %d after virsh dump, want paused", s)
 	}
 	// The pass-through refuses dump-guest-memory (it would crash
-	// libvirtd); Domain.Dump asks libvirt for the same dump.
+	// libvirtd); Domain.DumpGuestMemory asks libvirt for the same dump.
 	if _, err := ep.Monitor.Execute(ctx, "dump-guest-memory", map[string]any{"paging": false, "protocol": "file:" + dump + ".qmp"}); !errors.Is(err, ErrRefused) {
 		t.Fatalf("dump-guest-memory through the pass-through: %v, want ErrRefused", err)
 	}
 	ours := filepath.Join(d.Dir, "ours.elf")
 	defer os.Remove(ours)
-	if err := ep.Monitor.(*Domain).Dump(ctx, ours, "elf"); err != nil {
+	if err := ep.Monitor.(*Domain).DumpGuestMemory(ctx, ours, "elf"); err != nil {
 		t.Fatal(err)
 	}
 	if err := sameFiles(dump, ours); err != nil {
-		t.Errorf("Domain.Dump and virsh dump at the same stop: %v", err)
+		t.Errorf("Domain.DumpGuestMemory and virsh dump at the same stop: %v", err)
 	}
 	snap, err := snapshot.Open(dump)
 	if err != nil {
