@@ -11,23 +11,25 @@ import (
 	"github.com/vmscope/vmscope/vmi"
 )
 
-// Guest is a running QEMU guest seen through its GDB stub (memory,
-// registers, execution control) and its QMP socket (run state, memory
-// map, dumps). It is a vmi.Live and a vmi.Tracer over guest-physical
-// addresses.
+// Guest is a running QEMU guest seen through its process (memory, when
+// the spec names it: qemu:pid=…), its GDB stub (registers, traps,
+// single-step; memory otherwise) and its monitor (run state, memory map,
+// registers while the stub is not attached, dumps). It is a vmi.Live and
+// a vmi.Tracer over guest-physical addresses.
 //
 // Guest never leaves the guest altered: Close, which every user must call
 // (also on error and after the context is cancelled), removes every
 // breakpoint and watchpoint it set, turns physical-memory mode off,
-// detaches (QEMU then resumes the guest) and, if QMP said the guest was
-// paused before Open, leaves it paused. Only a process killed with SIGKILL
-// cannot do that: QEMU then keeps the guest stopped, with its traps, and
-// the journal Open wrote says what Release must undo.
+// detaches (QEMU then resumes the guest), lets a guest it paused through
+// QMP run again and, if the monitor said the guest was paused before
+// Open, leaves it paused. Only a process killed with SIGKILL cannot do
+// that: QEMU then keeps the guest stopped, with its traps, and the journal
+// Open wrote says what Release must undo.
 //
 // Between Open and Close the guest runs as it did before Open unless
-// Pause stops it. Reads of a running guest stop it for the time of the
-// read (each ReadAt is one consistent stop); Pause first for a view
-// consistent across reads.
+// Pause stops it. Reads from the process never stop it; reads through the
+// stub stop a running guest for the time of the read (each ReadAt is one
+// consistent stop). Pause first for a view consistent across reads.
 type Guest struct {
 	spec     Spec
 	ep       Endpoint

@@ -3,11 +3,16 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,9 +52,11 @@ func bootProc(t testing.TB, memMiB int, extra ...string) *procGuest {
 	extra = append(extra, "-qmp", "unix:"+pg.QMP+",server=on,wait=off", "-qmp", "unix:"+pg.Events+",server=on,wait=off")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	g, err := guesttest.Boot(ctx, guesttest.Config{Kernel: kernel, Initrd: initrd, MemMiB: memMiB, Dir: t.TempDir(), Extra: extra})
+	dir := t.TempDir()
+	g, err := guesttest.Boot(ctx, guesttest.Config{Kernel: kernel, Initrd: initrd, MemMiB: memMiB, Dir: dir, Extra: extra})
 	if err != nil {
-		t.Fatal(err)
+		b, _ := os.ReadFile(filepath.Join(dir, "console.log"))
+		t.Fatalf("%v\nconsole (last 2 KiB):\n%s", err, b[max(0, len(b)-2048):])
 	}
 	t.Cleanup(func() { g.Quit() })
 	pg.G = g
@@ -84,11 +91,9 @@ func memEqual(t *testing.T, a, b vmi.Memory) (total uint64, high int) {
 					}
 				}
 			}
-			if pa >= 1<<32 {
-				for i := 0; i < n; i += 4096 {
-					if !allZero(x[i:min(i+4096, n)]) {
-						high++
-					}
+			for i := 0; i < n; i += 4096 {
+				if pa+int64(i) >= 1<<32 && !allZero(x[i:min(i+4096, n)]) {
+					high++
 				}
 			}
 			total += uint64(n)
@@ -110,17 +115,23 @@ func TestProcMemoryEqualsDump(t *testing.T) {
 		mem     int
 		extra   []string
 		lowEnd  uint64 // where RAM below 4 GiB ends; 0: no RAM above 4 GiB
-		written bool
+		hotplug bool   // a 256 MiB DIMM plugged in after boot, a marker written in it
 	}{
 		{name: "anonymous", mem: 512},
 		{name: "memfd-shared", mem: 512, extra: []string{"-object", "memory-backend-memfd,id=m0,size=512M,share=on", "-machine", "memory-backend=m0"}},
 		{name: "pc-4.5G", mem: 4608, extra: []string{"-machine", "pc"}, lowEnd: 0xc0000000},
 		{name: "q35-4.5G", mem: 4608, extra: []string{"-machine", "q35"}, lowEnd: 0x80000000},
+		{name: "hotplug-dimm", mem: 512, extra: []string{"-m", "512,slots=2,maxmem=2G"}, hotplug: true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			pg := bootProc(t, c.mem, c.extra...)
 			ctx := ctxT(t)
+			var marker []byte
+			var markAt vmi.PA
+			if c.hotplug {
+				markAt, marker = hotplugDIMM(t, ctx, pg)
+			}
 			if _, err := pg.G.QMP(ctx, "stop", nil); err != nil {
 				t.Fatal(err)
 			}
@@ -151,6 +162,15 @@ func TestProcMemoryEqualsDump(t *testing.T) {
 			}
 			defer snap.Close()
 			total, high := memEqual(t, pm, snap)
+			if marker != nil {
+				if markAt >= 1<<32 && high == 0 {
+					t.Errorf("the marker at %v is not counted above 4 GiB", markAt)
+				}
+				got := make([]byte, len(marker))
+				if _, err := pm.ReadAt(got, int64(markAt)); err != nil || !bytes.Equal(got, marker) {
+					t.Errorf("marker in the hot-plugged DIMM at %v: %v, read % x…", markAt, err, got[:16])
+				}
+			}
 			t.Logf("%d MiB equal; %d non-zero pages above 4 GiB; %s", total>>20, high, pm.Method())
 			if total < uint64(c.mem-1)<<20 {
 				t.Errorf("compared %d bytes of a %d MiB guest", total, c.mem)
@@ -179,6 +199,57 @@ func TestProcMemoryEqualsDump(t *testing.T) {
 			}
 		})
 	}
+}
+
+// hotplugDIMM plugs a 256 MiB DIMM into the running guest (QMP object-add
+// and device_add), writes a 4 KiB marker 1 MiB into it through the GDB
+// stub (physical mode), detaches, and returns where and what.
+func hotplugDIMM(t *testing.T, ctx context.Context, pg *procGuest) (vmi.PA, []byte) {
+	t.Helper()
+	if _, err := pg.G.QMP(ctx, "object-add", map[string]any{"qom-type": "memory-backend-ram", "id": "mem1", "size": 256 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pg.G.QMP(ctx, "device_add", map[string]any{"driver": "pc-dimm", "id": "dimm1", "memdev": "mem1"}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := pg.G.QMP(ctx, "query-memory-devices", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var devs []struct {
+		Data struct {
+			Addr uint64 `json:"addr"`
+			Size uint64 `json:"size"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(r, &devs); err != nil || len(devs) != 1 || devs[0].Data.Size != 256<<20 {
+		t.Fatalf("memory devices %s: %v", r, err)
+	}
+	at := vmi.PA(devs[0].Data.Addr + 1<<20)
+	marker := make([]byte, 4096)
+	for i := range marker {
+		marker[i] = byte(i*7 + 3)
+	}
+	d, err := DialGDB(ctx, pg.G.GDBAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.SetPhysicalMode(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	for off := 0; off < len(marker); off += 1024 {
+		if err := d.Exec(ctx, fmt.Sprintf("M%x,%x:%s", uint64(at)+uint64(off), 1024, hex.EncodeToString(marker[off:off+1024]))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.SetPhysicalMode(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Detach(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return at, marker
 }
 
 // allocated is how much of the file f holds on the host (st_blocks).
@@ -238,6 +309,29 @@ func TestProcMemorySharedHoles(t *testing.T) {
 	}
 	if int64(zeroPages)*4096 < (512<<20)-before-(1<<20) {
 		t.Errorf("%d zero pages, but %d bytes are holes", zeroPages, (512<<20)-before)
+	}
+	// the fallback where process_vm_readv is refused: /proc/PID/mem reads
+	// the same bytes (and no hole either)
+	want := make([]byte, 64<<20)
+	if _, err := pm.ReadAt(want, 0x100000); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(fmt.Sprintf("/proc/%d/mem", pg.G.PID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pm.mem = f
+	if !strings.HasPrefix(pm.Method(), "/proc/PID/mem") {
+		t.Errorf("method %q", pm.Method())
+	}
+	if _, err := pm.ReadAt(buf, 0x100000); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf, want) {
+		t.Error("/proc/PID/mem and process_vm_readv read different bytes")
+	}
+	if a := allocated(t, pm.files[0]); a != before {
+		t.Errorf("reading through /proc/PID/mem allocated %d bytes of the backing", a-before)
 	}
 }
 
@@ -427,4 +521,150 @@ func TestProcessGuestPausedStaysPaused(t *testing.T) {
 	if err != nil || !strings.Contains(string(st), `"paused"`) {
 		t.Errorf("guest found paused: %s %v, want paused", st, err)
 	}
+}
+
+// TestProcMemoryPermission runs OpenProcMemory as user nobody (a copy of
+// this test binary, in a child) on this root test process: reading its
+// maps is refused, and the error is ErrPermission saying what is missing.
+func TestProcMemoryPermission(t *testing.T) {
+	if pid := os.Getenv("VMSCOPE_PERM_CHILD"); pid != "" {
+		n, _ := strconv.Atoi(pid)
+		_, err := OpenProcMemory(context.Background(), nil, n)
+		if errors.Is(err, ErrPermission) {
+			fmt.Println("ErrPermission:", err)
+		} else {
+			fmt.Println("other:", err)
+		}
+		os.Exit(0)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a child as another user")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "vmscope-perm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o755)
+	b, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "qemu.test")
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-test.run=^TestProcMemoryPermission$")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("VMSCOPE_PERM_CHILD=%d", os.Getpid()))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v: %s", err, out)
+	}
+	if !strings.HasPrefix(string(out), "ErrPermission:") || !strings.Contains(string(out), "CAP_SYS_PTRACE") || !strings.Contains(string(out), "run as root") {
+		t.Errorf("child as nobody: %s", out)
+	}
+	t.Logf("%s", out)
+}
+
+// kvmUsable opens /dev/kvm and asks its API version: the reason it is
+// not usable, "" when it is.
+func kvmUsable() string {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return err.Error()
+	}
+	defer f.Close()
+	const kvmGetAPIVersion = 0xae00
+	v, err := unix.IoctlRetInt(int(f.Fd()), kvmGetAPIVersion)
+	if err != nil {
+		return "KVM_GET_API_VERSION: " + err.Error()
+	}
+	if v != 12 {
+		return fmt.Sprintf("KVM API version %d", v)
+	}
+	// a VM must be creatable too (nested virtualisation may refuse it)
+	const kvmCreateVM = 0xae01
+	fd, err := unix.IoctlRetInt(int(f.Fd()), kvmCreateVM)
+	if err != nil {
+		return "KVM_CREATE_VM: " + err.Error()
+	}
+	unix.Close(fd)
+	return ""
+}
+
+// TestProcMemoryKVM is TestProcMemoryEqualsDump's anonymous case under
+// KVM: the process path is the same code, RAM the same QEMU mapping. It
+// boots the fixture with -accel kvm itself (guesttest boots TCG) and is
+// skipped, saying why, where KVM is not usable (this project's machine).
+func TestProcMemoryKVM(t *testing.T) {
+	if why := kvmUsable(); why != "" {
+		t.Skipf("KVM is not usable here (%s): the process path does not depend on the accelerator; run this test on a KVM host", why)
+	}
+	fixture.Tool(t, "qemu-system-x86_64")
+	kernel, initrd := guesttest.Path(t, "vmlinuz"), guesttest.Path(t, "initrd.gz")
+	dir, err := os.MkdirTemp("", "vmscope-kvm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	qmp, ref, console := filepath.Join(dir, "q.sock"), filepath.Join(dir, "r.sock"), filepath.Join(dir, "console.log")
+	cmd := exec.Command("qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "512", "-smp", "2",
+		"-nographic", "-display", "none", "-no-reboot", "-kernel", kernel, "-initrd", initrd,
+		"-append", "console=ttyS0 quiet panic=-1", "-serial", "file:"+console, "-monitor", "none", "-net", "none",
+		"-qmp", "unix:"+qmp+",server=on,wait=off", "-qmp", "unix:"+ref+",server=on,wait=off")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	defer func() { cmd.Process.Kill(); <-exited }()
+	ctx := ctxT(t)
+	for !bytesInFile(console, guesttest.ReadyMarker) {
+		select {
+		case <-exited:
+			// /dev/kvm opens and creates VMs, but QEMU cannot run one
+			// (nested virtualisation without the MSRs it needs)
+			t.Skipf("KVM is not usable here: QEMU -accel kvm exited before the guest booted: %s", strings.TrimSpace(stderr.String()))
+		case <-ctx.Done():
+			t.Fatal("no READY under KVM")
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	r, err := DialQMP(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := r.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	g, err := Open(ctx, "qemu:qmp=unix:"+qmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close(context.Background())
+	dump := filepath.Join(t.TempDir(), "g.elf")
+	if err := r.DumpGuestMemory(ctx, dump, "elf"); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := snapshot.Open(dump)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snap.Close()
+	total, _ := memEqual(t, g, snap)
+	memtest.Agree(t, g, snap, memtest.Names("process", "dump"), memtest.Context(ctx))
+	t.Logf("KVM: %d MiB equal", total>>20)
+}
+
+func bytesInFile(path, s string) bool {
+	b, _ := os.ReadFile(path)
+	return bytes.Contains(b, []byte(s))
 }
