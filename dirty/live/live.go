@@ -276,7 +276,11 @@ func Begin(ctx context.Context, m qemu.Monitor, o Options) (v *View, err error) 
 			}
 		}
 	}
-	v.Image, err = disk.New(countingReader{v.Client.ReaderAt(context.WithoutCancel(ctx)), &v.BytesRead}, d.Size, nil, disk.WithName("qemu:"+d.File))
+	var r io.ReaderAt = countingReader{v.Client.ReaderAt(context.WithoutCancel(ctx)), &v.BytesRead}
+	if !v.Full {
+		r = prefetch(ctx, r, d.Size, v.Dirty)
+	}
+	v.Image, err = disk.New(r, d.Size, nil, disk.WithName("qemu:"+d.File))
 	if err != nil {
 		return v, err
 	}
