@@ -35,7 +35,8 @@ awk -v a="$st_att" -v b="$ps_att" 'BEGIN {printf "%-28s %12.1f %12.1f %9.1fx\n",
 echo "== 2. mem ps / mem files --guest vs a dump of the same guest"
 D=$(mktemp -d /tmp/vmscope-live-bench.XXXXXX)
 trap 'kill $QPID 2>/dev/null || true; rm -rf "$D"' EXIT
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# a free loopback port for the stub: one nothing answers on
+while PORT=$((20000 + RANDOM % 20000)); (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null; do :; done
 qemu-system-x86_64 -accel tcg -m 512 -smp 1 -nographic -display none -no-reboot \
   -kernel "$G/vmlinuz" -initrd "$G/initrd.gz" -append "console=ttyS0 quiet panic=-1" \
   -serial file:"$D/console.log" -monitor none -net none -gdb tcp:127.0.0.1:$PORT \
