@@ -112,6 +112,9 @@ func runScan(ctx context.Context, image string, f *scanFlags, out, errOut io.Wri
 			return err
 		}
 		defer func() { err = errors.Join(err, lv.close(ctx, saved)) }()
+		if f.dirty == "" {
+			lv.recoverAll(ctx, errOut)
+		}
 		im, d, image = lv.im, lv.d, "live: "+lv.point()
 	} else {
 		if im, d, err = openDisk(image); err != nil {

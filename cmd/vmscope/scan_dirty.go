@@ -175,6 +175,26 @@ func (l *liveDisk) point() string {
 	return s
 }
 
+// recoverAll replaces each volume of the view by its journal-recovered
+// view (a running guest's filesystem needs recovery: its newest metadata
+// may be in the journal only), for a full scan; a dirty poll does that
+// itself. A replay that fails leaves the volume as it is on the disk and
+// says so on errOut.
+func (l *liveDisk) recoverAll(ctx context.Context, errOut io.Writer) {
+	for i, v := range l.d.Volumes {
+		rv, ov, err := dirty.Recovered(ctx, v)
+		switch {
+		case err != nil:
+			fmt.Fprintf(errOut, "vmscope: %v (scanned as it is on the disk)\n", err)
+		case ov != nil && ov.FastCommits > 0:
+			fmt.Fprintf(errOut, "vmscope: %s: %d journal fast commits not replayed\n", v.ID, ov.FastCommits)
+			l.d.Volumes[i] = rv
+		default:
+			l.d.Volumes[i] = rv
+		}
+	}
+}
+
 // selectLive runs the dirty poll of the live view against its state.
 func (l *liveDisk) selectLive(ctx context.Context, errOut io.Writer, rulesDigest string) (*dirty.Selection, error) {
 	if l.db == nil {

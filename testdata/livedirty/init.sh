@@ -7,6 +7,9 @@
 #   round K        the scripted workload of round K (work_K below)
 #   churn N SEED TOTAL  rewrites N of the TOTAL files of /mnt/tree (the
 #                       benchmark's churn)
+#   jwrite N       writes /mnt/jw/mN and fsyncs it (no global sync, no
+#                  checkpoint): its inode and directory entry are in the
+#                  journal only, "=== JWRITE N DONE ==="
 # Every path a round writes or deletes is announced on the console, the
 # ground truth of the tests:
 #   === W K /path ===   written (created, or content changed) in round K
@@ -116,6 +119,12 @@ while read -r cmd a b c <&3; do
       sync
       ckpt /mnt || echo "=== FAIL ckpt ==="
       echo "=== CHURN DONE ==="
+      ;;
+    jwrite)
+      mkdir -p /mnt/jw
+      printf 'VMSCOPE_JOURNAL_ONLY_%s\n' "$a" > "/mnt/jw/m$a"
+      sync "/mnt/jw/m$a" /mnt/jw
+      echo "=== JWRITE $a DONE ==="
       ;;
     quit)
       break
