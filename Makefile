@@ -23,6 +23,7 @@ fixtures: deps
 	bash testdata/guest-disk/build.sh
 	bash testdata/hostile-mem/build.sh
 	bash testdata/modules/build.sh
+	bash testdata/cfi-plugin/build.sh
 
 demo: build
 	bash scripts/demo.sh

@@ -1,0 +1,47 @@
+#!/bin/sh
+# /init of the cfi workload guest (testdata/cfi-plugin/build.sh puts it in a
+# copy of the guest fixture's initramfs). It prints the banner and the
+# kernel's symbols as ground truth, starts a busybox httpd on loopback,
+# prints "=== READY ===", then runs the benign workload of the cfi tests and
+# bench/cfi.sh for ever: one iteration is ls, cat, a fork/exec and a local
+# HTTP fetch. Every 2 s of guest uptime it prints
+#   === WORK iterations=N uptime=SECONDS ===
+# so that the host measures iterations per second from the console.
+# With cfi.idle on the kernel command line it stays idle after READY.
+# With cfi.insmod=PATH it loads that module (the rootkit fixture) 5 s after
+# READY, printing "=== INSMOD <uptime> ===" first.
+export PATH=/bin:/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs -o size=16m tmpfs /tmp
+echo 1 > /proc/sys/kernel/printk
+echo 0 > /proc/sys/kernel/kptr_restrict
+ifconfig lo 127.0.0.1 up
+mkdir -p /tmp/www
+echo "vmscope cfi workload" > /tmp/www/index.html
+httpd -p 127.0.0.1:8080 -h /tmp/www
+echo "=== BEGIN version ==="; cat /proc/version; echo "=== END version ==="
+echo "=== READY ==="
+ins=$(sed -n 's/.*cfi\.insmod=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$ins" ]; then
+  ( sleep 5; read up _ < /proc/uptime; echo "=== INSMOD $up ==="; insmod "$ins" ) &
+fi
+if grep -q 'cfi\.idle' /proc/cmdline; then
+  while :; do sleep 3600; done
+fi
+i=0
+next=0
+while :; do
+  ls / /proc/self > /dev/null
+  cat /proc/version /tmp/www/index.html > /dev/null
+  /bin/true
+  wget -q -O /dev/null http://127.0.0.1:8080/index.html
+  i=$((i + 1))
+  read up _ < /proc/uptime
+  s=${up%.*}
+  if [ "$s" -ge "$next" ]; then
+    echo "=== WORK iterations=$i uptime=$up ==="
+    next=$((s + 2))
+  fi
+done
