@@ -13,8 +13,14 @@ import (
 // a source reports a page outside the regions they hold.
 type RegionsFunc func(ctx context.Context) (*Regions, error)
 
-// RefreshEvery bounds how often the regions are re-read.
-const RefreshEvery = 2 * time.Second
+// RefreshEvery bounds how often the regions are re-read for a miss on a
+// page already missed; a page never missed before re-reads them at once
+// (a module just loaded runs its code right away), at most maxRefreshes
+// times in all.
+const (
+	RefreshEvery = 2 * time.Second
+	maxRefreshes = 1000
+)
 
 // regionsCache holds the current regions and refreshes them on a miss.
 type regionsCache struct {
@@ -22,6 +28,8 @@ type regionsCache struct {
 	cur     *Regions
 	refresh RegionsFunc
 	last    time.Time
+	missed  map[vmi.VA]bool
+	n       int
 }
 
 // pageOf resolves va, re-reading the regions on a miss when allowed.
@@ -31,8 +39,15 @@ func (c *regionsCache) pageOf(ctx context.Context, va vmi.VA) (Page, *Regions, b
 	if p, ok := c.cur.PageOf(va); ok {
 		return p, c.cur, true
 	}
-	if c.refresh != nil && time.Since(c.last) >= RefreshEvery {
+	pg := va &^ (PageSize - 1)
+	if c.missed == nil {
+		c.missed = map[vmi.VA]bool{}
+	}
+	fresh := !c.missed[pg]
+	c.missed[pg] = true
+	if c.refresh != nil && c.n < maxRefreshes && (fresh || time.Since(c.last) >= RefreshEvery) {
 		c.last = time.Now()
+		c.n++
 		if r, err := c.refresh(ctx); err == nil && r.Build == c.cur.Build {
 			c.cur = r
 			if p, ok := r.PageOf(va); ok {

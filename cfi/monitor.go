@@ -103,6 +103,11 @@ func Monitor(ctx context.Context, src Source, m *Model, regions *Regions, opts M
 		p, reg, ok := cache.pageOf(ctx, ev.Page)
 		if !seenPage[ev.Page] {
 			seenPage[ev.Page] = true
+			if !ok && reg.InitText(ev.Addr) != "" {
+				mod := reg.InitText(ev.Addr)
+				return raise(Alert{Kind: KindUnlearnedPage, Severity: SeverityAlert, Address: hexVA(ev.Addr), Owner: "module " + mod + " (init text)", CPU: ev.CPU, Seen: ev.Time,
+					Evidence: fmt.Sprintf("kernel-mode execution at %#x in the init text of module %s, which no model holds (freed after init)%s", uint64(ev.Addr), mod, fromText(reg, ev.From))})
+			}
 			if !ok {
 				return raise(Alert{Kind: KindUnknownCode, Severity: SeverityCritical, Address: hexVA(ev.Addr), Owner: OwnerNone, CPU: ev.CPU, Seen: ev.Time,
 					Evidence: fmt.Sprintf("kernel-mode execution at %#x, outside core text [%#x,%#x) and every listed module's text%s", uint64(ev.Addr), uint64(reg.Text), uint64(reg.Etext), fromText(reg, ev.From))})

@@ -74,7 +74,10 @@ type Regions struct {
 	Etext   vmi.VA // _etext
 	Slide   int64
 	Modules []ModuleText // sorted by Base
-	syms    []sym        // core and module symbols, sorted by address
+	// Init is the init text of modules still initialising: known code,
+	// but freed once the module's init returns, so never in a model.
+	Init []ModuleText
+	syms []sym // core and module symbols, sorted by address
 }
 
 type sym struct {
@@ -119,12 +122,47 @@ func LoadRegions(ctx context.Context, k *linux.Kernel) (*Regions, error) {
 	return r, nil
 }
 
+// ReloadModules returns a copy of r with the module text re-read from
+// k's `modules` list (a module loaded or unloaded since), keeping the
+// symbols r has: cheap enough to run on every page a monitor cannot
+// place (the module symbol tables are not read again).
+func (r *Regions) ReloadModules(ctx context.Context, k *linux.Kernel) (*Regions, error) {
+	c := &Regions{Build: r.Build, Text: r.Text, Etext: r.Etext, Slide: r.Slide, syms: r.syms}
+	if err := c.readModules(ctx, k); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
 func (r *Regions) loadModules(ctx context.Context, k *linux.Kernel) error {
+	if err := r.readModules(ctx, k); err != nil {
+		return err
+	}
+	if ms, _, err := k.ModuleSymbols(ctx); err == nil {
+		for _, s := range ms {
+			if s.Type == 't' || s.Type == 'T' {
+				r.syms = append(r.syms, sym{addr: vmi.VA(s.Addr), name: s.Name, owner: s.Module})
+			}
+		}
+	}
+	return nil
+}
+
+// readModules reads the text and init text of every listed module.
+func (r *Regions) readModules(ctx context.Context, k *linux.Kernel) error {
 	mods, _, err := k.Modules(ctx)
 	if err != nil {
 		return err
 	}
 	off, err := k.Field("module", "core_layout.text_size")
+	if err != nil {
+		return err
+	}
+	initBase, err := k.Field("module", "init_layout.base")
+	if err != nil {
+		return err
+	}
+	initSize, err := k.Field("module", "init_layout.text_size")
 	if err != nil {
 		return err
 	}
@@ -141,15 +179,13 @@ func (r *Regions) loadModules(ctx context.Context, k *linux.Kernel) error {
 			continue
 		}
 		r.Modules = append(r.Modules, ModuleText{Name: m.Name, Base: vmi.VA(m.Base), Size: size})
-	}
-	sort.Slice(r.Modules, func(i, j int) bool { return r.Modules[i].Base < r.Modules[j].Base })
-	if ms, _, err := k.ModuleSymbols(ctx); err == nil {
-		for _, s := range ms {
-			if s.Type == 't' || s.Type == 'T' {
-				r.syms = append(r.syms, sym{addr: vmi.VA(s.Addr), name: s.Name, owner: s.Module})
-			}
+		ib, err1 := k.ReadU64(vmi.VA(m.Addr + initBase))
+		is, err2 := k.ReadU64(vmi.VA(m.Addr + initSize))
+		if err1 == nil && err2 == nil && vmi.VA(ib) >= KernelMin && is&0xffffffff != 0 && is&0xffffffff <= MaxModulePage*PageSize {
+			r.Init = append(r.Init, ModuleText{Name: m.Name, Base: vmi.VA(ib), Size: is & 0xffffffff})
 		}
 	}
+	sort.Slice(r.Modules, func(i, j int) bool { return r.Modules[i].Base < r.Modules[j].Base })
 	return nil
 }
 
@@ -203,6 +239,16 @@ func (r *Regions) VA(p Page) (vmi.VA, bool) {
 func (r *Regions) Known(va vmi.VA) bool {
 	_, ok := r.PageOf(va)
 	return ok
+}
+
+// InitText returns the module whose init text holds va ("" when none).
+func (r *Regions) InitText(va vmi.VA) string {
+	for _, m := range r.Init {
+		if va >= m.Base && uint64(va-m.Base) < m.Size {
+			return m.Name
+		}
+	}
+	return ""
 }
 
 // Symbolize names the nearest symbol at or below va in va's region, the

@@ -111,7 +111,7 @@ func openCfi(ctx context.Context, f *cfiSourceFlags, replay bool) (*cfiSession, 
 }
 
 func (s *cfiSession) refresh(ctx context.Context) (*cfi.Regions, error) {
-	return cfi.LoadRegions(ctx, s.kernel)
+	return s.regions.ReloadModules(ctx, s.kernel)
 }
 
 // withDuration bounds ctx by d (0: unbounded).

@@ -5,7 +5,8 @@
 #   cfi-plugin.so   the QEMU TCG plugin of `cfi --source plugin` (gcc)
 #   initrd.gz       the guest fixture's initramfs with init.sh as /init: the
 #                   benign workload; the rootkit module of testdata/rootkit
-#                   as /lib/modules/rootkit.ko when that fixture is built
+#                   as /lib/modules/vmscope_rootkit.ko when that fixture is
+#                   built (testdata/out-rootkit), then also a file rootkit
 # It reuses testdata/out-guest (vmlinuz, initrd.gz): run
 # testdata/guest/build.sh first.
 set -euo pipefail
@@ -13,8 +14,10 @@ export LC_ALL=C
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$(dirname "$here")")
 guest=$repo/testdata/out-guest
-rootkit=$repo/testdata/out-rootkit/rootkit.ko
+rootkit=$repo/testdata/out-rootkit/vmscope_rootkit.ko
 
+# The rootkit fixture first when this checkout has it (make fixtures order).
+if [ -f "$repo/testdata/rootkit/build.sh" ]; then bash "$repo/testdata/rootkit/build.sh"; fi
 [ -f "$guest/initrd.gz" ] || { echo "cfi-plugin/build.sh: $guest/initrd.gz missing (run testdata/guest/build.sh)" >&2; exit 1; }
 rk=none
 [ -f "$rootkit" ] && rk=$(sha256sum < "$rootkit" | cut -c1-16)
@@ -43,7 +46,8 @@ gcc -O2 -Wall -Wextra -Werror -shared -fPIC -fvisibility=hidden -o cfi-plugin.so
 (cd root && zcat "$guest/initrd.gz" | cpio -id --quiet)
 install -m 0755 "$here/init.sh" root/init
 if [ "$rk" != none ]; then
-  install -m 0644 "$rootkit" root/lib/modules/rootkit.ko
+  install -m 0644 "$rootkit" root/lib/modules/vmscope_rootkit.ko
+  echo "$rk" > rootkit
 fi
 (cd root && find . | sort | cpio -o -H newc --quiet -R 0:0) | gzip -9 > initrd.gz
 rm -rf root

@@ -8,8 +8,11 @@
 #   === WORK iterations=N uptime=SECONDS ===
 # so that the host measures iterations per second from the console.
 # With cfi.idle on the kernel command line it stays idle after READY.
-# With cfi.insmod=PATH it loads that module (the rootkit fixture) 5 s after
-# READY, printing "=== INSMOD <uptime> ===" first.
+# With cfi.rootkit=MODE (sct, ftrace, hide, code) it loads the rootkit
+# fixture's module (testdata/rootkit) with that mode cfi.rootkit_after=S
+# seconds after READY (default 5), printing "=== INSMOD <uptime> ===" 1 s
+# before and the module's own report (its addresses) as
+# "=== ROOTKIT <line> ===" lines after.
 export PATH=/bin:/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -23,9 +26,17 @@ echo "vmscope cfi workload" > /tmp/www/index.html
 httpd -p 127.0.0.1:8080 -h /tmp/www
 echo "=== BEGIN version ==="; cat /proc/version; echo "=== END version ==="
 echo "=== READY ==="
-ins=$(sed -n 's/.*cfi\.insmod=\([^ ]*\).*/\1/p' /proc/cmdline)
-if [ -n "$ins" ]; then
-  ( sleep 5; read up _ < /proc/uptime; echo "=== INSMOD $up ==="; insmod "$ins" ) &
+rk=$(sed -n 's/.*cfi\.rootkit=\([a-z]*\).*/\1/p' /proc/cmdline)
+after=$(sed -n 's/.*cfi\.rootkit_after=\([0-9]*\).*/\1/p' /proc/cmdline)
+if [ -n "$rk" ]; then
+  (
+    sleep "${after:-5}"
+    read up _ < /proc/uptime
+    echo "=== INSMOD $up ==="
+    sleep 1 # the line reaches the console before the load starts
+    insmod /lib/modules/vmscope_rootkit.ko mode="$rk" || echo "=== FAIL insmod ==="
+    dmesg | sed -n 's/.*vmscope-rootkit: \(.*\)/=== ROOTKIT \1 ===/p'
+  ) &
 fi
 if grep -q 'cfi\.idle' /proc/cmdline; then
   while :; do sleep 3600; done
