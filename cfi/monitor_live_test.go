@@ -145,8 +145,15 @@ func TestModelAcrossBootsAndInjectedCode(t *testing.T) {
 	default:
 		t.Fatal("the rootkit was not loaded while the monitor ran")
 	}
-	b, _ := os.ReadFile(g2.Console)
-	m := codeRE.FindSubmatch(b)
+	// The module's report follows insmod's return, maybe after the alert.
+	var b []byte
+	var m [][]byte
+	for i := 0; i < 300 && m == nil; i++ {
+		b, _ = os.ReadFile(g2.Console)
+		if m = codeRE.FindSubmatch(b); m == nil {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 	if m == nil {
 		t.Fatalf("no code address on the console: %s", b[max(0, len(b)-2000):])
 	}
