@@ -53,6 +53,10 @@ type MonitorOptions struct {
 	// Refresh re-reads the regions on a page outside them (a module
 	// loaded after the monitor started).
 	Refresh RegionsFunc
+	// Trampoline, when set, names the code region the kernel made on its
+	// own that holds va (an ftrace or BPF trampoline, a kprobe slot), ""
+	// when none: execution there is an alert, not a critical one.
+	Trampoline func(va vmi.VA) string
 }
 
 // MonitorStats count what a monitoring run saw.
@@ -108,8 +112,14 @@ func Monitor(ctx context.Context, src Source, m *Model, regions *Regions, opts M
 				return raise(Alert{Kind: KindUnlearnedPage, Severity: SeverityAlert, Address: hexVA(ev.Addr), Owner: "module " + mod + " (init text)", CPU: ev.CPU, Seen: ev.Time,
 					Evidence: fmt.Sprintf("kernel-mode execution at %#x in the init text of module %s, which no model holds (freed after init)%s", uint64(ev.Addr), mod, fromText(reg, ev.From))})
 			}
+			if !ok && opts.Trampoline != nil {
+				if what := opts.Trampoline(ev.Addr); what != "" {
+					return raise(Alert{Kind: KindUnlearnedPage, Severity: SeverityAlert, Address: hexVA(ev.Addr), Owner: what, CPU: ev.CPU, Seen: ev.Time,
+						Evidence: fmt.Sprintf("kernel-mode execution at %#x in %s, which no model holds%s", uint64(ev.Addr), what, fromText(reg, ev.From))})
+				}
+			}
 			if !ok {
-				return raise(Alert{Kind: KindUnknownCode, Severity: SeverityCritical, Address: hexVA(ev.Addr), Owner: OwnerNone, CPU: ev.CPU, Seen: ev.Time,
+				return raise(Alert{Kind: KindUnknownCode, Severity: SeverityCritical, Address: hexVA(ev.Addr), Owner: ownerNone, CPU: ev.CPU, Seen: ev.Time,
 					Evidence: fmt.Sprintf("kernel-mode execution at %#x, outside core text [%#x,%#x) and every listed module's text%s", uint64(ev.Addr), uint64(reg.Text), uint64(reg.Etext), fromText(reg, ev.From))})
 			}
 			if !m.HasPage(p) {

@@ -58,8 +58,8 @@ type Source interface {
 
 func pageOf(va vmi.VA) vmi.VA { return va &^ (PageSize - 1) }
 
-// ModuleText is the text of a loaded module.
-type ModuleText struct {
+// moduleText is the text of a loaded module.
+type moduleText struct {
 	Name string
 	Base vmi.VA // core_layout.base
 	Size uint64 // core_layout.text_size
@@ -73,10 +73,10 @@ type Regions struct {
 	Text    vmi.VA // _stext
 	Etext   vmi.VA // _etext
 	Slide   int64
-	Modules []ModuleText // sorted by Base
+	Modules []moduleText // sorted by Base
 	// Init is the init text of modules still initialising: known code,
 	// but freed once the module's init returns, so never in a model.
-	Init []ModuleText
+	Init []moduleText
 	syms []sym // core and module symbols, sorted by address
 }
 
@@ -86,10 +86,10 @@ type sym struct {
 	owner string // "" for core
 }
 
-// Owners of an address, as findings name them.
+// Owners of an address, as the static checks' KernelMap names them.
 const (
-	OwnerCore = "core kernel"
-	OwnerNone = "none"
+	ownerKernel = "kernel"
+	ownerNone   = "none"
 )
 
 // LoadRegions reads the regions of the kernel k (found by vmi/linux in a
@@ -178,11 +178,11 @@ func (r *Regions) readModules(ctx context.Context, k *linux.Kernel) error {
 		if size == 0 || size > MaxModulePage*PageSize || vmi.VA(m.Base) < KernelMin {
 			continue
 		}
-		r.Modules = append(r.Modules, ModuleText{Name: m.Name, Base: vmi.VA(m.Base), Size: size})
+		r.Modules = append(r.Modules, moduleText{Name: m.Name, Base: vmi.VA(m.Base), Size: size})
 		ib, err1 := k.ReadU64(vmi.VA(m.Addr + initBase))
 		is, err2 := k.ReadU64(vmi.VA(m.Addr + initSize))
 		if err1 == nil && err2 == nil && vmi.VA(ib) >= KernelMin && is&0xffffffff != 0 && is&0xffffffff <= MaxModulePage*PageSize {
-			r.Init = append(r.Init, ModuleText{Name: m.Name, Base: vmi.VA(ib), Size: is & 0xffffffff})
+			r.Init = append(r.Init, moduleText{Name: m.Name, Base: vmi.VA(ib), Size: is & 0xffffffff})
 		}
 	}
 	sort.Slice(r.Modules, func(i, j int) bool { return r.Modules[i].Base < r.Modules[j].Base })
@@ -252,13 +252,13 @@ func (r *Regions) InitText(va vmi.VA) string {
 }
 
 // Symbolize names the nearest symbol at or below va in va's region, the
-// offset from it, and va's owner (OwnerCore, "module NAME" or OwnerNone).
+// offset from it, and va's owner ("kernel", "module NAME" or "none").
 func (r *Regions) Symbolize(va vmi.VA) (name string, off uint64, owner string) {
 	p, ok := r.PageOf(va)
 	if !ok {
-		return "", 0, OwnerNone
+		return "", 0, ownerNone
 	}
-	owner = OwnerCore
+	owner = ownerKernel
 	if p.Module != "" {
 		owner = "module " + p.Module
 	}

@@ -78,7 +78,7 @@ func TestSeenProbability(t *testing.T) {
 
 func TestRegionsPageOf(t *testing.T) {
 	r := &Regions{Text: 0xffffffff81000000, Etext: 0xffffffff81003100, Build: Build{TextPages: 4},
-		Modules: []ModuleText{{Name: "dummy", Base: 0xffffffffc0000000, Size: 0x2000}, {Name: "ext4", Base: 0xffffffffc0010000, Size: 0x1000}},
+		Modules: []moduleText{{Name: "dummy", Base: 0xffffffffc0000000, Size: 0x2000}, {Name: "ext4", Base: 0xffffffffc0010000, Size: 0x1000}},
 		syms:    []sym{{addr: 0xffffffff81000000, name: "_stext"}, {addr: 0xffffffff81002010, name: "f"}, {addr: 0xffffffffc0001000, name: "g", owner: "dummy"}}}
 	for _, tc := range []struct {
 		va   vmi.VA
@@ -96,7 +96,7 @@ func TestRegionsPageOf(t *testing.T) {
 	} {
 		p, ok := r.PageOf(tc.va)
 		name, _, owner := r.Symbolize(tc.va)
-		if p != tc.p || ok != tc.ok || name != tc.name || (ok && owner == OwnerNone) || (!ok && owner != OwnerNone) {
+		if p != tc.p || ok != tc.ok || name != tc.name || (ok && owner == ownerNone) || (!ok && owner != ownerNone) {
 			t.Errorf("%#x: %v %v %q %q", uint64(tc.va), p, ok, name, owner)
 		}
 		if ok {
