@@ -106,3 +106,28 @@ func TestRegionsPageOf(t *testing.T) {
 		}
 	}
 }
+
+// FuzzPluginMessage: a message either decodes to an event on a kernel
+// page (page-aligned, From 0 or a kernel page) or is a FormatError
+// wrapping ErrPluginStream at the offset given.
+func FuzzPluginMessage(f *testing.F) {
+	f.Add(pluginMsg(pluginMagic, 0, 0xffffffff81000000, 0xffffffff81001000, 1))
+	f.Add(pluginMsg(pluginMagic, pluginReplay, 0, 0xffffffffc0001000, 0))
+	f.Add(pluginMsg(1, 2, 3, 4, 5))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) < pluginMsgLen {
+			return
+		}
+		ev, err := decodePluginMsg(b[:pluginMsgLen], 96)
+		if err != nil {
+			var fe *vmerr.FormatError
+			if !errors.Is(err, ErrPluginStream) || !errors.As(err, &fe) || fe.Offset != 96 {
+				t.Fatalf("error %v", err)
+			}
+			return
+		}
+		if ev.Page < KernelMin || pageOf(ev.Page) != ev.Page || (ev.From != 0 && (ev.From < KernelMin || pageOf(ev.From) != ev.From)) || ev.CPU >= 4096 {
+			t.Fatalf("event %+v", ev)
+		}
+	})
+}
