@@ -53,6 +53,6 @@ while :; do
   s=${up%.*}
   if [ "$s" -ge "$next" ]; then
     echo "=== WORK iterations=$i uptime=$up ==="
-    next=$((s + 2))
+    next=$((s + 1))
   fi
 done
