@@ -27,6 +27,7 @@ fixtures: deps
 	bash testdata/rootkit/build.sh
 	bash testdata/watch/build.sh
 	bash testdata/libvirt/libvirt.sh images
+	bash testdata/cfi-plugin/build.sh
 
 demo: build
 	bash scripts/demo.sh

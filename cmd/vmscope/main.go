@@ -62,7 +62,8 @@ Disk images (raw, qcow2, backing chains):
 Memory (dumps: ELF, kdump, LiME, raw; or a live QEMU guest):
   mem       ps, files, modules, mounts, info... of the Linux kernel in memory
 Live QEMU guests (GDB stub and QMP):
-  guest     info, dump, break, release... a running guest`,
+  guest     info, dump, break, release... a running guest
+  cfi       learn, monitor, show: page-level kernel control-flow integrity`,
 		Version:       versionString(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -70,7 +71,7 @@ Live QEMU guests (GDB stub and QMP):
 	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newInfoCmd(), newLsCmd(), newCatCmd(), newExtractCmd(), newScanCmd(), newDirtyCmd(), newDiffCmd(), newMemCmd())
-	root.AddCommand(newGuestCmd(), newWatchCmd())
+	root.AddCommand(newGuestCmd(), newWatchCmd(), newCfiCmd())
 	return root
 }
 
