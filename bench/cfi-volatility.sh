@@ -10,13 +10,16 @@
 #
 # Volatility is not part of the project and this script neither fetches nor
 # builds it nor its symbol file. It takes an installed one:
-#   VOL3=/path/to/vol.py        Volatility 3's vol.py (run with $PYTHON, default python3)
+#   VOL3=/path/to/vol.py        Volatility 3's vol.py, run with $PYTHON (default
+#                               /usr/bin/python3, Debian's: its standard library
+#                               is all the four plugins need)
 #   VOL3_SYMBOLS=DIR            a symbols folder holding the ISF (dwarf2json
 #                               linux --elf of Debian's linux-image-KVER-dbg
 #                               vmlinux) of exactly the fixture's kernel build
 #   VOL3_HIDDEN=/path/to/vol.py optional: a Volatility 3 that has
 #                               linux.hidden_modules when VOL3 has not
 #   RUNS=N                      timed runs of each command (default 3)
+#   PART=table|time             only the table, or only the timing (default both)
 # Without VOL3 and VOL3_SYMBOLS it says so and exits 0.
 #
 # What counts as a finding of each plugin: check_syscall, an entry whose
@@ -26,8 +29,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PATH=$PATH:/usr/local/go/bin
-PY=${PYTHON:-python3}
+PY=${PYTHON:-/usr/bin/python3}
 RUNS=${RUNS:-3}
+PART=${PART:-both}
 
 skip() {
   echo "cfi-volatility: skipped: $*"
@@ -94,15 +98,16 @@ print("%d (of %d rows)%s" % (len(hits), len(rows), (": " + ", ".join(hits)) if h
 ' "$1"
 }
 
-echo "== who finds what (512 MiB dumps of testdata/out-rootkit; vmscope mem check --vmlinuz $VMLINUZ)"
-echo "kernel: $(grep -a -m1 '^Linux version' "$RK/clean/console.log" | tr -d '\r')"
-echo "Volatility: $("$PY" "$VOL3" -h 2>/dev/null | head -1) at $VOL3; hidden_modules from $VOLHM"
-for s in clean sct ftrace hide code; do
-  d=$RK/$s/guest.elf
-  echo "-- $s: ground truth: $(grep -a -m1 '^mode=' "$RK/$s/console.log" | tr -d '\r' || echo 'nothing (clean)')"
-  rc=0
-  "$V" mem check --format ndjson --vmlinuz "$VMLINUZ" "$d" > "$TMP/vm.json" || rc=$?
-  printf '   %-22s %s\n' "vmscope mem check" "$("$PY" -c '
+if [ "$PART" != time ]; then
+  echo "== who finds what (512 MiB dumps of testdata/out-rootkit; vmscope mem check --vmlinuz $VMLINUZ)"
+  echo "kernel: $(grep -a -m1 '^Linux version' "$RK/clean/console.log" | tr -d '\r')"
+  echo "Volatility: $("$PY" "$VOL3" -h 2>/dev/null | head -1) at $VOL3; hidden_modules from $VOLHM"
+  for s in clean sct ftrace hide code; do
+    d=$RK/$s/guest.elf
+    echo "-- $s: ground truth: $(grep -a -m1 '^mode=' "$RK/$s/console.log" | tr -d '\r' || echo 'nothing (clean)')"
+    rc=0
+    "$V" mem check --format ndjson --vmlinuz "$VMLINUZ" "$d" > "$TMP/vm.json" || rc=$?
+    printf '   %-22s %s\n' "vmscope mem check" "$("$PY" -c '
 import json, sys, collections
 c = collections.Counter()
 w = []
@@ -111,15 +116,16 @@ for line in open(sys.argv[1]):
     c[f["kind"]] += 1
     w.append("%s %#x" % (f["kind"], f["address"]))
 print("%d%s (exit %s)" % (sum(c.values()), (": " + ", ".join(w)) if w else "", sys.argv[2]))
-' "$TMP/vm.json" "$rc")"
-  for p in $PLUGINS; do
-    vol "$(plugin_vol "$p")" "$p" "$d" > "$TMP/vol.json" 2> "$TMP/vol.err" || true
-    out=$(summary "$p" < "$TMP/vol.json")
-    case $out in error:*) out="$out: $(grep -v '^$' "$TMP/vol.err" | tail -1)" ;; esac
-    printf '   %-22s %s\n' "$p" "$out"
+  ' "$TMP/vm.json" "$rc")"
+    for p in $PLUGINS; do
+      vol "$(plugin_vol "$p")" "$p" "$d" > "$TMP/vol.json" 2> "$TMP/vol.err" || true
+      out=$(summary "$p" < "$TMP/vol.json")
+      case $out in error:*) out="$out: $(grep -v '^$' "$TMP/vol.err" | tail -1)" ;; esac
+      printf '   %-22s %s\n' "$p" "$out"
+    done
   done
-done
-
+fi
+[ "$PART" != table ] || exit 0
 echo
 echo "== time on the 2 GiB dump $BIG/guest.elf (sct scenario; $RUNS runs each after a warm-up)"
 d=$BIG/guest.elf
@@ -129,19 +135,16 @@ for p in $PLUGINS; do
   echo "-- $p"
   bench_one "$RUNS" "$PY" "$(plugin_vol "$p")" -q -r json -s "$VOL3_SYMBOLS" -f "$d" "$p" | tee "$TMP/t.$p"
 done
-echo "-- the four plugins in one process each, in turn with vmscope (A = vmscope, B = the four)"
-four=""
-for p in $PLUGINS; do
-  four+="$(printf '%q ' "$PY" "$(plugin_vol "$p")" -q -r json -s "$VOL3_SYMBOLS" -f "$d" "$p") >/dev/null; "
-done
-bench_vs "$RUNS" "$(printf '%q ' "$V" mem check --vmlinuz "$VMLINUZ" "$d")" "$four" | tee "$TMP/t.vs"
-med() { awk '$1 == "wall" {print $4}' "$1"; }
-vm=$(med "$TMP/t.vmscope")
-sum=0
-for p in $PLUGINS; do sum=$(awk -v a="$sum" -v b="$(med "$TMP/t.$p")" 'BEGIN {print a + b}'); done
 echo
-printf 'median wall s: vmscope mem check %.3f; Volatility 3 ' "$vm"
-for p in $PLUGINS; do printf '%s %.3f, ' "${p#linux.}" "$(med "$TMP/t.$p")"; done
-printf 'sum %.3f\n' "$sum"
-awk -v v="$vm" -v s="$sum" 'BEGIN {printf "ratio: Volatility 3 four plugins (sum of medians) / vmscope mem check = %.1f\n", s / v}'
-awk '$1 == "A/B" && $2 == "wall" {printf "ratio, in turn (vmscope / four plugins, median of pairs) = %.4f, i.e. vmscope is %.1fx faster\n", $4, 1 / $4}' "$TMP/t.vs"
+for what in wall cpu; do
+  med() { awk -v w="$what" '$1 == w {print $4}' "$1"; }
+  vm=$(med "$TMP/t.vmscope")
+  sum=0
+  printf 'median %s s: vmscope mem check %.3f; Volatility 3 ' "$what" "$vm"
+  for p in $PLUGINS; do
+    printf '%s %.3f, ' "${p#linux.}" "$(med "$TMP/t.$p")"
+    sum=$(awk -v a="$sum" -v b="$(med "$TMP/t.$p")" 'BEGIN {print a + b}')
+  done
+  printf 'sum %.3f\n' "$sum"
+  awk -v v="$vm" -v s="$sum" -v w="$what" 'BEGIN {printf "ratio (%s): Volatility 3 four plugins, sum of medians / vmscope mem check = %.1f\n", w, s / v}'
+done
