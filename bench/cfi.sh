@@ -35,6 +35,7 @@ plugin=$(readlink -f testdata/out-cfi-plugin/cfi-plugin.so)
 sock=$(mktemp -d /tmp/cfi-bench.XXXX)
 export XDG_RUNTIME_DIR=$sock
 pids=()
+declare -A qpid
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$sock"; }
 trap cleanup EXIT
 
@@ -48,6 +49,7 @@ boot() {
     -serial "file:$out/$name.console" -monitor none -net none -gdb "tcp:127.0.0.1:$port" \
     -qmp "unix:$sock/$name.qmp,server=on,wait=off" "${extra[@]}" 2>/dev/null &
   pids+=($!)
+  qpid[$name]=$!
   for _ in $(seq 1500); do grep -q '=== READY ===' "$out/$name.console" 2>/dev/null && break; sleep 0.2; done
   sleep 5 # the workload's first iterations
 }
@@ -59,19 +61,27 @@ next() {
   local n
   n=$(grep -ac 'WORK iterations=' "$out/$1.console")
   while [ "$(grep -ac 'WORK iterations=' "$out/$1.console")" -le "$n" ]; do sleep 0.05; done
-  echo "$(grep -ao 'WORK iterations=[0-9]*' "$out/$1.console" | tail -1 | sed 's/WORK iterations=//') $(date +%s.%N)"
+  echo "$(grep -ao 'WORK iterations=[0-9]*' "$out/$1.console" | tail -1 | sed 's/WORK iterations=//') $(date +%s.%N) $(awk '{ print $14 + $15 }' "/proc/${qpid[$1]}/stat")"
 }
 # rate NAME CMD...: runs CMD (or sleeps PHASE s when CMD is "idle") and
-# prints the workload's iterations per host second over that time.
+# prints the workload's iterations per host second and per CPU second of
+# QEMU (the machine is shared: a busy neighbour lowers the first, not the
+# second; a sampler's pauses lower the first only).
 rate() {
   local name=$1; shift
   local a b
   a=$(next "$name")
   if [ "$1" = idle ]; then sleep "$PHASE"; else "$@" > "$out/$name.phase.log" 2>&1 || true; fi
   b=$(next "$name")
-  awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.3f", (y[1]-x[1])/(y[2]-x[2]) }'
+  awk -v a="$a" -v b="$b" -v hz="$(getconf CLK_TCK)" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.3f %.3f", (y[1]-x[1])/(y[2]-x[2]), (y[1]-x[1])/((y[3]-x[3])/hz) }'
 }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a/b }'; }
+# row LABEL "WALL CPU" "BASEWALL BASECPU": a table row with the ratios.
+row() {
+  local w c bw bc
+  read -r w c <<< "$2"
+  read -r bw bc <<< "$3"
+  printf '%-34s %8s %8s %10s %10s\n' "$1" "$w" "$(awk -v a="$w" -v b="$bw" 'BEGIN { printf "%.3f", a/b }')" "$c" "$(awk -v a="$c" -v b="$bc" 'BEGIN { printf "%.3f", a/b }')"
+}
 
 if [ "${SLOWDOWN:-1}" = 1 ]; then
 echo "== slowdown (PHASE=${PHASE}s each)"
@@ -90,13 +100,14 @@ $vm cfi learn --guest "$P" --out "$out/plugin.model" --source plugin --plugin-so
 pbase=$(rate B idle)
 pmon=$(rate B $vm cfi monitor --guest "$P" --model "$out/plugin.model" --source plugin --plugin-socket "$sock/B.plugin" --duration "${PHASE}s")
 kill "${pids[1]}"
-printf '%-34s %10s %8s\n' "configuration" "iter/s" "ratio"
-printf '%-34s %10s %8s\n' "no monitor (before, after)" "$base,$base2" "1.000"
-printf '%-34s %10s %8s\n' "plugin loaded, no client" "$pbase" "$(ratio "$pbase" "$base")"
-printf '%-34s %10s %8s\n' "cfi monitor --source plugin" "$pmon" "$(ratio "$pmon" "$base")"
-printf '%-34s %10s %8s\n' "cfi monitor --source sample 100Hz" "$s100" "$(ratio "$s100" "$base")"
-printf '%-34s %10s %8s\n' "cfi monitor --source sample 1kHz" "$s1k" "$(ratio "$s1k" "$base")"
-printf '%-34s %10s %8s\n' "cfi monitor --source step" "$step" "$(ratio "$step" "$base")"
+printf '%-34s %8s %8s %10s %10s\n' "configuration" "iter/s" "ratio" "iter/cpu-s" "ratio"
+row "no monitor (before)" "$base" "$base"
+row "no monitor (after)" "$base2" "$base"
+row "plugin loaded, no client" "$pbase" "$base"
+row "cfi monitor --source plugin" "$pmon" "$base"
+row "cfi monitor --source sample 100Hz" "$s100" "$base"
+row "cfi monitor --source sample 1kHz" "$s1k" "$base"
+row "cfi monitor --source step" "$step" "$base"
 grep -h "samples:\|probability\|windows:" "$out"/A.phase.log 2>/dev/null | head -4 || true
 fi
 [ "${FP:-1}" = 1 ] || exit 0

@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -421,33 +419,3 @@ func TestStepWindows(t *testing.T) {
 	}
 	t.Logf("step: %d pages, all among the plugin's %d", len(stepPages), len(plugPages))
 }
-
-// workRate is the workload's iterations per second between the first
-// and last WORK lines of the console at or after uptime from.
-func workRate(console string, from float64) (rate float64, err error) {
-	b, err := os.ReadFile(console)
-	if err != nil {
-		return 0, err
-	}
-	re := regexp.MustCompile(`=== WORK iterations=(\d+) uptime=([0-9.]+) ===`)
-	var first, last [2]float64
-	n := 0
-	for _, m := range re.FindAllStringSubmatch(string(b), -1) {
-		it, _ := strconv.ParseFloat(m[1], 64)
-		up, _ := strconv.ParseFloat(m[2], 64)
-		if up < from {
-			continue
-		}
-		if n == 0 {
-			first = [2]float64{it, up}
-		}
-		last = [2]float64{it, up}
-		n++
-	}
-	if n < 2 || last[1] <= first[1] {
-		return 0, errors.New("cfi: fewer than two WORK lines")
-	}
-	return (last[0] - first[0]) / (last[1] - first[1]), nil
-}
-
-var _ = fmt.Sprint
