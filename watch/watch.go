@@ -11,10 +11,9 @@
 // kernel stack for the VFS entry it came through (vfs_read, vfs_write,
 // notify_change, vfs_unlink, vfs_rename, do_filp_open), and attributed
 // to the task current on the vCPU; the stops of one system call are one
-// event (a call is told from the next by its number and the user
-// registers saved in pt_regs; no breakpoint is needed, so other tasks'
-// calls never stop), reported at the task's next call or once idle. An
-// access with no known entry is reported as kind "access", never dropped.
+// event, ended by a one-shot breakpoint at that call's validated return
+// into the system-call entry. An access with no known entry is reported
+// as kind "access", never dropped.
 //
 // Invariants: watch only reads guest memory and sets traps (it links no
 // vmi.Controller); every walk of guest structures (child lists, mounts,
@@ -73,8 +72,9 @@ type Stats struct {
 	Stops   int `json:"stops"`   // trap stops handled
 	Outside int `json:"outside"` // watchpoint stops on no watched range (false triggers)
 	Events  int `json:"events"`
-	Access  int `json:"access_events"` // events with no VFS entry found
-	Dropped int `json:"dropped"`       // events the queue had no room for
+	Access  int `json:"access_events"`  // events with no VFS entry found
+	Dropped int `json:"dropped"`        // events the queue had no room for
+	Groups  int `json:"groups_flushed"` // calls that never returned (flushed after a timeout)
 	// StringOps are watchpoint stops QEMU reported at a rep stos/movs
 	// whose destination (RDI, after the iteration that stopped) was not
 	// in the watched range: not an access to the watched field, so not
@@ -123,14 +123,8 @@ type groupKey struct {
 	slot vmi.VA // stack slot of the return address into the system-call entry
 }
 
-// sysID tells one system call of a task from the next: the call number
-// and the user registers saved on entry (pt_regs at the top of the
-// kernel stack). Two identical calls in a row are one access.
-type sysID [8]uint64
-
 type group struct {
-	sys     sysID
-	last    time.Time // the group's latest stop
+	ret     vmi.VA
 	started time.Time
 	task    TaskInfo
 	cpu     int
@@ -165,19 +159,13 @@ type Watcher struct {
 	pending map[string]*Pending
 	traps   map[vmi.Trap][]owner
 	groups  map[groupKey]*group
-	oneShot map[vmi.VA]int
+	retBP   map[vmi.VA]int
+	denyBP  map[vmi.VA]int
 	denies  map[groupKey]vmi.VA // (task, slot of inode_permission's return) -> breakpoint
-	// resolves: (task, slot of the system call's return) -> breakpoint, for
-	// a lookup in a pending path's directory: the path is resolved again
-	// when the call returns
-	resolves map[groupKey]vmi.VA
 	// Denied counts the accesses deny mode made fail.
 	denied int
 
 	cache *stopCache // the guest-physical pages read during the current stop
-
-	ptRegs     uint64    // sizeof(struct pt_regs); 0 if BTF lacks it
-	ptRegsOffs [8]uint64 // orig_ax, ip, sp, di, si, dx, r10, r8
 
 	out   chan Event
 	stats Stats
@@ -215,18 +203,7 @@ func New(ctx context.Context, t vmi.Tracer, w *Kernel, paths []string, opts Opti
 			return err
 		}},
 		targets: map[string]*Target{}, pending: map[string]*Pending{}, traps: map[vmi.Trap][]owner{},
-		groups: map[groupKey]*group{}, oneShot: map[vmi.VA]int{}, denies: map[groupKey]vmi.VA{}, resolves: map[groupKey]vmi.VA{}, out: make(chan Event, opts.Queue),
-	}
-	if n, err := w.K.Sizeof("pt_regs"); err == nil {
-		x.ptRegs = n
-		for i, f := range []string{"orig_ax", "ip", "sp", "di", "si", "dx", "r10", "r8"} {
-			off, err := w.K.Field("pt_regs", f)
-			if err != nil {
-				x.ptRegs = 0
-				break
-			}
-			x.ptRegsOffs[i] = off
-		}
+		groups: map[groupKey]*group{}, retBP: map[vmi.VA]int{}, denyBP: map[vmi.VA]int{}, denies: map[groupKey]vmi.VA{}, out: make(chan Event, opts.Queue),
 	}
 	seen := map[string]bool{}
 	for _, p := range paths {
@@ -349,18 +326,26 @@ func (x *Watcher) removeAll(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	for a := range x.oneShot {
+	for a := range x.retBP {
 		if err := x.t.Remove(ctx, vmi.Breakpoint(a)); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	x.traps, x.oneShot, x.denies, x.resolves = map[vmi.Trap][]owner{}, map[vmi.VA]int{}, map[groupKey]vmi.VA{}, map[groupKey]vmi.VA{}
+	for a := range x.denyBP {
+		if x.retBP[a] > 0 {
+			continue
+		}
+		if err := x.t.Remove(ctx, vmi.Breakpoint(a)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	x.traps, x.retBP, x.denyBP, x.denies = map[vmi.Trap][]owner{}, map[vmi.VA]int{}, map[vmi.VA]int{}, map[groupKey]vmi.VA{}
 	return errors.Join(errs...)
 }
 
-// groupIdle ends a call's event: a group with no stop for this long is
-// reported (its call has returned, or blocks).
-const groupIdle = 300 * time.Millisecond
+// groupTimeout ends a call's event that never returned (exit_group, a
+// task blocked for long): it is reported, and its breakpoint removed.
+const groupTimeout = 5 * time.Second
 
 // Run arms the watches, lets the guest run, and reports events on Events
 // until ctx ends (it returns nil then) or the guest exits or the tracer
@@ -394,7 +379,7 @@ func (x *Watcher) Run(ctx context.Context) (err error) {
 	if err := x.t.Resume(ctx); err != nil {
 		return err
 	}
-	tick := time.NewTicker(groupIdle / 2)
+	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
 		var st vmi.Stop
@@ -443,12 +428,16 @@ func (x *Watcher) handle(ctx context.Context, st vmi.Stop) error {
 	var hits, stepped []vmi.Trap
 	if st.Access == vmi.Execute {
 		rip := vmi.VA(regs.RIP)
-		if x.oneShot[rip] > 0 {
+		if x.retBP[rip] > 0 || x.denyBP[rip] > 0 {
 			hits = append(hits, vmi.Breakpoint(rip))
+		}
+		if x.denyBP[rip] > 0 {
 			if err := x.onDeny(ctx, regs); err != nil {
 				return err
 			}
-			x.onResolve(ctx, regs)
+		}
+		if x.retBP[rip] > 0 {
+			x.onReturn(ctx, regs)
 		}
 	} else {
 		for tr := range x.traps {
@@ -471,7 +460,7 @@ func (x *Watcher) handle(ctx context.Context, st vmi.Stop) error {
 	}
 	var armed []vmi.Trap
 	for _, tr := range stepped {
-		if tr.Access == vmi.Execute && x.oneShot[tr.Addr] > 0 || tr.Access != vmi.Execute && len(x.traps[tr]) > 0 {
+		if tr.Access == vmi.Execute && (x.retBP[tr.Addr] > 0 || x.denyBP[tr.Addr] > 0) || tr.Access != vmi.Execute && len(x.traps[tr]) > 0 {
 			armed = append(armed, tr)
 		}
 	}
@@ -527,22 +516,6 @@ func (x *Watcher) verifyStringOp(regs vmi.CPU, hits []vmi.Trap) []vmi.Trap {
 		}
 	}
 	return keep
-}
-
-// sysID reads the identity of the system call a stopped task is in from
-// the pt_regs at the top of its kernel stack (zero when the top is not
-// known: consecutive calls then merge).
-func (x *Watcher) sysID(regs vmi.CPU) sysID {
-	var id sysID
-	top := x.pc.stackTop(regs)
-	if top == 0 || x.ptRegs == 0 {
-		return id
-	}
-	base := top - vmi.VA(x.ptRegs)
-	for i, off := range x.ptRegsOffs {
-		id[i], _ = x.w.u64(base + vmi.VA(off))
-	}
-	return id
 }
 
 // stack reads the kernel stack of a stopped vCPU, from RSP up to the
@@ -629,28 +602,16 @@ func (x *Watcher) onWatch(ctx context.Context, st vmi.Stop, regs vmi.CPU, hits [
 		return nil
 	}
 	key := groupKey{task: taskAddr, slot: sys.Slot}
-	id := x.sysID(regs)
 	g := x.groups[key]
-	if g != nil && g.sys != id {
-		x.endGroup(ctx, key, g) // the task's next system call
-		g = nil
-	}
 	if g == nil {
-		g = &group{sys: id, started: time.Now(), task: ti, cpu: regs.ID, first: fn, paths: map[string]*pathAcc{}}
-		x.groups[key] = g
-	}
-	g.last = time.Now()
-	// a lookup in a pending path's directory: resolve it when the call returns
-	for _, a := range acc {
-		if a.fields["parent_rwsem"] {
-			if _, ok := x.resolves[key]; !ok {
-				if err := x.addOneShot(ctx, sys.Return); err != nil {
-					return err
-				}
-				x.resolves[key] = sys.Return
+		if x.retBP[sys.Return] == 0 {
+			if err := x.t.Insert(ctx, vmi.Breakpoint(sys.Return)); err != nil {
+				return err
 			}
-			break
 		}
+		x.retBP[sys.Return]++
+		g = &group{ret: sys.Return, started: time.Now(), task: ti, cpu: regs.ID, first: fn, paths: map[string]*pathAcc{}}
+		x.groups[key] = g
 	}
 	if g.kind == "" && kind != "" {
 		g.kind, g.entry = kind, entry
@@ -672,11 +633,29 @@ func (x *Watcher) onWatch(ctx context.Context, st vmi.Stop, regs vmi.CPU, hits [
 	return nil
 }
 
+// onReturn ends the group of the task whose system call returns here
+// (its stack pointer just above the slot of the return address).
+func (x *Watcher) onReturn(ctx context.Context, regs vmi.CPU) {
+	taskAddr, err := x.pc.task(regs)
+	if err != nil {
+		return
+	}
+	key := groupKey{task: taskAddr, slot: vmi.VA(regs.RSP) - 8}
+	g := x.groups[key]
+	if g == nil {
+		return
+	}
+	x.endGroup(ctx, key, g)
+}
+
 func (x *Watcher) endGroup(ctx context.Context, key groupKey, g *group) {
 	delete(x.groups, key)
-	if a, ok := x.resolves[key]; ok {
-		delete(x.resolves, key)
-		x.dropOneShot(ctx, a)
+	x.retBP[g.ret]--
+	if x.retBP[g.ret] <= 0 {
+		delete(x.retBP, g.ret)
+		if x.denyBP[g.ret] == 0 {
+			x.t.Remove(ctx, vmi.Breakpoint(g.ret))
+		}
 	}
 	// a deny breakpoint of this task that never hit goes with its call
 	for k, a := range x.denies {
@@ -734,53 +713,26 @@ func (x *Watcher) armDeny(ctx context.Context, task vmi.VA, ti TaskInfo, frames 
 		if _, ok := x.denies[key]; ok {
 			return nil
 		}
-		if err := x.addOneShot(ctx, f.Return); err != nil {
-			return err
+		if x.denyBP[f.Return] == 0 && x.retBP[f.Return] == 0 {
+			if err := x.t.Insert(ctx, vmi.Breakpoint(f.Return)); err != nil {
+				return err
+			}
 		}
+		x.denyBP[f.Return]++
 		x.denies[key] = f.Return
 		return nil
 	}
 	return nil
 }
 
-func (x *Watcher) addOneShot(ctx context.Context, a vmi.VA) error {
-	if x.oneShot[a] == 0 {
-		if err := x.t.Insert(ctx, vmi.Breakpoint(a)); err != nil {
-			return err
-		}
-	}
-	x.oneShot[a]++
-	return nil
-}
-
-// onResolve is a system call returning that looked up in a pending
-// path's directory: its group ends now (endGroup resolves the path).
-func (x *Watcher) onResolve(ctx context.Context, regs vmi.CPU) {
-	task, err := x.pc.task(regs)
-	if err != nil {
-		return
-	}
-	key := groupKey{task: task, slot: vmi.VA(regs.RSP) - 8}
-	if a, ok := x.resolves[key]; ok && a == vmi.VA(regs.RIP) {
-		if g := x.groups[key]; g != nil {
-			x.endGroup(ctx, key, g)
-		} else {
-			x.dropOneShot(ctx, a)
-			delete(x.resolves, key)
-		}
-	}
-}
-
 func (x *Watcher) dropDeny(ctx context.Context, key groupKey, a vmi.VA) {
 	delete(x.denies, key)
-	x.dropOneShot(ctx, a)
-}
-
-func (x *Watcher) dropOneShot(ctx context.Context, a vmi.VA) {
-	x.oneShot[a]--
-	if x.oneShot[a] <= 0 {
-		delete(x.oneShot, a)
-		x.t.Remove(ctx, vmi.Breakpoint(a))
+	x.denyBP[a]--
+	if x.denyBP[a] <= 0 {
+		delete(x.denyBP, a)
+		if x.retBP[a] == 0 {
+			x.t.Remove(ctx, vmi.Breakpoint(a))
+		}
 	}
 }
 
@@ -812,10 +764,11 @@ func (x *Watcher) onDeny(ctx context.Context, regs vmi.CPU) error {
 	return nil
 }
 
-// flush reports the groups idle for groupIdle (all with all).
+// flush reports the groups older than groupTimeout (all with all).
 func (x *Watcher) flush(all bool) {
 	for key, g := range x.groups {
-		if all || time.Since(g.last) > groupIdle {
+		if all || time.Since(g.started) > groupTimeout {
+			x.stats.Groups++
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			x.endGroup(ctx, key, g)
 			cancel()
