@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -161,6 +162,17 @@ func TestLiveDirtyLibvirt(t *testing.T) {
 		t.Errorf("scan --dirty live: exit %d, marker not found: %s\n%s", code, errOut, tail(out, 1500))
 	}
 
+	// A full scan of the live disk at one point in time: no state, no
+	// checkpoint made or deleted.
+	before := checkpoints(t, d)
+	out, errOut, code = lg.run(nil, "scan", "--guest", lg.spec, "--rules", rules, "--format", "json")
+	if code != 1 || !strings.Contains(out, `"/r2/marker.txt"`) {
+		t.Errorf("scan --guest (full): exit %d, marker not found: %s\n%s", code, errOut, tail(out, 1500))
+	}
+	if after := checkpoints(t, d); !slices.Equal(before, after) {
+		t.Errorf("a full scan changed the checkpoints: %v -> %v", before, after)
+	}
+
 	lg.round(3)
 	doc, _ = lg.poll(state)
 	lg.check(3, false, doc)
@@ -204,4 +216,26 @@ func TestLiveDirtyLibvirt(t *testing.T) {
 		t.Errorf("scratch folders left: %v", ms)
 	}
 	t.Logf("whole test after boot: %v", time.Since(t0).Round(time.Millisecond))
+}
+
+// TestLiveDirtyProcessSpec: `dirty --guest qemu:qmp=unix:SOCK` (the
+// process spec, its pid from the socket's peer, no GDB stub) polls a
+// plain QEMU as the gdb:// spec does: round 2's paths, no miss.
+func TestLiveDirtyProcessSpec(t *testing.T) {
+	lg := bootLive(t, 64, "", "vmscope.bg=0")
+	_, qmp, ok := strings.Cut(lg.spec, ",qmp=")
+	if !ok {
+		t.Fatalf("spec %s", lg.spec)
+	}
+	lg.spec = "qemu:qmp=" + qmp
+	state := filepath.Join(t.TempDir(), "state.db")
+	lg.round(1)
+	doc, _ := lg.poll(state)
+	lg.check(1, true, doc)
+	lg.round(2)
+	doc, _ = lg.poll(state)
+	if !strings.Contains(doc.Source, "guest qemu:qmp=") || !strings.Contains(doc.Source, "writes since generation 1") {
+		t.Errorf("poll 2 source: %s", doc.Source)
+	}
+	lg.check(2, false, doc)
 }
