@@ -210,7 +210,7 @@ func runGuestDump(ctx context.Context, spec, format, path string, w io.Writer) (
 		return err
 	}
 	start := time.Now()
-	if err := qemu.ConsistentDumpEndpoint(ctx, ep, out, format, journalOpts()...); err != nil {
+	if err := dumpGuest(ctx, ep, out, format); err != nil {
 		return err
 	}
 	fi, err := os.Stat(out)

@@ -28,8 +28,8 @@ import (
 // through its second serial port, and a background writer.
 type pollGuest struct {
 	t       testing.TB
-	console string    // the serial console's log
-	mon     *qemu.QMP // the test's own monitor
+	console string   // the serial console's log
+	mon     statuser // the test's own monitor (run state)
 	ctl     net.Conn
 	spec    string
 	spec2   string // the same guest through another QMP socket
@@ -106,16 +106,23 @@ func bootLive(t testing.TB, sizeMiB int, tree string, appendLine string) *pollGu
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	var err error
-	if lg.mon, err = qemu.DialQMP(context.Background(), testSock); err != nil {
+	q, err := qemu.DialQMP(context.Background(), testSock)
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { lg.mon.Close() })
+	t.Cleanup(func() { q.Close() })
+	lg.mon = q
 	if lg.ctl, err = net.Dial("unix", ctlSock); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lg.ctl.Close() })
 	return lg
+}
+
+// statuser tells the guest's run state (*qemu.QMP, or libvirt's view of a
+// domain).
+type statuser interface {
+	Status(context.Context) (qemu.Status, error)
 }
 
 func freeTCPPort(t testing.TB) int {

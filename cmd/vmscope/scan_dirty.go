@@ -96,7 +96,7 @@ func selectDirty(ctx context.Context, errOut io.Writer, im *disk.Image, d *fspar
 // when the poll keeps one.
 type liveDisk struct {
 	spec string
-	q    *qemu.QMP
+	ep   qemu.Endpoint
 	view *live.View
 	im   *disk.Image
 	d    *fsparse.Disk
@@ -111,7 +111,7 @@ type liveFlags struct {
 }
 
 func (lf *liveFlags) add(fl *pflag.FlagSet) {
-	fl.StringVar(&lf.guest, "guest", "", "a running guest instead of IMAGE: gdb://HOST:PORT,qmp=unix:PATH (its disk is read at one point in time over QMP and NBD, never paused)")
+	fl.StringVar(&lf.guest, "guest", "", "a running guest instead of IMAGE (its disk is read at one point in time over NBD, never paused): "+guestSpecHelp)
 	fl.StringVar(&lf.disk, "disk", "", "with --guest: the block device (QOM path, device id, node name or drive id; default the only disk)")
 	fl.StringVar(&lf.scratch, "scratch", "", "with --guest: a directory QEMU can write, for the fleecing image and the NBD socket (default $TMPDIR)")
 }
@@ -122,13 +122,7 @@ func (lf *liveFlags) add(fl *pflag.FlagSet) {
 // one's objects and refuses). Close it with ok = the poll's state was
 // saved.
 func openLive(ctx context.Context, lf *liveFlags, statePath string, errOut io.Writer) (*liveDisk, error) {
-	sp, err := qemu.ParseSpec(lf.guest)
-	if err != nil {
-		return nil, usageError{err}
-	}
-	if sp.QMP == "" {
-		return nil, usageError{fmt.Errorf("--guest %s: a live disk needs the QMP socket (,qmp=unix:PATH)", lf.guest)}
-	}
+	var err error
 	l := &liveDisk{spec: lf.guest, errOut: errOut}
 	o := live.Options{Disk: lf.disk, Dir: lf.scratch, Log: errOut}
 	if s := os.Getenv("VMSCOPE_LIVE_STOP_AFTER"); s != "" {
@@ -140,11 +134,11 @@ func openLive(ctx context.Context, lf *liveFlags, statePath string, errOut io.Wr
 		}
 		o.Tag = live.StateTag(statePath)
 	}
-	if l.q, err = qemu.DialQMP(ctx, sp.QMP); err != nil {
+	if l.ep, err = resolveGuest(ctx, lf.guest); err != nil {
 		l.close(ctx, false)
 		return nil, err
 	}
-	if l.view, err = live.Begin(ctx, l.q, o); err != nil {
+	if l.view, err = beginLive(ctx, l.ep, o); err != nil {
 		l.close(ctx, false)
 		return nil, err
 	}
@@ -222,9 +216,7 @@ func (l *liveDisk) close(ctx context.Context, ok bool) error {
 				humanize.IBytes(uint64(l.view.BytesRead.Load())), time.Since(l.view.Time).Round(time.Millisecond), humanize.IBytes(uint64(l.view.TempBytes)))
 		}
 	}
-	if l.q != nil {
-		errs = append(errs, l.q.Close())
-	}
+	errs = append(errs, closeEndpoint(l.ep))
 	if l.db != nil {
 		errs = append(errs, l.db.Close())
 	}
@@ -235,16 +227,7 @@ func (l *liveDisk) close(ctx context.Context, ok bool) error {
 // (guest release): vmscope- nodes, jobs, exports, the NBD socket, and
 // merges orphaned tracking bitmaps forward.
 func releaseLive(ctx context.Context, spec string, w io.Writer) error {
-	sp, err := qemu.ParseSpec(spec)
-	if err != nil || sp.QMP == "" {
-		return nil // no QMP: no live poll could have run
-	}
-	q, err := qemu.DialQMP(ctx, sp.QMP)
-	if err != nil {
-		return err
-	}
-	defer q.Close()
-	rel, err := live.Release(ctx, q, "")
+	rel, err := releaseLiveGuest(ctx, spec)
 	for _, r := range rel.Removed {
 		fmt.Fprintf(w, "live poll: removed %s\n", r)
 	}

@@ -131,7 +131,8 @@ type View struct {
 	exported bool
 	added    bool // the fleecing node was added
 	next     string
-	merged   []string // orphans of a killed poll merged forward at start
+	merged   []string     // orphans of a killed poll merged forward at start
+	lv       *libvirtPoll // a libvirt domain's poll (libvirt.go)
 }
 
 func (o *Options) stop(step int, what string) {
@@ -360,7 +361,12 @@ func mergeForward(ctx context.Context, m qemu.Monitor, node, from, to string) er
 func (v *View) Merged() []string { return v.merged }
 
 // Source is the dirty source of the view for dirty.Select.
-func (v *View) Source() source.Source { return &liveSource{v} }
+func (v *View) Source() source.Source {
+	if v.lv != nil {
+		return &libvirtSource{v}
+	}
+	return &liveSource{v}
+}
 
 // Next is the name of the bitmap created at the view's point in time.
 func (v *View) Next() string { return v.next }
@@ -371,6 +377,9 @@ func (v *View) Next() string { return v.next }
 // saved) that bitmap is first merged into the new one, so the next poll
 // sees its writes again.
 func (v *View) End(ctx context.Context, ok bool) error {
+	if v.lv != nil {
+		return v.lv.end(ctx, v, ok)
+	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
 	m := v.m

@@ -68,6 +68,7 @@ func TestDomain(t *testing.T) {
 	t.Run("taint", func(t *testing.T) { testTaint(t, d) })
 	t.Run("pid", func(t *testing.T) { testPID(t, ctx, d, ep) })
 	t.Run("stub", func(t *testing.T) { testLive(t, ctx, d, ep, attachGDB) })
+	t.Run("process", func(t *testing.T) { testLive(t, ctx, d, ep, attachProcess) })
 }
 
 func has(msgs []string, s string) bool {

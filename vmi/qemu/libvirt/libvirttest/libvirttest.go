@@ -36,6 +36,9 @@ type Config struct {
 	MemMiB  int    // guest memory; 512 when zero
 	Append  string // extra kernel command line
 	Devices string // extra <devices> XML, e.g. a <disk>
+	// Kernel and Initrd boot other files than the guest fixture's
+	// (copied into the domain's folder, where libvirt's QEMU reads them).
+	Kernel, Initrd string
 }
 
 // Domain is a running transient libvirt domain booted from the guest
@@ -185,7 +188,18 @@ func Start(t testing.TB, cfg Config) *Domain {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	d := &Domain{Name: name, Dir: dir, Console: filepath.Join(dir, "console.log"), l: Connect(t)}
-	xml := XML(name, filepath.Join(img, "vmlinuz"), filepath.Join(img, "initrd.gz"), d.Console, cfg)
+	kernel, initrd := filepath.Join(img, "vmlinuz"), filepath.Join(img, "initrd.gz")
+	if cfg.Kernel != "" {
+		kernel, initrd = filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.gz")
+		for src, dst := range map[string]string{cfg.Kernel: kernel, cfg.Initrd: initrd} {
+			if b, err := os.ReadFile(src); err != nil {
+				t.Fatal(err)
+			} else if err := os.WriteFile(dst, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	xml := XML(name, kernel, initrd, d.Console, cfg)
 	t0 := time.Now()
 	dom, err := d.l.DomainCreateXML(xml, 0)
 	if err != nil {
