@@ -9,10 +9,6 @@ import (
 	"github.com/vmscope/vmscope/vmi/linux"
 )
 
-// A tiny kernel text: functions at known addresses and call sites made of
-// real E8 rel32 instructions.
-const textBase = vmi.VA(0xffffffff81000000)
-
 func testSymbols(t testing.TB) *Symbolizer {
 	t.Helper()
 	s, err := linux.ParseKallsyms(strings.NewReader(`ffffffff81000000 T _stext
