@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vmscope/vmscope/cfi"
+	"github.com/vmscope/vmscope/vmi"
 	"github.com/vmscope/vmscope/vmi/linux"
 )
 
@@ -218,7 +219,7 @@ func newCfiMonitorCmd() *cobra.Command {
 		Short: "Alert on kernel execution outside a learned model; exit 1 if any",
 		Args:  rangeArgs(0, 0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runCfiMonitor(cmd.Context(), &f, model, format, edges, cmd.OutOrStdout())
+			return runCfiMonitor(cmd.Context(), &f, model, format, edges, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	f.add(c, 0)
@@ -241,7 +242,7 @@ func readModel(path string) (*cfi.Model, error) {
 	return m, nil
 }
 
-func runCfiMonitor(ctx context.Context, f *cfiSourceFlags, model, format string, edges bool, w io.Writer) (err error) {
+func runCfiMonitor(ctx context.Context, f *cfiSourceFlags, model, format string, edges bool, w, errOut io.Writer) (err error) {
 	if err := checkFormat(format, "text", "ndjson"); err != nil {
 		return err
 	}
@@ -263,7 +264,7 @@ func runCfiMonitor(ctx context.Context, f *cfiSourceFlags, model, format string,
 	mctx, cancel := withDuration(ctx, f.duration)
 	defer cancel()
 	enc := json.NewEncoder(w)
-	st, err := cfi.Monitor(mctx, s.source, m, s.regions, cfi.MonitorOptions{Edges: edges, Refresh: s.refresh}, func(a cfi.Alert) error {
+	st, err := cfi.Monitor(mctx, s.source, m, s.regions, cfi.MonitorOptions{Edges: edges, Refresh: s.refresh, Trampoline: s.trampolines(ctx, errOut)}, func(a cfi.Alert) error {
 		if format == "ndjson" {
 			return enc.Encode(a)
 		}
@@ -312,4 +313,24 @@ func newCfiShowCmd() *cobra.Command {
 	}
 	c.Flags().StringVar(&format, "format", "text", "text or json")
 	return c
+}
+
+// trampolines names the code regions the kernel made on its own (ftrace
+// and BPF trampolines, kprobe slots, the real-mode trampoline) from the
+// static checks' kernel map, read once at the start: execution there is
+// an alert, not a critical one. Without a map (its walk failed: said on
+// errOut) every page outside the known text stays critical.
+func (s *cfiSession) trampolines(ctx context.Context, errOut io.Writer) func(vmi.VA) string {
+	km, err := cfi.NewKernelMap(ctx, s.kernel)
+	if err != nil {
+		fmt.Fprintf(errOut, "vmscope: cfi: no trampoline map: %v\n", err)
+		return nil
+	}
+	return func(va vmi.VA) string {
+		r, ok := km.Region(va)
+		if !ok || r.Kind == cfi.RegionCore || r.Kind == cfi.RegionModule {
+			return ""
+		}
+		return r.Kind + " " + r.Name
+	}
 }
