@@ -125,8 +125,21 @@ func (g *Guest) WaitFor(marker string, d time.Duration) error {
 	}
 }
 
-// Start sends the line that starts the guest's scenario.
-func (g *Guest) Start() error { return g.Send("go") }
+// Start sends the line that starts the guest's scenario and waits until
+// the guest says it started (sending again if the line was lost, as it
+// can be when the guest's read loop reopens its port).
+func (g *Guest) Start() error {
+	var err error
+	for i := 0; i < 3; i++ {
+		if err = g.Send("go"); err != nil {
+			continue
+		}
+		if err = g.WaitFor("=== SCENARIO START ===", 20*time.Second); err == nil {
+			return nil
+		}
+	}
+	return err
+}
 
 // Send sends one command line to the guest's command loop
 // (testdata/watch/init.sh).
