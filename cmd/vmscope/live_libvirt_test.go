@@ -203,6 +203,9 @@ func TestLiveDirtyLibvirt(t *testing.T) {
 		if strings.Contains(errOut, "full pass") {
 			t.Errorf("step %d: a full pass after release: %s", step, errOut)
 		}
+		if want := fmt.Sprintf("writes since generation %d from %s-%d", 4+2*i, tag, 4+2*i); !strings.Contains(doc.Source, want) {
+			t.Errorf("step %d: poll after release: %s; want %q (the oldest checkpoint, covering the killed poll's)", step, doc.Source, want)
+		}
 		if step >= 4 {
 			lg.check(k, false, killed, doc)
 		} else {

@@ -162,7 +162,7 @@ func (l *liveDisk) point() string {
 	if v.Next() != "" {
 		s += fmt.Sprintf(" (bitmap generation %d", v.Gen)
 		if v.Read != "" {
-			s += fmt.Sprintf(", writes since generation %d from %s", v.Gen-1, v.Read)
+			s += fmt.Sprintf(", writes since generation %d from %s", v.ReadGen(), v.Read)
 		}
 		s += ")"
 	}

@@ -382,3 +382,11 @@ func ReleaseLibvirt(ctx context.Context, dom *libvirt.Domain) (*Released, error)
 	rel.Removed = append(rel.Removed, "folder "+dir)
 	return rel, nil
 }
+
+// ReadGen is the generation of the bitmap (or checkpoint) the poll read;
+// 0 for a full poll. A libvirt poll after a killed one reads an older
+// generation than Gen-1.
+func (v *View) ReadGen() uint64 {
+	_, g, _ := parseTrack(v.Read)
+	return g
+}
