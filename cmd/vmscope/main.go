@@ -60,10 +60,11 @@ Disk images (raw, qcow2, backing chains):
   dirty     files changed since a point (overlay, dirty bitmap, poll state)
   diff      files that differ between two images
 Memory (dumps: ELF, kdump, LiME, raw; or a live QEMU guest):
-  mem       ps, files, modules, mounts, info... of the Linux kernel in memory
-Live QEMU guests (GDB stub and QMP):
+  mem       ps, files, modules, mounts, info, check (kernel integrity)... of the Linux kernel in memory
+Live QEMU guests (qemu:pid=…, libvirt:DOMAIN, gdb://…; scan/dirty --guest poll their disks):
   guest     info, dump, break, release... a running guest
-  cfi       learn, monitor, show: page-level kernel control-flow integrity`,
+  cfi       learn, monitor, show: page-level kernel control-flow integrity
+  watch     report (or deny) accesses to named files, from the guest's kernel objects`,
 		Version:       versionString(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
