@@ -161,9 +161,11 @@ func TestWatchScenario(t *testing.T) {
 	if len(acts) < 100 {
 		t.Fatalf("%d ACT lines", len(acts))
 	}
+	// The guest logs getpid(), the thread group: a Go actor may make a
+	// system call on any of its threads, so events are matched by TGID.
 	byPID := map[int][]Event{}
 	for _, ev := range events {
-		byPID[ev.PID] = append(byPID[ev.PID], ev)
+		byPID[ev.TGID] = append(byPID[ev.TGID], ev)
 	}
 	isWatched := map[string]bool{}
 	for _, p := range watched {
@@ -236,7 +238,7 @@ func TestDenyScenario(t *testing.T) {
 	denied := map[int]bool{}
 	for _, ev := range events {
 		if ev.Action == "deny" {
-			denied[ev.PID] = true
+			denied[ev.TGID] = true
 			if ev.Path != secret || ev.UID != 1000 {
 				t.Errorf("denied event %+v is not a forbidden access", ev)
 			}
