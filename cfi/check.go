@@ -85,6 +85,7 @@ func Check(ctx context.Context, k *linux.Kernel, opts ...Option) (*Report, error
 		{"kprobes", c.kprobes},
 		{"stacks", c.stacks},
 		{"text", c.text},
+		{"kallsyms", c.kallsyms},
 	} {
 		if err := ctx.Err(); err != nil {
 			return nil, err

@@ -3,6 +3,7 @@ package cfi_test
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -156,5 +157,80 @@ func TestCheckSyscallSwapped(t *testing.T) {
 		!strings.Contains(f.Evidence, "syscall metadata names number 217 sys_getdents64") ||
 		!strings.Contains(f.Evidence, "the kernel image has __x64_sys_getdents64") {
 		t.Errorf("finding %+v", f)
+	}
+}
+
+// TestCheckKallsymsModified changes one bit of one kallsyms_offsets entry
+// (a text symbol in the middle of the table, moved by one byte, its
+// neighbours further apart) in the guest fixture's dump, as a rootkit
+// moving a symbol would: the kallsyms check reports exactly that byte, in
+// kallsyms_offsets, and nothing else is found. The entry is located
+// independently of the check: the only place in .rodata whose eight
+// consecutive s32 differences are the recovered symbols' address gaps.
+func TestCheckKallsymsModified(t *testing.T) {
+	img, err := linux.ReadVmlinux(fixture.GuestPath(t, "vmlinuz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, k := openKernel(t, fixture.GuestPath(t, "kaslr", "guest.elf"))
+	syms := k.Symbols.List
+	i := len(syms) / 2
+	for ; i+9 < len(syms); i++ {
+		y := syms[i]
+		if y.Type == 't' && !strings.HasPrefix(y.Name, "__") && syms[i-1].Addr+1 < y.Addr && y.Addr+1 < syms[i+1].Addr {
+			break
+		}
+	}
+	lo, ok1 := k.Symbols.Addr("__start_rodata")
+	hi, ok2 := k.Symbols.Addr("__end_rodata")
+	if !ok1 || !ok2 || hi <= lo || hi-lo > 64<<20 {
+		t.Fatalf("rodata [%#x,%#x)", uint64(lo), uint64(hi))
+	}
+	ro := make([]byte, hi-lo)
+	if _, err := k.AS.ReadVirt(ro, lo); err != nil {
+		t.Fatal(err)
+	}
+	var at []vmi.VA
+	for j := 0; j+4*9 <= len(ro); j += 4 {
+		ok := true
+		for m := 0; m < 8 && ok; m++ {
+			d := int64(int32(binary.LittleEndian.Uint32(ro[j+4*m:]))) - int64(int32(binary.LittleEndian.Uint32(ro[j+4*m+4:])))
+			gap := int64(syms[i+m+1].Addr - syms[i+m].Addr)
+			ok = d == gap || d == -gap
+		}
+		if ok {
+			at = append(at, lo+vmi.VA(j))
+		}
+	}
+	if len(at) != 1 {
+		t.Fatalf("kallsyms_offsets[%d] (%s) found at %#x", i, syms[i].Name, at)
+	}
+	va := at[0]
+	pa, _, err := k.AS.Translate(va)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var orig [1]byte
+	if _, err := s.ReadAt(orig[:], int64(pa)); err != nil {
+		t.Fatal(err)
+	}
+	k2, err := linux.Discover(context.Background(), patched{s, pa, orig[0] ^ 1}, linux.WithCPUs(s.CPUs()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := k2.Symbols.Addr(syms[i].Name); a == syms[i].Addr {
+		t.Fatalf("%s still at %#x: the flipped byte is not its kallsyms_offsets entry", syms[i].Name, uint64(a))
+	}
+	rep, err := cfi.Check(context.Background(), k2, cfi.WithCPUs(s.CPUs()), cfi.WithKernelImage(img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Findings) != 1 {
+		t.Fatalf("%d findings, want 1: %v", len(rep.Findings), rep.Findings)
+	}
+	f := rep.Findings[0]
+	t.Logf("%s moved by the flip; %v", syms[i].Name, f)
+	if want := fmt.Sprintf("kallsyms_offsets+%#x", 4*i); f.Kind != cfi.KindKallsymsModified || f.Address != uint64(va) || f.Where != want {
+		t.Errorf("finding %+v, want %s at %#x in %s", f, cfi.KindKallsymsModified, uint64(va), want)
 	}
 }

@@ -418,3 +418,99 @@ func TestKprobeHandlerOutsideText(t *testing.T) {
 		t.Fatalf("kprobe findings %v, want one at %#x in %q", got, uint64(windowVA+handlerOff), want)
 	}
 }
+
+// kallsymsBlob lays out kallsyms tables of n symbols (names "sN", one
+// token per byte value) as scripts/kallsyms.c does, with
+// kallsyms_relative_base at the returned offset.
+func kallsymsBlob(n int, seqs bool) ([]byte, int) {
+	le := binary.LittleEndian
+	pad := func(b []byte) []byte {
+		for len(b)%8 != 0 {
+			b = append(b, 0)
+		}
+		return b
+	}
+	var b []byte
+	for i := 0; i < n; i++ {
+		b = le.AppendUint32(b, uint32(0x100*i))
+	}
+	b = pad(b)
+	base := len(b)
+	b = le.AppendUint64(b, 0xffffffff81000000)
+	b = le.AppendUint32(b, uint32(n))
+	b = pad(b)
+	names := len(b)
+	var marks []uint32
+	for i := 0; i < n; i++ {
+		if i%256 == 0 {
+			marks = append(marks, uint32(len(b)-names))
+		}
+		s := fmt.Sprintf("ts%d", i)
+		b = append(b, byte(len(s)))
+		b = append(b, s...)
+	}
+	b = pad(b)
+	for _, m := range marks {
+		b = le.AppendUint32(b, m)
+	}
+	b = pad(b)
+	if seqs {
+		b = pad(append(b, make([]byte, 3*n)...))
+	}
+	tt := len(b)
+	var idx []uint16
+	for c := 0; c < 256; c++ {
+		idx = append(idx, uint16(len(b)-tt))
+		tok := byte(c)
+		if tok == 0 {
+			tok = '@'
+		}
+		b = append(b, tok, 0)
+	}
+	b = pad(b)
+	for _, v := range idx {
+		b = le.AppendUint16(b, v)
+	}
+	return b, base
+}
+
+// FuzzKallsymsTables parses hostile .rodata for the kallsyms tables: no
+// panic, and tables accepted lie in the input, in the order of the
+// layout, without overlapping; the synthetic tables (with and without
+// kallsyms_seqs_of_names) are found whole.
+func FuzzKallsymsTables(f *testing.F) {
+	for _, c := range []struct {
+		n    int
+		seqs bool
+	}{{3, false}, {300, false}, {300, true}} {
+		b, base := kallsymsBlob(c.n, c.seqs)
+		tables, ok := kallsymsAt(b, base)
+		if want := 7 + btoi(c.seqs); !ok || len(tables) != want || tables[len(tables)-1].link+512 != vmi.VA(len(b)) {
+			f.Fatalf("%d symbols (seqs %v): %v %v, want %d tables ending at %d", c.n, c.seqs, tables, ok, want, len(b))
+		}
+		f.Add(b, base)
+	}
+	f.Fuzz(func(t *testing.T, ro []byte, base int) {
+		if base < 0 || base%8 != 0 {
+			return
+		}
+		tables, ok := kallsymsAt(ro, base)
+		if !ok {
+			return
+		}
+		end := vmi.VA(0)
+		for _, tb := range tables {
+			if tb.link < end || tb.link+vmi.VA(tb.size) > vmi.VA(len(ro)) {
+				t.Fatalf("table %s [%#x,+%d) out of order or out of %d bytes", tb.name, uint64(tb.link), tb.size, len(ro))
+			}
+			end = tb.link + vmi.VA(tb.size)
+		}
+	})
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
