@@ -84,6 +84,22 @@ type Trap struct {
 // Breakpoint is the execute trap at va.
 func Breakpoint(va VA) Trap { return Trap{Addr: va, Len: 1, Access: Execute} }
 
+// PageExecSize is the length of a page execute trap.
+const PageExecSize = 4096
+
+// PageExec is the execute trap on the whole 4 KiB page at va (va rounded
+// down): a stop on any instruction fetched from it. Validate refuses it
+// (a debug stub breaks on one address); only a backend that traps by
+// page permissions accepts it (vmi/libvmi).
+func PageExec(va VA) Trap {
+	return Trap{Addr: va &^ (PageExecSize - 1), Len: PageExecSize, Access: Execute}
+}
+
+// IsPageExec reports whether t is a PageExec trap.
+func (t Trap) IsPageExec() bool {
+	return t.Access == Execute && t.Len == PageExecSize && t.Addr%PageExecSize == 0
+}
+
 // Watchpoint is a trap on accesses a (read, write or both) of n bytes at va.
 func Watchpoint(va VA, n uint64, a Access) Trap { return Trap{Addr: va, Len: n, Access: a} }
 

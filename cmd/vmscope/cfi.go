@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -28,7 +29,9 @@ func newCfiCmd() *cobra.Command {
 			"KASLR slide) and the transitions between them; monitor reports kernel-mode execution on a page outside the " +
 			"model (alert) or outside every known code region (critical). Sources: plugin (QEMU TCG plugin of " +
 			"testdata/cfi-plugin, every transition), sample (interrupts through the GDB stub at --rate, unwinds the kernel " +
-			"stack), step (single-steps windows from --step-entry to its return). The guest is left running with no trap " +
+			"stack), step (single-steps windows from --step-entry to its return), vmi (page execute traps in EPT/NPT through " +
+			"LibVMI, re-armed as execution moves: --guest libvmi:DOMAIN on Xen or KVMi, a build with -tags libvmi; " +
+			"the QEMU stub refuses it). The guest is left running with no trap " +
 			"on every exit path.",
 	}
 	c.PersistentFlags().StringVar(&guestJournal, "journal", "", "the journal of what vmscope changed on the guest")
@@ -51,7 +54,7 @@ type cfiSourceFlags struct {
 
 func (f *cfiSourceFlags) add(c *cobra.Command, defDuration time.Duration) {
 	c.Flags().StringVar(&f.spec, "guest", "", guestFlagHelp)
-	c.Flags().StringVar(&f.source, "source", "sample", "sample, step or plugin")
+	c.Flags().StringVar(&f.source, "source", "sample", "sample, step, plugin or vmi (vmi: page execute traps through LibVMI on Xen or KVMi; --guest libvmi:DOMAIN, needs a build with -tags libvmi)")
 	c.Flags().DurationVar(&f.duration, "duration", defDuration, "how long to run (0: until SIGINT/SIGTERM)")
 	c.Flags().Float64Var(&f.rate, "rate", 100, "samples per second (--source sample)")
 	c.Flags().StringVar(&f.socket, "plugin-socket", "", "the unix socket of QEMU's cfi-plugin (-plugin cfi-plugin.so,sock=PATH; --source plugin)")
@@ -63,26 +66,34 @@ func (f *cfiSourceFlags) add(c *cobra.Command, defDuration time.Duration) {
 
 // cfiSession is an attached guest, its kernel and regions, and a source.
 type cfiSession struct {
-	src     *memSource
+	src     *memSource                  // nil for a libvmi: guest
+	closer  func(context.Context) error // closes a libvmi: guest
 	kernel  *linux.Kernel
 	regions *cfi.Regions
 	source  cfi.Source
 }
 
 // openCfi attaches to the guest, finds its kernel and code regions, and
-// builds the source. The caller closes src (the guest is left as found).
+// builds the source. The caller closes it (s.close: the guest is left as
+// found).
 func openCfi(ctx context.Context, f *cfiSourceFlags, replay bool) (*cfiSession, error) {
 	if f.spec == "" {
 		return nil, usageError{errors.New("--guest is required")}
 	}
 	switch f.source {
-	case "sample", "step":
+	case "sample", "step", "vmi":
 	case "plugin":
 		if f.socket == "" {
 			return nil, usageError{errors.New("--source plugin needs --plugin-socket")}
 		}
 	default:
-		return nil, usageError{fmt.Errorf("--source %q: want sample, step or plugin", f.source)}
+		return nil, usageError{fmt.Errorf("--source %q: want sample, step, plugin or vmi", f.source)}
+	}
+	if name, ok := strings.CutPrefix(f.spec, libvmiSpec); ok {
+		if f.source != "vmi" {
+			return nil, usageError{fmt.Errorf("--guest %s…: only with --source vmi", libvmiSpec)}
+		}
+		return openLibVMICfi(ctx, name)
 	}
 	src, err := openMemory(ctx, memTarget{Guest: f.spec, Journal: guestJournal})
 	if err != nil {
@@ -107,8 +118,23 @@ func openCfi(ctx context.Context, f *cfiSourceFlags, replay bool) (*cfiSession, 
 			return fail(usageError{fmt.Errorf("--step-entry %q: no such kernel symbol", f.entry)})
 		}
 		s.source = &cfi.StepSource{Guest: src.guest, AS: s.kernel.AS, Entry: entry, MaxSteps: f.maxSteps, Windows: f.windows}
+	case "vmi":
+		// The QEMU stub traps one address, not a page: the source says so
+		// (cfi.ErrNeedsPageTraps) and leaves the guest as found.
+		s.source = &cfi.VMISource{Tracer: src.guest, Regions: s.regions}
 	}
 	return s, nil
+}
+
+// libvmiSpec prefixes a LibVMI domain name in --guest (--source vmi).
+const libvmiSpec = "libvmi:"
+
+// close leaves the guest as found.
+func (s *cfiSession) close(ctx context.Context) error {
+	if s.closer != nil {
+		return s.closer(context.WithoutCancel(ctx))
+	}
+	return s.src.Close(ctx)
 }
 
 func (s *cfiSession) refresh(ctx context.Context) (*cfi.Regions, error) {
@@ -149,7 +175,7 @@ func runCfiLearn(ctx context.Context, f *cfiSourceFlags, out string, sinceBoot b
 	if err != nil {
 		return err
 	}
-	defer func() { err = errors.Join(err, s.src.Close(ctx)) }()
+	defer func() { err = errors.Join(err, s.close(ctx)) }()
 	lctx, cancel := withDuration(ctx, f.duration)
 	defer cancel()
 	m, st, err := cfi.Learn(lctx, s.source, s.regions, s.refresh)
@@ -186,6 +212,8 @@ func writeSourceStats(w io.Writer, src cfi.Source) {
 	case *cfi.StepSource:
 		st := x.Stats()
 		fmt.Fprintf(w, "windows: %d (%d cut at the step bound), steps: %d\n", st.Windows, st.Cut, st.Steps)
+	case *cfi.VMISource:
+		fmt.Fprintf(w, "transitions over the rate bound, not reported: %d\n", x.Dropped())
 	}
 }
 
@@ -257,7 +285,7 @@ func runCfiMonitor(ctx context.Context, f *cfiSourceFlags, model, format string,
 	if err != nil {
 		return err
 	}
-	defer func() { err = errors.Join(err, s.src.Close(ctx)) }()
+	defer func() { err = errors.Join(err, s.close(ctx)) }()
 	if err := m.Build.Check(s.regions.Build); err != nil {
 		return err
 	}

@@ -292,9 +292,11 @@ func (in *Instance) setPage(gfn vmi.GFN, traps []vmi.Trap) error {
 // emulated when the callback returns and the guest runs on, so a stop
 // event is a notification (read registers at once for the state near
 // it). An address reached through another mapping of the frame (a user
-// alias) is not reported. Needs Open with events.
+// alias) is not reported. Besides the traps Validate accepts, it takes a
+// page execute trap (vmi.PageExec): every instruction fetched from the
+// page is a stop. Needs Open with events.
 func (in *Instance) Insert(ctx context.Context, t vmi.Trap) error {
-	if err := t.Validate(); err != nil {
+	if err := t.Validate(); err != nil && !t.IsPageExec() {
 		return err
 	}
 	in.mu.Lock()
