@@ -100,7 +100,7 @@ func (s *VMISource) Run(ctx context.Context, emit func(Event) error) (err error)
 			e = s.Tracer.Remove(context.WithoutCancel(ctx), vmi.PageExec(pages[0]))
 			return errors.Join(fmt.Errorf("%w (tracer %T holds the vCPU on a trap)", ErrNeedsPageTraps, s.Tracer), e)
 		} else {
-			return fmt.Errorf("%w: %v", ErrNeedsPageTraps, e)
+			return fmt.Errorf("%w: %w", ErrNeedsPageTraps, e)
 		}
 	}
 	cpus, err := s.Tracer.CPUs(ctx)
@@ -138,7 +138,7 @@ func (s *VMISource) Run(ctx context.Context, emit func(Event) error) (err error)
 			if !armed[va] {
 				if err := s.Tracer.Insert(ctx, vmi.PageExec(va)); err != nil {
 					if errors.Is(err, vmi.ErrBadTrap) {
-						return fmt.Errorf("%w: %v", ErrNeedsPageTraps, err)
+						return fmt.Errorf("%w: %w", ErrNeedsPageTraps, err)
 					}
 					return err
 				}

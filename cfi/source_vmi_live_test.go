@@ -1,0 +1,96 @@
+package cfi
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/vmscope/vmscope/vmi"
+)
+
+// TestVMISourceRefusedByQEMUStub runs the vmi source on the real QEMU TCG
+// guest through the GDB stub: the stub traps one address, not a page, so
+// the source must fail with ErrNeedsPageTraps, emit nothing, and leave no
+// trap and the guest running. Then the TCG plugin's real page sequence of
+// the same guest is replayed through the re-arm state machine: the
+// transitions it reports are the plugin's, restricted to the code
+// regions, runs of one page merged.
+func TestVMISourceRefusedByQEMUStub(t *testing.T) {
+	g := bootGuest(t, "")
+	qg, _, regions := attach(t, g)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var got collector
+	err := (&VMISource{Tracer: qg, Regions: regions}).Run(ctx, got.emit)
+	if !errors.Is(err, ErrNeedsPageTraps) {
+		t.Errorf("Run on the QEMU stub: %v, want ErrNeedsPageTraps", err)
+	}
+	if !errors.Is(err, vmi.ErrBadTrap) {
+		t.Errorf("Run on the QEMU stub: %v, want the stub's refusal (vmi.ErrBadTrap) in it", err)
+	}
+	if len(got.evs) != 0 {
+		t.Errorf("%d events emitted", len(got.evs))
+	}
+	if bps := qg.Breakpoints(); len(bps) != 0 {
+		t.Errorf("traps left: %v", bps)
+	}
+	if err := qg.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	g.running(t)
+
+	// The plugin's page sequence through the state machine.
+	var plug collector
+	pctx, pcancel := context.WithTimeout(ctx, 3*time.Second)
+	defer pcancel()
+	if err := (&PluginSource{Socket: g.Plugin}).Run(pctx, plug.emit); err != nil {
+		t.Fatal(err)
+	}
+	plug.mu.Lock()
+	evs := append([]Event(nil), plug.evs...)
+	plug.mu.Unlock()
+	code := regions.codePages()
+	codeSet := map[vmi.VA]bool{}
+	for _, va := range code {
+		codeSet[va] = true
+	}
+	start := map[int]vmi.VA{}
+	var run []xstep
+	for _, ev := range evs {
+		if _, ok := start[ev.CPU]; !ok && codeSet[ev.Page] {
+			start[ev.CPU] = ev.Page
+			continue
+		}
+		run = append(run, xstep{ev.CPU, ev.Page})
+	}
+	if len(start) == 0 {
+		t.Fatalf("the plugin reported %d events, none on a code page", len(evs))
+	}
+	seen := simulate(t, code, start, run)
+	var n int
+	for cpu, st := range start {
+		var mine []trans
+		for _, x := range seen {
+			if x.cpu == cpu {
+				mine = append(mine, x)
+			}
+		}
+		want := reference(cpu, st, codeSet, run)
+		n += len(want)
+		if len(mine) != len(want) {
+			t.Errorf("vCPU %d: %d transitions, reference %d", cpu, len(mine), len(want))
+			continue
+		}
+		for i := range want {
+			if mine[i] != want[i] {
+				t.Errorf("vCPU %d transition %d: %+v, reference %+v", cpu, i, mine[i], want[i])
+				break
+			}
+		}
+	}
+	if n < 100 {
+		t.Errorf("only %d transitions in the plugin's sequence (%d events)", n, len(evs))
+	}
+	t.Logf("plugin: %d events, %d transitions between code pages replayed", len(evs), n)
+}
