@@ -49,7 +49,7 @@ type Event struct {
 
 // Source is a mechanism that observes a guest's kernel execution.
 type Source interface {
-	// Name is "plugin", "sample" or "step".
+	// Name is "plugin", "sample", "step" or "vmi".
 	Name() string
 	// Run observes until ctx ends (then it returns nil after leaving the
 	// guest as found) or emit returns an error (returned).

@@ -177,7 +177,10 @@ func (s *VMISource) Run(ctx context.Context, emit func(Event) error) (err error)
 			}
 			addr = vmi.VA(regs.RIP)
 		}
-		ev, arm, disarm := p.stop(st.CPU, pageOf(addr))
+		ev, arm, disarm, moved := p.stop(st.CPU, pageOf(addr))
+		if !moved {
+			continue
+		}
 		if err := apply(arm, disarm); err != nil {
 			return quiet(ctx, err)
 		}
@@ -273,15 +276,20 @@ func (p *vmiPager) armedList() []vmi.VA {
 
 // stop takes an execute stop of vCPU cpu on page b: the transition from
 // the page the vCPU was on (0 when unknown), the pages to arm (the page
-// left, when no vCPU remains on it) and to disarm (b).
-func (p *vmiPager) stop(cpu int, b vmi.VA) (ev Event, arm, disarm []vmi.VA) {
+// left, when no vCPU remains on it) and to disarm (b). moved is false for
+// a stop on the page the vCPU is already on (stops queued before b was
+// disarmed): no transition, nothing to change.
+func (p *vmiPager) stop(cpu int, b vmi.VA) (ev Event, arm, disarm []vmi.VA, moved bool) {
+	if cur, ok := p.on[cpu]; ok && cur == b {
+		return Event{}, nil, nil, false
+	}
 	from := p.move(cpu, b)
 	ev = Event{CPU: cpu, Page: b, From: from, Addr: b}
-	if from != 0 && from != b && p.armed(from) {
+	if from != 0 && p.armed(from) {
 		arm = append(arm, from)
 	}
 	if p.code[b] {
 		disarm = append(disarm, b)
 	}
-	return ev, arm, disarm
+	return ev, arm, disarm, true
 }

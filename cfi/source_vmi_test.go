@@ -62,7 +62,10 @@ func simulate(t *testing.T, code []vmi.VA, start map[int]vmi.VA, run []xstep) []
 		if !e[x.page] {
 			continue
 		}
-		ev, arm, disarm := p.stop(x.cpu, x.page)
+		ev, arm, disarm, moved := p.stop(x.cpu, x.page)
+		if !moved {
+			t.Fatalf("stop at %#x on %d, an armed page: not a move", uint64(x.page), x.cpu)
+		}
 		if ev.Page != x.page || ev.CPU != x.cpu {
 			t.Fatalf("stop at %#x on %d: event %+v", uint64(x.page), x.cpu, ev)
 		}
@@ -171,6 +174,25 @@ func TestVMIPagerRandom(t *testing.T) {
 		if !slices.Equal(mine, want) {
 			t.Errorf("vCPU %d: %d transitions, reference %d", cpu, len(mine), len(want))
 		}
+	}
+}
+
+// TestVMIPagerRepeatStop: stops queued on a page before it was disarmed
+// are no transition and change nothing.
+func TestVMIPagerRepeatStop(t *testing.T) {
+	const a, b = 0xffffffff81000000, 0xffffffff81001000
+	p := newVMIPager([]vmi.VA{a, b})
+	p.start(0, a)
+	if ev, arm, disarm, moved := p.stop(0, b); !moved || ev.From != a || !slices.Equal(arm, []vmi.VA{a}) || !slices.Equal(disarm, []vmi.VA{b}) {
+		t.Fatalf("a→b: %+v arm %x disarm %x moved %v", ev, arm, disarm, moved)
+	}
+	for range 3 {
+		if ev, arm, disarm, moved := p.stop(0, b); moved || len(arm)+len(disarm) != 0 {
+			t.Fatalf("repeat on b: %+v arm %x disarm %x moved %v", ev, arm, disarm, moved)
+		}
+	}
+	if got := p.armedList(); !slices.Equal(got, []vmi.VA{a}) {
+		t.Errorf("armed %x, want only a", got)
 	}
 }
 
