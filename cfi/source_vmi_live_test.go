@@ -12,10 +12,12 @@ import (
 // TestVMISourceRefusedByQEMUStub runs the vmi source on the real QEMU TCG
 // guest through the GDB stub: the stub traps one address, not a page, so
 // the source must fail with ErrNeedsPageTraps, emit nothing, and leave no
-// trap and the guest running. Then the TCG plugin's real page sequence of
-// the same guest is replayed through the re-arm state machine: the
-// transitions it reports are the plugin's, restricted to the code
-// regions, runs of one page merged.
+// trap and the guest running. Then the TCG plugin's real edges of the
+// same guest (each distinct page transition once, in first-seen order)
+// are replayed as executions (from page, then to page) through the re-arm
+// state machine: its transitions must equal the per-vCPU reference
+// (code pages in order, runs merged), and every plugin edge between two
+// code pages must be among them.
 func TestVMISourceRefusedByQEMUStub(t *testing.T) {
 	g := bootGuest(t, "")
 	qg, _, regions := attach(t, g)
@@ -57,12 +59,22 @@ func TestVMISourceRefusedByQEMUStub(t *testing.T) {
 	}
 	start := map[int]vmi.VA{}
 	var run []xstep
+	edges := map[trans]bool{} // the plugin's edges between two code pages
 	for _, ev := range evs {
-		if _, ok := start[ev.CPU]; !ok && codeSet[ev.Page] {
-			start[ev.CPU] = ev.Page
-			continue
+		if ev.From != 0 {
+			run = append(run, xstep{ev.CPU, ev.From})
+			if codeSet[ev.From] && codeSet[ev.Page] && ev.From != ev.Page {
+				edges[trans{ev.CPU, ev.From, ev.Page}] = true
+			}
 		}
 		run = append(run, xstep{ev.CPU, ev.Page})
+	}
+	for i, x := range run {
+		if codeSet[x.page] {
+			start[x.cpu] = x.page
+			run = run[i+1:]
+			break
+		}
 	}
 	if len(start) == 0 {
 		t.Fatalf("the plugin reported %d events, none on a code page", len(evs))
@@ -89,8 +101,21 @@ func TestVMISourceRefusedByQEMUStub(t *testing.T) {
 			}
 		}
 	}
+	reported := map[trans]bool{}
+	for _, x := range seen {
+		reported[x] = true
+	}
+	var missed int
+	for e := range edges {
+		if !reported[e] {
+			missed++
+		}
+	}
+	if missed != 0 || len(edges) < 100 {
+		t.Errorf("%d of the plugin's %d code-page edges not reported by the re-arm machine", missed, len(edges))
+	}
 	if n < 100 {
 		t.Errorf("only %d transitions in the plugin's sequence (%d events)", n, len(evs))
 	}
-	t.Logf("plugin: %d events, %d transitions between code pages replayed", len(evs), n)
+	t.Logf("plugin: %d edges (%d between code pages), %d transitions replayed", len(evs), len(edges), n)
 }
