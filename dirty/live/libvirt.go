@@ -13,9 +13,7 @@ import (
 	"time"
 
 	"github.com/vmscope/vmscope/dirty/nbd"
-	"github.com/vmscope/vmscope/dirty/source"
 	"github.com/vmscope/vmscope/disk"
-	"github.com/vmscope/vmscope/internal/rangeset"
 	"github.com/vmscope/vmscope/vmi/qemu/libvirt"
 )
 
@@ -320,35 +318,6 @@ func (lp *libvirtPoll) end(ctx context.Context, v *View, ok bool) error {
 		lp.created = false
 	}
 	return errors.Join(errs...)
-}
-
-// libvirtSource is the view of a libvirt poll as a dirty source: the
-// writes since the oldest tracking checkpoint, which covers the state's
-// cursor when it is that checkpoint or a newer one this poll found.
-type libvirtSource struct{ v *View }
-
-func (*libvirtSource) String() string { return "live" }
-
-func (s *libvirtSource) Since(_ context.Context, prev, next *source.Cursor) (rangeset.Set, bool, error) {
-	v := s.v
-	next.Live = &source.LiveCursor{Node: v.Disk.Identity(), Bitmap: v.next}
-	full, why := v.Full, v.Why
-	switch {
-	case full:
-	case prev == nil:
-		full, why = true, "first poll"
-	case prev.Live == nil:
-		full, why = true, fmt.Sprintf("the state's last poll used source %s", prev.Source)
-	case prev.Live.Node != v.Disk.Identity():
-		full, why = true, fmt.Sprintf("the state was made on %s, this disk is %s", prev.Live.Node, v.Disk.Identity())
-	case prev.Live.Bitmap != v.Read && !slices.Contains(v.merged, prev.Live.Bitmap):
-		full, why = true, fmt.Sprintf("the state's checkpoint %s is not among the domain's (%s): deleted by another tool", prev.Live.Bitmap, strings.Join(s.v.lv.older, ", "))
-	}
-	if full {
-		v.Full, v.Why = true, why
-		return rangeset.Set{}, true, nil
-	}
-	return v.Dirty, false, nil
 }
 
 // ReleaseLibvirt aborts the backup job a killed poll left on the domain

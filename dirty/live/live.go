@@ -37,6 +37,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -361,12 +362,7 @@ func mergeForward(ctx context.Context, m qemu.Monitor, node, from, to string) er
 func (v *View) Merged() []string { return v.merged }
 
 // Source is the dirty source of the view for dirty.Select.
-func (v *View) Source() source.Source {
-	if v.lv != nil {
-		return &libvirtSource{v}
-	}
-	return &liveSource{v}
-}
+func (v *View) Source() source.Source { return &liveSource{v} }
 
 // Next is the name of the bitmap created at the view's point in time.
 func (v *View) Next() string { return v.next }
@@ -461,12 +457,8 @@ func (s *liveSource) Since(_ context.Context, prev, next *source.Cursor) (ranges
 	case prev.Live.Node != v.Disk.Identity():
 		full, why = true, fmt.Sprintf("the state was made on %s, this disk is %s", prev.Live.Node, v.Disk.Identity())
 	case prev.Live.Bitmap != v.Read:
-		// The state's bitmap may have been merged into this one (a
-		// killed poll, released): same tag, older generation.
-		pt, pg, ok1 := parseTrack(prev.Live.Bitmap)
-		rt, rg, ok2 := parseTrack(v.Read)
-		if !ok1 || !ok2 || pt != rt || pg > rg || !v.mergedFrom(prev.Live.Bitmap) {
-			full, why = true, fmt.Sprintf("the state's bitmap %s is not the one on the disk (%s): removed or reset by another tool", prev.Live.Bitmap, v.Read)
+		if why = v.uncovered(prev.Live.Bitmap); why != "" {
+			full = true
 		}
 	}
 	if full {
@@ -474,6 +466,26 @@ func (s *liveSource) Since(_ context.Context, prev, next *source.Cursor) (ranges
 		return rangeset.Set{}, true, nil
 	}
 	return v.Dirty, false, nil
+}
+
+// uncovered says why the bitmap (or checkpoint) the view read does not
+// cover every write since the state's bitmap name, "" when it does.
+// QEMU: name was merged into it (a killed poll, released: same tag, older
+// generation). libvirt: name is one of the older checkpoints this poll
+// read from.
+func (v *View) uncovered(name string) string {
+	if v.lv != nil {
+		if slices.Contains(v.merged, name) {
+			return ""
+		}
+		return fmt.Sprintf("the state's checkpoint %s is not among the domain's (%s): deleted by another tool", name, strings.Join(v.lv.older, ", "))
+	}
+	pt, pg, ok1 := parseTrack(name)
+	rt, rg, ok2 := parseTrack(v.Read)
+	if !ok1 || !ok2 || pt != rt || pg > rg || !v.mergedFrom(name) {
+		return fmt.Sprintf("the state's bitmap %s is not the one on the disk (%s): removed or reset by another tool", name, v.Read)
+	}
+	return ""
 }
 
 // mergedFrom reports whether bitmap name (of the state) is covered by the
