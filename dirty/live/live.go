@@ -285,6 +285,11 @@ func (v *View) dial(ctx context.Context, sock, export, dirtyCtx string) error {
 		return nil
 	}
 	ext, err := v.Client.BlockStatus(ctx, dirtyCtx, 0, v.Disk.Size)
+	if errors.Is(err, nbd.ErrTooManyExtents) {
+		// The bitmap is too fragmented to hold as ranges: read it all.
+		v.Full, v.Why = true, fmt.Sprintf("the dirty bitmap splits into more than %d extents", nbd.DefaultMaxExtents)
+		return nil
+	}
 	if err != nil {
 		return err
 	}
