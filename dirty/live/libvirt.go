@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,8 +11,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vmscope/vmscope/dirty/nbd"
-	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/vmi/qemu/libvirt"
 )
 
@@ -123,41 +120,17 @@ func BeginLibvirt(ctx context.Context, dom *libvirt.Domain, o Options) (v *View,
 	if exp == nil {
 		return v, fmt.Errorf("live: libvirt's backup job exports no disk %s", target)
 	}
-	nopt := nbd.Options{Export: exp.Name}
-	bctx := exp.Context()
+	dirtyCtx := ""
 	if v.Read != "" {
-		if bctx == "" {
+		if dirtyCtx = exp.Context(); dirtyCtx == "" {
 			return v, fmt.Errorf("live: libvirt's incremental backup of %s exports no dirty bitmap", target)
 		}
-		nopt.MetaContexts = []string{bctx}
 	}
-	if v.Client, err = nbd.Dial(ctx, "unix", job.Socket, nopt); err != nil {
+	if err := v.dial(ctx, job.Socket, exp.Name, dirtyCtx); err != nil {
 		return v, err
-	}
-	if v.Client.Size() != d.Size {
-		return v, fmt.Errorf("live: the export has %d bytes, the disk %d", v.Client.Size(), d.Size)
-	}
-	if v.Read != "" {
-		ext, err := v.Client.BlockStatus(ctx, bctx, 0, d.Size)
-		if err != nil {
-			return v, err
-		}
-		for _, e := range ext {
-			if e.Flags&1 != 0 {
-				v.Dirty.Add(e.Off, e.Off+e.Len)
-			}
-		}
 	}
 	o.stop(3, "export read")
-	var r io.ReaderAt = countingReader{v.Client.ReaderAt(context.WithoutCancel(ctx)), &v.BytesRead}
-	if !v.Full {
-		r = prefetch(ctx, r, d.Size, v.Dirty)
-	}
-	v.Image, err = disk.New(r, d.Size, nil, disk.WithName("libvirt:"+dom.Name()+":"+target))
-	if err != nil {
-		return v, err
-	}
-	return v, nil
+	return v, v.openImage(ctx, "libvirt:"+dom.Name()+":"+target)
 }
 
 // findLibvirtDisk picks the disk id names (see BeginLibvirt) and returns

@@ -256,37 +256,61 @@ func Begin(ctx context.Context, m qemu.Monitor, o Options) (v *View, err error) 
 	o.stop(3, "export added")
 
 	// 4. The dirty ranges and the disk, over NBD.
-	nopt := nbd.Options{Export: exportName}
-	ctxName := "qemu:dirty-bitmap:" + v.Read
+	dirtyCtx := ""
 	if v.Read != "" {
-		nopt.MetaContexts = []string{ctxName}
+		dirtyCtx = "qemu:dirty-bitmap:" + v.Read
 	}
-	if v.Client, err = nbd.Dial(ctx, "unix", v.sock, nopt); err != nil {
+	if err := v.dial(ctx, v.sock, exportName, dirtyCtx); err != nil {
 		return v, err
 	}
-	if v.Client.Size() != d.Size {
-		return v, fmt.Errorf("live: the export has %d bytes, the disk %d", v.Client.Size(), d.Size)
+	return v, v.openImage(ctx, "qemu:"+d.File)
+}
+
+// dial connects v.Client to the export named export at the unix socket
+// sock, checks that it is the disk's size and, unless dirtyCtx is ""
+// (a full read), reads v.Dirty from that metadata context.
+func (v *View) dial(ctx context.Context, sock, export, dirtyCtx string) error {
+	nopt := nbd.Options{Export: export}
+	if dirtyCtx != "" {
+		nopt.MetaContexts = []string{dirtyCtx}
 	}
-	if v.Read != "" {
-		ext, err := v.Client.BlockStatus(ctx, ctxName, 0, d.Size)
-		if err != nil {
-			return v, err
-		}
-		for _, e := range ext {
-			if e.Flags&1 != 0 {
-				v.Dirty.Add(e.Off, e.Off+e.Len)
-			}
+	var err error
+	if v.Client, err = nbd.Dial(ctx, "unix", sock, nopt); err != nil {
+		return err
+	}
+	if v.Client.Size() != v.Disk.Size {
+		return fmt.Errorf("live: the export has %d bytes, the disk %d", v.Client.Size(), v.Disk.Size)
+	}
+	if dirtyCtx == "" {
+		return nil
+	}
+	ext, err := v.Client.BlockStatus(ctx, dirtyCtx, 0, v.Disk.Size)
+	if errors.Is(err, nbd.ErrTooManyExtents) {
+		// The bitmap is too fragmented to hold as ranges: read it all.
+		v.Full, v.Why = true, fmt.Sprintf("the dirty bitmap splits into more than %d extents", nbd.DefaultMaxExtents)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range ext {
+		if e.Flags&1 != 0 {
+			v.Dirty.Add(e.Off, e.Off+e.Len)
 		}
 	}
+	return nil
+}
+
+// openImage opens v.Image (named name) over v.Client, counting the bytes
+// read and, for an incremental read, reading the dirty blocks ahead.
+func (v *View) openImage(ctx context.Context, name string) error {
 	var r io.ReaderAt = countingReader{v.Client.ReaderAt(context.WithoutCancel(ctx)), &v.BytesRead}
 	if !v.Full {
-		r = prefetch(ctx, r, d.Size, v.Dirty)
+		r = prefetch(ctx, r, v.Disk.Size, v.Dirty)
 	}
-	v.Image, err = disk.New(r, d.Size, nil, disk.WithName("qemu:"+d.File))
-	if err != nil {
-		return v, err
-	}
-	return v, nil
+	var err error
+	v.Image, err = disk.New(r, v.Disk.Size, nil, disk.WithName(name))
+	return err
 }
 
 // pickBitmaps merges the orphans of a killed poll forward, removes the

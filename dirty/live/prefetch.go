@@ -32,16 +32,18 @@ type prefetched struct {
 // read when asked (and fail then, with their error).
 func prefetch(ctx context.Context, r io.ReaderAt, size int64, dirty rangeset.Set) *prefetched {
 	p := &prefetched{r: r, size: size, units: map[int64][]byte{}}
+	// The dirty ranges come from the export (a whole disk's may be
+	// dirty): units are listed only up to prefetchMax.
 	var idx []int64
 	for _, rg := range dirty.Clip(0, size).Ranges() {
 		for u := rg.Start / prefetchUnit; u*prefetchUnit < rg.End; u++ {
 			if n := len(idx); n == 0 || idx[n-1] != u {
+				if int64(n+1)*prefetchUnit > prefetchMax {
+					return p
+				}
 				idx = append(idx, u)
 			}
 		}
-	}
-	if int64(len(idx))*prefetchUnit > prefetchMax {
-		return p
 	}
 	var mu sync.Mutex
 	var wg sync.WaitGroup

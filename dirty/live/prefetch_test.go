@@ -58,3 +58,15 @@ func TestPrefetchSameBytes(t *testing.T) {
 		t.Errorf("%d reads of prefetched units reached the reader", n)
 	}
 }
+
+// TestPrefetchBoundedByDirty: a disk dirty from end to end (an exabyte
+// export) is not read ahead, and listing its units stops at prefetchMax
+// (the test would run out of memory or time otherwise).
+func TestPrefetchBoundedByDirty(t *testing.T) {
+	size := int64(1) << 60
+	src := &countReader{r: bytes.NewReader(nil)}
+	p := prefetch(context.Background(), src, size, rangeset.Of(rangeset.Range{Start: 0, End: size}))
+	if len(p.units) != 0 || src.reads.Load() != 0 {
+		t.Fatalf("%d units prefetched, %d reads, want none", len(p.units), src.reads.Load())
+	}
+}

@@ -21,6 +21,10 @@ type Options struct {
 	// BlockStatus: "base:allocation", "qemu:dirty-bitmap:NAME",
 	// "qemu:allocation-depth". Each must be served (ErrNoContext).
 	MetaContexts []string
+	// MaxExtents bounds the extents one BlockStatus call returns
+	// (after merging neighbours with the same flags); beyond it the call
+	// fails with ErrTooManyExtents. 0 means DefaultMaxExtents.
+	MaxExtents int
 }
 
 // Client is one NBD connection in transmission mode.
@@ -33,6 +37,7 @@ type Client struct {
 	contexts map[string]uint32
 	names    map[uint32]string
 	structed bool
+	maxExt   int // Options.MaxExtents, defaulted
 
 	wmu sync.Mutex // request writes
 
@@ -64,7 +69,10 @@ func Dial(ctx context.Context, network, addr string, o Options) (*Client, error)
 // the client in transmission mode. On error the caller closes conn.
 func NewClient(ctx context.Context, conn net.Conn, addr string, o Options) (*Client, error) {
 	c := &Client{conn: conn, addr: addr, pending: map[uint64]*call{}, contexts: map[string]uint32{},
-		names: map[uint32]string{}, dead: make(chan struct{}), reader: make(chan struct{})}
+		names: map[uint32]string{}, dead: make(chan struct{}), reader: make(chan struct{}), maxExt: o.MaxExtents}
+	if c.maxExt <= 0 {
+		c.maxExt = DefaultMaxExtents
+	}
 	dl, ok := ctx.Deadline()
 	if !ok {
 		dl = time.Now().Add(time.Minute)
@@ -597,7 +605,8 @@ func (c *Client) ReadAtContext(ctx context.Context, p []byte, off int64) (int, e
 
 // BlockStatus returns the extents of metadata context name over [off,
 // off+length) (clipped to the export), asking as many requests as the
-// server needs to cover it.
+// server needs to cover it, neighbours with the same flags merged: at
+// most Options.MaxExtents of them (ErrTooManyExtents beyond).
 func (c *Client) BlockStatus(ctx context.Context, name string, off, length int64) ([]Extent, error) {
 	id, ok := c.contexts[name]
 	if !ok {
@@ -621,6 +630,9 @@ func (c *Client) BlockStatus(ctx context.Context, name string, off, length int64
 			if n := len(out); n > 0 && out[n-1].Flags == e.Flags && out[n-1].Off+out[n-1].Len == e.Off {
 				out[n-1].Len += e.Len
 			} else {
+				if len(out) == c.maxExt {
+					return out, fmt.Errorf("%w: %s over %d+%d: more than %d before offset %d", ErrTooManyExtents, name, off, length, c.maxExt, e.Off)
+				}
 				out = append(out, e)
 			}
 			pos = e.Off + e.Len

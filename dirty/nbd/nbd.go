@@ -86,6 +86,11 @@ const (
 	maxStatusPayload = 8 << 20
 	// maxExportSize is a sanity bound on the export size (2^62).
 	maxExportSize = 1 << 62
+	// DefaultMaxExtents bounds the extents one BlockStatus call keeps
+	// (24 bytes each: 96 MiB) when Options.MaxExtents is 0. A guest
+	// that dirties every other 4 KiB block of a large disk would
+	// otherwise make the list as long as the disk has blocks.
+	DefaultMaxExtents = 1 << 22
 )
 
 // Errors.
@@ -98,6 +103,9 @@ var (
 	// ErrNoContext: a metadata context asked for is not served (a
 	// dirty bitmap that is not exported).
 	ErrNoContext = vmerr.New("nbd: metadata context not served", vmerr.ErrNotPresent)
+	// ErrTooManyExtents: a BlockStatus answer split into more extents
+	// than Options.MaxExtents (the caller falls back to reading all).
+	ErrTooManyExtents = vmerr.New("nbd: too many block-status extents", vmerr.ErrUnsupported)
 	// ErrClosed: the client was closed, or the connection died.
 	ErrClosed = errors.New("nbd: connection closed")
 )

@@ -60,9 +60,14 @@ func serve(t testing.TB, img string, extra ...string) string {
 
 func dial(t testing.TB, sock string, ctxs ...string) *Client {
 	t.Helper()
+	return dialOpts(t, sock, Options{Export: "ex", MetaContexts: ctxs})
+}
+
+func dialOpts(t testing.TB, sock string, o Options) *Client {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := Dial(ctx, "unix", sock, Options{Export: "ex", MetaContexts: ctxs})
+	c, err := Dial(ctx, "unix", sock, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,6 +179,14 @@ func TestBlockStatusMatchesNbdinfo(t *testing.T) {
 	}
 	if fmt.Sprint(dirty) != "[5120+64 20480+1024 31744+64 40960+128 64512+1024]" {
 		t.Errorf("dirty KiB ranges %v", dirty)
+	}
+	// The extents kept are bounded: b0 splits into more than 3.
+	if n := len(got); n <= 3 {
+		t.Fatalf("b0 has %d extents; the bound test needs more than 3", n)
+	}
+	c3 := dialOpts(t, sock, Options{Export: "ex", MaxExtents: 3, MetaContexts: []string{"qemu:dirty-bitmap:b0"}})
+	if ext, err := c3.BlockStatus(context.Background(), "qemu:dirty-bitmap:b0", 0, c3.Size()); !errors.Is(err, ErrTooManyExtents) || len(ext) != 3 {
+		t.Errorf("3 extents at most: %d extents, %v", len(ext), err)
 	}
 	// A sub-range is clipped to what was asked.
 	sub, err := c.BlockStatus(context.Background(), "qemu:dirty-bitmap:b0", 5<<20+4096, 8192)
