@@ -107,18 +107,17 @@ func Monitor(ctx context.Context, src Source, m *Model, regions *Regions, opts M
 		p, reg, ok := cache.pageOf(ctx, ev.Page)
 		if !seenPage[ev.Page] {
 			seenPage[ev.Page] = true
-			if !ok && reg.InitText(ev.Addr) != "" {
-				mod := reg.InitText(ev.Addr)
-				return raise(Alert{Kind: KindUnlearnedPage, Severity: SeverityAlert, Address: hexVA(ev.Addr), Owner: "module " + mod + " (init text)", CPU: ev.CPU, Seen: ev.Time,
-					Evidence: fmt.Sprintf("kernel-mode execution at %#x in the init text of module %s, which no model holds (freed after init)%s", uint64(ev.Addr), mod, fromText(reg, ev.From))})
-			}
-			if !ok && opts.Trampoline != nil {
-				if what := opts.Trampoline(ev.Addr); what != "" {
-					return raise(Alert{Kind: KindUnlearnedPage, Severity: SeverityAlert, Address: hexVA(ev.Addr), Owner: what, CPU: ev.CPU, Seen: ev.Time,
-						Evidence: fmt.Sprintf("kernel-mode execution at %#x in %s, which no model holds%s", uint64(ev.Addr), what, fromText(reg, ev.From))})
-				}
-			}
 			if !ok {
+				if mod := reg.InitText(ev.Addr); mod != "" {
+					return raise(Alert{Kind: KindUnlearnedPage, Severity: SeverityAlert, Address: hexVA(ev.Addr), Owner: "module " + mod + " (init text)", CPU: ev.CPU, Seen: ev.Time,
+						Evidence: fmt.Sprintf("kernel-mode execution at %#x in the init text of module %s, which no model holds (freed after init)%s", uint64(ev.Addr), mod, fromText(reg, ev.From))})
+				}
+				if opts.Trampoline != nil {
+					if what := opts.Trampoline(ev.Addr); what != "" {
+						return raise(Alert{Kind: KindUnlearnedPage, Severity: SeverityAlert, Address: hexVA(ev.Addr), Owner: what, CPU: ev.CPU, Seen: ev.Time,
+							Evidence: fmt.Sprintf("kernel-mode execution at %#x in %s, which no model holds%s", uint64(ev.Addr), what, fromText(reg, ev.From))})
+					}
+				}
 				return raise(Alert{Kind: KindUnknownCode, Severity: SeverityCritical, Address: hexVA(ev.Addr), Owner: ownerNone, CPU: ev.CPU, Seen: ev.Time,
 					Evidence: fmt.Sprintf("kernel-mode execution at %#x, outside core text [%#x,%#x) and every listed module's text%s", uint64(ev.Addr), uint64(reg.Text), uint64(reg.Etext), fromText(reg, ev.From))})
 			}

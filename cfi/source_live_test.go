@@ -168,6 +168,41 @@ func attach(t *testing.T, g *testGuest) (*qemu.Guest, *linux.Kernel, *Regions) {
 	return qg, k, r
 }
 
+// startPlugin runs a PluginSource on g's socket into a collector and
+// returns once the plugin has taken the client (failing t if Run ends or
+// ctx does first). stop cancels the source and returns Run's error; later
+// calls return nil.
+func startPlugin(ctx context.Context, t *testing.T, g *testGuest) (*collector, func() error) {
+	t.Helper()
+	plug := &collector{}
+	ready := make(chan struct{})
+	pctx, pcancel := context.WithCancel(ctx)
+	perr := make(chan error, 1)
+	go func() {
+		perr <- (&PluginSource{Socket: g.Plugin, OnReady: func() { close(ready) }}).Run(pctx, plug.emit)
+	}()
+	stopped := false
+	stop := func() error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		pcancel()
+		return <-perr
+	}
+	select {
+	case <-ready:
+	case err := <-perr:
+		stopped = true
+		pcancel()
+		t.Fatal(err)
+	case <-ctx.Done():
+		stop()
+		t.Fatal(ctx.Err())
+	}
+	return plug, stop
+}
+
 // collector keeps a source's events.
 type collector struct {
 	mu  sync.Mutex
@@ -263,21 +298,8 @@ func TestSourcesAgainstExecLog(t *testing.T) {
 	if _, err := g.Ref.HMP(ctx, "log exec,nochain"); err != nil {
 		t.Fatal(err)
 	}
-	var plug collector
-	ready := make(chan struct{})
-	pctx, pcancel := context.WithCancel(ctx)
-	defer pcancel()
-	perr := make(chan error, 1)
-	go func() {
-		perr <- (&PluginSource{Socket: g.Plugin, OnReady: func() { close(ready) }}).Run(pctx, plug.emit)
-	}()
-	select {
-	case <-ready:
-	case err := <-perr:
-		t.Fatal(err)
-	case <-ctx.Done():
-		t.Fatal(ctx.Err())
-	}
+	plug, stopPlugin := startPlugin(ctx, t, g)
+	defer stopPlugin()
 	regs, err := g.Ref.HMP(ctx, "info registers")
 	if err != nil {
 		t.Fatal(err)
@@ -319,8 +341,7 @@ func TestSourcesAgainstExecLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(time.Second) // the vCPU is stopped: what the plugin sent is in the socket
-	pcancel()
-	if err := <-perr; err != nil {
+	if err := stopPlugin(); err != nil {
 		t.Fatal(err)
 	}
 	g.quit() // flushes and closes the log
@@ -369,15 +390,8 @@ func TestStepWindows(t *testing.T) {
 	defer qg.Close(context.Background())
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	var plug collector
-	ready := make(chan struct{})
-	pctx, pcancel := context.WithCancel(ctx)
-	defer pcancel()
-	perr := make(chan error, 1)
-	go func() {
-		perr <- (&PluginSource{Socket: g.Plugin, OnReady: func() { close(ready) }}).Run(pctx, plug.emit)
-	}()
-	<-ready
+	plug, stopPlugin := startPlugin(ctx, t, g)
+	defer stopPlugin()
 	entry, ok := k.Symbols.Addr("__x64_sys_getdents64")
 	if !ok {
 		t.Fatal("no __x64_sys_getdents64")
@@ -394,8 +408,7 @@ func TestStepWindows(t *testing.T) {
 	}
 	g.running(t)
 	time.Sleep(time.Second)
-	pcancel()
-	if err := <-perr; err != nil {
+	if err := stopPlugin(); err != nil {
 		t.Fatal(err)
 	}
 	plugPages := plug.pages()
