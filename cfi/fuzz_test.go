@@ -229,29 +229,7 @@ func FuzzExecRanges(f *testing.F) {
 	})
 }
 
-// FuzzReturnAddress decodes hostile code bytes without panicking; any
-// bytes followed by a call rel32 (E8) are a return site.
-func FuzzReturnAddress(f *testing.F) {
-	f.Add([]byte{0, 0, 0xe8, 1, 2, 3, 4})
-	f.Add([]byte{0, 0, 0, 0, 0, 0xff, 0xd0})
-	f.Add([]byte{0xff, 0x15, 0, 0, 0, 0, 0})
-	f.Fuzz(func(t *testing.T, code []byte) {
-		_ = ReturnAddress(code)
-		rel := append(append([]byte{}, code...), 0xe8, code0(code), 0, 0, 0)
-		if !ReturnAddress(rel) {
-			t.Fatalf("% x followed by a call rel32: not a return site", code)
-		}
-	})
-}
-
 var _ io.ReaderAt = fakeMem(nil)
-
-func code0(b []byte) byte {
-	if len(b) == 0 {
-		return 0
-	}
-	return b[0]
-}
 
 // FuzzTextImage parses hostile kernel images (ELF and relocation table)
 // for a kernel whose core text is 4 KiB: no panic, and an image accepted

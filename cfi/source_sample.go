@@ -8,16 +8,15 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/arch/x86/x86asm"
-
 	"github.com/vmscope/vmscope/vmi"
+	"github.com/vmscope/vmscope/vmi/linux"
 )
 
 // SampleSource interrupts the guest at a set rate through its debug stub
 // (any accelerator), reads every vCPU's RIP, CS and RSP, and for a vCPU
 // in kernel mode (CS RPL 0) on a kernel address unwinds the kernel stack:
 // the words above RSP that point into known text right after a call
-// instruction (decoded with x86asm) are return addresses. Each sample is
+// instruction (linux.CallBefore) are return addresses. Each sample is
 // an Event for RIP's page with the callers' pages; then the guest runs
 // again. A page that takes a share p of kernel execution is seen with
 // probability 1-(1-p)^n after n kernel samples (SampleStats.SeenProbability).
@@ -167,32 +166,17 @@ func (s *SampleSource) afterCall(ret vmi.VA) bool {
 	if !s.Regions.Known(ret - 1) {
 		return false
 	}
-	var b [7]byte
+	var b [linux.MaxCallLen]byte
 	for i := range b {
-		va := ret - 7 + vmi.VA(i)
+		va := ret - linux.MaxCallLen + vmi.VA(i)
 		pg := s.textPage(pageOf(va))
 		if pg == nil {
 			return false
 		}
 		b[i] = pg[va-pageOf(va)]
 	}
-	return IsCallBefore(b[:])
-}
-
-// IsCallBefore reports whether the bytes b end with a complete call
-// instruction (direct rel32, or indirect through a register or memory,
-// with prefixes), as the instruction before a return address.
-func IsCallBefore(b []byte) bool {
-	for _, l := range []int{5, 2, 3, 6, 7, 4} {
-		if l > len(b) {
-			continue
-		}
-		inst, err := x86asm.Decode(b[len(b)-l:], 64)
-		if err == nil && inst.Len == l && inst.Op == x86asm.CALL {
-			return true
-		}
-	}
-	return false
+	_, _, ok := linux.CallBefore(b[:], ret)
+	return ok
 }
 
 func (s *SampleSource) textPage(va vmi.VA) []byte {

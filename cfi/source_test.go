@@ -9,29 +9,6 @@ import (
 	"github.com/vmscope/vmscope/vmi"
 )
 
-// The call encodings a kernel return address follows (as GNU as encodes
-// them), and non-calls ending at the same place.
-func TestIsCallBefore(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		b    []byte
-		want bool
-	}{
-		{"call rel32", []byte{0x90, 0x90, 0xe8, 0x11, 0x22, 0x33, 0x44}, true},
-		{"call *%rax", []byte{0x90, 0x90, 0x90, 0x90, 0x90, 0xff, 0xd0}, true},
-		{"call *%r11", []byte{0x90, 0x90, 0x90, 0x90, 0x41, 0xff, 0xd3}, true},
-		{"call *0x10(%rbx)", []byte{0x90, 0x90, 0x90, 0x90, 0xff, 0x53, 0x10}, true},
-		{"call *0x12345678(%rip)", []byte{0x90, 0xff, 0x15, 0x78, 0x56, 0x34, 0x12}, true},
-		{"jmp rel32", []byte{0x90, 0x90, 0xe9, 0x11, 0x22, 0x33, 0x44}, false},
-		{"mov", []byte{0x90, 0x90, 0x90, 0x90, 0x48, 0x89, 0xc7}, false},
-		{"nops", []byte{0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90}, false},
-	} {
-		if got := IsCallBefore(tc.b); got != tc.want {
-			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
-		}
-	}
-}
-
 func pluginMsg(magic, cpu uint32, from, to, ns uint64) []byte {
 	b := make([]byte, pluginMsgLen)
 	binary.LittleEndian.PutUint32(b, magic)

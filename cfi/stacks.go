@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"sort"
 
-	"golang.org/x/arch/x86/x86asm"
-
 	"github.com/vmscope/vmscope/vmerr"
 	"github.com/vmscope/vmscope/vmi"
 	"github.com/vmscope/vmscope/vmi/linux"
@@ -30,19 +28,6 @@ func ThreadSize(k *linux.Kernel) (uint64, error) {
 		return 0, fmt.Errorf("init task stack [%#x, %#x) is not a power-of-two size: %w", uint64(s), uint64(e), vmi.ErrCorrupt)
 	}
 	return n, nil
-}
-
-// ReturnAddress reports whether va is a return address: the bytes before
-// it decode (golang.org/x/arch/x86/x86asm, 64-bit) to a CALL that ends
-// exactly at va. Call forms are 2 to 7 bytes long.
-func ReturnAddress(before []byte) bool {
-	for n := 2; n <= 7 && n <= len(before); n++ {
-		inst, err := x86asm.Decode(before[len(before)-n:], 64)
-		if err == nil && inst.Len == n && inst.Op == x86asm.CALL {
-			return true
-		}
-	}
-	return false
 }
 
 // execSet answers whether an address is in a supervisor-executable page.
@@ -83,7 +68,7 @@ func (c *checker) stacks(ctx context.Context) (int, []Finding, error) {
 	frames := 0
 	scanned := map[vmi.VA]bool{} // a stack is scanned once, whoever claims it
 	buf := make([]byte, size)
-	code := make([]byte, 7)
+	code := make([]byte, linux.MaxCallLen)
 	for _, t := range all {
 		if err := ctx.Err(); err != nil {
 			return frames, out, err
@@ -118,7 +103,10 @@ func (c *checker) stacks(ctx context.Context) (int, []Finding, error) {
 			if !kernelPtr(v) || !exec.contains(v) || !exec.contains(v-1) {
 				continue
 			}
-			if _, err := k.AS.ReadVirt(code, v-7); err != nil || !ReturnAddress(code) {
+			if _, err := k.AS.ReadVirt(code, v-linux.MaxCallLen); err != nil {
+				continue
+			}
+			if _, _, ok := linux.CallBefore(code, v); !ok {
 				continue
 			}
 			frames++

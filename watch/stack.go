@@ -5,8 +5,6 @@ import (
 	"sort"
 	"strings"
 
-	"golang.org/x/arch/x86/x86asm"
-
 	"github.com/vmscope/vmscope/vmi"
 	"github.com/vmscope/vmscope/vmi/linux"
 )
@@ -114,15 +112,15 @@ type Frame struct {
 // watch runs, and each return-address check reads 5 bytes).
 type codeReader struct {
 	read  func(p []byte, va vmi.VA) error
-	cache map[vmi.VA][5]byte
+	cache map[vmi.VA][linux.DirectCallLen]byte
 }
 
 func (c *codeReader) before(ret vmi.VA) ([]byte, bool) {
 	if b, ok := c.cache[ret]; ok {
 		return b[:], true
 	}
-	var b [5]byte
-	if err := c.read(b[:], ret-5); err != nil {
+	var b [linux.DirectCallLen]byte
+	if err := c.read(b[:], ret-linux.DirectCallLen); err != nil {
 		return nil, false
 	}
 	if len(c.cache) < 1<<16 {
@@ -133,30 +131,25 @@ func (c *codeReader) before(ret vmi.VA) ([]byte, bool) {
 
 // ScanStack finds the return addresses in stack (the bytes of a kernel
 // stack starting at address base), innermost first: a word counts only if
-// it points into kernel text right after a direct call (E8 rel32, decoded
-// with x86asm) whose target is the start of a known function. Debian
+// it points into kernel text right after a direct call (E8 rel32,
+// linux.CallBefore) whose target is the start of a known function. Debian
 // kernels have no frame pointers (ORC), so this is a scan, not an unwind;
 // at most maxFrames frames.
 func (z *Symbolizer) ScanStack(stack []byte, base vmi.VA, code *codeReader) []Frame {
 	var out []Frame
 	for off := 0; off+8 <= len(stack) && len(out) < maxFrames; off += 8 {
 		ret := vmi.VA(binary.LittleEndian.Uint64(stack[off:]))
-		if !z.inText(ret) || ret < z.text+5 {
+		if !z.inText(ret) || ret < z.text+linux.DirectCallLen {
 			continue
 		}
 		b, ok := code.before(ret)
-		if !ok || b[0] != 0xe8 {
-			continue
-		}
-		inst, err := x86asm.Decode(b, 64)
-		if err != nil || inst.Op != x86asm.CALL || inst.Len != 5 {
-			continue
-		}
-		rel, ok := inst.Args[0].(x86asm.Rel)
 		if !ok {
 			continue
 		}
-		target := vmi.VA(int64(ret) + int64(rel))
+		target, direct, _ := linux.CallBefore(b, ret)
+		if !direct {
+			continue
+		}
 		callee, ok := z.starts[target]
 		if !ok {
 			continue
