@@ -94,22 +94,13 @@ func NewKernel(k *linux.Kernel) (*Kernel, error) {
 	get(&w.mntRoot, "vfsmount", "mnt_root")
 	get(&w.mntMnt, "mount", "mnt")
 	w.iStateSize = 8
-	if k.Types != nil {
-		if n, err := fieldSize(k, "inode", "i_state"); err == nil {
-			w.iStateSize = n
-		}
+	if n, err := k.FieldSize("inode", "i_state"); err == nil {
+		w.iStateSize = int(n)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	return w, nil
-}
-
-// fieldSize is the size of a member: the distance to the next member is
-// not known from Field alone, so it is taken from BTF.
-func fieldSize(k *linux.Kernel, typ, member string) (int, error) {
-	n, err := k.FieldSize(typ, member)
-	return int(n), err
 }
 
 func (w *Kernel) read(va vmi.VA, n int) ([]byte, error) {

@@ -49,12 +49,7 @@ type Event struct {
 	Path     string    `json:"path"`
 	Dev      uint64    `json:"dev"`
 	Inode    uint64    `json:"inode"`
-	PID      int       `json:"pid"`
-	TGID     int       `json:"tgid"`
-	Comm     string    `json:"comm"`
-	UID      uint32    `json:"uid"`
-	EUID     uint32    `json:"euid"`
-	Exe      string    `json:"exe"`
+	TaskInfo           // who made it: pid, tgid, comm, uid, euid, exe
 	Function string    `json:"function"`  // where the first stop was (RIP, symbolized)
 	VFSEntry string    `json:"vfs_entry"` // the VFS function the access came through; "" if none found
 	Fields   []string  `json:"fields"`    // the watched fields touched
@@ -790,7 +785,7 @@ func (x *Watcher) emit(g *group) {
 		}
 		ev := Event{
 			Time: g.started.UTC(), CPU: g.cpu, Kind: kind, Path: p,
-			PID: g.task.PID, TGID: g.task.TGID, Comm: g.task.Comm, UID: g.task.UID, EUID: g.task.EUID, Exe: g.task.Exe,
+			TaskInfo: g.task,
 			Function: g.first, VFSEntry: g.entry, Access: a.access.String(), Stops: a.stops, Action: "log", Note: a.note,
 		}
 		if g.denied {

@@ -199,7 +199,7 @@ func runWatch(ctx context.Context, o watchOpts, args []string, out, errOut io.Wr
 	}}
 	if o.mode == "deny" {
 		wopts.Deny = &watch.Deny{Controller: denyctl.Controller(g), Forbid: func(p string, ti watch.TaskInfo) bool {
-			return breaks(rules, watch.Event{Path: p, UID: ti.UID, EUID: ti.EUID})
+			return breaks(rules, watch.Event{Path: p, TaskInfo: ti})
 		}}
 	}
 	x, err := watch.New(ctx, g, wk, paths, wopts)
