@@ -477,37 +477,23 @@ func (r *reader) str(typ string, a vmi.VA, path string, max int) string {
 	return strings.ToValidUTF8(s, "?")
 }
 
-// walkList follows a circular list_head from head, calling fn with each
-// entry's list_head address; it stops at head, at a non-canonical or
-// non-kernel pointer, at a cycle, after max entries or at a read error
-// (the last four are returned as a problem).
+// walkList is linux.ListWalk that also stops, with a problem, at a next
+// pointer that is not a canonical kernel-half address.
 func walkList(k *linux.Kernel, head vmi.VA, max int, fn func(vmi.VA) bool) *vmerr.Problem {
-	seen := map[vmi.VA]bool{head: true}
-	cur := head
-	for i := 0; ; i++ {
-		next, err := k.ReadU64(cur)
-		if err != nil {
-			return &vmerr.Problem{Where: "list", Offset: -1, Addr: uint64(cur), Err: err}
+	var bad *vmerr.Problem
+	prev := head
+	p := k.ListWalk("list", head, max, func(e vmi.VA) bool {
+		if !kernelPtr(e) {
+			bad = &vmerr.Problem{Where: "list", Offset: -1, Addr: uint64(prev), Err: fmt.Errorf("next %#x is not a kernel pointer: %w", uint64(e), vmi.ErrCorrupt)}
+			return false
 		}
-		n := vmi.VA(next)
-		if n == head {
-			return nil
-		}
-		if !kernelPtr(n) {
-			return &vmerr.Problem{Where: "list", Offset: -1, Addr: uint64(cur), Err: fmt.Errorf("next %#x is not a kernel pointer: %w", next, vmi.ErrCorrupt)}
-		}
-		if seen[n] {
-			return &vmerr.Problem{Where: "list", Offset: -1, Addr: uint64(n), Err: fmt.Errorf("cycle after %d entries: %w", i, vmi.ErrCorrupt)}
-		}
-		if i >= max {
-			return &vmerr.Problem{Where: "list", Offset: -1, Addr: uint64(n), Err: fmt.Errorf("longer than %d entries: %w", max, vmi.ErrCorrupt)}
-		}
-		seen[n] = true
-		if !fn(n) {
-			return nil
-		}
-		cur = n
+		prev = e
+		return fn(e)
+	})
+	if bad != nil {
+		return bad
 	}
+	return p
 }
 
 // FtraceOpsEntry is an ftrace_ops on ftrace_ops_list.
