@@ -2,7 +2,6 @@ package cfi
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"sort"
@@ -419,32 +418,14 @@ type reader struct {
 func newReader(k *linux.Kernel) *reader { return &reader{k: k} }
 
 // uint reads integer or pointer member path of struct typ at a, of the
-// size BTF gives it.
+// size BTF gives it (linux.Kernel.ReadUint).
 func (r *reader) uint(typ string, a vmi.VA, path string) uint64 {
 	if r.err != nil {
 		return 0
 	}
-	off, err := r.k.Field(typ, path)
-	if err != nil {
-		r.err = err
-		return 0
-	}
-	size, err := r.k.FieldSize(typ, path)
-	if err != nil || size < 1 || size > 8 {
-		r.err = fmt.Errorf("cfi: %s.%s of size %d: %w", typ, path, size, linux.ErrLayout)
-		return 0
-	}
-	at, ok := a.Add(off)
-	if !ok {
-		r.err = fmt.Errorf("cfi: %s at %#x: member %s wraps: %w", typ, uint64(a), path, vmi.ErrCorrupt)
-		return 0
-	}
-	var b [8]byte
-	if _, err := r.k.AS.ReadVirt(b[:size], at); err != nil {
-		r.err = fmt.Errorf("cfi: %s.%s at %#x: %w", typ, path, uint64(at), err)
-		return 0
-	}
-	return binary.LittleEndian.Uint64(b[:])
+	v, err := r.k.ReadUint(typ, a, path)
+	r.err = err
+	return v
 }
 
 // str reads a NUL-terminated string of at most max bytes that member path
