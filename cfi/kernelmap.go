@@ -440,7 +440,11 @@ func (r *reader) str(typ string, a vmi.VA, path string, max int) string {
 		return ""
 	}
 	size, _ := r.k.FieldSize(typ, path)
-	at := a + vmi.VA(off)
+	at, ok := a.Add(off)
+	if !ok {
+		r.err = fmt.Errorf("cfi: %s at %#x: member %s wraps: %w", typ, uint64(a), path, vmi.ErrCorrupt)
+		return ""
+	}
 	if size == 8 { // a pointer
 		p, err := r.k.ReadU64(at)
 		if err != nil {
