@@ -44,17 +44,19 @@ func TestCheckGuestClean(t *testing.T) {
 	}
 }
 
-// patched is memory with one byte changed.
+// patched is memory with the bytes at pa replaced by b.
 type patched struct {
 	vmi.Memory
 	pa vmi.PA
-	b  byte
+	b  []byte
 }
 
 func (p patched) ReadAt(b []byte, off int64) (int, error) {
 	n, err := p.Memory.ReadAt(b, off)
-	if i := int64(p.pa) - off; i >= 0 && i < int64(n) {
-		b[i] = p.b
+	for i, c := range p.b {
+		if j := int64(p.pa) + int64(i) - off; j >= 0 && j < int64(n) {
+			b[j] = c
+		}
 	}
 	return n, err
 }
@@ -82,7 +84,7 @@ func TestCheckTextModified(t *testing.T) {
 	if _, err := s.ReadAt(orig[:], int64(pa)); err != nil {
 		t.Fatal(err)
 	}
-	mem := patched{s, pa, orig[0] ^ 0xff}
+	mem := patched{s, pa, []byte{orig[0] ^ 0xff}}
 	k2, err := linux.Discover(context.Background(), mem, linux.WithCPUs(s.CPUs()))
 	if err != nil {
 		t.Fatal(err)
@@ -99,25 +101,6 @@ func TestCheckTextModified(t *testing.T) {
 	if f.Kind != cfi.KindTextModified || f.Address != uint64(va) || f.Symbol != "do_sys_openat2" || f.Offset != 0x30 || f.Owner != cfi.OwnerKernel {
 		t.Errorf("finding %+v, want text-modified at do_sys_openat2+0x30", f)
 	}
-}
-
-// patchedU64 is memory with one quadword changed.
-type patchedU64 struct {
-	vmi.Memory
-	pa vmi.PA
-	v  uint64
-}
-
-func (p patchedU64) ReadAt(b []byte, off int64) (int, error) {
-	n, err := p.Memory.ReadAt(b, off)
-	var q [8]byte
-	binary.LittleEndian.PutUint64(q[:], p.v)
-	for i := range q {
-		if j := int64(p.pa) + int64(i) - off; j >= 0 && j < int64(n) {
-			b[j] = q[i]
-		}
-	}
-	return n, err
 }
 
 // TestCheckSyscallSwapped points sys_call_table[__NR_getdents64] (217) at
@@ -139,7 +122,7 @@ func TestCheckSyscallSwapped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mem := patchedU64{s, pa, uint64(other)}
+	mem := patched{s, pa, binary.LittleEndian.AppendUint64(nil, uint64(other))}
 	k2, err := linux.Discover(context.Background(), mem, linux.WithCPUs(s.CPUs()))
 	if err != nil {
 		t.Fatal(err)
@@ -214,7 +197,7 @@ func TestCheckKallsymsModified(t *testing.T) {
 	if _, err := s.ReadAt(orig[:], int64(pa)); err != nil {
 		t.Fatal(err)
 	}
-	k2, err := linux.Discover(context.Background(), patched{s, pa, orig[0] ^ 1}, linux.WithCPUs(s.CPUs()))
+	k2, err := linux.Discover(context.Background(), patched{s, pa, []byte{orig[0] ^ 1}}, linux.WithCPUs(s.CPUs()))
 	if err != nil {
 		t.Fatal(err)
 	}

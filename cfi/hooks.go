@@ -168,7 +168,8 @@ func (c *checker) ftraceRecords(ctx context.Context) (int, []Finding, error) {
 	return total, out, nil
 }
 
-// Caps on the kprobe table walk.
+// Caps on the kprobe table walk: buckets, probes on the hash chains, and
+// probes on all aggregate probes' lists together.
 const (
 	maxKprobeBuckets = 4096
 	maxKprobes       = 1 << 16
@@ -210,7 +211,11 @@ func (c *checker) kprobes(ctx context.Context) (int, []Finding, error) {
 			}
 		}
 	}
+	children := 0 // probes on aggregate probes' lists, all buckets together
 	for b := uint64(0); b < span/8; b++ {
+		if err := ctx.Err(); err != nil {
+			return len(seen), out, err
+		}
 		first, err := k.ReadU64(base + vmi.VA(b*8))
 		if err != nil {
 			c.problem("kprobe_table bucket", base+vmi.VA(b*8), err)
@@ -224,7 +229,8 @@ func (c *checker) kprobes(ctx context.Context) (int, []Finding, error) {
 			seen[n] = true
 			p := n - vmi.VA(hOff)
 			if pre, err := k.ReadU64(p + vmi.VA(preOff)); err == nil && aggr != 0 && vmi.VA(pre) == aggr {
-				if pr := walkList(k, p+vmi.VA(lOff), maxKprobes, func(e vmi.VA) bool {
+				if pr := walkList(k, p+vmi.VA(lOff), maxKprobes-children, func(e vmi.VA) bool {
+					children++
 					check(e - vmi.VA(lOff))
 					return true
 				}); pr != nil {

@@ -2,7 +2,6 @@ package cfi
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"sort"
@@ -419,32 +418,14 @@ type reader struct {
 func newReader(k *linux.Kernel) *reader { return &reader{k: k} }
 
 // uint reads integer or pointer member path of struct typ at a, of the
-// size BTF gives it.
+// size BTF gives it (linux.Kernel.ReadUint).
 func (r *reader) uint(typ string, a vmi.VA, path string) uint64 {
 	if r.err != nil {
 		return 0
 	}
-	off, err := r.k.Field(typ, path)
-	if err != nil {
-		r.err = err
-		return 0
-	}
-	size, err := r.k.FieldSize(typ, path)
-	if err != nil || size < 1 || size > 8 {
-		r.err = fmt.Errorf("cfi: %s.%s of size %d: %w", typ, path, size, linux.ErrLayout)
-		return 0
-	}
-	at, ok := a.Add(off)
-	if !ok {
-		r.err = fmt.Errorf("cfi: %s at %#x: member %s wraps: %w", typ, uint64(a), path, vmi.ErrCorrupt)
-		return 0
-	}
-	var b [8]byte
-	if _, err := r.k.AS.ReadVirt(b[:size], at); err != nil {
-		r.err = fmt.Errorf("cfi: %s.%s at %#x: %w", typ, path, uint64(at), err)
-		return 0
-	}
-	return binary.LittleEndian.Uint64(b[:])
+	v, err := r.k.ReadUint(typ, a, path)
+	r.err = err
+	return v
 }
 
 // str reads a NUL-terminated string of at most max bytes that member path
@@ -459,7 +440,11 @@ func (r *reader) str(typ string, a vmi.VA, path string, max int) string {
 		return ""
 	}
 	size, _ := r.k.FieldSize(typ, path)
-	at := a + vmi.VA(off)
+	at, ok := a.Add(off)
+	if !ok {
+		r.err = fmt.Errorf("cfi: %s at %#x: member %s wraps: %w", typ, uint64(a), path, vmi.ErrCorrupt)
+		return ""
+	}
 	if size == 8 { // a pointer
 		p, err := r.k.ReadU64(at)
 		if err != nil {
@@ -477,37 +462,23 @@ func (r *reader) str(typ string, a vmi.VA, path string, max int) string {
 	return strings.ToValidUTF8(s, "?")
 }
 
-// walkList follows a circular list_head from head, calling fn with each
-// entry's list_head address; it stops at head, at a non-canonical or
-// non-kernel pointer, at a cycle, after max entries or at a read error
-// (the last four are returned as a problem).
+// walkList is linux.ListWalk that also stops, with a problem, at a next
+// pointer that is not a canonical kernel-half address.
 func walkList(k *linux.Kernel, head vmi.VA, max int, fn func(vmi.VA) bool) *vmerr.Problem {
-	seen := map[vmi.VA]bool{head: true}
-	cur := head
-	for i := 0; ; i++ {
-		next, err := k.ReadU64(cur)
-		if err != nil {
-			return &vmerr.Problem{Where: "list", Offset: -1, Addr: uint64(cur), Err: err}
+	var bad *vmerr.Problem
+	prev := head
+	p := k.ListWalk("list", head, max, func(e vmi.VA) bool {
+		if !kernelPtr(e) {
+			bad = &vmerr.Problem{Where: "list", Offset: -1, Addr: uint64(prev), Err: fmt.Errorf("next %#x is not a kernel pointer: %w", uint64(e), vmi.ErrCorrupt)}
+			return false
 		}
-		n := vmi.VA(next)
-		if n == head {
-			return nil
-		}
-		if !kernelPtr(n) {
-			return &vmerr.Problem{Where: "list", Offset: -1, Addr: uint64(cur), Err: fmt.Errorf("next %#x is not a kernel pointer: %w", next, vmi.ErrCorrupt)}
-		}
-		if seen[n] {
-			return &vmerr.Problem{Where: "list", Offset: -1, Addr: uint64(n), Err: fmt.Errorf("cycle after %d entries: %w", i, vmi.ErrCorrupt)}
-		}
-		if i >= max {
-			return &vmerr.Problem{Where: "list", Offset: -1, Addr: uint64(n), Err: fmt.Errorf("longer than %d entries: %w", max, vmi.ErrCorrupt)}
-		}
-		seen[n] = true
-		if !fn(n) {
-			return nil
-		}
-		cur = n
+		prev = e
+		return fn(e)
+	})
+	if bad != nil {
+		return bad
 	}
+	return p
 }
 
 // FtraceOpsEntry is an ftrace_ops on ftrace_ops_list.

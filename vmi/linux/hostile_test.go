@@ -193,7 +193,7 @@ func TestHostileTaskList(t *testing.T) {
 	h := newHostileKernel(t)
 	h.task(hostileBase, 0, a)
 	h.task(a, 1, a)
-	if p := h.listWalk("x", hostileBase, 10, func(vmi.VA) bool { return true }); p == nil || !strings.Contains(p.Err.Error(), "cycle") {
+	if p := h.ListWalk("x", hostileBase, 10, func(vmi.VA) bool { return true }); p == nil || !strings.Contains(p.Err.Error(), "cycle") {
 		t.Errorf("self-loop: problem %+v", p)
 	}
 	if _, err := h.ReadU64(nowhere); !errors.Is(err, vmi.ErrNotPresent) {

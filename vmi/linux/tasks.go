@@ -53,7 +53,7 @@ type Task struct {
 func collectList[T any](ctx context.Context, k *Kernel, what string, head vmi.VA, entOff uint64, item func(a vmi.VA) (v T, ok bool, p *Problem)) ([]T, []Problem, error) {
 	var out []T
 	var probs []Problem
-	if p := k.listWalk(what, head, maxListLen, func(e vmi.VA) bool {
+	if p := k.ListWalk(what, head, maxListLen, func(e vmi.VA) bool {
 		if ctx.Err() != nil {
 			return false
 		}
@@ -74,10 +74,11 @@ func collectList[T any](ctx context.Context, k *Kernel, what string, head vmi.VA
 	return out, probs, nil
 }
 
-// listWalk follows a circular list_head from head (a kernel address of a
+// ListWalk follows a circular list_head from head (a kernel address of a
 // struct list_head), calling fn with each entry's list_head address; it
-// stops at head, at a cycle, after max entries or at a read error.
-func (k *Kernel) listWalk(what string, head vmi.VA, max int, fn func(vmi.VA) bool) *Problem {
+// stops at head, when fn returns false, at a cycle, after max entries or
+// at a read error (the last three are returned as a problem named what).
+func (k *Kernel) ListWalk(what string, head vmi.VA, max int, fn func(vmi.VA) bool) *Problem {
 	seen := map[vmi.VA]bool{head: true}
 	cur := head
 	for i := 0; ; i++ {
@@ -119,7 +120,7 @@ func (k *Kernel) Tasks(ctx context.Context, threads bool) ([]Task, []Problem, er
 	}
 	var out []Task
 	var probs []Problem
-	walkErr := k.listWalk("task list", initTask+vmi.VA(tasksOff), MaxTasks, func(e vmi.VA) bool {
+	walkErr := k.ListWalk("task list", initTask+vmi.VA(tasksOff), MaxTasks, func(e vmi.VA) bool {
 		if ctx.Err() != nil {
 			return false
 		}
@@ -155,7 +156,7 @@ func (k *Kernel) threads(leader Task) ([]Task, []Problem) {
 	}
 	var out []Task
 	var probs []Problem
-	if p := k.listWalk(fmt.Sprintf("threads of pid %d", leader.PID), sig+vmi.VA(headOff), MaxTasks, func(e vmi.VA) bool {
+	if p := k.ListWalk(fmt.Sprintf("threads of pid %d", leader.PID), sig+vmi.VA(headOff), MaxTasks, func(e vmi.VA) bool {
 		th, ps, ok := k.task(e - vmi.VA(nodeOff))
 		probs = append(probs, ps...)
 		if !ok {

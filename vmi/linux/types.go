@@ -224,5 +224,13 @@ func sizeof(f field) (int, error) {
 	return n, nil
 }
 
+// ReadUint reads integer or pointer member path of struct typ at a, of
+// the size BTF gives it (1 to 8 bytes).
+func (k *Kernel) ReadUint(typ string, a vmi.VA, path string) (uint64, error) {
+	o := k.obj(typ, a)
+	v := o.uint(path)
+	return v, o.err
+}
+
 // FieldSize is the size in bytes of member path of struct typ, from BTF.
 func (k *Kernel) FieldSize(typ, path string) (uint64, error) { return k.fieldSize(typ, path) }

@@ -63,18 +63,12 @@ func ReadKernelImage(path string) (*KernelImage, error) {
 	}
 	var r io.ReaderAt = f
 	src := "vmlinux ELF"
-	var hdr [0x250]byte
-	if fi.Size() > int64(len(hdr)) {
-		if _, err := f.ReadAt(hdr[:], 0); err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		if string(hdr[0x202:0x206]) == "HdrS" {
-			b, name, err := unpackBzImage(f, fi.Size(), hdr[:])
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", path, err)
-			}
-			r, src = bytes.NewReader(b), name
-		}
+	b, name, err := unpackIfBzImage(f, fi.Size(), path)
+	if err != nil {
+		return nil, err
+	}
+	if b != nil {
+		r, src = bytes.NewReader(b), name
 	}
 	e, err := elf.NewFile(r)
 	if err != nil {
@@ -96,6 +90,27 @@ func ReadKernelImage(path string) (*KernelImage, error) {
 		return nil, fmt.Errorf("%w: %s has neither BTF nor a symbol table", ErrKernelImage, path)
 	}
 	return ki, nil
+}
+
+// unpackIfBzImage returns the decompressed vmlinux and its source name
+// when f (of size bytes, the file at path) is a bzImage (its setup header
+// says "HdrS"), and nil with no error when it is not.
+func unpackIfBzImage(f io.ReaderAt, size int64, path string) ([]byte, string, error) {
+	var hdr [0x250]byte
+	if size <= int64(len(hdr)) {
+		return nil, "", nil
+	}
+	if _, err := f.ReadAt(hdr[:], 0); err != nil {
+		return nil, "", fmt.Errorf("%s: %w", path, err)
+	}
+	if string(hdr[0x202:0x206]) != "HdrS" {
+		return nil, "", nil
+	}
+	b, name, err := unpackBzImage(f, size, hdr[:])
+	if err != nil {
+		return nil, "", fmt.Errorf("%s: %w", path, err)
+	}
+	return b, name, nil
 }
 
 // maxBTFSection bounds the .BTF section read from a kernel image (the
@@ -207,18 +222,8 @@ func ReadVmlinux(path string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var hdr [0x250]byte
-	if fi.Size() > int64(len(hdr)) {
-		if _, err := f.ReadAt(hdr[:], 0); err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		if string(hdr[0x202:0x206]) == "HdrS" {
-			b, _, err := unpackBzImage(f, fi.Size(), hdr[:])
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", path, err)
-			}
-			return b, nil
-		}
+	if b, _, err := unpackIfBzImage(f, fi.Size(), path); b != nil || err != nil {
+		return b, err
 	}
 	if fi.Size() > maxVmlinux {
 		return nil, fmt.Errorf("%w: %s: %d bytes", ErrKernelImage, path, fi.Size())
