@@ -1,6 +1,7 @@
 package watch
 
 import (
+	"bytes"
 	"fmt"
 
 	"github.com/vmscope/vmscope/vmi"
@@ -116,36 +117,59 @@ func (p *percpu) stackTop(c vmi.CPU) vmi.VA {
 func (w *Kernel) taskInfo(task vmi.VA) (TaskInfo, error) {
 	k := w.K
 	ti := TaskInfo{Addr: task}
-	off := func(typ, path string) vmi.VA {
+	// A member the kernel's BTF lacks is left unset: never read at
+	// offset 0 of the object instead.
+	var missing error
+	off := func(typ, path string) (vmi.VA, bool) {
 		o, err := k.Field(typ, path)
 		if err != nil {
-			return 0
+			missing = err
+			return 0, false
 		}
-		return vmi.VA(o)
+		return vmi.VA(o), true
 	}
-	pid, err := w.u32(task + off("task_struct", "pid"))
+	pidOff, ok := off("task_struct", "pid")
+	if !ok {
+		return ti, fmt.Errorf("watch: task %#x: %w", uint64(task), missing)
+	}
+	pid, err := w.u32(task + pidOff)
 	if err != nil {
 		return ti, fmt.Errorf("watch: task %#x: %w", uint64(task), err)
 	}
-	tgid, _ := w.u32(task + off("task_struct", "tgid"))
-	ti.PID, ti.TGID = int(int32(pid)), int(int32(tgid))
-	comm, _ := w.read(task+off("task_struct", "comm"), 16)
-	for i, c := range comm {
-		if c == 0 {
+	ti.PID = int(int32(pid))
+	if o, ok := off("task_struct", "tgid"); ok {
+		tgid, _ := w.u32(task + o)
+		ti.TGID = int(int32(tgid))
+	}
+	if o, ok := off("task_struct", "comm"); ok {
+		comm, _ := w.read(task+o, 16)
+		if i := bytes.IndexByte(comm, 0); i >= 0 {
 			comm = comm[:i]
-			break
+		}
+		ti.Comm = string(comm)
+	}
+	if o, ok := off("task_struct", "cred"); ok {
+		if cred, err := w.ptr(task, uint64(o)); err == nil && cred != 0 {
+			if o, ok := off("cred", "uid"); ok {
+				ti.UID, _ = w.u32(cred + o)
+			}
+			if o, ok := off("cred", "euid"); ok {
+				ti.EUID, _ = w.u32(cred + o)
+			}
 		}
 	}
-	ti.Comm = string(comm)
-	if cred, err := w.ptr(task, uint64(off("task_struct", "cred"))); err == nil && cred != 0 {
-		ti.UID, _ = w.u32(cred + off("cred", "uid"))
-		ti.EUID, _ = w.u32(cred + off("cred", "euid"))
+	mmOff, ok1 := off("task_struct", "mm")
+	exeOff, ok2 := off("mm_struct", "exe_file")
+	mntOff, ok3 := off("file", "f_path.mnt")
+	dentOff, ok4 := off("file", "f_path.dentry")
+	if !ok1 || !ok2 || !ok3 || !ok4 {
+		return ti, nil
 	}
-	mm, err := w.ptr(task, uint64(off("task_struct", "mm")))
+	mm, err := w.ptr(task, uint64(mmOff))
 	if err != nil || mm == 0 {
 		return ti, nil // a kernel thread
 	}
-	exe, err := w.ptr(mm, uint64(off("mm_struct", "exe_file")))
+	exe, err := w.ptr(mm, uint64(exeOff))
 	if err != nil || exe == 0 {
 		return ti, nil
 	}
@@ -153,8 +177,8 @@ func (w *Kernel) taskInfo(task vmi.VA) (TaskInfo, error) {
 		ti.Exe = p
 		return ti, nil
 	}
-	mnt, err1 := w.ptr(exe, uint64(off("file", "f_path.mnt")))
-	dentry, err2 := w.ptr(exe, uint64(off("file", "f_path.dentry")))
+	mnt, err1 := w.ptr(exe, uint64(mntOff))
+	dentry, err2 := w.ptr(exe, uint64(dentOff))
 	if err1 == nil && err2 == nil {
 		ti.Exe, _ = k.Path(dentry, mnt)
 		if w.exes != nil && len(w.exes) < 4096 {
