@@ -1,10 +1,7 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
-	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -16,37 +13,6 @@ import (
 	"github.com/vmscope/vmscope/vmi/qemu/libvirt"
 	"github.com/vmscope/vmscope/vmi/qemu/libvirt/libvirttest"
 )
-
-// qemuListeningTCP lists the TCP sockets process pid listens on (its
-// socket fds' inodes among the LISTEN rows of /proc/PID/net/tcp{,6}).
-func qemuListeningTCP(pid int) ([]string, error) {
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		return nil, err
-	}
-	inodes := map[string]bool{}
-	for _, fd := range fds {
-		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
-		if ino, ok := strings.CutPrefix(l, "socket:["); err == nil && ok {
-			inodes[strings.TrimSuffix(ino, "]")] = true
-		}
-	}
-	var out []string
-	for _, f := range []string{"tcp", "tcp6"} {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, f))
-		if err != nil {
-			return nil, err
-		}
-		sc := bufio.NewScanner(strings.NewReader(string(b)))
-		for sc.Scan() {
-			c := strings.Fields(sc.Text())
-			if len(c) > 9 && c[3] == "0A" && inodes[c[9]] {
-				out = append(out, c[1])
-			}
-		}
-	}
-	return out, nil
-}
 
 // psAgrees compares the processes of `mem ps --format json` with the
 // guest's own ps (its console): every user process with its ppid and
@@ -109,7 +75,7 @@ func TestLibvirtMemPsAndDump(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l, err := qemuListeningTCP(pid); err != nil || len(l) != 0 {
+	if l, err := libvirttest.ListeningTCP(pid); err != nil || len(l) != 0 {
 		t.Fatalf("QEMU listens on TCP before the command: %v %v", l, err)
 	}
 
@@ -120,7 +86,7 @@ func TestLibvirtMemPsAndDump(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for {
-			if l, _ := qemuListeningTCP(pid); len(l) > 0 {
+			if l, _ := libvirttest.ListeningTCP(pid); len(l) > 0 {
 				seen = append(seen, l...)
 			}
 			select {

@@ -63,6 +63,26 @@ func bootProc(t testing.TB, memMiB int, extra ...string) *procGuest {
 	return pg
 }
 
+// pausedProcMemory pauses pg and opens its RAM through the process path
+// (vmscope's QMP socket); both are closed when the test ends.
+func pausedProcMemory(t *testing.T, ctx context.Context, pg *procGuest) *ProcMemory {
+	t.Helper()
+	if _, err := pg.G.QMP(ctx, "stop", nil); err != nil {
+		t.Fatal(err)
+	}
+	q, err := DialQMP(ctx, pg.QMP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	pm, err := OpenProcMemory(ctx, q, pg.G.PID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pm.Close() })
+	return pm
+}
+
 // memEqual reads every range of a and b (which must list the same ranges)
 // in large chunks and fails on the first difference. It returns the bytes
 // compared and the number of non-zero pages at or above 4 GiB.
@@ -132,19 +152,7 @@ func TestProcMemoryEqualsDump(t *testing.T) {
 			if c.hotplug {
 				markAt, marker = hotplugDIMM(t, ctx, pg)
 			}
-			if _, err := pg.G.QMP(ctx, "stop", nil); err != nil {
-				t.Fatal(err)
-			}
-			q, err := DialQMP(ctx, pg.QMP)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer q.Close()
-			pm, err := OpenProcMemory(ctx, q, pg.G.PID())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer pm.Close()
+			pm := pausedProcMemory(t, ctx, pg)
 			if pm.Verified < 3 || pm.NonZero == 0 {
 				t.Errorf("verified %d pages at attach, %d of them non-zero", pm.Verified, pm.NonZero)
 			}
@@ -267,19 +275,7 @@ func allocated(t *testing.T, f *os.File) int64 {
 func TestProcMemorySharedHoles(t *testing.T) {
 	pg := bootProc(t, 512, "-object", "memory-backend-memfd,id=m0,size=512M,share=on", "-machine", "memory-backend=m0")
 	ctx := ctxT(t)
-	if _, err := pg.G.QMP(ctx, "stop", nil); err != nil {
-		t.Fatal(err)
-	}
-	q, err := DialQMP(ctx, pg.QMP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	pm, err := OpenProcMemory(ctx, q, pg.G.PID())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pm.Close()
+	pm := pausedProcMemory(t, ctx, pg)
 	if len(pm.files) != 1 {
 		t.Fatalf("%d shared backings, want 1", len(pm.files))
 	}

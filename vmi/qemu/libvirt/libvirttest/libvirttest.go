@@ -10,6 +10,7 @@
 package libvirttest
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -316,3 +317,40 @@ func (d *Domain) Destroy() error {
 // LogFile is the domain's log, written by libvirt (and virtlogd): the QEMU
 // command line and, for instance, its taints.
 func (d *Domain) LogFile() string { return filepath.Join("/var/log/libvirt/qemu", d.Name+".log") }
+
+// ListeningTCP lists the local addresses (hex, as /proc/net/tcp{,6} has
+// them) of the TCP sockets process pid listens on: its socket fds'
+// inodes matched with the LISTEN rows of its network namespace.
+func ListeningTCP(pid int) ([]string, error) {
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return nil, err
+	}
+	inodes := map[string]bool{}
+	for _, fd := range fds {
+		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if ino, ok := strings.CutPrefix(l, "socket:["); err == nil && ok {
+			inodes[strings.TrimSuffix(ino, "]")] = true
+		}
+	}
+	var out []string
+	for _, f := range []string{"tcp", "tcp6"} {
+		fh, err := os.Open(fmt.Sprintf("/proc/%d/net/%s", pid, f))
+		if err != nil {
+			return nil, err
+		}
+		sc := bufio.NewScanner(fh)
+		for sc.Scan() {
+			c := strings.Fields(sc.Text())
+			// sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+			if len(c) > 9 && c[3] == "0A" && inodes[c[9]] {
+				out = append(out, c[1])
+			}
+		}
+		fh.Close()
+		if err := sc.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
