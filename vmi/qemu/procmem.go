@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -85,7 +86,7 @@ func OpenProcMemory(ctx context.Context, mon Monitor, pid int) (*ProcMemory, err
 	if peer, ok := monitorPID(mon); ok && peer != pid {
 		return nil, fmt.Errorf("%w: pid %d is not the QEMU of this QMP socket (its peer is pid %d)", ErrLayout, pid, peer)
 	}
-	mapsText, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	mapsText, err := readCapped(fmt.Sprintf("/proc/%d/maps", pid), maxLayoutText+1)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("qemu: process memory: no process %d", pid)
@@ -525,4 +526,16 @@ func (pm *ProcMemory) vmRead(p []byte, hva uint64) (int, error) {
 	local[0].SetLen(len(p))
 	remote := []unix.RemoteIovec{{Base: uintptr(hva), Len: len(p)}}
 	return unix.ProcessVMReadv(pm.pid, local, remote, 0)
+}
+
+// readCapped reads at most max bytes of the file at path (a longer file
+// is cut there, and its parser refuses it by size) without allocating
+// more.
+func readCapped(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, max))
 }
