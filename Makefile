@@ -19,6 +19,7 @@ build: deps
 
 fixtures: deps
 	bash testdata/fixtures.sh
+	bash testdata/formats/build.sh
 	bash testdata/guest/build.sh
 	bash testdata/guest-disk/build.sh
 	bash testdata/hostile-mem/build.sh

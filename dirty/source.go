@@ -6,6 +6,9 @@ import (
 	"strings"
 
 	"github.com/vmscope/vmscope/disk"
+	_ "github.com/vmscope/vmscope/disk/vhd"  // a differencing VHD is a copy-on-write source
+	_ "github.com/vmscope/vmscope/disk/vhdx" // a differencing VHDX is a copy-on-write source
+	_ "github.com/vmscope/vmscope/disk/vmdk" // a VMDK delta is a copy-on-write source
 
 	"github.com/vmscope/vmscope/cow"
 	"github.com/vmscope/vmscope/dirty/source"

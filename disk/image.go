@@ -177,6 +177,23 @@ func (c *Chain) Backing(from, ref, format string) (Layer, error) {
 	return l, nil
 }
 
+// OpenFile opens a file that the layer called from names ref as a part of
+// itself (a VMDK extent), read-only through the chain's opener, as
+// Backing opens a backing file: ref is resolved relative to from, protocol
+// and json: names are refused, and a file already in the chain (the
+// layer's own file, a layer above, or, for Open, any file opened so far,
+// by identity) is a loop (ErrChain). The file is closed with the Image.
+func (c *Chain) OpenFile(from, ref string) (Source, error) {
+	src, err := c.opener(from, ref)
+	if err != nil {
+		return Source{}, wrapBelow(from, ref, err)
+	}
+	if slices.Contains(c.names, src.Name) {
+		return Source{}, ChainError(from, "file "+ref, "loop: %s is already in the chain", src.Name)
+	}
+	return src, nil
+}
+
 // wrapBelow keeps the error of a file below when it already names that
 // file with a category (corrupt, unsupported, or a chain error of its own)
 // and wraps any other (an OS error, a missing file) in ErrChain naming the
@@ -215,7 +232,8 @@ func (c *Chain) open(src Source, format string) (Layer, error) {
 		if err != nil && !errors.Is(err, io.EOF) {
 			return nil, &Error{Path: src.Name, What: "header", Offset: 0, Err: err}
 		}
-		if !f.Match(head[:n]) {
+		tail, ok := readTail(src.R, src.Size)
+		if !f.Match(head[:n]) && (f.MatchTail == nil || !ok || !f.MatchTail(tail)) {
 			return nil, Corrupt(src.Name, "header", 0, "recorded as %s by its overlay but has no %s header", format, format)
 		}
 	}

@@ -65,6 +65,13 @@ type Format struct {
 	// HeadSize, fewer for a shorter file), is this format's header. It
 	// must not claim a file on a partial match it then cannot open.
 	Match func(head []byte) bool
+	// MatchTail, when set, reports whether tail, the last TailSize bytes
+	// of a file that no format claimed by its head, is this format's
+	// footer (a fixed VHD has only a footer at its end). It sees nothing
+	// for a file shorter than TailSize or of unknown size, and must check
+	// enough (a checksum) not to claim a raw disk whose last sector looks
+	// alike by chance.
+	MatchTail func(tail []byte) bool
 	// Open makes the layer of src. A format with backing files opens the
 	// layer below with c.Backing; it must bound every length and offset
 	// read from src and report errors as *Error naming the structure.
@@ -73,6 +80,9 @@ type Format struct {
 
 // HeadSize is how many bytes of a file Match sees.
 const HeadSize = 512
+
+// TailSize is how many bytes at the end of a file MatchTail sees.
+const TailSize = 512
 
 var (
 	regMu   sync.RWMutex
@@ -144,8 +154,9 @@ const RawFormat = "raw"
 // the first registered format whose Match accepts the first HeadSize bytes;
 // a well-known format that no package registered (qcow v1, VMDK, VHDX,
 // VDI, VHD with its header or only its footer, QED, Parallels, LUKS, ...)
-// gives ErrUnsupported; anything else is raw. size < 0 skips the footer
-// check.
+// gives ErrUnsupported; then the first registered format whose MatchTail
+// accepts the last TailSize bytes (a footer-only format, when size is
+// known); anything else is raw. size < 0 skips the footer checks.
 func Detect(r io.ReaderAt, size int64) (string, error) {
 	var buf [HeadSize]byte
 	n, err := r.ReadAt(buf[:], 0)
@@ -169,6 +180,13 @@ func Detect(r io.ReaderAt, size int64) (string, error) {
 	if len(head) >= 0x40 && bytes.HasPrefix(head, []byte("<<< ")) && bytes.Contains(head[:0x40], []byte("VirtualBox Disk Image")) {
 		return "", fmt.Errorf("%w: vdi image", ErrUnsupported)
 	}
+	if tail, ok := readTail(r, size); ok {
+		for _, f := range fs {
+			if f.MatchTail != nil && f.MatchTail(tail) {
+				return f.Name, nil
+			}
+		}
+	}
 	if size >= 512 {
 		var foot [8]byte
 		if _, err := r.ReadAt(foot[:], size-512); err == nil && string(foot[:]) == "conectix" {
@@ -176,6 +194,19 @@ func Detect(r io.ReaderAt, size int64) (string, error) {
 		}
 	}
 	return RawFormat, nil
+}
+
+// readTail reads the last TailSize bytes of r (size bytes), ok false for
+// a shorter file, an unknown size or a read error.
+func readTail(r io.ReaderAt, size int64) ([]byte, bool) {
+	if size < TailSize {
+		return nil, false
+	}
+	tail := make([]byte, TailSize)
+	if n, err := r.ReadAt(tail, size-TailSize); n < TailSize || (err != nil && !errors.Is(err, io.EOF)) {
+		return nil, false
+	}
+	return tail, true
 }
 
 // SizeOf returns the size of r when it tells it (Size() int64, or Stat()

@@ -33,7 +33,7 @@ var (
 // link a tracer but never a controller. Packages not written yet are
 // checked once they are.
 var readOnly = map[string]bool{
-	"qcow": false, "disk": false, "fsparse": false, "fsparse/ext4": false, "fsparse/jbd2": false,
+	"qcow": false, "disk": false, "disk/vmdk": false, "disk/vhd": false, "disk/vhdx": false, "fsparse": false, "fsparse/ext4": false, "fsparse/jbd2": false,
 	"scan": false, "scan/imagescan": false, "internal/output": false, "cow": false, "dirty": false, "dirty/state": false,
 	"vmi": false, "vmi/snapshot": false, "vmi/linux": false, "vmi/memtest": false,
 	"cfi": true, "watch": true,

@@ -9,6 +9,9 @@ import (
 	"strings"
 
 	"github.com/vmscope/vmscope/disk"
+	_ "github.com/vmscope/vmscope/disk/vhd"  // VHD joins disk's format registry
+	_ "github.com/vmscope/vmscope/disk/vhdx" // VHDX joins disk's format registry
+	_ "github.com/vmscope/vmscope/disk/vmdk" // VMDK joins disk's format registry
 	"github.com/vmscope/vmscope/fsparse"
 	"github.com/vmscope/vmscope/internal/output"
 	"github.com/vmscope/vmscope/qcow"

@@ -6,6 +6,9 @@ import (
 	"testing"
 
 	"github.com/vmscope/vmscope/disk"
+	_ "github.com/vmscope/vmscope/disk/vhd"  // VHD joins disk's format registry
+	_ "github.com/vmscope/vmscope/disk/vhdx" // VHDX joins disk's format registry
+	_ "github.com/vmscope/vmscope/disk/vmdk" // VMDK joins disk's format registry
 	"github.com/vmscope/vmscope/fsparse"
 	_ "github.com/vmscope/vmscope/qcow" // qcow2 joins disk's format registry
 )
