@@ -396,6 +396,33 @@ func (l *Layer) Allocated(ctx context.Context) (rangeset.Set, error) {
 	return out, nil
 }
 
+// DataRanges is where the file may hold data (disk.DataLayer): the
+// allocated grains of sparse extents, the data of FLAT extent files as
+// their file system reports it (SEEK_DATA), no ZERO extent.
+func (l *Layer) DataRanges(ctx context.Context) (rangeset.Set, error) {
+	var out rangeset.Set
+	for _, e := range l.Extents {
+		switch e.Kind {
+		case KindFlat:
+			d, err := disk.NewRaw(e.src).DataRanges(ctx)
+			if err != nil {
+				return out, err
+			}
+			for _, r := range d.Clip(e.Offset, e.Offset+e.Size).Ranges() {
+				out.Add(e.Start+r.Start-e.Offset, e.Start+r.End-e.Offset)
+			}
+		case KindSparse:
+			one := &Layer{Path: l.Path, Extents: []*Extent{e}}
+			a, err := one.Allocated(ctx)
+			if err != nil {
+				return out, err
+			}
+			out.AddSet(a)
+		}
+	}
+	return out, nil
+}
+
 // String describes the layer.
 func (l *Layer) String() string {
 	var kinds []string

@@ -361,3 +361,22 @@ func locator(t testing.TB, c VHDXChild) []byte {
 	}
 	return append(b, data...)
 }
+
+// VHDXDataWriteGUID reads the data write GUID of the current header of
+// the VHDX at path (the header with the higher sequence number), in the
+// text form a parent locator's parent_linkage holds.
+func VHDXDataWriteGUID(t testing.TB, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h1, h2 := b[64<<10:68<<10], b[128<<10:132<<10]
+	h := h1
+	if binary.LittleEndian.Uint64(h2[8:]) > binary.LittleEndian.Uint64(h1[8:]) {
+		h = h2
+	}
+	g := h[32:48]
+	le := binary.LittleEndian
+	return fmt.Sprintf("{%08x-%04x-%04x-%x-%x}", le.Uint32(g), le.Uint16(g[4:]), le.Uint16(g[6:]), g[8:10], g[10:])
+}

@@ -19,6 +19,8 @@
 #                                    delta-touched.txt lists the touched files
 #   dynamic.vhd fixed.vhd            qemu-img convert -O vpc -o subformat=dynamic|fixed,force_size=on
 #   dynamic.vhdx fixed.vhdx          qemu-img convert -O vhdx (-o subformat=fixed)
+#   delta-writes.txt                 the byte offset and length of each file write of the delta
+#   fuzz/seed*.{vmdk,vhd,vhdx}       2 MiB images, the seeds of the fuzz targets
 # Differencing VHD/VHDX are built in Go by the tests (qemu-img can't write them).
 set -euo pipefail
 export LC_ALL=C
@@ -111,11 +113,13 @@ qi create -f vmdk -o zeroed_grain=on -b base.vmdk -F vmdk delta.vmdk
 # The first block of two files, by debugfs (the reference of which files
 # the writes touch).
 : >delta-touched.txt
+: >delta-writes.txt
 args=()
 for f in /data/pattern.txt /docs/note-7.txt; do
   blk=$(debugfs -R "bmap $f 0" ext4.img 2>/dev/null)
   args+=(-c "write -P 0x77 $((blk * 4096)) 4096")
   echo "$f" >>delta-touched.txt
+  echo "$((blk * 4096)) 4096" >>delta-writes.txt
 done
 # Zeros over free space at 60 MiB (no file; a zeroed grain in the delta).
 args+=(-c "write -z 60M 64k")
@@ -127,6 +131,16 @@ qi convert -O vpc -o subformat=fixed,force_size=on ext4.img fixed.vhd
 log "vhdx"
 qi convert -O vhdx ext4.img dynamic.vhdx
 qi convert -O vhdx -o subformat=fixed ext4.img fixed.vhdx
+
+log "fuzz seeds"
+mkdir -p fuzz
+qi create -f raw fuzz/seed.raw 2M
+qemu-io -f raw -c 'write -P 0x11 0 64k' -c 'write -P 0x22 1M 4k' fuzz/seed.raw >/dev/null
+qi convert -O vmdk fuzz/seed.raw fuzz/seed.vmdk
+qi convert -O vmdk -o subformat=streamOptimized fuzz/seed.raw fuzz/seed-stream.vmdk
+qi convert -O vmdk -o subformat=monolithicFlat fuzz/seed.raw fuzz/seed-flat.vmdk
+qi convert -O vpc -o subformat=dynamic,force_size=on fuzz/seed.raw fuzz/seed.vhd
+qi convert -O vhdx -o block_size=1M fuzz/seed.raw fuzz/seed.vhdx
 
 chmod a-w ./*.vmdk ./*.vhd ./*.vhdx ./*.img ./*.raw
 touch .done
