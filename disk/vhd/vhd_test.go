@@ -26,3 +26,17 @@ func TestConformance(t *testing.T) {
 		})
 	}
 }
+
+// TestSleuthKit: the Sleuth Kit (libvhdi) as a second reader.
+func TestSleuthKit(t *testing.T) {
+	for _, name := range []string{"dynamic.vhd", "fixed.vhd"} {
+		t.Run(name, func(t *testing.T) {
+			im, err := disk.Open(imgtest.Path(t, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer im.Close()
+			imgtest.SleuthKit(t, im, "vhd")
+		})
+	}
+}

@@ -44,3 +44,19 @@ func TestConformance(t *testing.T) {
 		})
 	}
 }
+
+// TestSleuthKit: the Sleuth Kit (libvmdk) as a second reader of the
+// VMDKs it reads (it cannot follow a delta's parent nor the offset FLAT
+// extents of multi.vmdk: img_cat fails on both).
+func TestSleuthKit(t *testing.T) {
+	for _, name := range []string{"sparse.vmdk", "flat.vmdk", "stream.vmdk"} {
+		t.Run(name, func(t *testing.T) {
+			im, err := disk.Open(imgtest.Path(t, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer im.Close()
+			imgtest.SleuthKit(t, im, "vmdk")
+		})
+	}
+}

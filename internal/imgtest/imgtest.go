@@ -6,9 +6,12 @@ package imgtest
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"io"
+	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -53,14 +56,44 @@ func CheckError(t testing.TB, what string, err error) {
 	}
 }
 
-// CheckOpen opens the image at path and exercises every entry point: an
-// error must be a categorized *disk.Error naming a structure; an image
-// must keep its reads and allocation in bounds, and its errors
-// categorized. It never panics on a good implementation, whatever the file
-// holds.
+// CheckOpen opens the image at path (disk.Open) and checks it as
+// CheckImage does.
 func CheckOpen(t testing.TB, path string) {
 	t.Helper()
-	im, err := disk.Open(path, disk.WithMaxChainDepth(4))
+	CheckImage(t, func() (*disk.Image, error) { return disk.Open(path, disk.WithMaxChainDepth(4)) })
+}
+
+// Mem is a set of files in memory, by absolute name, for fuzzing without
+// temporary files.
+type Mem map[string][]byte
+
+// Open opens the image top of m with disk.New, its other files through
+// an Opener over m (names resolved as disk.Open resolves them; a missing
+// file is fs.ErrNotExist).
+func (m Mem) Open(top string) (*disk.Image, error) {
+	opener := func(from, ref string) (disk.Source, error) {
+		p, err := disk.ResolveBacking(from, ref)
+		if err != nil {
+			return disk.Source{}, err
+		}
+		b, ok := m[p]
+		if !ok {
+			return disk.Source{}, &fs.PathError{Op: "open", Path: p, Err: fs.ErrNotExist}
+		}
+		return disk.Source{R: bytes.NewReader(b), Size: int64(len(b)), Name: p}, nil
+	}
+	b := m[top]
+	return disk.New(bytes.NewReader(b), int64(len(b)), opener, disk.WithName(top), disk.WithMaxChainDepth(4))
+}
+
+// CheckImage opens an image with open and exercises every entry point: an
+// error must be a categorized *disk.Error that names a structure; an
+// opened image must keep its reads and allocation in bounds, and its
+// errors categorized and named. It must never panic or hang, whatever the
+// files hold.
+func CheckImage(t testing.TB, open func() (*disk.Image, error)) {
+	t.Helper()
+	im, err := open()
 	if err != nil {
 		CheckError(t, "Open", err)
 		return
@@ -100,6 +133,17 @@ func CheckOpen(t testing.TB, path string) {
 	if _, err := im.DataRanges(context.Background()); err != nil {
 		CheckError(t, "DataRanges", err)
 	}
+}
+
+// Seed returns the bytes of fuzz seed name (testdata/formats/build.sh
+// fuzz/), or skips (fails under CI).
+func Seed(t testing.TB, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(Path(t, filepath.Join("fuzz", name)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // WriteTemp writes b into a file name in a new temporary folder.
@@ -177,5 +221,38 @@ func CheckLarge(t *testing.T, im *disk.Image) {
 	}
 	if n, err := im.ReadAt(a[:10], l.Size()); n != 0 || err != io.EOF {
 		t.Fatalf("ReadAt at Size = %d, %v", n, err)
+	}
+}
+
+// SleuthKit checks im's guest bytes against a second reader: The Sleuth
+// Kit's img_cat -i typ (libvmdk, libvhdi), when this build of it lists
+// typ in `mmls -i list`; else the test is skipped (failed under CI).
+func SleuthKit(t *testing.T, im *disk.Image, typ string) {
+	t.Helper()
+	mmls := fixture.Tool(t, "mmls")
+	imgCat := fixture.Tool(t, "img_cat")
+	list, _ := exec.Command(mmls, "-i", "list").CombinedOutput()
+	if !bytes.Contains(list, []byte("\t"+typ+" ")) {
+		fixture.Missing(t, "this Sleuth Kit has no %s image type", typ)
+	}
+	cmd := exec.Command(imgCat, "-i", typ, im.Top().Name())
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ref := sha256.New()
+	n, err := io.Copy(ref, out)
+	if werr := cmd.Wait(); err != nil || werr != nil {
+		t.Fatalf("img_cat -i %s: %v %v", typ, err, werr)
+	}
+	got := sha256.New()
+	if _, err := io.Copy(got, io.NewSectionReader(im, 0, im.Size())); err != nil {
+		t.Fatal(err)
+	}
+	if n != im.Size() || !bytes.Equal(got.Sum(nil), ref.Sum(nil)) {
+		t.Fatalf("%s: %d bytes differ from img_cat -i %s's %d", im.Top().Name(), im.Size(), typ, n)
 	}
 }
