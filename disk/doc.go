@@ -3,9 +3,9 @@
 // by its content through a registry the format packages join, and backing
 // chains. Open(path) opens files; New(r, size, opener) reads any
 // io.ReaderAt, with an Opener that resolves backing files (the pair
-// debug/elf and archive/zip offer). Package qcow registers qcow2; VMDK and
-// VHD/VHDX will join as disk/vmdk and disk/vhdx. Import a format package
-// (for its init) wherever images are opened.
+// debug/elf and archive/zip offer). Package qcow registers qcow2, and
+// disk/vmdk, disk/vhd and disk/vhdx register "vmdk", "vpc" and "vhdx".
+// Import a format package (for its init) wherever images are opened.
 //
 // What it promises:
 //
@@ -17,7 +17,10 @@
 //     format that no package registered (qcow2 itself when package qcow is
 //     not linked, qcow v1, VMDK, VHDX, VDI, VHD by header or footer, QED,
 //     Parallels, LUKS, ...) is refused with ErrUnsupported, never read as
-//     raw; anything else is raw. A backing file whose format its overlay
+//     raw, except that a registered format whose MatchTail accepts the
+//     last TailSize bytes (a footer-only format: a fixed VHD, its footer's
+//     checksum checked) is taken before a known footer is refused; anything
+//     else is raw. A backing file whose format its overlay
 //     records is opened as that format without probing (a raw base is
 //     read raw whatever its first bytes are), as QEMU does; one recorded
 //     as a registered format must carry its header (else ErrCorrupt).

@@ -185,7 +185,22 @@ func TestImageDeltasDirty(t *testing.T) {
 	_, touched := deltaWrites(t)
 	vhd, vhdx := differencing(t)
 	for _, p := range []string{imgtest.Path(t, "delta.vmdk"), vhd, vhdx} {
-		stdout, stderr, code := vmscope(t, "dirty", "--format", "json", p)
+		// info shows the chain: the child, then its parent by name.
+		stdout, stderr, code := vmscope(t, "info", "--format", "json", p)
+		var info struct {
+			Chain []struct {
+				Path        string `json:"path"`
+				BackingFile string `json:"backing_file"`
+				FileSize    int64  `json:"file_size"`
+			} `json:"chain"`
+		}
+		if code != 0 || json.Unmarshal([]byte(stdout), &info) != nil {
+			t.Fatalf("info %s: exit %d: %s", p, code, stderr)
+		}
+		if st, err := os.Stat(p); err != nil || len(info.Chain) != 2 || info.Chain[0].FileSize != st.Size() || info.Chain[0].BackingFile != info.Chain[1].Path {
+			t.Errorf("info %s: chain %+v", p, info.Chain)
+		}
+		stdout, stderr, code = vmscope(t, "dirty", "--format", "json", p)
 		if code != 0 {
 			t.Fatalf("dirty %s: exit %d: %s", p, code, stderr)
 		}

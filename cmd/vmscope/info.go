@@ -109,6 +109,12 @@ func imageInfo(ctx context.Context, path string) (*infoDoc, error) {
 		q, ok := l.(*qcow.Layer)
 		if !ok { // raw: the file is the disk
 			q = &qcow.Layer{FileSize: l.Size()}
+			if f, ok := l.(interface{ FileBytes() int64 }); ok { // vmdk, vpc, vhdx
+				q.FileSize = f.FileBytes()
+			}
+			if b := l.Backing(); b != nil {
+				q.BackingRef, q.BackingFormat = b.Name(), b.Format()
+			}
 		}
 		li := layerInfo{
 			Depth: i, Path: l.Name(), Format: l.Format(), Version: q.Version,

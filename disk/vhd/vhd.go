@@ -431,6 +431,9 @@ func (l *Layer) openParent(c *disk.Chain) error {
 	return disk.ChainError(l.Path, "parent locator", "no parent found: %w", errors.Join(errs...))
 }
 
+// FileBytes is the size of the file.
+func (l *Layer) FileBytes() int64 { return l.FileSize }
+
 func (l *Layer) Size() int64         { return l.size }
 func (l *Layer) Backing() disk.Layer { return l.backing }
 func (l *Layer) Format() string      { return Name }

@@ -91,8 +91,9 @@ type Layer struct {
 	Extents    []*Extent
 	ParentRef  string // parentFileNameHint, when the parent was opened
 
-	size    int64
-	backing disk.Layer
+	size     int64
+	fileSize int64
+	backing  disk.Layer
 }
 
 func open(src disk.Source, c *disk.Chain) (disk.Layer, error) {
@@ -101,7 +102,7 @@ func open(src disk.Source, c *disk.Chain) (disk.Layer, error) {
 	if err := imgio.Read(src, head, 0, "header"); err != nil {
 		return nil, err
 	}
-	l := &Layer{Path: name}
+	l := &Layer{Path: name, fileSize: src.Size}
 	if string(head[:4]) == magicKDMV || string(head[:4]) == magicCOWD {
 		sp, err := openSparse(src)
 		if err != nil {
@@ -225,6 +226,18 @@ func (l *Layer) Size() int64         { return l.size }
 func (l *Layer) Backing() disk.Layer { return l.backing }
 func (l *Layer) Format() string      { return Name }
 func (l *Layer) Name() string        { return l.Path }
+
+// FileBytes is the size of the layer's files: the descriptor's and its
+// extents'.
+func (l *Layer) FileBytes() int64 {
+	n := l.fileSize
+	for _, e := range l.Extents {
+		if e.src.Name != l.Path {
+			n += e.src.Size
+		}
+	}
+	return n
+}
 
 // CreateType is the descriptor's createType ("" without a descriptor).
 func (l *Layer) CreateType() string {
