@@ -51,7 +51,8 @@ func TestDifferencing(t *testing.T) {
 	for _, loc := range []map[string]string{
 		{"W2ru": `.\parent.vhd`},
 		{"W2ku": "/nonexistent/parent.vhd", "W2ru": "parent.vhd"},
-		{"W2ku": "PARENT"}, // replaced by the absolute path below
+		{"W2ku": "PARENT"},            // replaced by the absolute path below
+		{"W2ku": `C:\vms\parent.vhd`}, // another host's: the Unicode name's base name
 	} {
 		dir := t.TempDir()
 		parent, raw := parentCopy(t, dir)

@@ -34,8 +34,9 @@
 //     the rest.
 //   - A differencing disk's parent is found by its parent locators
 //     (W2ru relative, W2ku absolute, MacX file URL, tried in that order,
-//     Windows separators turned into '/'), then by the parent's Unicode
-//     name next to the child; it is opened with disk.Chain.Backing (depth
+//     Windows separators turned into '/', a path on a Windows drive
+//     letter skipped), then by the base name of the parent's Unicode name
+//     next to the child; it is opened with disk.Chain.Backing (depth
 //     and loops checked) and must be a VHD whose unique ID equals the
 //     child's parent unique ID (else ErrChain).
 package vhd
@@ -374,7 +375,7 @@ func (l *Layer) candidates() ([][2]string, error) {
 			}
 			ref = u.Path
 		}
-		if ref != "" {
+		if ref != "" && !driveLetter(ref) {
 			out = append(out, [2]string{ref, "parent locator " + lc.code})
 		}
 	}
@@ -397,6 +398,12 @@ func windowsPath(p string) string {
 	p = strings.ReplaceAll(p, `\`, "/")
 	p = strings.TrimPrefix(p, "./")
 	return p
+}
+
+// driveLetter reports whether p (made a slash path) starts with a Windows
+// drive ("C:/"): a path of another host, which is skipped.
+func driveLetter(p string) bool {
+	return len(p) >= 3 && p[1] == ':' && p[2] == '/' && (p[0]|0x20 >= 'a' && p[0]|0x20 <= 'z')
 }
 
 // openParent opens the first parent the locators name that exists.

@@ -55,6 +55,7 @@ func TestDifferencing(t *testing.T) {
 	for _, keys := range []map[string]string{
 		{"relative_path": `.\parent.vhdx`},
 		{"relative_path": `gone.vhdx`, "absolute_win32_path": "PARENT"},
+		{"relative_path": `parent.vhdx`, "absolute_win32_path": `C:\vms\parent.vhdx`},
 	} {
 		dir := t.TempDir()
 		parent, linkage, raw := parentCopy(t, dir)

@@ -37,7 +37,7 @@
 //     ones. DataRanges (disk.DataLayer) is the present payload blocks.
 //   - A differencing disk's parent is named by its parent locator
 //     (relative_path, then absolute_win32_path, Windows separators made
-//     '/'), opened with disk.Chain.Backing as "vhdx" (depth and loops
+//     '/', a path on a Windows drive letter skipped), opened with disk.Chain.Backing as "vhdx" (depth and loops
 //     checked), and must be a VHDX whose data write GUID equals the
 //     locator's parent_linkage (else ErrChain).
 package vhdx
@@ -551,6 +551,9 @@ func (l *Layer) openParent(c *disk.Chain) error {
 			continue
 		}
 		ref = strings.TrimPrefix(strings.ReplaceAll(ref, `\`, "/"), "./")
+		if len(ref) >= 3 && ref[1] == ':' && ref[2] == '/' {
+			continue // a Windows drive letter: a path of another host
+		}
 		b, err := c.Backing(l.Path, ref, Name)
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
