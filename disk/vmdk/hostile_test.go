@@ -222,6 +222,22 @@ func TestDeltaLinks(t *testing.T) {
 	if !errors.Is(err, disk.ErrChain) || !strings.Contains(err.Error(), "loop") {
 		t.Fatalf("identity loop: %v", err)
 	}
+	// An extent that is the descriptor under a second name, and two
+	// extents that are one file under two names.
+	d := filepath.Join(dir, "d.vmdk")
+	os.WriteFile(filepath.Join(dir, "f.raw"), make([]byte, 1<<20), 0o444)
+	os.Link(filepath.Join(dir, "f.raw"), filepath.Join(dir, "g.raw"))
+	for _, body := range []string{"RW 1 FLAT \"e.vmdk\" 0\n", "RW 8 FLAT \"f.raw\" 0\nRW 8 FLAT \"g.raw\" 0\n"} {
+		os.Remove(d)
+		os.Remove(filepath.Join(dir, "e.vmdk"))
+		os.WriteFile(d, []byte("# Disk DescriptorFile\nCID=1\nparentCID=ffffffff\n"+body), 0o444)
+		os.Link(d, filepath.Join(dir, "e.vmdk"))
+		_, err = disk.Open(d)
+		imgtest.CheckError(t, "extent identity", err)
+		if !errors.Is(err, disk.ErrChain) || !strings.Contains(err.Error(), "loop") {
+			t.Fatalf("extent identity (%q): %v", body, err)
+		}
+	}
 }
 
 // TestZeroExtent: a descriptor of FLAT, ZERO and SPARSE extents (QEMU
