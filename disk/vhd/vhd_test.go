@@ -12,7 +12,7 @@ import (
 // TestConformance: the dynamic and the fixed VHD qemu-img wrote read as
 // qemu-img convert and allocate as qemu-img map (disktest).
 func TestConformance(t *testing.T) {
-	for _, name := range []string{"dynamic.vhd", "fixed.vhd"} {
+	for _, name := range []string{"dynamic.vhd", "fixed.vhd", "chs.vhd"} {
 		t.Run(name, func(t *testing.T) {
 			im, err := disk.Open(imgtest.Path(t, name))
 			if err != nil {

@@ -18,6 +18,7 @@
 #                                    blocks (found with debugfs bmap), a write -z in free space;
 #                                    delta-touched.txt lists the touched files
 #   dynamic.vhd fixed.vhd            qemu-img convert -O vpc -o subformat=dynamic|fixed,force_size=on
+#   chs.vhd                          -O vpc without force_size (size from the CHS geometry)
 #   dynamic.vhdx fixed.vhdx          qemu-img convert -O vhdx (-o subformat=fixed)
 #   delta-writes.txt                 the byte offset and length of each file write of the delta
 #   fuzz/seed*.{vmdk,vhd,vhdx}       2 MiB images, the seeds of the fuzz targets
@@ -128,6 +129,8 @@ qemu-io -f vmdk "${args[@]}" delta.vmdk >/dev/null
 log "vhd"
 qi convert -O vpc -o subformat=dynamic,force_size=on ext4.img dynamic.vhd
 qi convert -O vpc -o subformat=fixed,force_size=on ext4.img fixed.vhd
+# Without force_size: the size is the CHS geometry's (creator "qemu").
+qi convert -O vpc -o subformat=dynamic ext4.img chs.vhd
 log "vhdx"
 qi convert -O vhdx ext4.img dynamic.vhdx
 qi convert -O vhdx -o subformat=fixed ext4.img fixed.vhdx
