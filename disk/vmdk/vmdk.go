@@ -106,6 +106,9 @@ func open(src disk.Source, c *disk.Chain) (disk.Layer, error) {
 		return nil, err
 	}
 	l := &Layer{Path: name, fileSize: src.Size}
+	if len(head) < 4 {
+		return nil, disk.Corrupt(name, "header", 0, "a %d-byte file", src.Size)
+	}
 	if string(head[:4]) == magicKDMV || string(head[:4]) == magicCOWD {
 		sp, err := openSparse(src)
 		if err != nil {
