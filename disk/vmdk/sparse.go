@@ -246,6 +246,9 @@ func (s *sparse) table(ti int64) ([]byte, error) {
 	return gt, nil
 }
 
+// zlibPool keeps zlib readers for reuse (each holds a 32 KiB window).
+var zlibPool sync.Pool
+
 // compressed returns the inflated grain gi stored at host (its marker or
 // its deflate stream), cached; it is at most one grain.
 func (s *sparse) compressed(gi, host, entryAt int64) ([]byte, error) {
@@ -282,10 +285,17 @@ func (s *sparse) compressed(gi, host, entryAt int64) ([]byte, error) {
 	if err := imgio.Read(s.src, in, data, "compressed grain"); err != nil {
 		return nil, err
 	}
-	zr, err := zlib.NewReader(bytes.NewReader(in))
+	var zr io.ReadCloser
+	if r, ok := zlibPool.Get().(io.ReadCloser); ok {
+		err = r.(zlib.Resetter).Reset(bytes.NewReader(in), nil)
+		zr = r
+	} else {
+		zr, err = zlib.NewReader(bytes.NewReader(in))
+	}
 	if err != nil {
 		return nil, disk.Corrupt(name, "compressed grain", host, "grain %d: %v", gi, err)
 	}
+	defer zlibPool.Put(zr)
 	out := make([]byte, s.grain)
 	k, err := io.ReadFull(zr, out)
 	if err != nil && err != io.ErrUnexpectedEOF {
