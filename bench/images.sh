@@ -13,24 +13,25 @@
 # conversion (cmp): the full-disk conformance of large images that
 # `make test` leaves out.
 source "$(dirname "$0")/common.sh"
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-3}  # ONLY=REGEX picks formats by "fmt-subformat" (vpc-dynamic, vhdx-fixed, ...)
 go test -c -o "$OUT/imgbench" ./internal/imgtest
 SIZE=$(stat -c %s "$IMG")
 formats=(
-  "vmdk monolithicSparse vmdk -o,subformat=monolithicSparse"
-  "vmdk streamOptimized vmdk -o,subformat=streamOptimized"
-  "vmdk monolithicFlat vmdk -o,subformat=monolithicFlat"
-  "vpc dynamic vhd -o,subformat=dynamic,force_size=on"
-  "vpc fixed vhd -o,subformat=fixed,force_size=on"
-  "vhdx dynamic vhdx -o,subformat=dynamic"
-  "vhdx fixed vhdx -o,subformat=fixed"
+  "vmdk monolithicSparse vmdk subformat=monolithicSparse"
+  "vmdk streamOptimized vmdk subformat=streamOptimized"
+  "vmdk monolithicFlat vmdk subformat=monolithicFlat"
+  "vpc dynamic vhd subformat=dynamic,force_size=on"
+  "vpc fixed vhd subformat=fixed,force_size=on"
+  "vhdx dynamic vhdx subformat=dynamic"
+  "vhdx fixed vhdx subformat=fixed"
 )
 declare -A summary
 for f in "${formats[@]}"; do
   read -r fmt sub ext opts <<< "$f"
+  [[ "$fmt-$sub" =~ ${ONLY:-.} ]] || continue # ONLY=REGEX: a subset, e.g. ONLY=vhdx
   F=$OUT/usr-$sub.$ext
   if [ ! -f "$F" ] || [ "$F" -ot "$IMG" ]; then
-    qemu-img convert -O "$fmt" ${opts//,/ } "$IMG" "$F"
+    qemu-img convert -O "$fmt" -o "$opts" "$IMG" "$F"
   fi
   RAW=$OUT/images-conv.raw
   A="VMSCOPE_BENCH_IMAGES=$F $OUT/imgbench -test.run '^\$' -test.bench ReadImage -test.benchtime 1x"
