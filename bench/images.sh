@@ -44,7 +44,7 @@ for f in "${formats[@]}"; do
   PREP_B="rm -f $RAW" bench_vs "$RUNS" "$A" "qemu-img convert -f $fmt -O raw $F $RAW" | tee "$OUT/images-vs.txt"
   rm -f "$RAW"
   bench_vs "$RUNS" "$A" "qemu-img convert -n -f $fmt $F --target-image-opts driver=null-co,size=$SIZE" | grep 'A/B wall' | sed 's#A/B wall#A/N wall#'
-  summary[$fmt-$sub]=$(awk '/A\/B wall/ {print $3}' "$OUT/images-vs.txt")
+  summary[$fmt-$sub]=$(awk '/A\/B wall/ {print $4}' "$OUT/images-vs.txt")
 done
 echo "== median A/B wall (vmscope / qemu-img convert -O raw), goal <= 1:"
 for k in "${!summary[@]}"; do printf '%-24s %s\n' "$k" "${summary[$k]}"; done | sort
