@@ -31,6 +31,11 @@ func (e exitStatus) Error() string {
 }
 func (e exitStatus) Unwrap() error { return e.err }
 
+// exitUsage is fleet scan's exit status for a usage error (EX_USAGE), apart
+// from 2 (worth a retry), so a Kubernetes podFailurePolicy can fail the
+// index at once.
+const exitUsage = 64
+
 func newFleetCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "fleet plan|scan|report",
@@ -122,14 +127,20 @@ run id skips the images already complete. An overlay's first poll reuses its
 base's verdicts: the base is scanned once per rules digest.
 
 Exit status: 0 nothing found, --findings-exit-code (1) findings, 2 worth a
-retry (an I/O error, interrupted by SIGTERM/SIGINT: no half-written file). A
+retry (an I/O error, interrupted by SIGTERM/SIGINT: no half-written file),
+64 a usage error (bad flags or inventory: a retry cannot fix it). A
 missing or corrupt image is an error line in its result, not a failure of
 the shard.`,
 		Args: rangeArgs(1, 1),
 		RunE: func(c *cobra.Command, args []string) error {
-			return runFleetScan(c.Context(), args[0], &f, c.ErrOrStderr())
+			err := runFleetScan(c.Context(), args[0], &f, c.ErrOrStderr())
+			if u := (usageError{}); errors.As(err, &u) {
+				return exitStatus{exitUsage, u}
+			}
+			return err
 		},
 	}
+	c.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return exitStatus{exitUsage, usageError{err}} })
 	f.shardFlags.add(c)
 	fl := c.Flags()
 	fl.StringVar(&f.stateDir, "state-dir", "", "folder of the per-image poll states and locks (shared by every shard: a ReadWriteMany volume)")

@@ -159,6 +159,83 @@ func TestFleet(t *testing.T) {
 	t.Run("resume", func(t *testing.T) { testFleetResume(t, bin, fix) })
 	t.Run("lock", func(t *testing.T) { testFleetLock(t, bin, fix) })
 	t.Run("sigterm", func(t *testing.T) { testFleetSIGTERM(t, bin, fix, want) })
+	t.Run("parallel", func(t *testing.T) { testFleetParallel(t, bin, fix, want) })
+	t.Run("slurm", func(t *testing.T) { testFleetSlurm(t, bin, fix, want) })
+}
+
+// testFleetParallel runs the GNU parallel recipe of deploy/ as written:
+// its report equals one process's.
+func testFleetParallel(t *testing.T, bin, fix string, want []byte) {
+	fixture.Tool(t, "parallel")
+	r := newFleetRun(t, bin, fix, "")
+	c := exec.Command("bash", filepath.Join(fixture.Root(), "deploy", "parallel", "fleet.sh"), r.inv, r.state, r.out, "3", r.run)
+	c.Env = append(os.Environ(), "VMSCOPE="+bin, "VMSCOPE_FLAGS=--rules "+filepath.Join(fix, "rules.yar")+" --jobs 1", "VMSCOPE_REPORT_FORMAT=ndjson")
+	var out, errOut bytes.Buffer
+	c.Stdout, c.Stderr = &out, &errOut
+	if code := exitOf(c.Run()); code != exitFindings {
+		t.Fatalf("deploy/parallel/fleet.sh: exit %d: %s", code, errOut.String())
+	}
+	if !bytes.Equal(out.Bytes(), want) {
+		t.Errorf("the parallel recipe's report differs from one process's:\n%s", out.String())
+	}
+}
+
+// testFleetSlurm starts a single-node Slurm cluster (testdata/fleet/slurm.sh:
+// munged, slurmctld, slurmd in a private folder) and runs
+// deploy/slurm/fleet.sbatch as a job array of 7 tasks (--shard auto/7 from
+// SLURM_ARRAY_TASK_ID): each image is scanned by the task its id hashes
+// to, and the report equals one process's.
+func testFleetSlurm(t *testing.T, bin, fix string, want []byte) {
+	fixture.Tool(t, "sbatch")
+	fixture.Tool(t, "munged")
+	dir, err := os.MkdirTemp("", "vmscope-slurm-") // a short path: the munge socket's
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(fixture.Root(), "testdata", "fleet", "slurm.sh")
+	t.Cleanup(func() {
+		exec.Command("bash", script, "stop", dir).Run()
+		os.RemoveAll(dir)
+	})
+	if out, err := exec.Command("bash", script, "start", dir).CombinedOutput(); err != nil {
+		t.Fatalf("slurm.sh start: %v\n%s", err, out)
+	}
+	r := newFleetRun(t, bin, fix, "")
+	os.MkdirAll(r.state, 0o755)
+	os.MkdirAll(r.out, 0o755)
+	c := exec.Command("sbatch", "--wait", "--array=0-6", "--output="+filepath.Join(dir, "task-%a.out"), "--export=ALL",
+		filepath.Join(fixture.Root(), "deploy", "slurm", "fleet.sbatch"), r.inv, r.state, r.out)
+	c.Env = append(os.Environ(), "SLURM_CONF="+filepath.Join(dir, "slurm.conf"), "VMSCOPE="+bin, "VMSCOPE_RUN_ID="+r.run,
+		"VMSCOPE_FLAGS=--rules "+filepath.Join(fix, "rules.yar")+" --jobs 1")
+	if out, err := c.CombinedOutput(); err != nil {
+		logs, _ := exec.Command("sh", "-c", "cat "+dir+"/task-*.out; tail -20 "+dir+"/log/*.log").CombinedOutput()
+		t.Fatalf("sbatch --wait: %v\n%s\n%s", err, out, logs)
+	}
+	files, _ := filepath.Glob(filepath.Join(r.out, r.run, "*.ndjson"))
+	if n := bytes.Count(mustRead(t, r.inv), []byte("\n")); len(files) != n {
+		t.Errorf("%d results of %d images", len(files), n)
+	}
+	for _, f := range files {
+		l, err := lastLineOf(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w := fmt.Sprintf("%d/7", fleet.Owner(l.ImageID, 7)); l.Shard != w {
+			t.Errorf("%s scanned by array task %s, its id hashes to %s", l.ImageID, l.Shard, w)
+		}
+	}
+	if got := r.report(t); !bytes.Equal(got, want) {
+		t.Errorf("the Slurm array's report differs from one process's:\n%s", got)
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // testFleetUnion: N in {1, 3, 7} concurrent shards: each image in the
