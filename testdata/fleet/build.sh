@@ -13,7 +13,10 @@
 #   raw-NN.img          4 raw ext4 images of their own (two with a marker)
 #   q-NN.qcow2          2 standalone qcow2 images
 #   corrupt.qcow2       a qcow2 whose L1 table offset points past the file
-#   inventory.ndjson    every image above plus "gone" (a missing file): 27
+#   snap-2.img          the raw disk of ov-a-03 (base-a.img changed): with
+#                       base-a.img, the snapshot pair of the dirty/ebs test
+#   inventory.ndjson    every image above but snap-2, plus "gone" (a
+#                       missing file): 26
 #   rules.yar           the rules of the tests
 set -euo pipefail
 export LC_ALL=C
@@ -81,6 +84,7 @@ overlay() {
   qemu-img convert -q -f raw -O qcow2 -B "$(basename "$base")" -F "$fmt" "$work/$name.raw" "$cache/$name.qcow2.tmp"
   # convert -B needs the backing file resolvable from the output's folder.
   mv "$cache/$name.qcow2.tmp" "$cache/$name.qcow2"
+  if [ "$name" = ov-a-03 ]; then mv "$work/$name.raw" "$cache/snap-2.img"; fi
   rm -f "$work/$name.raw"
 }
 cd "$cache"
