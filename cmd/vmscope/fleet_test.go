@@ -294,6 +294,11 @@ func testFleetUnion(t *testing.T, bin, fix string, inv *fleet.Inventory, ref fle
 		if got := r.report(t); !bytes.Equal(got, want) {
 			t.Errorf("N=%d: report differs from one process's:\n%s\nwant\n%s", n, got, want)
 		}
+		// Each of the two bases was scanned once (one result per base
+		// and rules digest), however many shards shared it.
+		if bases, _ := filepath.Glob(filepath.Join(r.state, "layers", "*.json")); len(bases) != 2 {
+			t.Errorf("N=%d: base results %v, want one per base", n, bases)
+		}
 	}
 	// Each image's findings equal vmscope scan's.
 	shared := 0
