@@ -292,12 +292,12 @@ func (o *Options) image(ctx context.Context, runDir string, im Image) (Outcome, 
 	if err != nil {
 		return Outcome{}, err
 	}
-	return Outcome{ID: im.ID, Status: il.Status, Retry: il.Retry, Scanned: il.Status != StatusFailed, Err: errIf(il.Error)}, func() error {
-		if lines == nil {
-			return nil // written through the pending file
+	if lines != nil { // else written through the pending file
+		if err := writeResult(runDir, im.ID, final, lines, true); err != nil {
+			return Outcome{}, err
 		}
-		return writeResult(runDir, im.ID, final, lines, true)
-	}()
+	}
+	return Outcome{ID: im.ID, Status: il.Status, Retry: il.Retry, Scanned: il.Status != StatusFailed, Err: errIf(il.Error)}, nil
 }
 
 // completed is the outcome of an image whose result was there already.
