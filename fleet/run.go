@@ -468,8 +468,9 @@ func (o *Options) poll(ctx context.Context, im Image, head Head, statePath, runD
 	}
 	var res *scan.Result
 	var verdicts map[string]string
+	var baseDigests func(*dirty.Selection)
 	if before < 0 && !o.Filtered && len(img.Layers()) > 1 {
-		res, verdicts, il.BaseLayer, err = o.overBase(ctx, img, d)
+		res, verdicts, il.BaseLayer, baseDigests, err = o.overBase(ctx, img, d)
 		if err != nil {
 			return fail(err)
 		}
@@ -506,6 +507,9 @@ func (o *Options) poll(ctx context.Context, im Image, head Head, statePath, runD
 				v = "clean"
 			}
 			sel.SetVerdict(c, v)
+		}
+		if baseDigests != nil {
+			baseDigests(sel) // the commit reads only what the overlay wrote
 		}
 		err = sel.CommitContext(ctx)
 	} else {
