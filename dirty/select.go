@@ -269,6 +269,34 @@ func (s *Selection) SetVerdict(c Change, verdict string) {
 	}
 }
 
+// Record returns the new index record of a due file (nil when the
+// selection keeps no state or the file has none). It is read-only.
+func (s *Selection) Record(c Change) *FileRec {
+	if s.next == nil {
+		return nil
+	}
+	if x := s.next.Indexes[c.Volume]; x != nil {
+		return x.get(c.Ino)
+	}
+	return nil
+}
+
+// SetDigest records the content digest of a due file known from elsewhere:
+// the caller vouches that the file's bytes are the ones sum was taken of
+// (a file an overlay did not write has its base's digest when its block
+// map is the base's). Commit then does not read the file.
+func (s *Selection) SetDigest(c Change, sum string) {
+	if s.next == nil || sum == "" {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sums == nil {
+		s.sums = map[fileKey]string{}
+	}
+	s.sums[fileKey{c.Volume, c.Ino}] = sum
+}
+
 // Commit stores the new state in one transaction. Call it only after the
 // scan of the due files succeeded: a poll that dies changes nothing.
 func (s *Selection) Commit() error { return s.CommitContext(context.Background()) }

@@ -64,7 +64,9 @@ Memory (dumps: ELF, kdump, LiME, raw; or a live QEMU guest):
 Live QEMU guests (qemu:pid=…, libvirt:DOMAIN, gdb://…; scan/dirty --guest poll their disks):
   guest     info, dump, break, release... a running guest
   cfi       learn, monitor, show: page-level kernel control-flow integrity
-  watch     report (or deny) accesses to named files, from the guest's kernel objects`,
+  watch     report (or deny) accesses to named files, from the guest's kernel objects
+Fleets (one task of Kubernetes, Slurm, systemd or GNU parallel):
+  inventory, fleet   list images; plan, scan (--shard i/N, per-image state and lock), report`,
 		Version:       versionString(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -73,6 +75,7 @@ Live QEMU guests (qemu:pid=…, libvirt:DOMAIN, gdb://…; scan/dirty --guest po
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newInfoCmd(), newLsCmd(), newCatCmd(), newExtractCmd(), newScanCmd(), newDirtyCmd(), newDiffCmd(), newMemCmd())
 	root.AddCommand(newGuestCmd(), newWatchCmd(), newCfiCmd())
+	root.AddCommand(newInventoryCmd(), newFleetCmd())
 	return root
 }
 
@@ -82,6 +85,9 @@ Live QEMU guests (qemu:pid=…, libvirt:DOMAIN, gdb://…; scan/dirty --guest po
 // after ctx was cancelled counts as interrupted, whatever its error says
 // (a live guest's stub or a read cut short need not wrap context.Canceled).
 func exitCode(ctx context.Context, err error) int {
+	if es := (exitStatus{}); errors.As(err, &es) {
+		return es.code
+	}
 	if err != nil && ctx.Err() != nil {
 		err = errors.Join(err, ctx.Err())
 	}
