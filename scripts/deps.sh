@@ -21,6 +21,8 @@ pkgs=(
   gcc-12 make         # the guest fixture: LiME built against the guest kernel's headers
   cpio
   gcc gcc-mingw-w64-x86-64  # ELF and PE fixtures of the module-aware scan (testdata/modules)
+  lvm2                # pvcreate, vgcreate, lvcreate, lvs, pvck: the LVM fixtures and their reference (testdata/lvm)
+  cryptsetup-bin      # cryptsetup luksFormat, luksDump: the LUKS fixtures and their reference (testdata/lvm)
 )
 
 missing=()
