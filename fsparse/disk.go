@@ -83,8 +83,42 @@ type Disk struct {
 }
 
 // Open reads the partition table of the disk r of size bytes and opens the
-// filesystem of every partition it recognises.
-func Open(r io.ReaderAt, size int64) (*Disk, error) {
+// filesystem of every partition it recognises, and of every linear LVM
+// logical volume of the volume groups whose physical volumes it holds
+// (with WithPVDisks, also those on the machine's other disks).
+func Open(r io.ReaderAt, size int64, opts ...Option) (*Disk, error) {
+	var o options
+	for _, f := range opts {
+		f(&o)
+	}
+	d, err := readTable(r, size)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range d.Partitions {
+		if d.openSpecial(r, p) {
+			continue
+		}
+		v, err := openVolume(r, p)
+		if err != nil {
+			d.Problems = append(d.Problems, vmerr.Problem{Where: p.ID(), Offset: p.Start, Err: err})
+			continue
+		}
+		if v != nil {
+			d.Volumes = append(d.Volumes, v)
+		}
+	}
+	if len(d.PVs) > 0 {
+		for _, pd := range o.pvDisks {
+			d.addPVDisk(pd)
+		}
+		d.openLVM(r)
+	}
+	return d, nil
+}
+
+// readTable reads the partition table of the disk r of size bytes.
+func readTable(r io.ReaderAt, size int64) (*Disk, error) {
 	d := &Disk{Size: size}
 	head := make([]byte, 2*sector)
 	if n, err := r.ReadAt(head, 0); n < len(head) {
@@ -109,22 +143,6 @@ func Open(r io.ReaderAt, size int64) (*Disk, error) {
 	default:
 		d.Table = "none"
 		d.Partitions = []Partition{{Index: 0, Start: 0, Size: size}}
-	}
-	for _, p := range d.Partitions {
-		if d.openSpecial(r, p) {
-			continue
-		}
-		v, err := openVolume(r, p)
-		if err != nil {
-			d.Problems = append(d.Problems, vmerr.Problem{Where: p.ID(), Offset: p.Start, Err: err})
-			continue
-		}
-		if v != nil {
-			d.Volumes = append(d.Volumes, v)
-		}
-	}
-	if len(d.PVs) > 0 {
-		d.openLVM(r)
 	}
 	return d, nil
 }

@@ -22,10 +22,56 @@ type Encrypted struct {
 	Header *luks.Header `json:"header"`
 }
 
-// PV is an LVM physical volume found on the disk.
+// PV is an LVM physical volume found on the disk (or on another disk of
+// the machine, passed with WithPVDisks).
 type PV struct {
-	ID string  `json:"id"` // the partition, "p2", or "disk"
-	PV *lvm.PV `json:"pv"`
+	ID    string  `json:"id"`              // the partition, "p2", or "disk"
+	Image string  `json:"image,omitempty"` // the other disk's name; "" for this disk
+	PV    *lvm.PV `json:"pv"`
+}
+
+// Option configures Open.
+type Option func(*options)
+
+type options struct{ pvDisks []PVDisk }
+
+// PVDisk is another disk image of the same machine: the LVM physical
+// volumes on it join the volume groups of the disk being opened, so that
+// an LV that spans disks can be read.
+type PVDisk struct {
+	Name string // how the disk is named in PV and segment locations
+	R    io.ReaderAt
+	Size int64
+}
+
+// WithPVDisks adds the physical volumes of the machine's other disks.
+// Their filesystems are not opened (open each disk for that); an LV with
+// segments on them is read through them, and its Segments name them.
+func WithPVDisks(disks ...PVDisk) Option {
+	return func(o *options) { o.pvDisks = append(o.pvDisks, disks...) }
+}
+
+// addPVDisk reads the PVs of another disk of the machine.
+func (d *Disk) addPVDisk(pd PVDisk) {
+	t, err := readTable(pd.R, pd.Size)
+	if err != nil {
+		d.Problems = append(d.Problems, vmerr.Problem{Where: pd.Name, Offset: 0, Err: err})
+		return
+	}
+	for _, p := range t.Partitions {
+		dev := io.NewSectionReader(pd.R, p.Start, p.Size)
+		if !lvm.HasLabel(dev) {
+			continue
+		}
+		where := pd.Name + ":" + p.ID()
+		pv, err := lvm.ReadPV(dev, p.Size, where)
+		if err != nil {
+			d.Problems = append(d.Problems, vmerr.Problem{Where: where, Offset: p.Start, Err: err})
+			continue
+		}
+		pv.Base = p.Start
+		d.PVs = append(d.PVs, PV{ID: p.ID(), Image: pd.Name, PV: pv})
+	}
 }
 
 // encryptedProblem is the problem that makes an encrypted volume visible
@@ -92,8 +138,10 @@ func (d *Disk) checkEncrypted(dev io.ReaderAt, id string, off, size int64) bool 
 // out silently.
 func (d *Disk) openLVM(r io.ReaderAt) {
 	pvs := make([]*lvm.PV, len(d.PVs))
+	image := map[*lvm.PV]string{}
 	for i, p := range d.PVs {
 		pvs[i] = p.PV
+		image[p.PV] = p.Image
 	}
 	vgs, probs := lvm.Assemble(pvs)
 	d.Problems = append(d.Problems, probs...)
@@ -111,7 +159,7 @@ func (d *Disk) openLVM(r io.ReaderAt) {
 			}
 			segs := make([]Segment, len(runs))
 			for i, run := range runs {
-				segs[i] = Segment{Off: run.Off, DiskOff: run.PV.Base + run.PVOff, Len: run.Len}
+				segs[i] = Segment{Off: run.Off, DiskOff: run.PV.Base + run.PVOff, Len: run.Len, Image: image[run.PV]}
 			}
 			lr, _ := lv.Open()
 			dev := io.NewSectionReader(lr, 0, lv.Size)
@@ -144,6 +192,18 @@ func (d *Disk) openLVM(r io.ReaderAt) {
 			d.Volumes = append(d.Volumes, v)
 		}
 	}
+}
+
+// OnOtherDisks reports whether some of the volume's bytes lie on another
+// disk of the machine (an LV spanning disks): the dirty ranges of this
+// disk alone do not cover it.
+func (v *Volume) OnOtherDisks() bool {
+	for _, s := range v.Segments {
+		if s.Image != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // lvError says why the LV named id ("vg/lv") is no volume, or nil when the

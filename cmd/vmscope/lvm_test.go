@@ -224,3 +224,34 @@ func TestDirtyLVM(t *testing.T) {
 		t.Errorf("dirty:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// TestPVImage: --pv-image adds the PVs of the machine's other disk, so an
+// LV spanning both disks reads; without it the LV is refused as lying on a
+// missing PV, and dirty refuses to map a volume partly on another disk.
+func TestPVImage(t *testing.T) {
+	a, b := lvmFixture(t, "multi-a.img"), lvmFixture(t, "multi-b.img")
+	want, err := os.ReadFile(lvmFixture(t, "tree-multi/data/big.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr, code := vmscope(t, "cat", "--pv-image", b, a, "span/data:/data/big.txt")
+	if code != 0 || stdout != string(want) {
+		t.Errorf("cat --pv-image: %d bytes, want %d (exit %d: %s)", len(stdout), len(want), code, stderr)
+	}
+	_, stderr, code = vmscope(t, "cat", a, "span/data:/data/big.txt")
+	if code != 2 || !strings.Contains(stderr, "physical volume missing") {
+		t.Errorf("cat without --pv-image: exit %d: %s", code, stderr)
+	}
+	stdout, _, code = vmscope(t, "ls", "--pv-image", b, a)
+	if code != 0 || !strings.Contains(stdout, "span/data:/data\n") || !strings.Contains(stdout, "span/local:/etc\n") {
+		t.Errorf("ls --pv-image: exit %d:\n%s", code, stdout)
+	}
+	stdout, _, _ = vmscope(t, "info", "--pv-image", b, a)
+	if !strings.Contains(stdout, "0-5:pv0:0-5 6-13:pv1:0-7") || strings.Contains(stdout, "MISSING") {
+		t.Errorf("info --pv-image:\n%s", stdout)
+	}
+	_, stderr, code = vmscope(t, "dirty", "--pv-image", b, "--base", a, a)
+	if code != 2 || !strings.Contains(stderr, "lies partly on another disk") {
+		t.Errorf("dirty on a volume spanning disks: exit %d: %s", code, stderr)
+	}
+}

@@ -73,6 +73,7 @@ Live QEMU guests (qemu:pid=…, libvirt:DOMAIN, gdb://…; scan/dirty --guest po
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newInfoCmd(), newLsCmd(), newCatCmd(), newExtractCmd(), newScanCmd(), newDirtyCmd(), newDiffCmd(), newMemCmd())
 	root.AddCommand(newGuestCmd(), newWatchCmd(), newCfiCmd())
+	addPVImageFlag(root)
 	return root
 }
 
@@ -92,6 +93,7 @@ func exitCode(ctx context.Context, err error) int {
 // tests share it.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root := newRoot()
+	defer closePVImages()
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)

@@ -14,10 +14,12 @@
 #   lvm-overlay.qcow2 overlay of lvm-gpt.qcow2 holding exactly the blocks that
 #                    root-changed.img changes (debugfs: see changed.txt)
 #   lvm-whole.img    a PV on the whole disk (no table): VG solo, LV solo/data (ext4 of tree-small/)
+#   multi-a.img multi-b.img  two disks, a PV on each: VG span; span/data (ext4 of tree-multi/,
+#                    multi-data.img) on a extents 0-5 then b extents 0-7; span/local (small.img) on a
 #   root.img root-changed.img small.img   the ext4 images written into the LVs
 #   luks1.img luks2.img                   cryptsetup luksFormat on plain files (2 keyslots each)
 # References: lvs.json pvs.json vgs.json (--reportformat json), pvck.txt
-# (pvck --dump metadata of p1), devices.txt (loop device -> partition),
+# (pvck --dump metadata of p1), devices.txt (loop device -> partition of lvm-gpt.img),
 # luks1.dump luks2.dump (cryptsetup luksDump), whole-lvs.json.
 set -euo pipefail
 export LC_ALL=C
@@ -88,6 +90,11 @@ for i in $(seq 1 40); do printf 'file %d\n' "$i" > "tree/data/f$i.txt"; done
 printf 'solo\n' > tree-small/etc/hostname
 mkfs.ext4 -q -F -E root_owner=0:0 -U 6a0c3f2e-1b4d-4e5f-8a9b-0c1d2e3f4a5b -L lvroot -b 4096 -d tree root.img 32M
 mkfs.ext4 -q -F -E root_owner=0:0 -U 7b1d4f3e-2c5e-4f60-9bac-1d2e3f4a5b6c -b 4096 -d tree-small small.img 4M
+rm -rf tree-multi
+mkdir -p tree-multi/etc tree-multi/data
+printf 'multi\n' > tree-multi/etc/hostname
+(set +o pipefail; seq 5000000 6000000 | head -c 9437184) > tree-multi/data/big.txt
+mkfs.ext4 -q -F -E root_owner=0:0 -U 8c2e5f4e-3d6f-4071-8cbd-2e3f4a5b6c7d -b 4096 -d tree-multi multi-data.img 14M
 cp root.img root-changed.img
 printf 'added in the overlay\n' > added.txt
 printf 'changed motd\n' > motd2.txt
@@ -142,22 +149,24 @@ lv lvs --reportformat json -a -o lv_name,vg_name,lv_uuid,segtype,seg_start_pe,se
 lv pvs --reportformat json -o pv_name,pv_uuid,vg_name,pe_start,pv_pe_count,dev_size --units b > pvs.json
 lv vgs --reportformat json -o vg_name,vg_uuid,vg_seqno,vg_extent_size,pv_count,lv_count --units b > vgs.json
 lv pvck --dump metadata "$A" > pvck.txt
-# write IMG LVIMAGE VG/LV: the LV image at the extents lvs reports
+# write_lv IMG LVIMAGE VG/LV DEVICES: the LV image at the extents lvs
+# reports (DEVICES: lines "loopdev id offset-in-IMG" for the PVs in IMG)
 write_lv() {
-  local img=$1 src=$2 name=$3 pestart
+  local img=$1 src=$2 name=$3 devs=$4 pestart
   lv lvs --noheadings --separator '|' -o seg_start_pe,seg_pe_ranges "$name" | while IFS='|' read -r lstart ranges; do
     lstart=$(echo "$lstart" | tr -d ' ')
     dev=${ranges%%:*}; dev=$(echo "$dev" | tr -d ' ')
     r=${ranges#*:}; first=${r%-*}; last=${r#*-}
-    base=$(awk -v d="$dev" '$1 == d { print $3 }' devices.txt)
+    base=$(awk -v d="$dev" '$1 == d { print $3 }' "$devs")
+    [ -n "$base" ] || continue # a PV of another image
     pestart=$(lv pvs --noheadings --units b --nosuffix -o pe_start "$dev" | tr -d ' ')
     dd if="$src" of="$img" bs=1M skip="$lstart" seek=$(( (base + pestart) / 1048576 + first )) count=$((last - first + 1)) conv=notrunc status=none
   done
 }
-write_lv lvm-gpt.img root.img vg0/root
-write_lv lvm-gpt.img luks2.img vg0/vault
+write_lv lvm-gpt.img root.img vg0/root devices.txt
+write_lv lvm-gpt.img luks2.img vg0/vault devices.txt
 cp --sparse=always lvm-gpt.img lvm-gpt-changed.img
-write_lv lvm-gpt-changed.img root-changed.img vg0/root
+write_lv lvm-gpt-changed.img root-changed.img vg0/root devices.txt
 dd if=luks1.img of=lvm-gpt.img bs=512 seek=149504 conv=notrunc status=none
 dd if=luks1.img of=lvm-gpt-changed.img bs=512 seek=149504 conv=notrunc status=none
 cleanup
@@ -168,7 +177,7 @@ rm -f lvm-whole.img
 truncate -s 16M lvm-whole.img
 W=$(attach lvm-whole.img 0 $((16 << 20)))
 CONF=$(lvmconf "$W")
-printf '%s disk 0\n' "$W" >> devices.txt
+printf '%s disk 0\n' "$W" > whole-devices.txt
 lv pvcreate -q "$W" >/dev/null
 lv vgcreate -q -s 1M solo "$W" >/dev/null
 lv lvcreate -q -Zn -Wn -L 1M -n gap solo >/dev/null
@@ -176,7 +185,29 @@ lv lvcreate -q -Zn -Wn -L 2M -n data solo >/dev/null
 lv lvremove -q -f solo/gap >/dev/null
 lv lvextend -q -L +2M solo/data >/dev/null
 lv lvs --reportformat json -a -o lv_name,vg_name,lv_uuid,segtype,seg_start_pe,seg_size_pe,seg_pe_ranges,lv_size --units b > whole-lvs.json
-write_lv lvm-whole.img small.img solo/data
+write_lv lvm-whole.img small.img solo/data whole-devices.txt
+cleanup
+loops=()
+
+log "multi-a.img multi-b.img"
+# VG span over two disks: span/data has extents on both, span/local on a only.
+rm -f multi-a.img multi-b.img
+truncate -s 24M multi-a.img
+truncate -s 16M multi-b.img
+MA=$(attach multi-a.img 0 $((24 << 20)))
+MB=$(attach multi-b.img 0 $((16 << 20)))
+CONF=$(lvmconf "$MA" "$MB")
+printf '%s disk 0\n' "$MA" > multi-a-devices.txt
+printf '%s disk 0\n' "$MB" > multi-b-devices.txt
+lv pvcreate -q "$MA" "$MB" >/dev/null
+lv vgcreate -q -s 1M span "$MA" "$MB" >/dev/null
+lv lvcreate -q -Zn -Wn -L 6M -n data span "$MA" >/dev/null
+lv lvcreate -q -Zn -Wn -L 4M -n local span "$MA" >/dev/null
+lv lvextend -q -L +8M span/data "$MB" >/dev/null
+lv lvs --reportformat json -a -o lv_name,vg_name,lv_uuid,segtype,seg_start_pe,seg_size_pe,seg_pe_ranges,lv_size --units b > multi-lvs.json
+write_lv multi-a.img multi-data.img span/data multi-a-devices.txt
+write_lv multi-b.img multi-data.img span/data multi-b-devices.txt
+write_lv multi-a.img small.img span/local multi-a-devices.txt
 cleanup
 loops=()
 
