@@ -25,7 +25,12 @@ const (
 // holds text at textOff (relative to the area; the text wraps past the
 // area's end to just after its header, as LVM's circular buffer does).
 func pvImage(uuid, text string, textOff uint64) []byte {
-	b := make([]byte, testSize)
+	return pvImageN(uuid, text, textOff, testSize)
+}
+
+// pvImageN is pvImage's first n bytes (at least the metadata area's end).
+func pvImageN(uuid, text string, textOff uint64, n int) []byte {
+	b := make([]byte, n)
 	l := b[512:1024]
 	copy(l, labelID)
 	binary.LittleEndian.PutUint64(l[8:], 1)
@@ -47,8 +52,8 @@ func pvImage(uuid, text string, textOff uint64) []byte {
 	binary.LittleEndian.PutUint64(m[48:], uint64(len(text)))
 	binary.LittleEndian.PutUint32(m[56:], CRC(initCRC, []byte(text)))
 	area := b[testMDA : testMDA+testMDASize]
-	n := copy(area[textOff:], text)
-	copy(area[512:], text[n:])
+	k := copy(area[textOff:], text)
+	copy(area[512:], text[k:])
 	binary.LittleEndian.PutUint32(m, CRC(initCRC, m[4:]))
 	return b
 }
@@ -337,29 +342,71 @@ func FuzzReadPV(f *testing.F) {
 			}
 			return
 		}
-		vgs, _ := Assemble([]*PV{pv})
-		for _, vg := range vgs {
-			for _, lv := range vg.LVs {
-				runs, err := lv.Map()
-				if err != nil {
-					continue
+		checkVGs(t, []*PV{pv})
+	})
+}
+
+// checkVGs assembles pvs and checks the invariants of every readable LV:
+// its runs lie inside their PVs, follow each other from 0 to its size, no
+// two runs of the VG share a PV byte, and a read at its end stops there.
+func checkVGs(t *testing.T, pvs []*PV) {
+	vgs, _ := Assemble(pvs)
+	for _, vg := range vgs {
+		type span struct{ start, end int64 }
+		used := map[*PV][]span{}
+		for _, lv := range vg.LVs {
+			runs, err := lv.Map()
+			if err != nil {
+				continue
+			}
+			var total int64
+			for _, r := range runs {
+				if r.Off != total || r.Len <= 0 || r.PVOff < 0 || r.PVOff+r.Len > r.PV.Size {
+					t.Fatalf("LV %s: run %+v", lv.Name, r)
 				}
-				var total int64
-				for _, r := range runs {
-					if r.Off != total || r.Len <= 0 || r.PVOff < 0 || r.PVOff+r.Len > r.PV.Size {
-						t.Fatalf("LV %s: run %+v", lv.Name, r)
+				for _, u := range used[r.PV] {
+					if r.PVOff < u.end && u.start < r.PVOff+r.Len {
+						t.Fatalf("LV %s: run %+v overlaps another LV's", lv.Name, r)
 					}
-					total += r.Len
 				}
-				if total != lv.Size {
-					t.Fatalf("LV %s: runs cover %d of %d bytes", lv.Name, total, lv.Size)
-				}
-				r, _ := lv.Open()
-				if _, err := r.ReadAt(make([]byte, 16), lv.Size-8); err != io.EOF {
-					t.Fatalf("LV %s: read at its end: %v", lv.Name, err)
-				}
+				used[r.PV] = append(used[r.PV], span{r.PVOff, r.PVOff + r.Len})
+				total += r.Len
+			}
+			if total != lv.Size {
+				t.Fatalf("LV %s: runs cover %d of %d bytes", lv.Name, total, lv.Size)
+			}
+			r, _ := lv.Open()
+			if _, err := r.ReadAt(make([]byte, 16), lv.Size-8); err != io.EOF {
+				t.Fatalf("LV %s: read at its end: %v", lv.Name, err)
 			}
 		}
+	}
+}
+
+// FuzzAssemble: hostile metadata text behind valid checksums (the
+// fuzzer cannot get past the CRCs in FuzzReadPV), on two PVs.
+func FuzzAssemble(f *testing.F) {
+	f.Add(vgText(1, ""))
+	f.Add(vgText(2, `b { id = "B" status = ["VISIBLE"] segment_count = 1 segment1 { start_extent = 0 extent_count = 1 type = "striped" stripe_count = 1 stripes = ["pv1", 0] } }`))
+	f.Add(vgText(3, `st { id = "S" status = ["VISIBLE"] segment_count = 1 segment1 { start_extent = 0 extent_count = 2 type = "striped" stripe_count = 2 stripes = ["pv0", 2, "pv1", 0] } }`))
+	other := pvImageN(uuidB, vgText(1, ""), 512, testMDA+testMDASize)
+	f.Fuzz(func(t *testing.T, text string) {
+		if len(text) == 0 || len(text) > testMDASize-1024 {
+			return
+		}
+		a, err := ReadPV(zeroTail(pvImageN(uuidA, text, 512, testMDA+testMDASize)), testSize, "a")
+		if err != nil {
+			var fe *vmerr.FormatError
+			if !errors.As(err, &fe) {
+				t.Fatalf("error without a structure and offset: %v", err)
+			}
+			return
+		}
+		b, err := ReadPV(zeroTail(other), testSize, "b")
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkVGs(t, []*PV{a, b})
 	})
 }
 
@@ -400,4 +447,17 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("%d keys, %d values", len(root.Keys), len(root.Vals))
 		}
 	})
+}
+
+// TestOlderMetadataWhenNewestInvalid: the newest text (seqno 9, on the
+// second PV) has overlapping LVs; the VG is built from the older valid one
+// (seqno 4) and the refused text is a problem.
+func TestOlderMetadataWhenNewestInvalid(t *testing.T) {
+	bad := vgText(9, `b { id = "B" status = ["VISIBLE"] segment_count = 1 segment1 { start_extent = 0 extent_count = 2 type = "striped" stripe_count = 1 stripes = ["pv0", 1] } }`)
+	a := readPV(t, pvImage(uuidA, vgText(4, ""), 512), "p1")
+	b := readPV(t, pvImage(uuidB, bad, 512), "p2")
+	vgs, probs := Assemble([]*PV{a, b})
+	if len(vgs) != 1 || vgs[0].Seqno != 4 || len(probs) != 1 || !errors.Is(probs[0], ErrCorrupt) || probs[0].Where != "p2: volume group vg" {
+		t.Fatalf("VGs %+v, problems %v", vgs, probs)
+	}
 }

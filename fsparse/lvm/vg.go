@@ -77,31 +77,27 @@ type Run struct {
 }
 
 // Assemble groups PVs into volume groups. Each VG takes the valid
-// metadata of highest seqno among its PVs; PVs are matched to the VG's
-// list by UUID. Problems lists what was not used (a metadata text whose VG
-// section is invalid, a PV without metadata no VG names).
+// metadata of highest seqno among its PVs (an older copy when the newest
+// one's VG section is invalid); PVs are matched to the VG's list by UUID.
+// Problems lists what was not used (a metadata area or text that is
+// invalid, a PV that no VG found names).
 func Assemble(pvs []*PV) ([]*VG, []vmerr.Problem) {
 	var probs []vmerr.Problem
-	// newest metadata per VG id
 	type cand struct {
 		md *Metadata
 		pv *PV
 	}
-	best := map[string]cand{}
+	cands := map[string][]cand{} // by VG name and id
 	var order []string
 	for _, pv := range pvs {
 		probs = append(probs, pv.Problems...)
 		for i := range pv.Metadata {
 			md := &pv.Metadata[i]
-			id := md.root.Sub(md.VGName).Str("id")
-			key := md.VGName + "/" + id
-			c, ok := best[key]
-			if !ok {
+			key := md.VGName + "/" + md.root.Sub(md.VGName).Str("id")
+			if cands[key] == nil {
 				order = append(order, key)
 			}
-			if !ok || md.Seqno > c.md.Seqno {
-				best[key] = cand{md, pv}
-			}
+			cands[key] = append(cands[key], cand{md, pv})
 		}
 	}
 	byUUID := map[string]*PV{}
@@ -111,19 +107,26 @@ func Assemble(pvs []*PV) ([]*VG, []vmerr.Problem) {
 	used := map[*PV]bool{}
 	var vgs []*VG
 	for _, key := range order {
-		c := best[key]
-		vg, err := buildVG(c.md, byUUID)
-		if err != nil {
-			probs = append(probs, vmerr.Problem{Where: c.pv.Where + ": volume group " + c.md.VGName, Offset: c.md.Offset, Err: err})
-			continue
-		}
-		vg.MetadataFrom = fmt.Sprintf("%s metadata area at %d", c.pv.Where, c.md.Area)
-		for _, p := range vg.PVs {
-			if p.PV != nil {
-				used[p.PV] = true
+		cs := cands[key]
+		sort.SliceStable(cs, func(i, j int) bool { return cs[i].md.Seqno > cs[j].md.Seqno })
+		for i, c := range cs {
+			if i > 0 && c.md.Seqno == cs[i-1].md.Seqno && string(c.md.Text) == string(cs[i-1].md.Text) {
+				continue // the same text, already refused
 			}
+			vg, err := buildVG(c.md, byUUID)
+			if err != nil {
+				probs = append(probs, vmerr.Problem{Where: c.pv.Where + ": volume group " + c.md.VGName, Offset: c.md.Offset, Err: err})
+				continue
+			}
+			vg.MetadataFrom = fmt.Sprintf("%s metadata area at %d", c.pv.Where, c.md.Area)
+			for _, p := range vg.PVs {
+				if p.PV != nil {
+					used[p.PV] = true
+				}
+			}
+			vgs = append(vgs, vg)
+			break
 		}
-		vgs = append(vgs, vg)
 	}
 	for _, pv := range pvs {
 		if !used[pv] {
