@@ -255,3 +255,27 @@ func TestPVImage(t *testing.T) {
 		t.Errorf("dirty on a volume spanning disks: exit %d: %s", code, stderr)
 	}
 }
+
+// TestExtractLVM: extract copies the LV's tree; extracting every
+// filesystem names the encrypted and unsupported volumes it left out.
+func TestExtractLVM(t *testing.T) {
+	img := lvmFixture(t, "lvm-gpt.qcow2")
+	dir := t.TempDir()
+	_, stderr, code := vmscope(t, "extract", img, "vg0/root:/etc", dir)
+	if code != 0 {
+		t.Fatalf("extract vg0/root:/etc: exit %d: %s", code, stderr)
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "cron.d", "job"))
+	want, _ := os.ReadFile(lvmFixture(t, "tree/etc/cron.d/job"))
+	if err != nil || string(got) != string(want) {
+		t.Errorf("extracted cron.d/job: %q %v", got, err)
+	}
+	dir = t.TempDir()
+	_, stderr, code = vmscope(t, "extract", img, dir)
+	if code != 2 || !strings.Contains(stderr, "vmscope: vg0/vault at offset") || !strings.Contains(stderr, "vmscope: p3 at offset") {
+		t.Errorf("extract of every filesystem: exit %d: %s", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "etc", "passwd")); err != nil {
+		t.Errorf("the LV's tree was not extracted: %v", err)
+	}
+}
