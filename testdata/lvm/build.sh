@@ -58,11 +58,9 @@ cleanup() {
   for l in "${loops[@]}"; do losetup -d "$l" 2>/dev/null || true; done
 }
 trap cleanup EXIT
-attach() { # attach FILE OFFSET SIZE: prints the loop device
-  local l
-  l=$(losetup -f --show -o "$2" --sizelimit "$3" "$1")
-  loops+=("$l")
-  echo "$l"
+attach() { # attach FILE OFFSET SIZE: the loop device in $LOOP (no subshell: cleanup must see it)
+  LOOP=$(losetup -f --show -o "$2" --sizelimit "$3" "$1")
+  loops+=("$LOOP")
 }
 # LVM sees only our loop devices, and writes no backup or archive under /etc.
 lvmconf() {
@@ -134,8 +132,10 @@ start=83968, size=65536, type=E6D6D379-F507-44C2-A23C-238F2A3DF928, name="pv-b"
 start=149504, size=16384, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="secret"
 PT
 P1=$((2048 * 512)) P2=$((83968 * 512)) P3=$((149504 * 512))
-A=$(attach lvm-gpt.img $P1 $((81920 * 512)))
-B=$(attach lvm-gpt.img $P2 $((65536 * 512)))
+attach lvm-gpt.img $P1 $((81920 * 512))
+A=$LOOP
+attach lvm-gpt.img $P2 $((65536 * 512))
+B=$LOOP
 CONF=$(lvmconf "$A" "$B")
 printf '%s p1 %d\n%s p2 %d\n' "$A" "$P1" "$B" "$P2" > devices.txt
 lv pvcreate -q "$A" "$B" >/dev/null
@@ -175,7 +175,8 @@ loops=()
 log "lvm-whole.img"
 rm -f lvm-whole.img
 truncate -s 16M lvm-whole.img
-W=$(attach lvm-whole.img 0 $((16 << 20)))
+attach lvm-whole.img 0 $((16 << 20))
+W=$LOOP
 CONF=$(lvmconf "$W")
 printf '%s disk 0\n' "$W" > whole-devices.txt
 lv pvcreate -q "$W" >/dev/null
@@ -194,8 +195,10 @@ log "multi-a.img multi-b.img"
 rm -f multi-a.img multi-b.img
 truncate -s 24M multi-a.img
 truncate -s 16M multi-b.img
-MA=$(attach multi-a.img 0 $((24 << 20)))
-MB=$(attach multi-b.img 0 $((16 << 20)))
+attach multi-a.img 0 $((24 << 20))
+MA=$LOOP
+attach multi-b.img 0 $((16 << 20))
+MB=$LOOP
 CONF=$(lvmconf "$MA" "$MB")
 printf '%s disk 0\n' "$MA" > multi-a-devices.txt
 printf '%s disk 0\n' "$MB" > multi-b-devices.txt
