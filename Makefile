@@ -30,6 +30,7 @@ fixtures: deps
 	bash testdata/libvirt/libvirt.sh images
 	bash testdata/cfi-plugin/build.sh
 	bash testdata/fleet/build.sh
+	bash testdata/lvm/build.sh
 
 demo: build
 	bash scripts/demo.sh

@@ -59,6 +59,9 @@ type DirEntry struct {
 // OpenFS returns the dirty view of the filesystem of volume v, or an error
 // wrapping ErrUnsupportedFS.
 func OpenFS(v *fsparse.Volume) (FS, error) {
+	if v.OnOtherDisks() { // the dirty ranges of one disk do not cover it
+		return nil, fmt.Errorf("dirty: volume %s lies partly on another disk: %w", v.ID, ErrUnsupportedFS)
+	}
 	if v.Ext4() == nil {
 		return nil, fmt.Errorf("dirty: volume %s is %s: %w", v.ID, v.Type, ErrUnsupportedFS)
 	}

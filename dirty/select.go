@@ -538,6 +538,11 @@ func compare(ctx context.Context, ref Reference, curDisk *fsparse.Disk) (*Select
 	oldDisk := ref.Older()
 	sel := &Selection{Source: ref.String(), Disk: curDisk, Stats: map[string]Stats{}}
 	for _, v := range curDisk.Volumes {
+		if v.OnOtherDisks() {
+			_, err := OpenFS(v)
+			sel.Errors = append(sel.Errors, err)
+			continue
+		}
 		if !mappable(v) {
 			continue
 		}

@@ -19,6 +19,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/vmscope/vmscope/fsparse/lvm"
 	"github.com/vmscope/vmscope/vmerr"
 )
 
@@ -67,6 +68,14 @@ type Disk struct {
 	TableID    string      `json:"table_id,omitempty"`
 	Partitions []Partition `json:"partitions"`
 	Volumes    []*Volume   `json:"volumes"`
+	// PVs are the LVM physical volumes found on the disk, VGs the volume
+	// groups assembled from them (their visible linear LVs are among
+	// Volumes, addressed "vg/lv").
+	PVs []PV      `json:"pvs,omitempty"`
+	VGs []*lvm.VG `json:"volume_groups,omitempty"`
+	// Encrypted lists the encrypted volumes (LUKS, BitLocker): each is
+	// also a problem, so that a scan never passes over one silently.
+	Encrypted []Encrypted `json:"encrypted,omitempty"`
 	// Problems lists partitions whose filesystem could not be opened (where:
 	// the partition, offset: its start on the disk); the other volumes are
 	// usable.
@@ -74,8 +83,42 @@ type Disk struct {
 }
 
 // Open reads the partition table of the disk r of size bytes and opens the
-// filesystem of every partition it recognises.
-func Open(r io.ReaderAt, size int64) (*Disk, error) {
+// filesystem of every partition it recognises, and of every linear LVM
+// logical volume of the volume groups whose physical volumes it holds
+// (with WithPVDisks, also those on the machine's other disks).
+func Open(r io.ReaderAt, size int64, opts ...Option) (*Disk, error) {
+	var o options
+	for _, f := range opts {
+		f(&o)
+	}
+	d, err := readTable(r, size)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range d.Partitions {
+		if d.openSpecial(r, p) {
+			continue
+		}
+		v, err := openVolume(r, p)
+		if err != nil {
+			d.Problems = append(d.Problems, vmerr.Problem{Where: p.ID(), Offset: p.Start, Err: err})
+			continue
+		}
+		if v != nil {
+			d.Volumes = append(d.Volumes, v)
+		}
+	}
+	if len(d.PVs) > 0 {
+		for _, pd := range o.pvDisks {
+			d.addPVDisk(pd)
+		}
+		d.openLVM(r)
+	}
+	return d, nil
+}
+
+// readTable reads the partition table of the disk r of size bytes.
+func readTable(r io.ReaderAt, size int64) (*Disk, error) {
 	d := &Disk{Size: size}
 	head := make([]byte, 2*sector)
 	if n, err := r.ReadAt(head, 0); n < len(head) {
@@ -100,16 +143,6 @@ func Open(r io.ReaderAt, size int64) (*Disk, error) {
 	default:
 		d.Table = "none"
 		d.Partitions = []Partition{{Index: 0, Start: 0, Size: size}}
-	}
-	for _, p := range d.Partitions {
-		v, err := openVolume(r, p)
-		if err != nil {
-			d.Problems = append(d.Problems, vmerr.Problem{Where: p.ID(), Offset: p.Start, Err: err})
-			continue
-		}
-		if v != nil {
-			d.Volumes = append(d.Volumes, v)
-		}
 	}
 	return d, nil
 }
@@ -142,14 +175,24 @@ func (d *Disk) Volume(id string) (*Volume, error) {
 			return v, nil
 		}
 	}
+	if err := d.lvError(id); err != nil {
+		return nil, fmt.Errorf("%w: %q: %w", ErrNoVolume, id, err)
+	}
+	for _, e := range d.Encrypted {
+		if e.ID == id {
+			return nil, fmt.Errorf("%w: %q: %w", ErrNoVolume, id, encryptedProblem(e))
+		}
+	}
 	return nil, fmt.Errorf("%w: %q", ErrNoVolume, id)
 }
 
-// Resolve splits a user path ("p2:/etc/passwd" or "/etc/passwd") into its
-// volume and the io/fs path inside it ("etc/passwd", or "." for the root).
+// Resolve splits a user path ("p2:/etc/passwd", "vg/lv:/etc/passwd" or
+// "/etc/passwd") into its volume and the io/fs path inside it
+// ("etc/passwd", or "." for the root). A prefix before ':' names a volume
+// when it has no '/' or is "VG/LV" of a logical volume of the disk.
 func (d *Disk) Resolve(spec string) (*Volume, string, error) {
 	id := ""
-	if i := strings.IndexByte(spec, ':'); i >= 0 && !strings.Contains(spec[:i], "/") {
+	if i := strings.IndexByte(spec, ':'); i >= 0 && (!strings.Contains(spec[:i], "/") || d.isLV(spec[:i])) {
 		id, spec = spec[:i], spec[i+1:]
 	}
 	v, err := d.Volume(id)
@@ -157,6 +200,20 @@ func (d *Disk) Resolve(spec string) (*Volume, string, error) {
 		return nil, "", err
 	}
 	return v, CleanPath(spec), nil
+}
+
+// isLV reports whether id is "VG/LV" of a logical volume of the disk.
+func (d *Disk) isLV(id string) bool {
+	vgName, lvName, ok := strings.Cut(id, "/")
+	if !ok {
+		return false
+	}
+	for _, vg := range d.VGs {
+		if vg.Name == vgName && vg.LV(lvName) != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // CleanPath turns a user path ("/etc//passwd/", "etc/passwd", "/") into an

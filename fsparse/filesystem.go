@@ -91,6 +91,8 @@ func known(b []byte) string {
 			return "ntfs"
 		case string(b[3:11]) == "EXFAT   ":
 			return "exfat"
+		case string(b[3:11]) == "-FVE-FS-":
+			return "BitLocker"
 		}
 	}
 	switch {

@@ -26,6 +26,14 @@ func seedDisks(f *testing.F) {
 		fh.Close()
 		f.Add(b[:34*512])
 	}
+	// A whole-disk LVM PV (testdata/lvm/build.sh): label, PV header,
+	// metadata area and text lie in its first MiB.
+	if fh, err := os.Open(filepath.Join(fixture.Root(), "testdata", "out-lvm", "lvm-whole.img")); err == nil {
+		b := make([]byte, 1<<20)
+		io.ReadFull(fh, b)
+		fh.Close()
+		f.Add(b)
+	}
 	// An MBR with an extended partition and two logical ones, built here.
 	mbr := make([]byte, 8<<10)
 	entry := func(b []byte, typ byte, start, size uint32) {

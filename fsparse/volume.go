@@ -39,9 +39,12 @@ type Volume struct {
 }
 
 // Segment is a run of a volume's bytes on the disk: volume offsets
-// [Off, Off+Len) are disk offsets [DiskOff, DiskOff+Len).
+// [Off, Off+Len) are disk offsets [DiskOff, DiskOff+Len). Image names
+// another disk of the machine when the run lies there (an LV spanning
+// disks, see WithPVDisks); "" is this disk.
 type Segment struct {
 	Off, DiskOff, Len int64
+	Image             string
 }
 
 // FromDisk translates disk byte ranges into the volume's byte ranges (the
@@ -49,6 +52,9 @@ type Segment struct {
 func (v *Volume) FromDisk(r rangeset.Set) rangeset.Set {
 	var out rangeset.Set
 	for _, s := range v.Segments {
+		if s.Image != "" {
+			continue
+		}
 		for _, x := range r.Clip(s.DiskOff, s.DiskOff+s.Len).Ranges() {
 			out.Add(x.Start-s.DiskOff+s.Off, x.End-s.DiskOff+s.Off)
 		}
@@ -56,10 +62,14 @@ func (v *Volume) FromDisk(r rangeset.Set) rangeset.Set {
 	return out
 }
 
-// ToDisk translates the volume's byte ranges into disk byte ranges.
+// ToDisk translates the volume's byte ranges into disk byte ranges (those
+// on this disk).
 func (v *Volume) ToDisk(r rangeset.Set) rangeset.Set {
 	var out rangeset.Set
 	for _, s := range v.Segments {
+		if s.Image != "" {
+			continue
+		}
 		for _, x := range r.Clip(s.Off, s.Off+s.Len).Ranges() {
 			out.Add(x.Start-s.Off+s.DiskOff, x.End-s.Off+s.DiskOff)
 		}

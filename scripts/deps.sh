@@ -23,6 +23,8 @@ pkgs=(
   gcc gcc-mingw-w64-x86-64  # ELF and PE fixtures of the module-aware scan (testdata/modules)
   parallel            # fleet: the GNU parallel recipe (deploy/parallel) and bench/fleet.sh's peer
   slurm-wlm munge     # fleet: a single-node Slurm cluster runs the job array of the fleet test
+  lvm2                # pvcreate, vgcreate, lvcreate, lvs, pvck: the LVM fixtures and their reference (testdata/lvm)
+  cryptsetup-bin      # cryptsetup luksFormat, luksDump: the LUKS fixtures and their reference (testdata/lvm)
 )
 
 missing=()

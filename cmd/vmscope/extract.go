@@ -81,6 +81,14 @@ func runExtract(ctx context.Context, image string, paths []string, dest string, 
 	}
 	defer root.Close()
 	x := &extractor{jobs: max(jobs, 1), stderr: errOut}
+	if len(paths) == 0 {
+		// Every filesystem: what was left out (an encrypted volume, an
+		// unsupported LV, a damaged partition) is said, as ls says it.
+		for _, p := range d.Problems {
+			x.probs.Add(p)
+			fmt.Fprintf(errOut, "vmscope: %v\n", p)
+		}
+	}
 	for _, t := range targets {
 		r := root
 		if t.sub != "" {

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vmscope/vmscope/fsparse"
+	"github.com/vmscope/vmscope/fsparse/lvm"
 	"github.com/vmscope/vmscope/internal/output"
 	"github.com/vmscope/vmscope/qcow"
 )
@@ -23,6 +24,9 @@ type infoDoc struct {
 	TableID     string              `json:"partition_table_id,omitempty"`
 	Partitions  []fsparse.Partition `json:"partitions"`
 	Filesystems []*fsparse.Volume   `json:"filesystems"`
+	PVs         []fsparse.PV        `json:"physical_volumes,omitempty"`
+	VGs         []*lvm.VG           `json:"volume_groups,omitempty"`
+	Encrypted   []fsparse.Encrypted `json:"encrypted,omitempty"`
 	Problems    []string            `json:"problems,omitempty"`
 }
 
@@ -100,6 +104,9 @@ func imageInfo(ctx context.Context, path string) (*infoDoc, error) {
 		TableID:     d.TableID,
 		Partitions:  d.Partitions,
 		Filesystems: d.Volumes,
+		PVs:         d.PVs,
+		VGs:         d.VGs,
+		Encrypted:   d.Encrypted,
 	}
 	for i, l := range im.Layers() {
 		alloc, err := l.Allocated(ctx)
@@ -214,6 +221,7 @@ func writeInfoTable(w io.Writer, doc *infoDoc) error {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%d\t%s\n", v.ID, v.Type, printable(v.Label), v.UUID, humanize.IBytes(uint64(v.BlockSize)), v.Inodes, strings.Join(v.Features, " "))
 	}
 	tw.Flush()
+	writeVolumeInfo(w, doc)
 	var any bool
 	for _, l := range doc.Chain {
 		for _, b := range l.Bitmaps {

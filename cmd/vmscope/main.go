@@ -76,6 +76,7 @@ Fleets (one task of Kubernetes, Slurm, systemd or GNU parallel):
 	root.AddCommand(newInfoCmd(), newLsCmd(), newCatCmd(), newExtractCmd(), newScanCmd(), newDirtyCmd(), newDiffCmd(), newMemCmd())
 	root.AddCommand(newGuestCmd(), newWatchCmd(), newCfiCmd())
 	root.AddCommand(newInventoryCmd(), newFleetCmd())
+	addPVImageFlag(root)
 	return root
 }
 
@@ -98,6 +99,7 @@ func exitCode(ctx context.Context, err error) int {
 // tests share it.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root := newRoot()
+	defer closePVImages()
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)

@@ -28,7 +28,12 @@ func openDisk(path string) (*disk.Image, *fsparse.Disk, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	d, err := fsparse.Open(im, im.Size())
+	opts, err := pvDiskOptions()
+	if err != nil {
+		im.Close()
+		return nil, nil, err
+	}
+	d, err := fsparse.Open(im, im.Size(), opts...)
 	if err != nil {
 		im.Close()
 		return nil, nil, err
