@@ -21,6 +21,7 @@ pkgs=(
   gcc-12 make         # the guest fixture: LiME built against the guest kernel's headers
   cpio
   gcc gcc-mingw-w64-x86-64  # ELF and PE fixtures of the module-aware scan (testdata/modules)
+  xfsprogs            # mkfs.xfs -p, xfs_io, xfs_db: the XFS fixtures and reference (testdata/xfs)
 )
 
 missing=()
