@@ -12,8 +12,8 @@ import (
 )
 
 // xfsFS is the dirty view of an XFS volume: its inode chunks (from the
-// inode B+trees) are the inode tables, the data forks' extents and
-// B+tree blocks the block → owner index (a reflinked block has several
+// inode B+trees) are the inode tables, the data and attribute forks'
+// extents and B+tree blocks the block → owner index (a reflinked block has several
 // owners), the internal log is the journal.
 //
 // XFS inode numbers (AG number above the AG inode bits) are used as they
@@ -128,13 +128,19 @@ func (g *xfsFS) Record(ino uint32) (*FileRec, error) {
 			r.ReadErr = err.Error()
 		}
 	}
-	if in.Format != 2 && in.Format != 3 { // local and device forks own no blocks
-		return r, nil
-	}
-	ext, meta, err := g.fs.BlockMap(in)
+	aext, ameta, err := g.fs.AttrBlockMap(in)
 	if err != nil {
 		r.ReadErr = err.Error()
 		return r, nil
+	}
+	var ext []xfs.Extent
+	var meta []uint64
+	if in.Format == 2 || in.Format == 3 { // local and device forks own no blocks
+		ext, meta, err = g.fs.BlockMap(in)
+		if err != nil {
+			r.ReadErr = err.Error()
+			return r, nil
+		}
 	}
 	h := fnv.New64a()
 	var b [25]byte
@@ -153,7 +159,15 @@ func (g *xfsFS) Record(ino uint32) (*FileRec, error) {
 		h.Write(b[:])
 		r.Runs = append(r.Runs, Run{e.Physical, e.Len, kind})
 	}
-	for _, m := range meta {
+	for _, e := range aext {
+		binary.LittleEndian.PutUint64(b[0:], e.Logical)
+		binary.LittleEndian.PutUint64(b[8:], e.Physical)
+		binary.LittleEndian.PutUint64(b[16:], e.Len)
+		b[24] = 2
+		h.Write(b[:])
+		r.Runs = append(r.Runs, Run{e.Physical, e.Len, KindXattr})
+	}
+	for _, m := range append(meta, ameta...) {
 		binary.LittleEndian.PutUint64(b[0:], m)
 		h.Write(b[:8])
 		r.Runs = append(r.Runs, Run{m, 1, KindExtent})

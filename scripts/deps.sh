@@ -22,6 +22,7 @@ pkgs=(
   cpio
   gcc gcc-mingw-w64-x86-64  # ELF and PE fixtures of the module-aware scan (testdata/modules)
   xfsprogs            # mkfs.xfs -p, xfs_io, xfs_db: the XFS fixtures and reference (testdata/xfs)
+  attr                # setfattr: extended attributes of the XFS fixture (testdata/xfs)
 )
 
 missing=()

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -606,6 +607,18 @@ func ownerMap(t *testing.T, f *FS) map[uint64][]uint64 {
 			for _, b := range meta {
 				own[b] = append(own[b], ino)
 			}
+			aext, ameta, err := f.AttrBlockMap(in)
+			if err != nil {
+				t.Fatalf("inode %d: attribute fork: %v", ino, err)
+			}
+			for _, e := range aext {
+				for b := e.Physical; b < e.Physical+e.Len; b++ {
+					own[b] = append(own[b], ino)
+				}
+			}
+			for _, b := range ameta {
+				own[b] = append(own[b], ino)
+			}
 		}
 	}
 	return own
@@ -741,5 +754,31 @@ func TestSuperblockVsXfsDB(t *testing.T) {
 		if rt != (img == "xfs-rt.img") {
 			t.Errorf("%s: realtime %v", img, rt)
 		}
+	}
+}
+
+// TestRealtime: a volume with a realtime section opens and says so in its
+// features; a file whose data lives on the realtime device is reported
+// unsupported (its entry carries the error, opening it fails), never read
+// from the data device; a file on the data device reads.
+func TestRealtime(t *testing.T) {
+	f := openImage(t, "xfs-rt.img")
+	if b, err := os.ReadFile(filepath.Join(fixtureDir(), "rt-skipped.txt")); err == nil {
+		fixture.Missing(t, "%s", bytes.TrimSpace(b))
+	}
+	ino := mustLookup(t, f, "rtfile")
+	in, err := f.Inode(ino)
+	if err != nil || !in.Realtime() || in.Size != 64<<10 {
+		t.Fatalf("rtfile: %+v, %v: want a 64 KiB realtime file", in, err)
+	}
+	if _, err := f.OpenInode(ino); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("opening rtfile: %v, want ErrUnsupported", err)
+	}
+	e, err := volumeFS{f}.StatInode("/rtfile", ino)
+	if err != nil || !errors.Is(e.Err, ErrUnsupported) {
+		t.Errorf("rtfile entry: %v, %v: want its Err unsupported", e.Err, err)
+	}
+	if b, err := fs.ReadFile(f, "datafile"); err != nil || string(b) != "on the data device\n" {
+		t.Errorf("datafile: %q, %v", b, err)
 	}
 }

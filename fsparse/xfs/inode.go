@@ -51,8 +51,9 @@ type Inode struct {
 	Rdev       uint32 // device number of a device file (format dev)
 
 	// data is the data fork's bytes inside the inode (the literal area up
-	// to the attribute fork).
+	// to the attribute fork); attr the attribute fork's (nil without one).
 	data []byte
+	attr []byte
 	// off is the inode's byte offset on the volume.
 	off int64
 }
@@ -215,6 +216,7 @@ func (f *FS) parseInode(ino uint64, off int64, b []byte) (*Inode, error) {
 		if fo >= len(lit) {
 			return nil, inoErr(ino, off+82, "attribute fork offset %d past the %d-byte literal area", fo, len(lit))
 		}
+		in.attr = lit[fo:]
 		lit = lit[:fo]
 	}
 	in.data = lit
@@ -231,7 +233,7 @@ func (f *FS) parseInode(ino uint64, off int64, b []byte) (*Inode, error) {
 			return nil, inoErr(ino, off+56, "local fork of %d bytes holds only %d", in.Size, len(lit))
 		}
 	case fmtExtents:
-		if in.NExtents*16 > uint64(len(lit)) {
+		if in.NExtents > uint64(len(lit))/16 {
 			return nil, inoErr(ino, off+76, "%d extents do not fit the %d-byte fork", in.NExtents, len(lit))
 		}
 	case fmtBtree:
@@ -305,31 +307,44 @@ func (f *FS) mapFork(in *Inode) (*forkMap, error) {
 	if in.Realtime() {
 		return nil, vmerr.Corrupt(ErrUnsupported, fmt.Sprintf("xfs inode %d", in.Ino), in.off+90, "realtime file (data on the realtime device)")
 	}
+	return f.mapForkBytes(in, in.Format, in.data, in.NExtents, in.off+int64(f.coreSize), "data fork")
+}
+
+// mapAttrFork reads the attribute fork's extents (remote attribute
+// values and attribute blocks), or nothing for an attribute fork in the
+// inode.
+func (f *FS) mapAttrFork(in *Inode) (*forkMap, error) {
+	if in.attr == nil {
+		return &forkMap{}, nil
+	}
+	lit := in.off + int64(f.coreSize) + int64(in.ForkOff)*8
+	return f.mapForkBytes(in, in.AFormat, in.attr, in.ANExtents, lit, "attribute fork")
+}
+
+func (f *FS) mapForkBytes(in *Inode, format uint8, d []byte, next uint64, lit int64, which string) (*forkMap, error) {
 	m := &forkMap{}
-	w := &bmapWalk{f: f, ino: in.Ino, m: m, limit: min(in.NExtents, maxExtents)}
-	lit := in.off + int64(f.coreSize)
-	switch in.Format {
+	w := &bmapWalk{f: f, ino: in.Ino, m: m, limit: min(next, maxExtents)}
+	switch format {
 	case fmtExtents:
-		if in.NExtents > maxExtents {
-			return nil, inoErr(in.Ino, in.off+76, "%d extents", in.NExtents)
+		if next > maxExtents || next*16 > uint64(len(d)) {
+			return nil, inoErr(in.Ino, lit, "%s: %d extents in %d bytes", which, next, len(d))
 		}
-		for i := 0; i < int(in.NExtents); i++ {
-			if err := w.add(in.data[i*16:], "extent list", lit+int64(i*16)); err != nil {
+		for i := 0; i < int(next); i++ {
+			if err := w.add(d[i*16:], which+" extent list", lit+int64(i*16)); err != nil {
 				return nil, err
 			}
 		}
 	case fmtBtree:
-		d := in.data
 		if len(d) < 4 {
-			return nil, inoErr(in.Ino, lit, "B+tree root in %d bytes", len(d))
+			return nil, inoErr(in.Ino, lit, "%s: B+tree root in %d bytes", which, len(d))
 		}
 		level, nrecs := int(be16(d, 0)), int(be16(d, 2))
 		maxr := (len(d) - 4) / 16
 		if level == 0 || level > maxLevels || nrecs == 0 || nrecs > maxr {
-			return nil, inoErr(in.Ino, lit, "B+tree root: level %d, %d records (at most %d)", level, nrecs, maxr)
+			return nil, inoErr(in.Ino, lit, "%s: B+tree root: level %d, %d records (at most %d)", which, level, nrecs, maxr)
 		}
-		if in.NExtents > maxExtents {
-			return nil, inoErr(in.Ino, in.off+76, "%d extents", in.NExtents)
+		if next > maxExtents {
+			return nil, inoErr(in.Ino, lit, "%s: %d extents", which, next)
 		}
 		w.seen = map[uint64]bool{}
 		for i := 0; i < nrecs; i++ {
@@ -338,11 +353,9 @@ func (f *FS) mapFork(in *Inode) (*forkMap, error) {
 				return nil, err
 			}
 		}
-		if uint64(len(m.ext)) != in.NExtents {
-			return nil, inoErr(in.Ino, in.off+76, "B+tree holds %d extents, the inode says %d", len(m.ext), in.NExtents)
+		if uint64(len(m.ext)) != next {
+			return nil, inoErr(in.Ino, lit, "%s: B+tree holds %d extents, the inode says %d", which, len(m.ext), next)
 		}
-	default:
-		return m, nil
 	}
 	return m, nil
 }
@@ -418,6 +431,16 @@ func (f *FS) Extents(ino uint64) ([]Extent, error) {
 		return nil, err
 	}
 	return m.ext, nil
+}
+
+// AttrBlockMap returns the attribute fork's extents of in (attribute
+// blocks and remote values) and the volume blocks of its B+tree.
+func (f *FS) AttrBlockMap(in *Inode) ([]Extent, []uint64, error) {
+	m, err := f.mapAttrFork(in)
+	if err != nil {
+		return nil, nil, err
+	}
+	return m.ext, m.meta, nil
 }
 
 // BlockMap returns the data fork's extents of in and the volume blocks of

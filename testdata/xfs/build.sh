@@ -21,7 +21,7 @@
 #   overlay.qcow2    qcow2 overlay on the raw xfs.img holding exactly the blocks that
 #                    differ in xfs-changed.img (qemu-io writes, testdata/blkdiff)
 #   xfs-dirtylog.img a copy of a mounted filesystem after sync: its log needs recovery
-#   xfs-rt.img       v5 with a realtime section (rt.img)
+#   xfs-rt.img       v5 with a realtime section (rt.img) holding /rtfile (with a loop mount)
 # When the loop mount fails, the images that need it are left out and
 # loop-skipped.txt says why (the tests skip them, or fail under CI).
 set -euo pipefail
@@ -40,7 +40,7 @@ if [ -f "$cache/.done" ]; then
   [ "$(readlink "$out" 2>/dev/null)" = "$cache" ] || { rm -rf "$out"; ln -s "$cache" "$out"; }
   exit 0
 fi
-for tool in mkfs.xfs xfs_db xfs_io qemu-img qemu-io; do
+for tool in mkfs.xfs xfs_db xfs_io qemu-img qemu-io setfattr losetup; do
   command -v "$tool" >/dev/null || { echo "xfs/build.sh: $tool missing (run scripts/deps.sh)" >&2; exit 1; }
 done
 find "$(dirname "$cache")" -maxdepth 1 -name 'xfs-*' ! -name "xfs-$hash" ! -name '*.lock' -mtime +7 -exec rm -rf {} + 2>/dev/null || true
@@ -157,6 +157,10 @@ if [ $loop_ok = 1 ]; then
   mknod "$x/blockdev" b 7 0
   mkfifo "$x/fifo"
   ln "$x/future" "$x/future-hardlink"
+  # Extended attributes: one in the inode, one in remote attribute blocks.
+  echo attrs > "$x/xattr"
+  setfattr -n user.small -v tiny "$x/xattr"
+  setfattr -n user.big -v "$(head -c 30000 /dev/zero | tr '\0' 'v')" "$x/xattr"
   echo "inline text" > "$x/small"
   : > "$x/emptyfile"
   sync
@@ -223,6 +227,18 @@ LIST
   trap - EXIT
   rm -f dl-src.img
   xfs_repair -n xfs-dirtylog.img > dirtylog-repair.txt 2>&1 || true
+
+  log "xfs-rt.img: a realtime file"
+  rtloop=$(losetup --show -f rt.img)
+  if mount -o loop,rtdev="$rtloop" xfs-rt.img "$mnt"; then
+    xfs_io -f -c 'chattr +r' -c 'pwrite -S 0x72 0 64k' "$mnt/rtfile" >/dev/null
+    echo "on the data device" > "$mnt/datafile"
+    umount "$mnt"
+  else
+    echo "mount of xfs-rt.img with its realtime device failed" >> rt-skipped.txt
+  fi
+  losetup -d "$rtloop"
+  xfs_db -r -c 'sb 0' -c 'print' xfs-rt.img > xfs-rt.sb.txt
 fi
 rmdir "$mnt" 2>/dev/null || true
 touch .done
