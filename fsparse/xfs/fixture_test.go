@@ -764,7 +764,9 @@ func TestSuperblockVsXfsDB(t *testing.T) {
 func TestRealtime(t *testing.T) {
 	f := openImage(t, "xfs-rt.img")
 	if b, err := os.ReadFile(filepath.Join(fixtureDir(), "rt-skipped.txt")); err == nil {
-		fixture.Missing(t, "%s", bytes.TrimSpace(b))
+		// A kernel limit, not a missing fixture (Debian's kernels lack
+		// CONFIG_XFS_RT): no realtime file could be written.
+		t.Skipf("%s (the kernel could not mount the realtime section)", bytes.TrimSpace(b))
 	}
 	ino := mustLookup(t, f, "rtfile")
 	in, err := f.Inode(ino)
