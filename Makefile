@@ -31,6 +31,7 @@ fixtures: deps
 	bash testdata/cfi-plugin/build.sh
 	bash testdata/fleet/build.sh
 	bash testdata/lvm/build.sh
+	bash testdata/xfs/build.sh
 
 demo: build
 	bash scripts/demo.sh

@@ -5,6 +5,7 @@ import (
 	"hash/fnv"
 
 	"github.com/vmscope/vmscope/fsparse"
+	"github.com/vmscope/vmscope/fsparse/xfs"
 	"github.com/vmscope/vmscope/internal/rangeset"
 )
 
@@ -62,10 +63,24 @@ func OpenFS(v *fsparse.Volume) (FS, error) {
 	if v.OnOtherDisks() { // the dirty ranges of one disk do not cover it
 		return nil, fmt.Errorf("dirty: volume %s lies partly on another disk: %w", v.ID, ErrUnsupportedFS)
 	}
+	if x := xfs.Of(v); x != nil {
+		return newXFSFS(v, x)
+	}
 	if v.Ext4() == nil {
 		return nil, fmt.Errorf("dirty: volume %s is %s: %w", v.ID, v.Type, ErrUnsupportedFS)
 	}
 	return newExt4FS(v), nil
+}
+
+// rooted is an FS whose root directory is not inode 2 (XFS).
+type rooted interface{ RootIno() uint32 }
+
+// rootOf is the root directory's inode of fsys.
+func rootOf(fsys FS) uint32 {
+	if r, ok := fsys.(rooted); ok {
+		return r.RootIno()
+	}
+	return rootIno
 }
 
 // slotSums digests each inode slot of block blk of inode table t (raw: the

@@ -84,6 +84,8 @@ type Index struct {
 	UUID      string              `json:"uuid"`
 	BlockSize int64               `json:"block_size"`
 	Files     map[uint32]*FileRec `json:"files"`
+	// Root is the root directory's inode when it is not 2 (XFS).
+	Root uint32 `json:"root,omitempty"`
 
 	owners []owner // sorted by start; built by index()
 	maxLen uint64
@@ -146,9 +148,10 @@ func (x *Index) owned(lo, hi uint64, fn func(o owner)) {
 // hard link, each resolved through its parents' names.
 func (x *Index) Paths(ino uint32) []string {
 	var out []string
+	root := x.root()
 	var walk func(ino uint32, suffix string, depth int)
 	walk = func(ino uint32, suffix string, depth int) {
-		if ino == rootIno {
+		if ino == root {
 			out = append(out, "/"+suffix)
 			return
 		}
@@ -180,6 +183,23 @@ func (x *Index) Paths(ino uint32) []string {
 
 const rootIno = 2
 
+// root is the root directory's inode: Root, or its base's, or 2.
+func (x *Index) root() uint32 {
+	for i := x; i != nil; i = i.base {
+		if i.Root != 0 {
+			return i.Root
+		}
+	}
+	return rootIno
+}
+
+// setRoot records the root directory's inode of fsys when it is not 2.
+func (x *Index) setRoot(fsys FS) {
+	if r := rootOf(fsys); r != rootIno {
+		x.Root = r
+	}
+}
+
 // BuildIndex reads every live inode of the volume (the used part of each
 // inode table) with its block map, and every directory, into an index. It
 // reads metadata only: inode tables, extent trees, directories.
@@ -190,6 +210,7 @@ func BuildIndex(ctx context.Context, v *fsparse.Volume) (*Index, error) {
 	}
 	bs := fsys.BlockSize()
 	x := &Index{Volume: v.ID, UUID: v.UUID, BlockSize: bs, Files: map[uint32]*FileRec{}, itab: map[uint64][]uint64{}}
+	x.setRoot(fsys)
 	if err := x.readTables(ctx, v, fsys); err != nil {
 		return nil, err
 	}

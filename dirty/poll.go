@@ -116,6 +116,10 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 	// copied before it is changed. For a stored index the new one is a
 	// delta: the records the poll changes, over the old ones.
 	p.nx = old.derive(v.ID, v.UUID, fsys.BlockSize())
+	p.nx.setRoot(fsys)
+	if old.Root == 0 {
+		old.setRoot(fsys) // a stored index does not keep it
+	}
 	if err := p.examine(); err != nil {
 		return nil, err
 	}

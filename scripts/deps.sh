@@ -25,6 +25,8 @@ pkgs=(
   slurm-wlm munge     # fleet: a single-node Slurm cluster runs the job array of the fleet test
   lvm2                # pvcreate, vgcreate, lvcreate, lvs, pvck: the LVM fixtures and their reference (testdata/lvm)
   cryptsetup-bin      # cryptsetup luksFormat, luksDump: the LUKS fixtures and their reference (testdata/lvm)
+  xfsprogs            # mkfs.xfs -p, xfs_io, xfs_db: the XFS fixtures and reference (testdata/xfs)
+  attr                # setfattr: extended attributes of the XFS fixture (testdata/xfs)
 )
 
 missing=()

@@ -1,0 +1,4 @@
+package main
+
+// XFS volumes: fsparse/xfs registers itself with fsparse.
+import _ "github.com/vmscope/vmscope/fsparse/xfs"
