@@ -5,6 +5,7 @@ import (
 	"hash/fnv"
 
 	"github.com/vmscope/vmscope/fsparse"
+	"github.com/vmscope/vmscope/fsparse/ntfs"
 	"github.com/vmscope/vmscope/internal/rangeset"
 )
 
@@ -59,6 +60,9 @@ type DirEntry struct {
 // OpenFS returns the dirty view of the filesystem of volume v, or an error
 // wrapping ErrUnsupportedFS.
 func OpenFS(v *fsparse.Volume) (FS, error) {
+	if x, ok := v.FS.(*ntfs.FS); ok {
+		return newNTFSFS(v.ID, x)
+	}
 	if v.Ext4() == nil {
 		return nil, fmt.Errorf("dirty: volume %s is %s: %w", v.ID, v.Type, ErrUnsupportedFS)
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"path"
+	"slices"
 	"sort"
 
 	"github.com/vmscope/vmscope/fsparse"
@@ -148,11 +149,11 @@ func (x *Index) Paths(ino uint32) []string {
 	var out []string
 	var walk func(ino uint32, suffix string, depth int)
 	walk = func(ino uint32, suffix string, depth int) {
-		if ino == rootIno {
+		r := x.get(ino)
+		if ino == rootIno || r != nil && slices.Contains(r.Names, Link{ino, "."}) {
 			out = append(out, "/"+suffix)
 			return
 		}
-		r := x.get(ino)
 		if r == nil || depth > 4096 || len(out) > 1024 {
 			return
 		}
@@ -178,6 +179,9 @@ func (x *Index) Paths(ino uint32) []string {
 	return out
 }
 
+// rootIno is ext4's root. The root of a filesystem whose root is another
+// inode (NTFS: MFT record 5) is the directory that names itself "." (the
+// entry NTFS's root index holds, which its dirty view lists).
 const rootIno = 2
 
 // BuildIndex reads every live inode of the volume (the used part of each

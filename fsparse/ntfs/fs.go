@@ -418,6 +418,22 @@ func (f *FS) OpenStream(ino uint64, name string) (fsparse.File, error) {
 	return f.streamReader(s, ino), nil
 }
 
+// StreamNames returns the names of the named $DATA streams of MFT record
+// ino, sorted.
+func (f *FS) StreamNames(ino uint64) ([]string, error) {
+	x, err := f.file(ino)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, s := range x.Streams() {
+		if s.Name != "" {
+			out = append(out, s.Name)
+		}
+	}
+	return out, nil
+}
+
 type emptyFile struct{}
 
 func (emptyFile) ReadAt([]byte, int64) (int, error) { return 0, io.EOF }
