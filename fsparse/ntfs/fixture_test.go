@@ -328,6 +328,19 @@ func TestHardLinksAndSymlink(t *testing.T) {
 	if recs[0] != recs[1] || recs[1] != recs[2] {
 		t.Errorf("hard links in records %v", recs)
 	}
+	// An attribute list: 151 names of one file spill into extension records.
+	ml, err := f.Lstat("manylinks/orig")
+	if err != nil || ml.Links != 151 {
+		t.Errorf("manylinks/orig: %d links (%v), want 151", ml.Links, err)
+	}
+	if x, err := f.File(ml.Ino); err != nil || len(x.Ext) == 0 || len(x.Names()) < 151 {
+		t.Errorf("manylinks/orig: no extension records (%v)", err)
+	}
+	// A reparse point: reported as a symlink with its target, not followed.
+	rp, err := f.Lstat("reparse-link")
+	if err != nil || rp.Type != "symlink" || rp.Target != "hello.txt" || !hasAttr(rp.Attrs, "reparse") || !hasAttr(rp.Attrs, "reparse-tag=0xa000000c") {
+		t.Errorf("reparse-link: %+v %v", rp, err)
+	}
 	e, err := f.Lstat("link-to-hello")
 	if err != nil || e.Type != "symlink" || e.Target != "hello.txt" {
 		t.Errorf("link-to-hello: %+v %v", e, err)

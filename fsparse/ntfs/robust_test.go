@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"strings"
@@ -74,10 +75,23 @@ func checkErr(t *testing.T, err error) {
 	}
 }
 
-// Fuzz targets in the fixture: records of the root, a big directory (index
-// root and INDX blocks), a compressed file, a sparse file, a file with
-// streams, hard links.
-var fuzzRecords = []uint64{0, 3, RootRecord, 64, 65, 75, 3079, 3083, 3086, 3087}
+// fuzzPaths are the fuzzed records of the fixture: the root, a big
+// directory (index root and INDX blocks), a compressed file, a sparse
+// file, a file with streams, hard links, a file with an attribute list, a
+// reparse point; plus $MFT (0) and $Volume (3).
+var fuzzPaths = []string{".", "big", "zip/text.txt", "sparse/holes.bin", "hello.txt", "docs", "links/orig.txt", "manylinks/orig", "reparse-link"}
+
+func fuzzRecords(t testing.TB, f *FS) []uint64 {
+	recs := []uint64{0, 3}
+	for _, p := range fuzzPaths {
+		e, err := f.Lstat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, e.Ino)
+	}
+	return recs
+}
 
 // exercise opens the volume and reads everything reachable from record
 // rec: its entry, listing (and its children's), every stream (1 MiB at
@@ -134,12 +148,13 @@ func FuzzRecord(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	for i, rec := range fuzzRecords {
+	recs := fuzzRecords(f, fs)
+	for i, rec := range recs {
 		off, _ := fs.RecordOffset(rec)
 		f.Add(uint8(i), raw[off:off+fs.RecordSize])
 	}
 	f.Fuzz(func(t *testing.T, which uint8, data []byte) {
-		rec := fuzzRecords[int(which)%len(fuzzRecords)]
+		rec := recs[int(which)%len(recs)]
 		off, _ := fs.RecordOffset(rec)
 		if int64(len(data)) > fs.RecordSize {
 			data = data[:fs.RecordSize]
@@ -155,7 +170,11 @@ func FuzzIndexBlock(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	x, err := fs.File(75)
+	big, err := fs.Lstat("big")
+	if err != nil {
+		f.Fatal(err)
+	}
+	x, err := fs.File(big.Ino)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -169,7 +188,7 @@ func FuzzIndexBlock(f *testing.F) {
 		if len(data) > 4096 {
 			data = data[:4096]
 		}
-		exercise(t, &patched{base: raw, off: off, data: data}, int64(len(raw)), 75)
+		exercise(t, &patched{base: raw, off: off, data: data}, int64(len(raw)), big.Ino)
 	})
 }
 
@@ -234,7 +253,8 @@ func TestTornRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	off, _ := fs.RecordOffset(3086)
+	hello, _ := fs.Lstat("hello.txt")
+	off, _ := fs.RecordOffset(hello.Ino)
 	rec := bytes.Clone(raw[off : off+fs.RecordSize])
 	rec[510] ^= 0xFF
 	bad, err := Open(&patched{base: raw, off: off, data: rec}, int64(len(raw)))
@@ -243,7 +263,7 @@ func TestTornRecord(t *testing.T) {
 	}
 	_, err = bad.Lstat("hello.txt")
 	var fe *vmerr.FormatError
-	if !errors.Is(err, ErrCorrupt) || !errors.As(err, &fe) || fe.Struct != "MFT record 3086" || fe.Offset != off+510 {
+	if !errors.Is(err, ErrCorrupt) || !errors.As(err, &fe) || fe.Struct != fmt.Sprintf("MFT record %d", hello.Ino) || fe.Offset != off+510 {
 		t.Fatalf("torn record: %v (%+v)", err, fe)
 	}
 }
@@ -276,7 +296,8 @@ func redoFixups(b []byte) {
 func TestIndexLoop(t *testing.T) {
 	raw := fixtureBytes(t)
 	fs, _ := Open(bytes.NewReader(raw), int64(len(raw)))
-	x, _ := fs.File(75)
+	big, _ := fs.Lstat("big")
+	x, _ := fs.File(big.Ino)
 	alloc := x.streamOf(attrIndexAlloc, "$I30")
 	// Find an INDX block with two subnode entries (an inner node).
 	for _, run := range alloc.runs {
@@ -306,13 +327,42 @@ func TestIndexLoop(t *testing.T) {
 			copy(blk[vcnAt[1]:vcnAt[1]+8], blk[vcnAt[0]:vcnAt[0]+8])
 			redoFixups(blk)
 			bad, _ := Open(&patched{base: raw, off: off, data: blk}, int64(len(raw)))
-			_, err := bad.ReadIndex(75)
+			_, err := bad.ReadIndex(big.Ino)
 			var fe *vmerr.FormatError
-			if !errors.Is(err, ErrCorrupt) || !errors.As(err, &fe) || !strings.Contains(fe.Struct, "MFT record 75") || !strings.Contains(err.Error(), "loop") {
+			if !errors.Is(err, ErrCorrupt) || !errors.As(err, &fe) || fe.Struct != fmt.Sprintf("MFT record %d", big.Ino) || !strings.Contains(err.Error(), "loop") {
 				t.Fatalf("index loop: %v", err)
 			}
 			return
 		}
 	}
 	t.Fatal("no inner INDX block in the big directory")
+}
+
+// TestEncryptedFlag: a file whose $STANDARD_INFORMATION says encrypted
+// (EFS; ntfs-3g cannot make one) is reported so. The record is the
+// fixture's, with the flag set in memory.
+func TestEncryptedFlag(t *testing.T) {
+	raw := fixtureBytes(t)
+	fs, _ := Open(bytes.NewReader(raw), int64(len(raw)))
+	hello, _ := fs.Lstat("hello.txt")
+	off, _ := fs.RecordOffset(hello.Ino)
+	rec := bytes.Clone(raw[off : off+fs.RecordSize])
+	if err := applyFixups(rec, "record", off); err != nil {
+		t.Fatal(err)
+	}
+	p := int(binary.LittleEndian.Uint16(rec[0x14:]))
+	if binary.LittleEndian.Uint32(rec[p:]) != attrStandardInfo {
+		t.Fatal("first attribute is not $STANDARD_INFORMATION")
+	}
+	v := p + int(binary.LittleEndian.Uint16(rec[p+20:]))
+	binary.LittleEndian.PutUint32(rec[v+32:], binary.LittleEndian.Uint32(rec[v+32:])|0x4000)
+	redoFixups(rec)
+	enc, _ := Open(&patched{base: raw, off: off, data: rec}, int64(len(raw)))
+	e, err := enc.Lstat("hello.txt")
+	if err != nil || !hasAttr(e.Attrs, "encrypted") {
+		t.Fatalf("encrypted file: attributes %v (%v)", e.Attrs, err)
+	}
+	if e, _ := fs.Lstat("hello.txt"); hasAttr(e.Attrs, "encrypted") {
+		t.Fatalf("clean file reported encrypted: %v", e.Attrs)
+	}
 }

@@ -8,7 +8,8 @@
 #                       alternate data streams (streams_interface=windows), a compressed
 #                       directory (system.ntfs_attrib_be 0x800), sparse files, hard links,
 #                       a directory of 3000 entries ($I30 index allocation), an Interix symlink
-#                       (ntfs-3g's default), a timestomped file (touch -d)
+#                       (ntfs-3g's default) and a reparse-point symlink, a file of 150 hard links
+#                       (attribute list), a timestomped file (touch -d)
 #   ntfs.qcow2          qemu-img convert of ntfs.img
 #   ntfs-changed.img    a copy of ntfs.img changed through an ntfs-3g mount (changed.txt lists
 #                       the changed paths, streams as path:stream)
@@ -35,7 +36,7 @@ if [ -f "$cache/.done" ]; then
   fi
   exit 0
 fi
-for tool in mkntfs ntfs-3g ntfsls ntfscat setfattr qemu-img qemu-io fls; do
+for tool in mkntfs ntfs-3g ntfsls ntfscat ntfsresize ntfsinfo setfattr iconv qemu-img qemu-io fls; do
   command -v "$tool" >/dev/null || { echo "ntfs/build.sh: $tool missing (run scripts/deps.sh)" >&2; exit 1; }
 done
 find "$(dirname "$cache")" -maxdepth 1 -name 'ntfs-*' ! -name "ntfs-$hash" ! -name '*.lock' -mtime +7 -exec rm -rf {} + 2>/dev/null || true
@@ -97,9 +98,25 @@ seq 1 30000 > "$mnt/hello.txt:big"
 printf 'malware VMSCOPE_NTFS_ADS here\n' > "$mnt/docs/numbers.txt:hidden"
 printf 'dir stream\n' > "$mnt/docs:dirstream"
 printf '[ZoneTransfer]\nZoneId=3\n' > "$mnt/docs/blob1.bin:Zone.Identifier"
-# A symlink: a reparse point, reported and not followed.
+# A symlink as ntfs-3g makes them (Interix: a system file "IntxLNK\1" + target).
 ln -s hello.txt "$mnt/link-to-hello"
 ln -s hello.txt tree/link-to-hello
+# A symlink as Windows makes them: a reparse point (IO_REPARSE_TAG_SYMLINK,
+# relative), its data written through ntfs-3g's system.ntfs_reparse_data.
+u16() { printf '%s' "$1" | iconv -t UTF-16LE | od -An -tx1 | tr -d ' \n'; }
+le16() { printf '%02x%02x' $(($1 & 255)) $(($1 >> 8)); }
+tgt=$(u16 hello.txt)
+n=$((${#tgt} / 2))
+body="0000$(le16 "$n")$(le16 "$n")$(le16 "$n")01000000$tgt$tgt"
+touch "$mnt/reparse-link"
+setfattr -h -v "0x0c0000a0$(le16 $((${#body} / 2)))0000$body" -n system.ntfs_reparse_data "$mnt/reparse-link"
+ln -s hello.txt tree/reparse-link
+# 150 hard links to one file: its $FILE_NAMEs overflow the record into an
+# attribute list and extension records.
+mkdir "$mnt/manylinks" tree/manylinks
+printf 'one file, many names\n' > "$mnt/manylinks/orig"
+printf 'one file, many names\n' > tree/manylinks/orig
+for i in $(seq 150); do ln "$mnt/manylinks/orig" "$mnt/manylinks/l$i"; ln tree/manylinks/orig "tree/manylinks/l$i"; done
 # Timestomp: utimensat (touch -d) sets the $STANDARD_INFORMATION modification and
 # access times to 2001-02-03 04:05:06 UTC; the $FILE_NAME times keep the real ones.
 touch -d '2001-02-03 04:05:06Z' "$mnt/links/stomped.txt"
