@@ -28,11 +28,12 @@ if [ ! -f "$IMG" ]; then
 fi
 echo "bench image: $IMG ($(fls -r "$IMG" | grep -c '^[+ ]*r/r') fls regular entries)"
 N=${JOBS:-$(nproc)}
+RUNS=${RUNS:-3} # timed runs of each command (after one untimed warm-up)
 RULES=$OUT/rules.yar
 cat scan/rules/*.yar > "$RULES"
 D="-d filename= -d filepath= -d extension= -d filetype= -d owner= -d md5="
 echo "== listing: vmscope ls -r (A) vs fls -r (B)"
-bench_vs 3 "$V ls -r $IMG" "fls -r $IMG"
+bench_vs "$RUNS" "$V ls -r $IMG" "fls -r $IMG"
 echo "== vmscope scan (A) vs ntfs-3g -o ro mount + yara -r -p $N + umount (B)"
-bench_vs 3 "$V scan --jobs $N --format ndjson $IMG >/dev/null; test \$? -le 1" \
+bench_vs "$RUNS" "$V scan --jobs $N --format ndjson $IMG >/dev/null; test \$? -le 1" \
   "ntfs-3g -o ro $IMG $MNT && yara $D -r -p $N $RULES $MNT >/dev/null; umount $MNT"
