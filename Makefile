@@ -32,6 +32,7 @@ fixtures: deps
 	bash testdata/fleet/build.sh
 	bash testdata/lvm/build.sh
 	bash testdata/xfs/build.sh
+	bash testdata/ntfs/build.sh
 
 demo: build
 	bash scripts/demo.sh

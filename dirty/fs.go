@@ -5,6 +5,7 @@ import (
 	"hash/fnv"
 
 	"github.com/vmscope/vmscope/fsparse"
+	"github.com/vmscope/vmscope/fsparse/ntfs"
 	"github.com/vmscope/vmscope/fsparse/xfs"
 	"github.com/vmscope/vmscope/internal/rangeset"
 )
@@ -65,6 +66,9 @@ func OpenFS(v *fsparse.Volume) (FS, error) {
 	}
 	if x := xfs.Of(v); x != nil {
 		return newXFSFS(v, x)
+	}
+	if x, ok := v.FS.(*ntfs.FS); ok {
+		return newNTFSFS(v.ID, x)
 	}
 	if v.Ext4() == nil {
 		return nil, fmt.Errorf("dirty: volume %s is %s: %w", v.ID, v.Type, ErrUnsupportedFS)

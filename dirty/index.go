@@ -181,6 +181,8 @@ func (x *Index) Paths(ino uint32) []string {
 	return out
 }
 
+// rootIno is ext4's root; a filesystem whose root is another inode (XFS,
+// NTFS's MFT record 5) says so through RootIno.
 const rootIno = 2
 
 // root is the root directory's inode: Root, or its base's, or 2.

@@ -134,6 +134,26 @@ type Entry struct {
 	// cannot tell an escaped name from a name that holds the same
 	// backslashes.
 	Shown string `json:"-"`
+
+	// Stream names an NTFS alternate data stream: Path is then
+	// "/dir/file:stream" and Ino the file's MFT record.
+	Stream string `json:"stream,omitempty"`
+	// FNTimes are the $FILE_NAME times of an NTFS file (Mtime, Atime,
+	// Ctime and Crtime are its $STANDARD_INFORMATION times): the two sets
+	// differ when the times were set by hand (timestomping).
+	FNTimes *Times `json:"fn_times,omitempty"`
+	// Attrs are the format's own file attributes that change how a file
+	// reads ("compressed", "sparse", "encrypted", "reparse", "hidden",
+	// "system", "readonly").
+	Attrs []string `json:"attributes,omitempty"`
+}
+
+// Times is a second set of file times (NTFS $FILE_NAME).
+type Times struct {
+	Mtime  time.Time `json:"mtime"`
+	Atime  time.Time `json:"atime"`
+	Ctime  time.Time `json:"ctime"`
+	Crtime time.Time `json:"crtime"`
 }
 
 // EscapeName writes a name that cannot be a path element as one that can,

@@ -10,6 +10,7 @@ pkgs=(
   fdisk               # sfdisk: GPT and MBR fixtures
   dosfstools mtools   # mkfs.vfat, mcopy: the FAT fixture
   sleuthkit           # fls, icat: the benchmark peer
+  ntfs-3g attr        # mkntfs, ntfs-3g mount, ntfsls/ntfscat/ntfscluster, setfattr: the NTFS fixture (testdata/ntfs) and its reference
   zstd                # qemu-img's zstd compression is built in; zstd for checks
   libyara-dev yara    # YARA: the scan engine and its reference
   libmagic-dev libjansson-dev libssl-dev zlib1g-dev libbz2-dev liblzma-dev  # static libraries for make static

@@ -215,7 +215,7 @@ func (x *extractor) volume(ctx context.Context, v *fsparse.Volume, name string, 
 func (x *extractor) copyFile(v *fsparse.Volume, root *os.Root, e fsparse.Entry, dst string, buf []byte) error {
 	var src fsparse.File
 	var err error
-	if e.Ino != 0 {
+	if e.Ino != 0 && e.Stream == "" { // a stream (NTFS "file:stream") opens by path
 		src, err = v.OpenInode(e.Ino)
 	} else {
 		src, err = v.Open(strings.TrimPrefix(e.Path, "/"))

@@ -34,6 +34,10 @@ func newLsCmd() *cobra.Command {
 		Long: `List the files at PATH (default: the root of every filesystem).
 PATH is /etc or p2:/etc when the disk has several filesystems.
 -r lists recursively, -l shows inode, mode, links, owner, size, times and link targets.
+On NTFS, -l shows the $STANDARD_INFORMATION then the $FILE_NAME modification time
+(they differ when times were set by hand), and each alternate data stream as
+path:stream after its file; --format json carries both time sets (mtime... and
+fn_times) and the file attributes (compressed, sparse, encrypted, reparse...).
 A directory that cannot be read is reported on stderr and the listing goes on; the exit status is then 2.`,
 		Args: rangeArgs(1, 2),
 		RunE: func(c *cobra.Command, args []string) error {
@@ -185,6 +189,12 @@ func (l *lsWriter) write(e fsparse.Entry) error {
 		}
 		if e.Target != "" {
 			p += " -> " + printable(e.Target)
+		}
+		if e.FNTimes != nil {
+			// NTFS: the $FILE_NAME modification time after the
+			// $STANDARD_INFORMATION one, so that timestomping shows.
+			fmt.Fprintf(w, "%8d %s %3d %5d %5d %12d %s %s %s\n", e.Ino, modeString(e.Mode), e.Links, e.Uid, e.Gid, e.Size, e.Mtime.UTC().Format("2006-01-02 15:04:05.000000000"), e.FNTimes.Mtime.UTC().Format("2006-01-02 15:04:05.000000000"), p)
+			return
 		}
 		fmt.Fprintf(w, "%8d %s %3d %5d %5d %12d %s %s\n", e.Ino, modeString(e.Mode), e.Links, e.Uid, e.Gid, e.Size, e.Mtime.UTC().Format("2006-01-02 15:04:05.000000000"), p)
 	})

@@ -82,13 +82,16 @@ func Commit(ctx context.Context, d *fsparse.Disk, sel *dirty.Selection, res *sca
 	matched := map[string]bool{}
 	for _, f := range res.Findings {
 		matched[f.Partition+":"+f.Path] = true
+		if f.Inode != 0 { // a match in a file's NTFS stream is the file's
+			matched[fmt.Sprintf("%s:#%d", f.Partition, f.Inode)] = true
+		}
 	}
 	for _, ch := range sel.Due() {
 		if !sel.Read(ch) {
 			continue // left out by a filter: still due
 		}
 		v := "clean"
-		if matched[part[ch.Volume]+":"+ch.Path] {
+		if matched[part[ch.Volume]+":"+ch.Path] || matched[fmt.Sprintf("%s:#%d", part[ch.Volume], ch.Ino)] {
 			v = "match"
 		}
 		sel.SetVerdict(ch, v)
@@ -140,7 +143,7 @@ func feed(ctx context.Context, d *fsparse.Disk, files chan<- scan.File) []scan.F
 				return nil
 			}
 			var data fsparse.File
-			if e.Ino != 0 {
+			if e.Ino != 0 && e.Stream == "" { // a stream (NTFS "file:stream") opens by path
 				data, err = v.OpenInode(e.Ino)
 			} else {
 				data, err = v.Open(strings.TrimPrefix(e.Path, "/"))
@@ -189,8 +192,35 @@ func feedSelection(ctx context.Context, sel *dirty.Selection, d *fsparse.Disk, f
 		case <-ctx.Done():
 			return errs
 		}
+		// NTFS: the named streams of a changed file are scanned with it.
+		if sv, ok := v.FS.(streamOpener); ok {
+			names, err := sv.StreamNames(uint64(ch.Ino))
+			if err != nil {
+				errs = append(errs, scan.FileError{Partition: ch.Volume, Path: ch.Path, Inode: uint64(ch.Ino), Err: err})
+			}
+			for _, name := range names {
+				data, err := sv.OpenStream(uint64(ch.Ino), name)
+				if err != nil {
+					errs = append(errs, scan.FileError{Partition: ch.Volume, Path: ch.Path + ":" + name, Inode: uint64(ch.Ino), Err: err})
+					continue
+				}
+				sf := f
+				sf.Path, sf.Size, sf.Data = ch.Path+":"+name, data.Size(), data
+				select {
+				case files <- sf:
+				case <-ctx.Done():
+					return errs
+				}
+			}
+		}
 	}
 	return errs
+}
+
+// streamOpener is a filesystem whose files have named streams (NTFS).
+type streamOpener interface {
+	StreamNames(ino uint64) ([]string, error)
+	OpenStream(ino uint64, name string) (fsparse.File, error)
 }
 
 // guestOwners reads the user names of every filesystem that has an

@@ -1,0 +1,4 @@
+package main
+
+// NTFS volumes: package ntfs registers its format with fsparse.
+import _ "github.com/vmscope/vmscope/fsparse/ntfs"
