@@ -77,6 +77,9 @@ type Stats struct {
 	StringOps int `json:"string_op_stops"`
 	// Denied is how many permission checks deny mode made fail.
 	Denied int `json:"denied"`
+	// Held is how long the guest was held stopped by Run's stops, on the
+	// host's clock: from the stop's arrival to the resume that ended it.
+	Held time.Duration `json:"held_ns"`
 }
 
 // Options are the optional settings of New.
@@ -91,6 +94,27 @@ type Options struct {
 	// Armed, when not nil, is called once Run has armed every watch,
 	// with their number, before the guest runs again.
 	Armed func(traps int)
+	// OnStop, when not nil, is called for every trap stop Run handles,
+	// while the guest is stopped (measurement: where a watch's cost comes
+	// from). It must not block.
+	OnStop func(StopInfo)
+}
+
+// StopInfo is one trap stop, as Options.OnStop sees it.
+type StopInfo struct {
+	// Outcome is "watch" (an access to a watched range), "outside" (a
+	// watchpoint stop on no watched range), "string_op" (a rep string
+	// instruction writing elsewhere), "return" or "deny" (a breakpoint
+	// of ours), "breakpoint" (another).
+	Outcome  string
+	Addr     vmi.VA // the address the watchpoint saw; the RIP for a breakpoint
+	Access   string // "r--", "-w-", "rw-", "--x"
+	RIP      vmi.VA
+	Function string     // RIP, symbolized
+	Owners   []string   // "PATH FIELD" of the watches hit
+	Traps    []vmi.Trap // the watched ranges covering Addr
+	Task     TaskInfo   // the task current on the vCPU
+	Regs     vmi.CPU    // the vCPU's registers at the stop
 }
 
 // Deny is deny mode: when a task Forbid names reads a watched i_mode
@@ -310,7 +334,13 @@ func (x *Watcher) arm(ctx context.Context, path string) error {
 	if p == nil || p.DirInode == 0 {
 		return nil
 	}
-	return x.addTrap(ctx, vmi.Watchpoint(p.DirInode+vmi.VA(x.w.iRwsem+x.rsem), 8, vmi.Write), owner{path, "parent_rwsem"})
+	return x.addTrap(ctx, x.pendingTrap(p), owner{path, "parent_rwsem"})
+}
+
+// pendingTrap watches the lock of a pending path's directory, which a
+// lookup miss in it takes.
+func (x *Watcher) pendingTrap(p *Pending) vmi.Trap {
+	return vmi.Watchpoint(p.DirInode+vmi.VA(x.w.iRwsem+x.rsem), 8, vmi.Write)
 }
 
 // removeAll disarms every trap Run set.
@@ -395,6 +425,7 @@ func (x *Watcher) Run(ctx context.Context) (err error) {
 		default:
 			continue
 		}
+		arrived := time.Now()
 		if err := x.handle(ctx, st); err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -407,6 +438,7 @@ func (x *Watcher) Run(ctx context.Context) (err error) {
 			}
 			return err
 		}
+		x.stats.Held += time.Since(arrived)
 	}
 }
 
@@ -420,7 +452,11 @@ func (x *Watcher) handle(ctx context.Context, st vmi.Stop) error {
 		return err
 	}
 	x.stats.Stops++
-	var hits, stepped []vmi.Trap
+	var hits []vmi.Trap
+	if x.opts.OnStop != nil {
+		si := x.describe(st, regs)
+		defer func() { x.opts.OnStop(si) }()
+	}
 	if st.Access == vmi.Execute {
 		rip := vmi.VA(regs.RIP)
 		if x.retBP[rip] > 0 || x.denyBP[rip] > 0 {
@@ -440,7 +476,6 @@ func (x *Watcher) handle(ctx context.Context, st vmi.Stop) error {
 				hits = append(hits, tr)
 			}
 		}
-		stepped = hits
 		if len(hits) == 0 {
 			x.stats.Outside++
 		} else if hits = x.verifyStringOp(regs, hits); len(hits) == 0 {
@@ -449,13 +484,18 @@ func (x *Watcher) handle(ctx context.Context, st vmi.Stop) error {
 			return err
 		}
 	}
-	// step past the traps still armed that the stop hit
-	if st.Access == vmi.Execute {
-		stepped = hits
+	// A data watchpoint stops after its access (x86 reports it as a
+	// trap, after the instruction, under TCG and KVM alike): the guest
+	// resumes past it with the watch armed, nothing to step. A breakpoint
+	// stops before its instruction: step past the ones still armed.
+	// (Each step is a second stop and start of the guest in QEMU,
+	// measured by bench/watch.sh as most of what a watchpoint stop costs.)
+	if st.Access != vmi.Execute {
+		return nil
 	}
 	var armed []vmi.Trap
-	for _, tr := range stepped {
-		if tr.Access == vmi.Execute && (x.retBP[tr.Addr] > 0 || x.denyBP[tr.Addr] > 0) || tr.Access != vmi.Execute && len(x.traps[tr]) > 0 {
+	for _, tr := range hits {
+		if x.retBP[tr.Addr] > 0 || x.denyBP[tr.Addr] > 0 {
 			armed = append(armed, tr)
 		}
 	}
@@ -477,40 +517,134 @@ func (x *Watcher) handle(ctx context.Context, st vmi.Stop) error {
 	return errors.Join(errs...)
 }
 
-// verifyStringOp keeps the hits a stop at a rep stos/movs really made:
-// the iteration that stopped wrote the bytes just below RDI (the
-// direction flag clear, as the kernel keeps it). Other instructions stop
-// after their access and are kept as they are.
+// describe says what a stop is, for Options.OnStop, before handle acts
+// on it (the traps it hit, the task).
+func (x *Watcher) describe(st vmi.Stop, regs vmi.CPU) StopInfo {
+	rip := vmi.VA(regs.RIP)
+	si := StopInfo{Addr: st.Addr, Access: st.Access.String(), RIP: rip, Function: x.z.Name(rip), Regs: regs}
+	if a, err := x.pc.task(regs); err == nil {
+		si.Task, _ = x.w.taskInfo(a)
+	}
+	if st.Access == vmi.Execute {
+		switch {
+		case x.retBP[rip] > 0:
+			si.Outcome = "return"
+		case x.denyBP[rip] > 0:
+			si.Outcome = "deny"
+		default:
+			si.Outcome = "breakpoint"
+		}
+		return si
+	}
+	var hits []vmi.Trap
+	for tr, os := range x.traps {
+		if tr.Covers(st.Addr) {
+			hits = append(hits, tr)
+			for _, o := range os {
+				si.Owners = append(si.Owners, o.path+" "+o.field)
+			}
+		}
+	}
+	sort.Strings(si.Owners)
+	si.Traps = hits
+	switch {
+	case len(hits) == 0:
+		si.Outcome = "outside"
+	case len(x.verifyStringOp(regs, hits)) == 0:
+		si.Outcome = "string_op"
+	default:
+		si.Outcome = "watch"
+	}
+	return si
+}
+
+// verifyStringOp keeps the hits a stop at a rep stos/movs really made.
+// QEMU's TCG can report a rep string instruction's write against another
+// watchpoint of the same page (measured: the first iteration of the
+// memset of a new inode's i_data in __ext4_new_inode, reported against
+// whichever watched field of a neighbour inode on that page its list
+// holds first), so the access is checked against the registers: the
+// iteration that stopped wrote the bytes just below RDI (and a movs read
+// those below RSI; the direction flag clear, as the kernel keeps it).
+// The stop is at the rep instruction while it has iterations left, or
+// just after it once RCX is 0 (its last iteration, or its only one).
+// Other instructions stop after their access and are kept as they are.
 func (x *Watcher) verifyStringOp(regs vmi.CPU, hits []vmi.Trap) []vmi.Trap {
 	var b [16]byte
 	if _, err := x.w.mem.ReadVirt(b[:], vmi.VA(regs.RIP)); err != nil {
 		return hits
 	}
-	inst, err := x86asm.Decode(b[:], 64)
-	if err != nil {
-		return hits
+	size, movs := stringOp(b[:])
+	if size == 0 && regs.RCX == 0 {
+		var p [3]byte
+		if _, err := x.w.mem.ReadVirt(p[:], vmi.VA(regs.RIP-3)); err == nil {
+			size, movs = repBefore(p)
+		}
 	}
-	size := uint64(0)
-	switch inst.Op {
-	case x86asm.STOSB, x86asm.MOVSB:
-		size = 1
-	case x86asm.STOSW, x86asm.MOVSW:
-		size = 2
-	case x86asm.STOSD, x86asm.MOVSD:
-		size = 4
-	case x86asm.STOSQ, x86asm.MOVSQ:
-		size = 8
-	default:
+	if size == 0 {
 		return hits
 	}
 	lo, hi := vmi.VA(regs.RDI-size), vmi.VA(regs.RDI)
+	slo, shi := vmi.VA(regs.RSI-size), vmi.VA(regs.RSI)
 	var keep []vmi.Trap
 	for _, tr := range hits {
-		if tr.Access == vmi.Execute || (tr.Addr < hi && lo < tr.Addr+vmi.VA(tr.Len)) {
+		end := tr.Addr + vmi.VA(tr.Len)
+		if tr.Access == vmi.Execute || (tr.Addr < hi && lo < end) || movs && tr.Access.Read && tr.Addr < shi && slo < end {
 			keep = append(keep, tr)
 		}
 	}
 	return keep
+}
+
+// stringOp is the element size of the stos or movs instruction code
+// starts with (0 for any other), and whether it is a movs.
+func stringOp(code []byte) (uint64, bool) {
+	inst, err := x86asm.Decode(code, 64)
+	if err != nil {
+		return 0, false
+	}
+	switch inst.Op {
+	case x86asm.STOSB:
+		return 1, false
+	case x86asm.STOSW:
+		return 2, false
+	case x86asm.STOSD:
+		return 4, false
+	case x86asm.STOSQ:
+		return 8, false
+	case x86asm.MOVSB:
+		return 1, true
+	case x86asm.MOVSW:
+		return 2, true
+	case x86asm.MOVSD:
+		return 4, true
+	case x86asm.MOVSQ:
+		return 8, true
+	}
+	return 0, false
+}
+
+// repBefore is the element size of a rep stos or rep movs whose encoding
+// ends at the end of p (the 3 bytes before RIP: f3 48 ab, f3 ab, f3 aa and
+// their movs forms a5, a4), 0 if there is none.
+func repBefore(p [3]byte) (uint64, bool) {
+	if p[0] == 0xf3 && p[1] == 0x48 && (p[2] == 0xab || p[2] == 0xa5) {
+		return 8, p[2] == 0xa5
+	}
+	if p[1] != 0xf3 {
+		return 0, false
+	}
+	switch p[2] {
+	case 0xaa:
+		return 1, false
+	case 0xab:
+		return 4, false
+	case 0xa4:
+		return 1, true
+	case 0xa5:
+		return 4, true
+	}
+	return 0, false
 }
 
 // stack reads the kernel stack of a stopped vCPU, from RSP up to the

@@ -39,19 +39,28 @@ type Guest struct {
 	exited  chan struct{}
 }
 
+// Dir510 is the fixture on the previous Debian stable kernel (5.10),
+// testdata/out-watch510 (testdata/watch/guest510.sh).
+func Dir510() string { return filepath.Join(fixture.Root(), "testdata", "out-watch510") }
+
 // Boot boots the fixture guest with extra kernel arguments, waits for its
 // READY marker and stops it when the test ends. It skips (fails under CI)
 // when the fixture or QEMU is missing.
 func Boot(t testing.TB, appendArgs string) *Guest {
 	t.Helper()
+	return BootFrom(t, Dir(), "bash testdata/watch/build.sh", appendArgs)
+}
+
+// BootFrom is Boot of the fixture in folder src, which script builds.
+func BootFrom(t testing.TB, src, script, appendArgs string) *Guest {
+	t.Helper()
 	if testing.Short() {
 		fixture.Missing(t, "-short: boots a guest")
 	}
 	fixture.Tool(t, "qemu-system-x86_64")
-	src := Dir()
 	for _, f := range []string{"vmlinuz", "initrd.gz", "data.img"} {
 		if _, err := os.Stat(filepath.Join(src, f)); err != nil {
-			fixture.Missing(t, "%s (bash testdata/watch/build.sh)", filepath.Join(src, f))
+			fixture.Missing(t, "%s (%s)", filepath.Join(src, f), script)
 		}
 	}
 	dir := t.TempDir()
@@ -81,7 +90,9 @@ func Boot(t testing.TB, appendArgs string) *Guest {
 	g.cmd = exec.Command("qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-smp", "1",
 		"-nographic", "-display", "none", "-no-reboot",
 		"-kernel", filepath.Join(src, "vmlinuz"), "-initrd", filepath.Join(src, "initrd.gz"),
-		"-append", strings.TrimSpace("console=ttyS0 quiet panic=-1 "+appendArgs),
+		// no_timer_check: a loaded host's TCG can miss the boot's IO-APIC
+		// timer check, and the kernel panics ("IO-APIC + timer doesn't work")
+		"-append", strings.TrimSpace("console=ttyS0 quiet panic=-1 no_timer_check "+appendArgs),
 		"-serial", "file:"+g.Console, "-serial", "unix:"+g.Ctl+",server=on,wait=off",
 		"-monitor", "none", "-gdb", "tcp:"+g.GDB, "-qmp", "unix:"+g.QMP+",server=on,wait=off",
 		"-net", "none", "-drive", "file="+img+",format=raw,if=virtio")
@@ -96,6 +107,35 @@ func Boot(t testing.TB, appendArgs string) *Guest {
 	}
 	return g
 }
+
+// CPUTime is the CPU time QEMU has used so far (user and system, from
+// /proc/PID/stat): what the guest's work costs the host, whatever else
+// loads it.
+func (g *Guest) CPUTime() (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", g.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	// the fields after the command name, which is in parentheses
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("watchtest: /proc/%d/stat: %q", g.cmd.Process.Pid, b)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("watchtest: /proc/%d/stat: %d fields", g.cmd.Process.Pid, len(f))
+	}
+	// utime and stime are fields 14 and 15 of stat(5), 12 and 13 after ")"
+	u, err1 := strconv.ParseUint(f[11], 10, 64)
+	s, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("watchtest: /proc/%d/stat: utime %q stime %q", g.cmd.Process.Pid, f[11], f[12])
+	}
+	return time.Duration(u+s) * time.Second / clockTicks, nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat times (100 on Linux).
+const clockTicks = 100
 
 // Running reports whether QEMU still runs.
 func (g *Guest) Running() bool {
@@ -203,6 +243,7 @@ type Action struct {
 	PID, UID, EUID int
 	Comm, Kind     string
 	Path, Result   string
+	Ino            uint64 // the inode number a create got (0 for other kinds)
 }
 
 // Actions parses the ACT lines of the console.
@@ -233,6 +274,8 @@ func (g *Guest) Actions() []Action {
 				a.Path = v
 			case "result":
 				a.Result = v
+			case "ino":
+				a.Ino, _ = strconv.ParseUint(v, 10, 64)
 			}
 		}
 		out = append(out, a)
