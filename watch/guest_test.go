@@ -225,6 +225,12 @@ func TestWatchScenario(t *testing.T) {
 	watchScenario(t, watchtest.Boot(t, ""))
 }
 
+// TestWatchScenario510 is TestWatchScenario on the previous Debian stable
+// kernel (bullseye's 5.10).
+func TestWatchScenario510(t *testing.T) {
+	watchScenario(t, boot510(t))
+}
+
 func watchScenario(t *testing.T, guest *watchtest.Guest) {
 	sc := runScenario(t, guest, nil)
 	events, st, l := sc.events, sc.stats, sc.l

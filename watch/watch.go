@@ -75,6 +75,11 @@ type Stats struct {
 	// in the watched range: not an access to the watched field, so not
 	// reported as one.
 	StringOps int `json:"string_op_stops"`
+	// Misreported are watchpoint stops whose instruction (the one before
+	// RIP, decoded from its function's start) accessed memory that its
+	// reported watched range does not overlap: QEMU's report, not an
+	// access to the watched field (see verifyInst).
+	Misreported int `json:"misreported_stops"`
 	// Denied is how many permission checks deny mode made fail.
 	Denied int `json:"denied"`
 	// Held is how long the guest was held stopped by Run's stops, on the
@@ -104,8 +109,9 @@ type Options struct {
 type StopInfo struct {
 	// Outcome is "watch" (an access to a watched range), "outside" (a
 	// watchpoint stop on no watched range), "string_op" (a rep string
-	// instruction writing elsewhere), "return" or "deny" (a breakpoint
-	// of ours), "breakpoint" (another).
+	// instruction writing elsewhere), "misreported" (an instruction
+	// whose access does not overlap the range reported), "return" or
+	// "deny" (a breakpoint of ours), "breakpoint" (another).
 	Outcome  string
 	Addr     vmi.VA // the address the watchpoint saw; the RIP for a breakpoint
 	Access   string // "r--", "-w-", "rw-", "--x"
@@ -480,6 +486,8 @@ func (x *Watcher) handle(ctx context.Context, st vmi.Stop) error {
 			x.stats.Outside++
 		} else if hits = x.verifyStringOp(regs, hits); len(hits) == 0 {
 			x.stats.StringOps++
+		} else if hits = x.verifyInst(regs, hits); len(hits) == 0 {
+			x.stats.Misreported++
 		} else if err := x.onWatch(ctx, st, regs, hits); err != nil {
 			return err
 		}
@@ -552,6 +560,8 @@ func (x *Watcher) describe(st vmi.Stop, regs vmi.CPU) StopInfo {
 		si.Outcome = "outside"
 	case len(x.verifyStringOp(regs, hits)) == 0:
 		si.Outcome = "string_op"
+	case len(x.verifyInst(regs, x.verifyStringOp(regs, hits))) == 0:
+		si.Outcome = "misreported"
 	default:
 		si.Outcome = "watch"
 	}

@@ -275,8 +275,8 @@ func runWatch(ctx context.Context, o watchOpts, args []string, out, errOut io.Wr
 	}
 	rerr := <-done
 	st := x.Stats()
-	fmt.Fprintf(errOut, "watch: %d events (%d access), %d stops, %d outside watched ranges, %d at string ops elsewhere, %d dropped, %d denied\n",
-		st.Events, st.Access, st.Stops, st.Outside, st.StringOps, st.Dropped, st.Denied)
+	fmt.Fprintf(errOut, "watch: %d events (%d access), %d stops, %d outside watched ranges, %d at string ops elsewhere, %d misreported, %d dropped, %d denied\n",
+		st.Events, st.Access, st.Stops, st.Outside, st.StringOps, st.Misreported, st.Dropped, st.Denied)
 	if err := errors.Join(rerr, werr); err != nil {
 		return err
 	}
