@@ -8,6 +8,9 @@
 #   - check:     one write watch on a field the loop never writes of its
 #                own directory's inode, a page it touches on every
 #                operation: the cost of QEMU's TLB watchpoint check alone,
+#   - cold:      90 write watches (as many as target's) on the kernel's
+#                empty_zero_page, which nothing writes: what the number of
+#                watchpoints costs QEMU whatever the pages,
 #   - operation: operation-based monitoring (breakpoints on vfs_read,
 #                vfs_write, notify_change, vfs_unlink, vfs_rename,
 #                do_filp_open, filtered on the file: watch.RunOperation),
@@ -21,7 +24,8 @@
 # per-page events would have, from 8-byte watches covering the watched
 # objects' pages (LVFILES files).
 # Usage: bash bench/watch.sh [FILES [RUNS [OPFILES [LVFILES]]]]   (defaults 5000 5 FILES 200)
-# More: VMSCOPE_WATCH_METHODS (none,target,check,operation),
+# More: VMSCOPE_WATCH_METHODS (none,target,check,cold,operation; also
+# inode, dentry, writes: target's watches split),
 # VMSCOPE_WATCH_HZ (1,10,100), VMSCOPE_WATCH_STOPS=1 prints every stop.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -35,7 +39,7 @@ if [ "$opfiles" = "$files" ]; then
   VMSCOPE_WATCH_FILES=$files VMSCOPE_WATCH_RUNS=$runs \
     go test ./watch/ -run '^$' -bench '^BenchmarkWatchOverhead$' -benchtime 1x -timeout 6h
 else
-  VMSCOPE_WATCH_FILES=$files VMSCOPE_WATCH_RUNS=$runs VMSCOPE_WATCH_METHODS=none,target,check \
+  VMSCOPE_WATCH_FILES=$files VMSCOPE_WATCH_RUNS=$runs VMSCOPE_WATCH_METHODS=none,target,check,cold \
     go test ./watch/ -run '^$' -bench '^BenchmarkWatchOverhead$' -benchtime 1x -timeout 6h
   VMSCOPE_WATCH_FILES=$opfiles VMSCOPE_WATCH_RUNS=$runs VMSCOPE_WATCH_METHODS=none,target,operation VMSCOPE_WATCH_HZ=0 \
     go test ./watch/ -run '^$' -bench '^BenchmarkWatchOverhead$' -benchtime 1x -timeout 6h

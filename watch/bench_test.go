@@ -318,7 +318,7 @@ func BenchmarkWatchOverhead(b *testing.B) {
 	times := map[string][]time.Duration{}
 	cpus := map[string][]time.Duration{}
 	stops := map[string]int{}
-	methods := strings.Split(envString("VMSCOPE_WATCH_METHODS", "none,target,check,operation"), ",")
+	methods := strings.Split(envString("VMSCOPE_WATCH_METHODS", "none,target,check,cold,operation"), ",")
 	for i := 0; i < runs; i++ {
 		for _, m := range methods {
 			res := measure(m, 0)

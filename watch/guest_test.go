@@ -17,11 +17,14 @@ import (
 )
 
 // openKernel attaches to the guest (its own journal in the test's
-// folder) and discovers its kernel.
-func openKernel(t testing.TB, l *watchtest.Guest) (*qemu.Guest, *Kernel) {
+// folder, unless opts say otherwise) and discovers its kernel.
+func openKernel(t testing.TB, l *watchtest.Guest, opts ...qemu.Option) (*qemu.Guest, *Kernel) {
 	t.Helper()
 	ctx := context.Background()
-	g, err := qemu.Open(ctx, l.Spec, qemu.WithJournal(filepath.Join(l.Dir, "journal")))
+	if len(opts) == 0 {
+		opts = []qemu.Option{qemu.WithJournal(filepath.Join(l.Dir, "journal"))}
+	}
+	g, err := qemu.Open(ctx, l.Spec, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/vmscope/vmscope/vmi"
 	"github.com/vmscope/vmscope/vmi/linux"
+	"github.com/vmscope/vmscope/vmi/qemu"
 	"github.com/vmscope/vmscope/watch/watchtest"
 )
 
@@ -26,12 +27,17 @@ import (
 // both stop) and false triggers (a neighbour: a VM exit and a round trip
 // under LibVMI, a check inside QEMU under TCG). False triggers are
 // reported per watched object (inode or dentry of a file) and by the slab
-// cache, member and kernel function of the write. Then the same over
-// $VMSCOPE_WATCH_IDLE (10 s) of an idle guest.
+// cache, member and kernel function of the access. Then the same over
+// $VMSCOPE_WATCH_IDLE (10 s) of an idle guest; then both again with read
+// watchpoints (the plan watches i_size, i_mode and i_uid for reads too,
+// so LibVMI would need read events on those pages) and a loop of
+// $VMSCOPE_WATCH_READFILES (5) files.
 func BenchmarkLibVMIFalseTriggers(b *testing.B) {
 	n := envInt("VMSCOPE_WATCH_FILES", 200)
 	l := watchtest.Boot(b, "")
-	g, w := openKernel(b, l)
+	// thousands of watchpoints: no journal (it is rewritten for each), the
+	// guest is thrown away at the end
+	g, w := openKernel(b, l, qemu.WithoutJournal())
 	ctx := context.Background()
 	var paths []string
 	for i := 100; i < 110; i++ {
@@ -47,7 +53,7 @@ func BenchmarkLibVMIFalseTriggers(b *testing.B) {
 	}
 	// the watched ranges, and the object each page belongs to
 	type object struct{ path, kind string }
-	watchedAt := map[vmi.VA]bool{} // 8-byte slots overlapping a watched field
+	watchedAt := map[vmi.VA]vmi.Access{} // 8-byte slots overlapping a watched field: its accesses
 	pageOwners := map[vmi.VA][]object{}
 	for _, p := range paths {
 		t := x.Targets()[p]
@@ -60,7 +66,7 @@ func BenchmarkLibVMIFalseTriggers(b *testing.B) {
 				kind = "dentry"
 			}
 			for a := tr.Addr &^ 7; a < tr.Addr+vmi.VA(tr.Len); a += 8 {
-				watchedAt[a] = true
+				watchedAt[a] = watchedAt[a].Union(tr.Access)
 			}
 			pg := tr.Addr &^ 4095
 			o := object{p, kind}
@@ -73,27 +79,32 @@ func BenchmarkLibVMIFalseTriggers(b *testing.B) {
 			}
 		}
 	}
-	var traps []vmi.Trap
-	for pg := range pageOwners {
-		for a := pg; a < pg+4096; a += 8 {
-			traps = append(traps, vmi.Watchpoint(a, 8, vmi.Write))
+	pageTraps := func(acc vmi.Access) []vmi.Trap {
+		var traps []vmi.Trap
+		for pg := range pageOwners {
+			for a := pg; a < pg+4096; a += 8 {
+				traps = append(traps, vmi.Watchpoint(a, 8, acc))
+			}
 		}
+		return traps
 	}
-	fmt.Printf("%d watched objects on %d pages; %d watchpoints of 8 bytes\n", 2*len(paths), len(pageOwners), len(traps))
+	fmt.Printf("%d watched objects on %d pages; 512 watchpoints of 8 bytes a page\n", 2*len(paths), len(pageOwners))
 	if err := g.Resume(ctx); err != nil {
 		b.Fatal(err)
 	}
 	var mu sync.Mutex
-	count := func(phase string, run func()) {
+	count := func(phase string, acc vmi.Access, run func()) {
+		traps := pageTraps(acc)
 		rctx, cancel := context.WithCancel(ctx)
 		armed, done := make(chan struct{}), make(chan int, 1)
 		byObject := map[string]int{}
 		byNeighbour := map[string]int{}
+		byCache := map[string]int{}
 		truth := 0
 		sym := NewSymbolizer(w.K.Symbols)
 		go holdTraps(rctx, b, g, traps, armed, done, func(st vmi.Stop) {
 			slot := st.Addr &^ 7
-			if watchedAt[slot] {
+			if w := watchedAt[slot]; w.Read && acc.Read || w.Write && acc.Write {
 				truth++
 				return
 			}
@@ -108,6 +119,7 @@ func BenchmarkLibVMIFalseTriggers(b *testing.B) {
 				byObject[o.path+" "+o.kind]++
 			}
 			byNeighbour[where.cache+" "+where.member+" by "+fn]++
+			byCache[where.cache]++
 			mu.Unlock()
 		})
 		<-armed
@@ -117,21 +129,31 @@ func BenchmarkLibVMIFalseTriggers(b *testing.B) {
 		cancel()
 		stops := <-done
 		false_ := stops - truth
-		fmt.Printf("%s: %v, %d writes on the watched pages: %d on watched fields, %d false triggers (%.1f/s; %.1f per watched object)\n",
+		fmt.Printf("%s: %v, %d accesses on the watched pages: %d on watched fields, %d false triggers (%.1f/s; %.1f per watched object)\n",
 			phase, d.Round(time.Millisecond), stops, truth, false_, float64(false_)/d.Seconds(), float64(false_)/float64(2*len(paths)))
-		printTop("  per watched object (each write counts for every watched object on its page)", byObject, 20)
+		printTop("  per watched object (each access counts for every watched object on its page)", byObject, 20)
+		printTop("  by neighbour's slab cache", byCache, 10)
 		printTop("  by neighbour: slab cache, member written, function", byNeighbour, 15)
 	}
-	count(fmt.Sprintf("loop of %d files", n), func() {
-		if err := l.Send(fmt.Sprintf("bench %d 0 1", n)); err != nil {
-			b.Fatal(err)
-		}
-		if err := l.WaitFor("=== BENCH DONE 1 ===", 60*time.Minute); err != nil {
-			b.Fatal(err)
-		}
-	})
 	idle := time.Duration(envInt("VMSCOPE_WATCH_IDLE", 10)) * time.Second
-	count(fmt.Sprintf("idle %v", idle), func() { time.Sleep(idle) })
+	seq := 0
+	for _, pass := range []struct {
+		name  string
+		acc   vmi.Access
+		files int
+	}{{"writes", vmi.Write, n}, {"reads", vmi.Read, envInt("VMSCOPE_WATCH_READFILES", 5)}} {
+		seq++
+		id := seq
+		count(fmt.Sprintf("%s, loop of %d files", pass.name, pass.files), pass.acc, func() {
+			if err := l.Send(fmt.Sprintf("bench %d 0 %d", pass.files, id)); err != nil {
+				b.Fatal(err)
+			}
+			if err := l.WaitFor(fmt.Sprintf("=== BENCH DONE %d ===", id), 60*time.Minute); err != nil {
+				b.Fatal(err)
+			}
+		})
+		count(fmt.Sprintf("%s, idle %v", pass.name, idle), pass.acc, func() { time.Sleep(idle) })
+	}
 }
 
 func printTop(title string, m map[string]int, k int) {
