@@ -209,44 +209,9 @@ func BenchmarkWatchOverhead(b *testing.B) {
 			for i := range envInt("VMSCOPE_WATCH_COLD", 90) {
 				trs = append(trs, vmi.Watchpoint(zp+vmi.VA(16*(i%256)), 8, vmi.Write))
 			}
-			go func() {
-				n := 0
-				defer func() { done <- n }()
-				if err := g.Pause(rctx); err != nil {
-					b.Error(err)
-					return
-				}
-				for _, tr := range trs {
-					if err := g.Insert(rctx, tr); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-				close(armed)
-				if err := g.Resume(rctx); err != nil {
-					b.Error(err)
-					return
-				}
-				for {
-					select {
-					case <-rctx.Done():
-						c := context.WithoutCancel(rctx)
-						err := g.Pause(c)
-						for _, tr := range trs {
-							err = errors.Join(err, g.Remove(c, tr))
-						}
-						if err := errors.Join(err, g.Resume(c)); err != nil {
-							b.Error(err)
-						}
-						return
-					case st := <-g.Events():
-						if st.Reason == vmi.StopTrap {
-							n++ // never seen: nothing writes there
-							b.Errorf("a stop on empty_zero_page: %+v", st)
-						}
-					}
-				}
-			}()
+			go holdTraps(rctx, b, g, trs, armed, done, func(st vmi.Stop) {
+				b.Errorf("a stop on empty_zero_page, which nothing writes: %+v", st)
+			})
 		case "check":
 			// the cost of QEMU's TLB watchpoint check alone: one write
 			// watch on the i_uid of the loop's own directory, which the
@@ -256,47 +221,14 @@ func BenchmarkWatchOverhead(b *testing.B) {
 			if err != nil || dir.Target == nil {
 				b.Fatalf("%s: %+v %v (the first loop makes it)", benchDir, dir, err)
 			}
-			tr := vmi.Watchpoint(dir.Target.Inode+vmi.VA(w.iUID), 4, vmi.Write)
-			go func() {
-				n := 0
-				defer func() { done <- n }()
-				if err := errors.Join(g.Pause(rctx), g.Insert(rctx, tr)); err != nil {
-					b.Error(err)
-					return
+			sym := NewSymbolizer(w.K.Symbols)
+			go holdTraps(rctx, b, g, []vmi.Trap{vmi.Watchpoint(dir.Target.Inode+vmi.VA(w.iUID), 4, vmi.Write)}, armed, done, func(st vmi.Stop) {
+				if regs, err := g.Regs(rctx, max(st.CPU, 0)); err == nil {
+					mu.Lock()
+					why[fmt.Sprintf("stop at %s", sym.Name(vmi.VA(regs.RIP)))]++
+					mu.Unlock()
 				}
-				close(armed)
-				if err := g.Resume(rctx); err != nil {
-					b.Error(err)
-					return
-				}
-				for {
-					select {
-					case <-rctx.Done():
-						c := context.WithoutCancel(rctx)
-						if err := errors.Join(g.Pause(c), g.Remove(c, tr), g.Resume(c)); err != nil {
-							b.Error(err)
-						}
-						return
-					case st := <-g.Events():
-						if st.Reason != vmi.StopTrap {
-							continue
-						}
-						n++
-						cpu := max(st.CPU, 0)
-						regs, err := g.Regs(rctx, cpu)
-						if err == nil {
-							mu.Lock()
-							why[fmt.Sprintf("stop at %s", NewSymbolizer(w.K.Symbols).Name(vmi.VA(regs.RIP)))]++
-							mu.Unlock()
-						}
-						err = errors.Join(err, g.Remove(rctx, tr))
-						_, serr := g.Step(rctx, cpu)
-						if err := errors.Join(err, serr, g.Insert(rctx, tr), g.Resume(rctx)); err != nil && rctx.Err() == nil {
-							b.Error(err)
-						}
-					}
-				}
-			}()
+			})
 		case "operation":
 			go func() {
 				st, err := RunOperation(rctx, g, w, targets, func() { close(armed) })
