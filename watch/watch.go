@@ -11,8 +11,9 @@
 // kernel stack for the VFS entry it came through (vfs_read, vfs_write,
 // notify_change, vfs_unlink, vfs_rename, do_filp_open), and attributed
 // to the task current on the vCPU; the stops of one system call are one
-// event, ended by a one-shot breakpoint at that call's validated return
-// into the system-call entry. An access with no known entry is reported
+// event, ended when a one-shot write watch on that call's validated
+// return-address slot (on its task's own kernel stack) sees the task's
+// next entry into the kernel. An access with no known entry is reported
 // as kind "access", never dropped.
 //
 // Invariants: watch only reads guest memory and sets traps (it links no
@@ -149,7 +150,7 @@ type groupKey struct {
 }
 
 type group struct {
-	ret     vmi.VA
+	slot    vmi.VA // the return-address slot watched until the call is over
 	started time.Time
 	task    TaskInfo
 	cpu     int
@@ -184,7 +185,7 @@ type Watcher struct {
 	pending map[string]*Pending
 	traps   map[vmi.Trap][]owner
 	groups  map[groupKey]*group
-	retBP   map[vmi.VA]int
+	slots   map[vmi.VA]groupKey // the watched return-address slot of each open call -> its group
 	denyBP  map[vmi.VA]int
 	denies  map[groupKey]vmi.VA // (task, slot of inode_permission's return) -> breakpoint
 	// Denied counts the accesses deny mode made fail.
@@ -228,7 +229,7 @@ func New(ctx context.Context, t vmi.Tracer, w *Kernel, paths []string, opts Opti
 			return err
 		}},
 		targets: map[string]*Target{}, pending: map[string]*Pending{}, traps: map[vmi.Trap][]owner{},
-		groups: map[groupKey]*group{}, retBP: map[vmi.VA]int{}, denyBP: map[vmi.VA]int{}, denies: map[groupKey]vmi.VA{}, out: make(chan Event, opts.Queue),
+		groups: map[groupKey]*group{}, slots: map[vmi.VA]groupKey{}, denyBP: map[vmi.VA]int{}, denies: map[groupKey]vmi.VA{}, out: make(chan Event, opts.Queue),
 	}
 	seen := map[string]bool{}
 	for _, p := range paths {
@@ -357,20 +358,17 @@ func (x *Watcher) removeAll(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	for a := range x.retBP {
-		if err := x.t.Remove(ctx, vmi.Breakpoint(a)); err != nil {
+	for a := range x.slots {
+		if err := x.t.Remove(ctx, slotTrap(a)); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	for a := range x.denyBP {
-		if x.retBP[a] > 0 {
-			continue
-		}
 		if err := x.t.Remove(ctx, vmi.Breakpoint(a)); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	x.traps, x.retBP, x.denyBP, x.denies = map[vmi.Trap][]owner{}, map[vmi.VA]int{}, map[vmi.VA]int{}, map[groupKey]vmi.VA{}
+	x.traps, x.slots, x.denyBP, x.denies = map[vmi.Trap][]owner{}, map[vmi.VA]groupKey{}, map[vmi.VA]int{}, map[groupKey]vmi.VA{}
 	return errors.Join(errs...)
 }
 
@@ -465,17 +463,24 @@ func (x *Watcher) handle(ctx context.Context, st vmi.Stop) error {
 	}
 	if st.Access == vmi.Execute {
 		rip := vmi.VA(regs.RIP)
-		if x.retBP[rip] > 0 || x.denyBP[rip] > 0 {
-			hits = append(hits, vmi.Breakpoint(rip))
-		}
 		if x.denyBP[rip] > 0 {
+			hits = append(hits, vmi.Breakpoint(rip))
 			if err := x.onDeny(ctx, regs); err != nil {
 				return err
 			}
 		}
-		if x.retBP[rip] > 0 {
-			x.onReturn(ctx, regs)
+	} else if key, ok := x.slots[st.Addr]; ok {
+		// the return-address slot of an open call is written: its task
+		// entered the kernel again (the call returned). The write is the
+		// push of a call's return address exactly there: RSP is the
+		// slot; any other report of the watch (QEMU's page neighbours)
+		// is not it.
+		if vmi.VA(regs.RSP) == st.Addr {
+			if g := x.groups[key]; g != nil {
+				x.endGroup(ctx, key, g)
+			}
 		}
+		return nil
 	} else {
 		for tr := range x.traps {
 			if tr.Covers(st.Addr) {
@@ -503,7 +508,7 @@ func (x *Watcher) handle(ctx context.Context, st vmi.Stop) error {
 	}
 	var armed []vmi.Trap
 	for _, tr := range hits {
-		if x.retBP[tr.Addr] > 0 || x.denyBP[tr.Addr] > 0 {
+		if x.denyBP[tr.Addr] > 0 {
 			armed = append(armed, tr)
 		}
 	}
@@ -533,10 +538,12 @@ func (x *Watcher) describe(st vmi.Stop, regs vmi.CPU) StopInfo {
 	if a, err := x.pc.task(regs); err == nil {
 		si.Task, _ = x.w.taskInfo(a)
 	}
+	if _, ok := x.slots[st.Addr]; ok && st.Access != vmi.Execute {
+		si.Outcome = "return"
+		return si
+	}
 	if st.Access == vmi.Execute {
 		switch {
-		case x.retBP[rip] > 0:
-			si.Outcome = "return"
 		case x.denyBP[rip] > 0:
 			si.Outcome = "deny"
 		default:
@@ -743,13 +750,17 @@ func (x *Watcher) onWatch(ctx context.Context, st vmi.Stop, regs vmi.CPU, hits [
 	key := groupKey{task: taskAddr, slot: sys.Slot}
 	g := x.groups[key]
 	if g == nil {
-		if x.retBP[sys.Return] == 0 {
-			if err := x.t.Insert(ctx, vmi.Breakpoint(sys.Return)); err != nil {
-				return err
+		if old, ok := x.slots[sys.Slot]; ok {
+			// a call of another task on a reused stack: that one is over
+			if og := x.groups[old]; og != nil {
+				x.endGroup(ctx, old, og)
 			}
 		}
-		x.retBP[sys.Return]++
-		g = &group{ret: sys.Return, started: time.Now(), task: ti, cpu: regs.ID, first: fn, paths: map[string]*pathAcc{}}
+		if err := x.t.Insert(ctx, slotTrap(sys.Slot)); err != nil {
+			return err
+		}
+		x.slots[sys.Slot] = key
+		g = &group{slot: sys.Slot, started: time.Now(), task: ti, cpu: regs.ID, first: fn, paths: map[string]*pathAcc{}}
 		x.groups[key] = g
 	}
 	if g.kind == "" && kind != "" {
@@ -772,29 +783,20 @@ func (x *Watcher) onWatch(ctx context.Context, st vmi.Stop, regs vmi.CPU, hits [
 	return nil
 }
 
-// onReturn ends the group of the task whose system call returns here
-// (its stack pointer just above the slot of the return address).
-func (x *Watcher) onReturn(ctx context.Context, regs vmi.CPU) {
-	taskAddr, err := x.pc.task(regs)
-	if err != nil {
-		return
-	}
-	key := groupKey{task: taskAddr, slot: vmi.VA(regs.RSP) - 8}
-	g := x.groups[key]
-	if g == nil {
-		return
-	}
-	x.endGroup(ctx, key, g)
-}
+// slotTrap watches the return-address slot of an open call on its
+// task's kernel stack: the task's next entry into the kernel pushes a
+// return address there (the system-call entry's call, an interrupt's
+// handler), so the watch fires after the call returned, for that task
+// only (each task has its own stack; a breakpoint at the shared return
+// site stopped every task's system calls while it was armed).
+func slotTrap(slot vmi.VA) vmi.Trap { return vmi.Watchpoint(slot, 8, vmi.Write) }
 
+// endGroup reports a call's event and removes the watch on its slot.
 func (x *Watcher) endGroup(ctx context.Context, key groupKey, g *group) {
 	delete(x.groups, key)
-	x.retBP[g.ret]--
-	if x.retBP[g.ret] <= 0 {
-		delete(x.retBP, g.ret)
-		if x.denyBP[g.ret] == 0 {
-			x.t.Remove(ctx, vmi.Breakpoint(g.ret))
-		}
+	if k, ok := x.slots[g.slot]; ok && k == key {
+		delete(x.slots, g.slot)
+		x.t.Remove(ctx, slotTrap(g.slot))
 	}
 	// a deny breakpoint of this task that never hit goes with its call
 	for k, a := range x.denies {
@@ -852,7 +854,7 @@ func (x *Watcher) armDeny(ctx context.Context, task vmi.VA, ti TaskInfo, frames 
 		if _, ok := x.denies[key]; ok {
 			return nil
 		}
-		if x.denyBP[f.Return] == 0 && x.retBP[f.Return] == 0 {
+		if x.denyBP[f.Return] == 0 {
 			if err := x.t.Insert(ctx, vmi.Breakpoint(f.Return)); err != nil {
 				return err
 			}
@@ -869,9 +871,7 @@ func (x *Watcher) dropDeny(ctx context.Context, key groupKey, a vmi.VA) {
 	x.denyBP[a]--
 	if x.denyBP[a] <= 0 {
 		delete(x.denyBP, a)
-		if x.retBP[a] == 0 {
-			x.t.Remove(ctx, vmi.Breakpoint(a))
-		}
+		x.t.Remove(ctx, vmi.Breakpoint(a))
 	}
 }
 

@@ -174,7 +174,9 @@ func (g *Guest) Start() error {
 		if err = g.Send("go"); err != nil {
 			continue
 		}
-		if err = g.WaitFor("=== SCENARIO START ===", 20*time.Second); err == nil {
+		// long enough for a loaded host: a second "go" the guest did get
+		// runs the scenario again after the first
+		if err = g.WaitFor("=== SCENARIO START ===", time.Minute); err == nil {
 			return nil
 		}
 	}
