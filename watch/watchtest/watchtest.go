@@ -149,9 +149,31 @@ func (g *Guest) Running() bool {
 
 // WaitFor waits until the console holds marker, or QEMU exits, or d passes.
 func (g *Guest) WaitFor(marker string, d time.Duration) error {
+	return g.WaitAfter(0, marker, d)
+}
+
+// Mark is the console's length now: a position for WaitAfter and
+// ActionsAfter, so that a command run again on the same guest is told
+// apart from its earlier runs.
+func (g *Guest) Mark() int {
+	b, _ := os.ReadFile(g.Console)
+	return len(b)
+}
+
+// after is the console from position mark on.
+func (g *Guest) after(mark int) []byte {
+	b, _ := os.ReadFile(g.Console)
+	if mark > len(b) {
+		return nil
+	}
+	return b[mark:]
+}
+
+// WaitAfter is WaitFor of marker in the console from position mark on.
+func (g *Guest) WaitAfter(mark int, marker string, d time.Duration) error {
 	end := time.Now().Add(d)
 	for {
-		b, _ := os.ReadFile(g.Console)
+		b := g.after(mark)
 		if bytes.Contains(b, []byte(marker)) {
 			return nil
 		}
@@ -169,14 +191,22 @@ func (g *Guest) WaitFor(marker string, d time.Duration) error {
 // the guest says it started (sending again if the line was lost, as it
 // can be when the guest's read loop reopens its port).
 func (g *Guest) Start() error {
+	return g.StartCommand("go", "=== SCENARIO START ===")
+}
+
+// StartCommand sends command line cmd (see testdata/watch/init.sh) and
+// waits until the guest prints marker after it, sending again if the line
+// was lost.
+func (g *Guest) StartCommand(cmd, marker string) error {
+	mark := g.Mark()
 	var err error
 	for i := 0; i < 3; i++ {
-		if err = g.Send("go"); err != nil {
+		if err = g.Send(cmd); err != nil {
 			continue
 		}
-		// long enough for a loaded host: a second "go" the guest did get
-		// runs the scenario again after the first
-		if err = g.WaitFor("=== SCENARIO START ===", time.Minute); err == nil {
+		// long enough for a loaded host: a second command the guest did
+		// get runs it again after the first
+		if err = g.WaitAfter(mark, marker, time.Minute); err == nil {
 			return nil
 		}
 	}
@@ -249,8 +279,11 @@ type Action struct {
 }
 
 // Actions parses the ACT lines of the console.
-func (g *Guest) Actions() []Action {
-	b, _ := os.ReadFile(g.Console)
+func (g *Guest) Actions() []Action { return g.ActionsAfter(0) }
+
+// ActionsAfter parses the ACT lines of the console from position mark on.
+func (g *Guest) ActionsAfter(mark int) []Action {
+	b := g.after(mark)
 	var out []Action
 	for _, l := range strings.Split(string(b), "\n") {
 		l = strings.TrimRight(l, "\r")
