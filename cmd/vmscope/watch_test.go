@@ -227,7 +227,7 @@ func TestWatchCLIDenyTable(t *testing.T) {
 	code := make(chan int, 1)
 	go func() {
 		code <- run(context.Background(), []string{"watch", "--guest", l.Spec, "--journal", filepath.Join(dir, "j"),
-			"--mode", "deny", "--policy", policy, "--format", "table", "--duration", "90s",
+			"--mode", "deny", "--policy", policy, "--format", "table", "--duration", "45s",
 			secret, "/mnt/data/watched/config.txt", "/mnt/data/watched/notes.txt"}, &out, &errOut)
 	}()
 	waitText(t, errOut.String, "traps armed", 3*time.Minute)
@@ -242,10 +242,10 @@ func TestWatchCLIDenyTable(t *testing.T) {
 	if !started {
 		t.Fatal("the guest did not start its short scenario")
 	}
-	if err := l.WaitFor("=== SHORT DONE ===", 85*time.Second); err != nil {
+	if err := l.WaitFor("=== SHORT DONE ===", 40*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("short scenario done %v after the traps were armed (--duration 90s)", time.Since(armed).Round(time.Second))
+	t.Logf("short scenario done %v after the traps were armed (--duration 45s)", time.Since(armed).Round(time.Second))
 	select {
 	case c := <-code:
 		t.Fatalf("vmscope exited (%d) before the scenario ended: the test's --duration is too short for this host", c)
