@@ -27,6 +27,7 @@ fixtures: deps
 	bash testdata/livedirty/build.sh
 	bash testdata/rootkit/build.sh
 	bash testdata/watch/build.sh
+	bash testdata/watch/guest510.sh
 	bash testdata/libvirt/libvirt.sh images
 	bash testdata/cfi-plugin/build.sh
 	bash testdata/fleet/build.sh

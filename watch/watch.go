@@ -11,8 +11,9 @@
 // kernel stack for the VFS entry it came through (vfs_read, vfs_write,
 // notify_change, vfs_unlink, vfs_rename, do_filp_open), and attributed
 // to the task current on the vCPU; the stops of one system call are one
-// event, ended by a one-shot breakpoint at that call's validated return
-// into the system-call entry. An access with no known entry is reported
+// event, ended when a one-shot write watch on that call's validated
+// return-address slot (on its task's own kernel stack) sees the task's
+// next entry into the kernel. An access with no known entry is reported
 // as kind "access", never dropped.
 //
 // Invariants: watch only reads guest memory and sets traps (it links no
@@ -75,8 +76,16 @@ type Stats struct {
 	// in the watched range: not an access to the watched field, so not
 	// reported as one.
 	StringOps int `json:"string_op_stops"`
+	// Misreported are watchpoint stops whose instruction (the one before
+	// RIP, decoded from its function's start) accessed memory that its
+	// reported watched range does not overlap: QEMU's report, not an
+	// access to the watched field (see verifyInst).
+	Misreported int `json:"misreported_stops"`
 	// Denied is how many permission checks deny mode made fail.
 	Denied int `json:"denied"`
+	// Held is how long the guest was held stopped by Run's stops, on the
+	// host's clock: from the stop's arrival to the resume that ended it.
+	Held time.Duration `json:"held_ns"`
 }
 
 // Options are the optional settings of New.
@@ -91,6 +100,28 @@ type Options struct {
 	// Armed, when not nil, is called once Run has armed every watch,
 	// with their number, before the guest runs again.
 	Armed func(traps int)
+	// OnStop, when not nil, is called for every trap stop Run handles,
+	// while the guest is stopped (measurement: where a watch's cost comes
+	// from). It must not block.
+	OnStop func(StopInfo)
+}
+
+// StopInfo is one trap stop, as Options.OnStop sees it.
+type StopInfo struct {
+	// Outcome is "watch" (an access to a watched range), "outside" (a
+	// watchpoint stop on no watched range), "string_op" (a rep string
+	// instruction writing elsewhere), "misreported" (an instruction
+	// whose access does not overlap the range reported), "return" or
+	// "deny" (a breakpoint of ours), "breakpoint" (another).
+	Outcome  string
+	Addr     vmi.VA // the address the watchpoint saw; the RIP for a breakpoint
+	Access   string // "r--", "-w-", "rw-", "--x"
+	RIP      vmi.VA
+	Function string     // RIP, symbolized
+	Owners   []string   // "PATH FIELD" of the watches hit
+	Traps    []vmi.Trap // the watched ranges covering Addr
+	Task     TaskInfo   // the task current on the vCPU
+	Regs     vmi.CPU    // the vCPU's registers at the stop
 }
 
 // Deny is deny mode: when a task Forbid names reads a watched i_mode
@@ -119,7 +150,7 @@ type groupKey struct {
 }
 
 type group struct {
-	ret     vmi.VA
+	slot    vmi.VA // the return-address slot watched until the call is over
 	started time.Time
 	task    TaskInfo
 	cpu     int
@@ -154,7 +185,7 @@ type Watcher struct {
 	pending map[string]*Pending
 	traps   map[vmi.Trap][]owner
 	groups  map[groupKey]*group
-	retBP   map[vmi.VA]int
+	slots   map[vmi.VA]groupKey // the watched return-address slot of each open call -> its group
 	denyBP  map[vmi.VA]int
 	denies  map[groupKey]vmi.VA // (task, slot of inode_permission's return) -> breakpoint
 	// Denied counts the accesses deny mode made fail.
@@ -198,7 +229,7 @@ func New(ctx context.Context, t vmi.Tracer, w *Kernel, paths []string, opts Opti
 			return err
 		}},
 		targets: map[string]*Target{}, pending: map[string]*Pending{}, traps: map[vmi.Trap][]owner{},
-		groups: map[groupKey]*group{}, retBP: map[vmi.VA]int{}, denyBP: map[vmi.VA]int{}, denies: map[groupKey]vmi.VA{}, out: make(chan Event, opts.Queue),
+		groups: map[groupKey]*group{}, slots: map[vmi.VA]groupKey{}, denyBP: map[vmi.VA]int{}, denies: map[groupKey]vmi.VA{}, out: make(chan Event, opts.Queue),
 	}
 	seen := map[string]bool{}
 	for _, p := range paths {
@@ -310,7 +341,13 @@ func (x *Watcher) arm(ctx context.Context, path string) error {
 	if p == nil || p.DirInode == 0 {
 		return nil
 	}
-	return x.addTrap(ctx, vmi.Watchpoint(p.DirInode+vmi.VA(x.w.iRwsem+x.rsem), 8, vmi.Write), owner{path, "parent_rwsem"})
+	return x.addTrap(ctx, x.pendingTrap(p), owner{path, "parent_rwsem"})
+}
+
+// pendingTrap watches the lock of a pending path's directory, which a
+// lookup miss in it takes.
+func (x *Watcher) pendingTrap(p *Pending) vmi.Trap {
+	return vmi.Watchpoint(p.DirInode+vmi.VA(x.w.iRwsem+x.rsem), 8, vmi.Write)
 }
 
 // removeAll disarms every trap Run set.
@@ -321,20 +358,17 @@ func (x *Watcher) removeAll(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	for a := range x.retBP {
-		if err := x.t.Remove(ctx, vmi.Breakpoint(a)); err != nil {
+	for a := range x.slots {
+		if err := x.t.Remove(ctx, slotTrap(a)); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	for a := range x.denyBP {
-		if x.retBP[a] > 0 {
-			continue
-		}
 		if err := x.t.Remove(ctx, vmi.Breakpoint(a)); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	x.traps, x.retBP, x.denyBP, x.denies = map[vmi.Trap][]owner{}, map[vmi.VA]int{}, map[vmi.VA]int{}, map[groupKey]vmi.VA{}
+	x.traps, x.slots, x.denyBP, x.denies = map[vmi.Trap][]owner{}, map[vmi.VA]groupKey{}, map[vmi.VA]int{}, map[groupKey]vmi.VA{}
 	return errors.Join(errs...)
 }
 
@@ -395,6 +429,7 @@ func (x *Watcher) Run(ctx context.Context) (err error) {
 		default:
 			continue
 		}
+		arrived := time.Now()
 		if err := x.handle(ctx, st); err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -407,6 +442,7 @@ func (x *Watcher) Run(ctx context.Context) (err error) {
 			}
 			return err
 		}
+		x.stats.Held += time.Since(arrived)
 	}
 }
 
@@ -420,42 +456,59 @@ func (x *Watcher) handle(ctx context.Context, st vmi.Stop) error {
 		return err
 	}
 	x.stats.Stops++
-	var hits, stepped []vmi.Trap
+	var hits []vmi.Trap
+	if x.opts.OnStop != nil {
+		si := x.describe(st, regs)
+		defer func() { x.opts.OnStop(si) }()
+	}
 	if st.Access == vmi.Execute {
 		rip := vmi.VA(regs.RIP)
-		if x.retBP[rip] > 0 || x.denyBP[rip] > 0 {
-			hits = append(hits, vmi.Breakpoint(rip))
-		}
 		if x.denyBP[rip] > 0 {
+			hits = append(hits, vmi.Breakpoint(rip))
 			if err := x.onDeny(ctx, regs); err != nil {
 				return err
 			}
 		}
-		if x.retBP[rip] > 0 {
-			x.onReturn(ctx, regs)
+	} else if key, ok := x.slots[st.Addr]; ok {
+		// the return-address slot of an open call is written: its task
+		// entered the kernel again (the call returned). The write is the
+		// push of a call's return address exactly there: RSP is the
+		// slot; any other report of the watch (QEMU's page neighbours)
+		// is not it.
+		if vmi.VA(regs.RSP) == st.Addr {
+			if g := x.groups[key]; g != nil {
+				x.endGroup(ctx, key, g)
+			}
 		}
+		return nil
 	} else {
 		for tr := range x.traps {
 			if tr.Covers(st.Addr) {
 				hits = append(hits, tr)
 			}
 		}
-		stepped = hits
 		if len(hits) == 0 {
 			x.stats.Outside++
 		} else if hits = x.verifyStringOp(regs, hits); len(hits) == 0 {
 			x.stats.StringOps++
+		} else if hits = x.verifyInst(regs, hits); len(hits) == 0 {
+			x.stats.Misreported++
 		} else if err := x.onWatch(ctx, st, regs, hits); err != nil {
 			return err
 		}
 	}
-	// step past the traps still armed that the stop hit
-	if st.Access == vmi.Execute {
-		stepped = hits
+	// A data watchpoint stops after its access (x86 reports it as a
+	// trap, after the instruction, under TCG and KVM alike): the guest
+	// resumes past it with the watch armed, nothing to step. A breakpoint
+	// stops before its instruction: step past the ones still armed.
+	// (Each step is a second stop and start of the guest in QEMU,
+	// measured by bench/watch.sh as most of what a watchpoint stop costs.)
+	if st.Access != vmi.Execute {
+		return nil
 	}
 	var armed []vmi.Trap
-	for _, tr := range stepped {
-		if tr.Access == vmi.Execute && (x.retBP[tr.Addr] > 0 || x.denyBP[tr.Addr] > 0) || tr.Access != vmi.Execute && len(x.traps[tr]) > 0 {
+	for _, tr := range hits {
+		if x.denyBP[tr.Addr] > 0 {
 			armed = append(armed, tr)
 		}
 	}
@@ -477,40 +530,138 @@ func (x *Watcher) handle(ctx context.Context, st vmi.Stop) error {
 	return errors.Join(errs...)
 }
 
-// verifyStringOp keeps the hits a stop at a rep stos/movs really made:
-// the iteration that stopped wrote the bytes just below RDI (the
-// direction flag clear, as the kernel keeps it). Other instructions stop
-// after their access and are kept as they are.
+// describe says what a stop is, for Options.OnStop, before handle acts
+// on it (the traps it hit, the task).
+func (x *Watcher) describe(st vmi.Stop, regs vmi.CPU) StopInfo {
+	rip := vmi.VA(regs.RIP)
+	si := StopInfo{Addr: st.Addr, Access: st.Access.String(), RIP: rip, Function: x.z.Name(rip), Regs: regs}
+	if a, err := x.pc.task(regs); err == nil {
+		si.Task, _ = x.w.taskInfo(a)
+	}
+	if _, ok := x.slots[st.Addr]; ok && st.Access != vmi.Execute {
+		si.Outcome = "return"
+		return si
+	}
+	if st.Access == vmi.Execute {
+		switch {
+		case x.denyBP[rip] > 0:
+			si.Outcome = "deny"
+		default:
+			si.Outcome = "breakpoint"
+		}
+		return si
+	}
+	var hits []vmi.Trap
+	for tr, os := range x.traps {
+		if tr.Covers(st.Addr) {
+			hits = append(hits, tr)
+			for _, o := range os {
+				si.Owners = append(si.Owners, o.path+" "+o.field)
+			}
+		}
+	}
+	sort.Strings(si.Owners)
+	si.Traps = hits
+	switch {
+	case len(hits) == 0:
+		si.Outcome = "outside"
+	case len(x.verifyStringOp(regs, hits)) == 0:
+		si.Outcome = "string_op"
+	case len(x.verifyInst(regs, x.verifyStringOp(regs, hits))) == 0:
+		si.Outcome = "misreported"
+	default:
+		si.Outcome = "watch"
+	}
+	return si
+}
+
+// verifyStringOp keeps the hits a stop at a rep stos/movs really made.
+// QEMU's TCG can report a rep string instruction's write against another
+// watchpoint of the same page (measured: the first iteration of the
+// memset of a new inode's i_data in __ext4_new_inode, reported against
+// whichever watched field of a neighbour inode on that page its list
+// holds first), so the access is checked against the registers: the
+// iteration that stopped wrote the bytes just below RDI (and a movs read
+// those below RSI; the direction flag clear, as the kernel keeps it).
+// The stop is at the rep instruction while it has iterations left, or
+// just after it once RCX is 0 (its last iteration, or its only one).
+// Other instructions stop after their access and are kept as they are.
 func (x *Watcher) verifyStringOp(regs vmi.CPU, hits []vmi.Trap) []vmi.Trap {
 	var b [16]byte
 	if _, err := x.w.mem.ReadVirt(b[:], vmi.VA(regs.RIP)); err != nil {
 		return hits
 	}
-	inst, err := x86asm.Decode(b[:], 64)
-	if err != nil {
-		return hits
+	size, movs := stringOp(b[:])
+	if size == 0 && regs.RCX == 0 {
+		var p [3]byte
+		if _, err := x.w.mem.ReadVirt(p[:], vmi.VA(regs.RIP-3)); err == nil {
+			size, movs = repBefore(p)
+		}
 	}
-	size := uint64(0)
-	switch inst.Op {
-	case x86asm.STOSB, x86asm.MOVSB:
-		size = 1
-	case x86asm.STOSW, x86asm.MOVSW:
-		size = 2
-	case x86asm.STOSD, x86asm.MOVSD:
-		size = 4
-	case x86asm.STOSQ, x86asm.MOVSQ:
-		size = 8
-	default:
+	if size == 0 {
 		return hits
 	}
 	lo, hi := vmi.VA(regs.RDI-size), vmi.VA(regs.RDI)
+	slo, shi := vmi.VA(regs.RSI-size), vmi.VA(regs.RSI)
 	var keep []vmi.Trap
 	for _, tr := range hits {
-		if tr.Access == vmi.Execute || (tr.Addr < hi && lo < tr.Addr+vmi.VA(tr.Len)) {
+		end := tr.Addr + vmi.VA(tr.Len)
+		if tr.Access == vmi.Execute || (tr.Addr < hi && lo < end) || movs && tr.Access.Read && tr.Addr < shi && slo < end {
 			keep = append(keep, tr)
 		}
 	}
 	return keep
+}
+
+// stringOp is the element size of the stos or movs instruction code
+// starts with (0 for any other), and whether it is a movs.
+func stringOp(code []byte) (uint64, bool) {
+	inst, err := x86asm.Decode(code, 64)
+	if err != nil {
+		return 0, false
+	}
+	switch inst.Op {
+	case x86asm.STOSB:
+		return 1, false
+	case x86asm.STOSW:
+		return 2, false
+	case x86asm.STOSD:
+		return 4, false
+	case x86asm.STOSQ:
+		return 8, false
+	case x86asm.MOVSB:
+		return 1, true
+	case x86asm.MOVSW:
+		return 2, true
+	case x86asm.MOVSD:
+		return 4, true
+	case x86asm.MOVSQ:
+		return 8, true
+	}
+	return 0, false
+}
+
+// repBefore is the element size of a rep stos or rep movs whose encoding
+// ends at the end of p (the 3 bytes before RIP: f3 48 ab, f3 ab, f3 aa and
+// their movs forms a5, a4), 0 if there is none.
+func repBefore(p [3]byte) (uint64, bool) {
+	if p[0] == 0xf3 && p[1] == 0x48 && (p[2] == 0xab || p[2] == 0xa5) {
+		return 8, p[2] == 0xa5
+	}
+	if p[1] != 0xf3 {
+		return 0, false
+	}
+	switch p[2] {
+	case 0xaa:
+		return 1, false
+	case 0xab:
+		return 4, false
+	case 0xa4:
+		return 1, true
+	case 0xa5:
+		return 4, true
+	}
+	return 0, false
 }
 
 // stack reads the kernel stack of a stopped vCPU, from RSP up to the
@@ -599,13 +750,17 @@ func (x *Watcher) onWatch(ctx context.Context, st vmi.Stop, regs vmi.CPU, hits [
 	key := groupKey{task: taskAddr, slot: sys.Slot}
 	g := x.groups[key]
 	if g == nil {
-		if x.retBP[sys.Return] == 0 {
-			if err := x.t.Insert(ctx, vmi.Breakpoint(sys.Return)); err != nil {
-				return err
+		if old, ok := x.slots[sys.Slot]; ok {
+			// a call of another task on a reused stack: that one is over
+			if og := x.groups[old]; og != nil {
+				x.endGroup(ctx, old, og)
 			}
 		}
-		x.retBP[sys.Return]++
-		g = &group{ret: sys.Return, started: time.Now(), task: ti, cpu: regs.ID, first: fn, paths: map[string]*pathAcc{}}
+		if err := x.t.Insert(ctx, slotTrap(sys.Slot)); err != nil {
+			return err
+		}
+		x.slots[sys.Slot] = key
+		g = &group{slot: sys.Slot, started: time.Now(), task: ti, cpu: regs.ID, first: fn, paths: map[string]*pathAcc{}}
 		x.groups[key] = g
 	}
 	if g.kind == "" && kind != "" {
@@ -628,29 +783,20 @@ func (x *Watcher) onWatch(ctx context.Context, st vmi.Stop, regs vmi.CPU, hits [
 	return nil
 }
 
-// onReturn ends the group of the task whose system call returns here
-// (its stack pointer just above the slot of the return address).
-func (x *Watcher) onReturn(ctx context.Context, regs vmi.CPU) {
-	taskAddr, err := x.pc.task(regs)
-	if err != nil {
-		return
-	}
-	key := groupKey{task: taskAddr, slot: vmi.VA(regs.RSP) - 8}
-	g := x.groups[key]
-	if g == nil {
-		return
-	}
-	x.endGroup(ctx, key, g)
-}
+// slotTrap watches the return-address slot of an open call on its
+// task's kernel stack: the task's next entry into the kernel pushes a
+// return address there (the system-call entry's call, an interrupt's
+// handler), so the watch fires after the call returned, for that task
+// only (each task has its own stack; a breakpoint at the shared return
+// site stopped every task's system calls while it was armed).
+func slotTrap(slot vmi.VA) vmi.Trap { return vmi.Watchpoint(slot, 8, vmi.Write) }
 
+// endGroup reports a call's event and removes the watch on its slot.
 func (x *Watcher) endGroup(ctx context.Context, key groupKey, g *group) {
 	delete(x.groups, key)
-	x.retBP[g.ret]--
-	if x.retBP[g.ret] <= 0 {
-		delete(x.retBP, g.ret)
-		if x.denyBP[g.ret] == 0 {
-			x.t.Remove(ctx, vmi.Breakpoint(g.ret))
-		}
+	if k, ok := x.slots[g.slot]; ok && k == key {
+		delete(x.slots, g.slot)
+		x.t.Remove(ctx, slotTrap(g.slot))
 	}
 	// a deny breakpoint of this task that never hit goes with its call
 	for k, a := range x.denies {
@@ -708,7 +854,7 @@ func (x *Watcher) armDeny(ctx context.Context, task vmi.VA, ti TaskInfo, frames 
 		if _, ok := x.denies[key]; ok {
 			return nil
 		}
-		if x.denyBP[f.Return] == 0 && x.retBP[f.Return] == 0 {
+		if x.denyBP[f.Return] == 0 {
 			if err := x.t.Insert(ctx, vmi.Breakpoint(f.Return)); err != nil {
 				return err
 			}
@@ -725,9 +871,7 @@ func (x *Watcher) dropDeny(ctx context.Context, key groupKey, a vmi.VA) {
 	x.denyBP[a]--
 	if x.denyBP[a] <= 0 {
 		delete(x.denyBP, a)
-		if x.retBP[a] == 0 {
-			x.t.Remove(ctx, vmi.Breakpoint(a))
-		}
+		x.t.Remove(ctx, vmi.Breakpoint(a))
 	}
 }
 

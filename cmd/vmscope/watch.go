@@ -206,6 +206,13 @@ func runWatch(ctx context.Context, o watchOpts, args []string, out, errOut io.Wr
 	if err != nil {
 		return err
 	}
+	if o.method == "target" && kvmGuest(ctx, g.Monitor()) {
+		// the stub's watchpoints are the four debug registers: refuse a
+		// plan that needs more, saying how many
+		if err := x.CheckDebugRegisters(watch.KVMDebugRegisters); err != nil {
+			return err
+		}
+	}
 	for _, p := range paths {
 		if t := x.Targets()[p]; t != nil {
 			fmt.Fprintf(errOut, "watching %s (dev %d, inode %d)\n", printable(p), t.DevT, t.Ino)
@@ -268,8 +275,8 @@ func runWatch(ctx context.Context, o watchOpts, args []string, out, errOut io.Wr
 	}
 	rerr := <-done
 	st := x.Stats()
-	fmt.Fprintf(errOut, "watch: %d events (%d access), %d stops, %d outside watched ranges, %d at string ops elsewhere, %d dropped, %d denied\n",
-		st.Events, st.Access, st.Stops, st.Outside, st.StringOps, st.Dropped, st.Denied)
+	fmt.Fprintf(errOut, "watch: %d events (%d access), %d stops, %d outside watched ranges, %d at string ops elsewhere, %d misreported, %d dropped, %d denied\n",
+		st.Events, st.Access, st.Stops, st.Outside, st.StringOps, st.Misreported, st.Dropped, st.Denied)
 	if err := errors.Join(rerr, werr); err != nil {
 		return err
 	}
@@ -281,4 +288,21 @@ func runWatch(ctx context.Context, o watchOpts, args []string, out, errOut io.Wr
 		return errFindings
 	}
 	return nil
+}
+
+// kvmGuest reports whether the guest runs under KVM (QMP query-kvm), whose
+// GDB stub has only the four x86 debug registers for watchpoints. Without
+// a monitor, or with one that does not answer, it is not known to be KVM.
+func kvmGuest(ctx context.Context, mon qemu.Monitor) bool {
+	if mon == nil {
+		return false
+	}
+	b, err := mon.Execute(ctx, "query-kvm", nil)
+	if err != nil {
+		return false
+	}
+	var r struct {
+		Enabled bool `json:"enabled"`
+	}
+	return json.Unmarshal(b, &r) == nil && r.Enabled
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -115,6 +116,44 @@ func TestWatchCLIPolicyThenKill(t *testing.T) {
 		t.Fatalf("after --duration: guest %q, want running", st)
 	}
 
+	killRelease(t, l, func() error {
+		// The scenario goes on touching the watched files: a watchpoint
+		// left behind would stop the guest (QEMU stops on a hit with no
+		// debugger).
+		return l.WaitFor("=== SCENARIO DONE ===", 6*time.Minute)
+	})
+}
+
+// TestWatchCLIKill510 is the cleanup half of TestWatchCLIPolicyThenKill on
+// the previous Debian stable kernel (bullseye's 5.10): a vmscope binary
+// watching secret.txt and notes.txt is killed with SIGKILL once its traps
+// are armed, `guest release` restores the guest, and the guest then runs
+// its short scenario (which opens both files) to the end, still running:
+// no watch was left behind.
+func TestWatchCLIKill510(t *testing.T) {
+	if testing.Short() {
+		fixture.Missing(t, "-short: boots a guest")
+	}
+	l := watchtest.BootFrom(t, watchtest.Dir510(), "bash testdata/watch/guest510.sh", "")
+	killRelease(t, l, func() error {
+		mark := l.Mark()
+		if err := l.StartCommand("short", "=== SHORT START ==="); err != nil {
+			return err
+		}
+		return l.WaitAfter(mark, "=== SHORT DONE ===", 3*time.Minute)
+	})
+}
+
+// killRelease starts a vmscope binary watching secret.txt and notes.txt,
+// kills it with SIGKILL once its traps are armed, runs `guest release`
+// (which must say the traps were removed and delete the journal), checks
+// that the guest runs, then runs touch (guest work that touches the
+// watched files: a watchpoint left behind would stop the guest, as QEMU
+// stops on a hit with no debugger) and checks that the guest still runs.
+func killRelease(t *testing.T, l *watchtest.Guest, touch func() error) {
+	t.Helper()
+	dir := t.TempDir()
+	secret := "/mnt/data/watched/secret.txt"
 	// SIGKILL a watching vmscope, then release.
 	bin := filepath.Join(dir, "vmscope")
 	if b, err := exec.Command(fixture.Tool(t, "go"), "build", "-o", bin, ".").CombinedOutput(); err != nil {
@@ -142,13 +181,11 @@ func TestWatchCLIPolicyThenKill(t *testing.T) {
 	if st := qmpStatus(t, l); st != "running" {
 		t.Fatalf("after release: guest %q, want running", st)
 	}
-	// The scenario goes on touching the watched files: a watchpoint left
-	// behind would stop the guest (QEMU stops on a hit with no debugger).
-	if err := l.WaitFor("=== SCENARIO DONE ===", 6*time.Minute); err != nil {
+	if err := touch(); err != nil {
 		t.Fatal(err)
 	}
 	if st := qmpStatus(t, l); st != "running" {
-		t.Errorf("after the scenario: guest %q, want running", st)
+		t.Errorf("after the guest touched the watched files: guest %q, want running", st)
 	}
 }
 
@@ -166,4 +203,119 @@ func qmpStatus(t *testing.T, l *watchtest.Guest) string {
 		t.Fatal(err)
 	}
 	return st.Status
+}
+
+// TestWatchCLIDenyTable runs `vmscope watch --mode deny --policy FILE
+// --format table` on the fixture guest while it runs its short scenario
+// (opens of watched and unwatched files as uids 0, 1000 and 1001): the
+// guest's own log shows EACCES for exactly the two opens the policy
+// forbids (secret.txt by uid 1000) and every other action succeeds; the
+// exit status is 1; each output line is one table row (time, kind, path,
+// pid, comm, uid, VFS entry, action) and the forbidden opens' rows name
+// the pids the guest logged, with action deny.
+func TestWatchCLIDenyTable(t *testing.T) {
+	if testing.Short() {
+		fixture.Missing(t, "-short: boots a guest")
+	}
+	l := watchtest.Boot(t, "")
+	dir := t.TempDir()
+	policy := filepath.Join(dir, "policy")
+	os.WriteFile(policy, []byte("deny /mnt/data/watched/secret.txt uid=1000\n"), 0o644)
+	secret := "/mnt/data/watched/secret.txt"
+
+	var out, errOut syncBuffer
+	code := make(chan int, 1)
+	go func() {
+		code <- run(context.Background(), []string{"watch", "--guest", l.Spec, "--journal", filepath.Join(dir, "j"),
+			"--mode", "deny", "--policy", policy, "--format", "table", "--duration", "45s",
+			secret, "/mnt/data/watched/config.txt", "/mnt/data/watched/notes.txt"}, &out, &errOut)
+	}()
+	waitText(t, errOut.String, "traps armed", 3*time.Minute)
+	armed := time.Now()
+	started := false
+	for i := 0; i < 3 && !started; i++ {
+		if err := l.Send("short"); err != nil {
+			t.Fatal(err)
+		}
+		started = l.WaitFor("=== SHORT START ===", 20*time.Second) == nil
+	}
+	if !started {
+		t.Fatal("the guest did not start its short scenario")
+	}
+	if err := l.WaitFor("=== SHORT DONE ===", 40*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("short scenario done %v after the traps were armed (--duration 45s)", time.Since(armed).Round(time.Second))
+	select {
+	case c := <-code:
+		t.Fatalf("vmscope exited (%d) before the scenario ended: the test's --duration is too short for this host", c)
+	default:
+	}
+	if c := <-code; c != exitFindings {
+		t.Fatalf("exit %d, want %d (policy broken): %s", c, exitFindings, errOut.String())
+	}
+	t.Logf("stderr:\n%s", errOut.String())
+
+	forbidden := map[int]bool{}
+	acts := 0
+	for _, a := range l.Actions() {
+		acts++
+		if a.Path == secret && a.UID == 1000 && a.Kind == "open" {
+			forbidden[a.PID] = true
+			if a.Result != "EACCES" {
+				t.Errorf("forbidden open of %s by pid %d: %s, want EACCES", secret, a.PID, a.Result)
+			}
+		} else if a.Result != "ok" {
+			t.Errorf("%+v: %s, but the policy does not forbid it", a, a.Result)
+		}
+	}
+	if len(forbidden) != 2 || acts < 9 {
+		t.Fatalf("%d forbidden opens among %d actions in the guest's log, want 2 among 9 or more", len(forbidden), acts)
+	}
+
+	denied := map[int]bool{}
+	rows := 0
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		f := strings.Split(line, "\t")
+		if len(f) != 8 {
+			t.Errorf("row %q: %d columns, want 8", line, len(f))
+			continue
+		}
+		rows++
+		if _, err := time.Parse(time.RFC3339Nano, f[0]); err != nil {
+			t.Errorf("row %q: time: %v", line, err)
+		}
+		pid, err1 := strconv.Atoi(f[3])
+		uid, err2 := strconv.Atoi(f[5])
+		if err1 != nil || err2 != nil {
+			t.Errorf("row %q: pid or uid not a number", line)
+			continue
+		}
+		switch f[7] {
+		case "deny":
+			if f[2] != secret || uid != 1000 {
+				t.Errorf("row %q: denied, but not a forbidden access", line)
+			}
+			if f[1] == "open" {
+				denied[pid] = true
+			}
+		case "log":
+			if f[2] == secret && uid == 1000 {
+				t.Errorf("row %q: a forbidden access logged, not denied", line)
+			}
+		default:
+			t.Errorf("row %q: action %q", line, f[7])
+		}
+	}
+	for pid := range forbidden {
+		if !denied[pid] {
+			t.Errorf("forbidden open by pid %d: no deny row:\n%s", pid, out.String())
+		}
+	}
+	if rows < 4 {
+		t.Errorf("%d rows, want the watched opens of the scenario:\n%s", rows, out.String())
+	}
+	if st := qmpStatus(t, l); st != "running" {
+		t.Errorf("after the run: guest %q, want running", st)
+	}
 }

@@ -39,19 +39,28 @@ type Guest struct {
 	exited  chan struct{}
 }
 
+// Dir510 is the fixture on the previous Debian stable kernel (5.10),
+// testdata/out-watch510 (testdata/watch/guest510.sh).
+func Dir510() string { return filepath.Join(fixture.Root(), "testdata", "out-watch510") }
+
 // Boot boots the fixture guest with extra kernel arguments, waits for its
 // READY marker and stops it when the test ends. It skips (fails under CI)
 // when the fixture or QEMU is missing.
 func Boot(t testing.TB, appendArgs string) *Guest {
 	t.Helper()
+	return BootFrom(t, Dir(), "bash testdata/watch/build.sh", appendArgs)
+}
+
+// BootFrom is Boot of the fixture in folder src, which script builds.
+func BootFrom(t testing.TB, src, script, appendArgs string) *Guest {
+	t.Helper()
 	if testing.Short() {
 		fixture.Missing(t, "-short: boots a guest")
 	}
 	fixture.Tool(t, "qemu-system-x86_64")
-	src := Dir()
 	for _, f := range []string{"vmlinuz", "initrd.gz", "data.img"} {
 		if _, err := os.Stat(filepath.Join(src, f)); err != nil {
-			fixture.Missing(t, "%s (bash testdata/watch/build.sh)", filepath.Join(src, f))
+			fixture.Missing(t, "%s (%s)", filepath.Join(src, f), script)
 		}
 	}
 	dir := t.TempDir()
@@ -81,7 +90,9 @@ func Boot(t testing.TB, appendArgs string) *Guest {
 	g.cmd = exec.Command("qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-smp", "1",
 		"-nographic", "-display", "none", "-no-reboot",
 		"-kernel", filepath.Join(src, "vmlinuz"), "-initrd", filepath.Join(src, "initrd.gz"),
-		"-append", strings.TrimSpace("console=ttyS0 quiet panic=-1 "+appendArgs),
+		// no_timer_check: a loaded host's TCG can miss the boot's IO-APIC
+		// timer check, and the kernel panics ("IO-APIC + timer doesn't work")
+		"-append", strings.TrimSpace("console=ttyS0 quiet panic=-1 no_timer_check "+appendArgs),
 		"-serial", "file:"+g.Console, "-serial", "unix:"+g.Ctl+",server=on,wait=off",
 		"-monitor", "none", "-gdb", "tcp:"+g.GDB, "-qmp", "unix:"+g.QMP+",server=on,wait=off",
 		"-net", "none", "-drive", "file="+img+",format=raw,if=virtio")
@@ -97,6 +108,35 @@ func Boot(t testing.TB, appendArgs string) *Guest {
 	return g
 }
 
+// CPUTime is the CPU time QEMU has used so far (user and system, from
+// /proc/PID/stat): what the guest's work costs the host, whatever else
+// loads it.
+func (g *Guest) CPUTime() (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", g.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	// the fields after the command name, which is in parentheses
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("watchtest: /proc/%d/stat: %q", g.cmd.Process.Pid, b)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("watchtest: /proc/%d/stat: %d fields", g.cmd.Process.Pid, len(f))
+	}
+	// utime and stime are fields 14 and 15 of stat(5), 12 and 13 after ")"
+	u, err1 := strconv.ParseUint(f[11], 10, 64)
+	s, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("watchtest: /proc/%d/stat: utime %q stime %q", g.cmd.Process.Pid, f[11], f[12])
+	}
+	return time.Duration(u+s) * time.Second / clockTicks, nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat times (100 on Linux).
+const clockTicks = 100
+
 // Running reports whether QEMU still runs.
 func (g *Guest) Running() bool {
 	select {
@@ -109,9 +149,31 @@ func (g *Guest) Running() bool {
 
 // WaitFor waits until the console holds marker, or QEMU exits, or d passes.
 func (g *Guest) WaitFor(marker string, d time.Duration) error {
+	return g.WaitAfter(0, marker, d)
+}
+
+// Mark is the console's length now: a position for WaitAfter and
+// ActionsAfter, so that a command run again on the same guest is told
+// apart from its earlier runs.
+func (g *Guest) Mark() int {
+	b, _ := os.ReadFile(g.Console)
+	return len(b)
+}
+
+// after is the console from position mark on.
+func (g *Guest) after(mark int) []byte {
+	b, _ := os.ReadFile(g.Console)
+	if mark > len(b) {
+		return nil
+	}
+	return b[mark:]
+}
+
+// WaitAfter is WaitFor of marker in the console from position mark on.
+func (g *Guest) WaitAfter(mark int, marker string, d time.Duration) error {
 	end := time.Now().Add(d)
 	for {
-		b, _ := os.ReadFile(g.Console)
+		b := g.after(mark)
 		if bytes.Contains(b, []byte(marker)) {
 			return nil
 		}
@@ -129,12 +191,22 @@ func (g *Guest) WaitFor(marker string, d time.Duration) error {
 // the guest says it started (sending again if the line was lost, as it
 // can be when the guest's read loop reopens its port).
 func (g *Guest) Start() error {
+	return g.StartCommand("go", "=== SCENARIO START ===")
+}
+
+// StartCommand sends command line cmd (see testdata/watch/init.sh) and
+// waits until the guest prints marker after it, sending again if the line
+// was lost.
+func (g *Guest) StartCommand(cmd, marker string) error {
+	mark := g.Mark()
 	var err error
 	for i := 0; i < 3; i++ {
-		if err = g.Send("go"); err != nil {
+		if err = g.Send(cmd); err != nil {
 			continue
 		}
-		if err = g.WaitFor("=== SCENARIO START ===", 20*time.Second); err == nil {
+		// long enough for a loaded host: a second command the guest did
+		// get runs it again after the first
+		if err = g.WaitAfter(mark, marker, time.Minute); err == nil {
 			return nil
 		}
 	}
@@ -203,11 +275,15 @@ type Action struct {
 	PID, UID, EUID int
 	Comm, Kind     string
 	Path, Result   string
+	Ino            uint64 // the inode number a create got (0 for other kinds)
 }
 
 // Actions parses the ACT lines of the console.
-func (g *Guest) Actions() []Action {
-	b, _ := os.ReadFile(g.Console)
+func (g *Guest) Actions() []Action { return g.ActionsAfter(0) }
+
+// ActionsAfter parses the ACT lines of the console from position mark on.
+func (g *Guest) ActionsAfter(mark int) []Action {
+	b := g.after(mark)
 	var out []Action
 	for _, l := range strings.Split(string(b), "\n") {
 		l = strings.TrimRight(l, "\r")
@@ -233,6 +309,8 @@ func (g *Guest) Actions() []Action {
 				a.Path = v
 			case "result":
 				a.Result = v
+			case "ino":
+				a.Ino, _ = strconv.ParseUint(v, 10, 64)
 			}
 		}
 		out = append(out, a)

@@ -4,6 +4,9 @@
 // inotify logger (the kernel's own fsnotify view).
 //
 //	actor scenario DIR         run the scenario on the data disk mounted at DIR
+//	actor short DIR            a short scenario that changes nothing: opens and
+//	                           reads of watched and unwatched files as uids 0,
+//	                           1000 and 1001 (the CLI's deny test)
 //	actor do UID ACTION PATH [ARG]   one action as user UID (re-executed by scenario)
 //	actor inotify DIR...       log inotify events of the directories, one line each
 //	actor bench DIR N HZ FILE  the benchmark loop: create N files of 4 KiB in DIR,
@@ -12,7 +15,7 @@
 //
 // Lines on stdout (the serial console):
 //
-//	ACT pid=P uid=U euid=E comm=actor kind=K path=PATH result=ok|ERRNO
+//	ACT pid=P uid=U euid=E comm=actor kind=K path=PATH result=ok|ERRNO [ino=N (create)]
 //	INOTIFY mask=0xM path=DIR/NAME
 package main
 
@@ -35,6 +38,8 @@ func main() {
 	switch os.Args[1] {
 	case "scenario":
 		scenario(os.Args[2])
+	case "short":
+		short(os.Args[2])
 	case "do":
 		os.Exit(do(os.Args[2:]))
 	case "inotify":
@@ -99,6 +104,18 @@ func scenario(dir string) {
 	run(1000, "openread", filepath.Join(w, "secret.txt"))
 }
 
+func short(dir string) {
+	w := filepath.Join(dir, "watched")
+	b := filepath.Join(dir, "bulk")
+	run(1000, "openread", filepath.Join(w, "secret.txt"))
+	run(0, "openread", filepath.Join(w, "secret.txt"))
+	run(1001, "openread", filepath.Join(w, "config.txt"))
+	run(1000, "openread", filepath.Join(b, "f150"))
+	run(1001, "openread", filepath.Join(b, "f151"))
+	run(1000, "openread", filepath.Join(w, "notes.txt"))
+	run(1000, "openread", filepath.Join(w, "secret.txt"))
+}
+
 func do(a []string) int {
 	uid, _ := strconv.Atoi(a[0])
 	_ = uid
@@ -108,6 +125,7 @@ func do(a []string) int {
 		arg = a[3]
 	}
 	comm, _ := os.ReadFile("/proc/self/comm")
+	extra := ""
 	logf := func(kind string, err error) {
 		res := "ok"
 		if err != nil {
@@ -116,8 +134,8 @@ func do(a []string) int {
 				res = errnoName(en)
 			}
 		}
-		fmt.Printf("ACT pid=%d uid=%d euid=%d comm=%s kind=%s path=%s result=%s\n",
-			os.Getpid(), syscall.Getuid(), syscall.Geteuid(), string(trimNL(comm)), kind, path, res)
+		fmt.Printf("ACT pid=%d uid=%d euid=%d comm=%s kind=%s path=%s result=%s%s\n",
+			os.Getpid(), syscall.Getuid(), syscall.Geteuid(), string(trimNL(comm)), kind, path, res, extra)
 	}
 	buf := make([]byte, 64)
 	switch action {
@@ -141,6 +159,12 @@ func do(a []string) int {
 		syscall.Close(fd)
 	case "create":
 		fd, err := syscall.Open(path, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL, 0o644)
+		// the inode number the new file got: a watched file's freed
+		// slot may be reused (TestWatchScenario checks that one was)
+		var st syscall.Stat_t
+		if err == nil && syscall.Fstat(fd, &st) == nil {
+			extra = " ino=" + strconv.FormatUint(st.Ino, 10)
+		}
 		logf("create", err)
 		if err == nil {
 			syscall.Write(fd, []byte("new file\n"))
