@@ -28,6 +28,7 @@ fixtures: deps
 	bash testdata/watch/build.sh
 	bash testdata/libvirt/libvirt.sh images
 	bash testdata/cfi-plugin/build.sh
+	bash testdata/ir/build.sh
 
 demo: build
 	bash scripts/demo.sh
