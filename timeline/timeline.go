@@ -381,7 +381,7 @@ func JSONEvents(recs []Record, since, until time.Time) []JSONEvent {
 					done[m] = true
 				}
 			}
-			out = append(out, JSONEvent{Time: t.UTC(), MACB: macb(fl), Volume: r.Volume, Path: r.Name,
+			out = append(out, JSONEvent{Time: t.UTC(), MACB: macb(fl), Volume: r.Volume, Path: strings.TrimPrefix(r.Name, r.Volume+":"),
 				Ino: r.Ino, Mode: r.ModeString(), Uid: r.Uid, Gid: r.Gid, Size: r.Size, Target: r.Target,
 				Deleted: r.Deleted, Realloc: r.Realloc, Source: r.Source})
 		}

@@ -60,6 +60,7 @@ Disk images (raw, qcow2, backing chains):
   dirty     files changed since a point (overlay, dirty bitmap, poll state)
   diff      files that differ between two images
   timeline  file timeline: body file (fls -m), mactime CSV, NDJSON
+  report    one self-contained HTML report from scan/diff/dirty/timeline NDJSON
 Memory (dumps: ELF, kdump, LiME, raw; or a live QEMU guest):
   mem       ps, files, modules, mounts, info, check (kernel integrity)... of the Linux kernel in memory
 Live QEMU guests (qemu:pid=…, libvirt:DOMAIN, gdb://…; scan/dirty --guest poll their disks):
@@ -74,7 +75,7 @@ Live QEMU guests (qemu:pid=…, libvirt:DOMAIN, gdb://…; scan/dirty --guest po
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newInfoCmd(), newLsCmd(), newCatCmd(), newExtractCmd(), newScanCmd(), newDirtyCmd(), newDiffCmd(), newMemCmd())
 	root.AddCommand(newGuestCmd(), newWatchCmd(), newCfiCmd())
-	root.AddCommand(newTimelineCmd())
+	root.AddCommand(newTimelineCmd(), newReportCmd())
 	return root
 }
 
