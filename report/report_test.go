@@ -53,3 +53,26 @@ func TestRender(t *testing.T) {
 		t.Errorf("unknown line: %v", err)
 	}
 }
+
+// FuzzRead: any input is read or refused with an error; what is read
+// renders, twice to the same bytes, with no raw "<script>" from the input.
+func FuzzRead(f *testing.F) {
+	f.Add([]byte(sample))
+	f.Add([]byte("{\"macb\":\"m...\",\"time\":\"2024-01-01T00:00:00Z\",\"path\":\"<script>\"}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var in Input
+		if err := in.Read(bytes.NewReader(data), "f"); err != nil {
+			return
+		}
+		var a, b bytes.Buffer
+		if err := Render(&a, &in); err != nil {
+			return
+		}
+		if err := Render(&b, &in); err != nil || !bytes.Equal(a.Bytes(), b.Bytes()) {
+			t.Fatal("not deterministic")
+		}
+		if bytes.Count(a.Bytes(), []byte("<script")) != 2 {
+			t.Fatalf("%d script elements", bytes.Count(a.Bytes(), []byte("<script")))
+		}
+	})
+}
