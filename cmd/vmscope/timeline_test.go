@@ -97,3 +97,23 @@ func TestTimelineCommand(t *testing.T) {
 		}
 	}
 }
+
+// TestTimelineJournalFlag: --journal adds the names the kernel wiped on
+// delete, from the journal's older copy of /docs (timeline's
+// TestJournalHistory holds their metadata), marked with the transaction;
+// without it they are absent.
+func TestTimelineJournalFlag(t *testing.T) {
+	img := irFixture(t, "del-kernel.img")
+	with, _, code := vmscope(t, "timeline", "--journal", img)
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	without, _, _ := vmscope(t, "timeline", img)
+	re := regexp.MustCompile(`(?m)^0\|/docs/(report|draft)\.txt \(journal seq \d+\)\|`)
+	if n := len(re.FindAllString(with, -1)); n < 2 {
+		t.Errorf("--journal: %d journal lines of report.txt and draft.txt:\n%s", n, with)
+	}
+	if strings.Contains(without, "(journal") || strings.Contains(without, "/docs/report.txt|") {
+		t.Error("journal lines without --journal")
+	}
+}
