@@ -8,6 +8,7 @@ bash bench/compressed.sh
 bash bench/dirty.sh
 bash bench/mem.sh
 bash bench/diff.sh
+bash bench/timeline.sh
 # Needs a large public rule set in RULES (default bench/.out/rules), never committed.
 if [ -d "${RULES:-bench/.out/rules}" ]; then bash bench/poll-cost.sh; else echo "bench/poll-cost.sh skipped: no RULES"; fi
 go test -run '^$' -bench . -benchtime 3x ./qcow/ ./fsparse/... ./scan/
