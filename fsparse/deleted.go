@@ -145,15 +145,15 @@ func (v *Volume) ScanDeleted(ctx context.Context, root string) (*DeletedScan, er
 			}
 		}
 		first := e.Super().FirstIno
-		err := e.ScanInodes(func(in *ext4.Inode, alloc bool) {
+		err := e.ScanInodes(func(ino uint32, alloc bool, ctime uint32, _ []byte) {
 			switch {
-			case !alloc && !named[in.Ino] && in.Ctime.Unix() != 0:
-				de := v.deletedEntry(e, "/$OrphanFiles/OrphanFile-"+strconv.FormatUint(uint64(in.Ino), 10), in.Ino)
+			case !alloc && !named[ino] && ctime != 0:
+				de := v.deletedEntry(e, "/$OrphanFiles/OrphanFile-"+strconv.FormatUint(uint64(ino), 10), ino)
 				de.Orphan = true
 				out.Deleted = append(out.Deleted, de)
-			case alloc && in.Ino >= first && !liveNamed[in.Ino]:
-				de := v.deletedEntry(e, "/$OrphanFiles/OrphanFile-"+strconv.FormatUint(uint64(in.Ino), 10), in.Ino)
-				de.Unlinked, de.OrphanList, de.Realloc = true, onList[in.Ino], false
+			case alloc && ino >= first && !liveNamed[ino]:
+				de := v.deletedEntry(e, "/$OrphanFiles/OrphanFile-"+strconv.FormatUint(uint64(ino), 10), ino)
+				de.Unlinked, de.OrphanList, de.Realloc = true, onList[ino], false
 				out.Unlinked = append(out.Unlinked, de)
 			}
 		})

@@ -353,9 +353,11 @@ func (f *FS) InodeBitmap(g uint32) ([]byte, error) {
 
 // ScanInodes calls fn for every inode slot of every group that may hold
 // an inode (the used part of each table), reading each table in large
-// runs; allocated is its inode-bitmap bit. A group whose table cannot be
-// read is skipped and its error returned at the end.
-func (f *FS) ScanInodes(fn func(in *Inode, allocated bool)) error {
+// runs: its number, its inode-bitmap bit, its raw i_ctime (0 for a slot
+// never used) and its raw bytes (valid during the call only; ParseRaw
+// decodes them). A group whose table cannot be read is skipped and its
+// error returned at the end.
+func (f *FS) ScanInodes(fn func(ino uint32, allocated bool, ctime uint32, raw []byte)) error {
 	sb := f.sb
 	isz := uint64(sb.InodeSize)
 	const run = 1 << 20
@@ -381,17 +383,22 @@ func (f *FS) ScanInodes(fn func(in *Inode, allocated bool)) error {
 				if ino > uint64(sb.InodesCount) {
 					break
 				}
-				in, err := f.parseInode(uint32(ino), b[j*isz:(j+1)*isz])
-				if err != nil {
-					continue
-				}
+				raw := b[j*isz : (j+1)*isz]
 				k := i + j
-				fn(in, bm[k/8]&(1<<(k%8)) != 0)
+				fn(uint32(ino), bm[k/8]&(1<<(k%8)) != 0, le32(raw, 0xC), raw)
 			}
 			i += n
 		}
 	}
 	return firstErr
+}
+
+// ParseRaw decodes the raw bytes of inode ino (one inode-size slot).
+func (f *FS) ParseRaw(ino uint32, raw []byte) (*Inode, error) {
+	if len(raw) != f.sb.InodeSize {
+		return nil, fmt.Errorf("ext4: inode %d: %d bytes, inode size %d: %w", ino, len(raw), f.sb.InodeSize, ErrCorrupt)
+	}
+	return f.parseInode(ino, raw)
 }
 
 func cmpOr(a, b error) error {

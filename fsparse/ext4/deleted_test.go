@@ -173,8 +173,9 @@ func TestOpenDeletedContent(t *testing.T) {
 
 	kfs := openFS(t, irImage(t, "del-kernel.img"))
 	n := 0
-	err := kfs.ScanInodes(func(in *Inode, alloc bool) {
-		if alloc || !in.IsRegular() || in.Dtime == 0 {
+	err := kfs.ScanInodes(func(ino uint32, alloc bool, _ uint32, raw []byte) {
+		in, err := kfs.ParseRaw(ino, raw)
+		if err != nil || alloc || !in.IsRegular() || in.Dtime == 0 {
 			return
 		}
 		n++
