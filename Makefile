@@ -34,6 +34,7 @@ fixtures: deps
 	bash testdata/lvm/build.sh
 	bash testdata/xfs/build.sh
 	bash testdata/ntfs/build.sh
+	bash testdata/ir/build.sh
 
 demo: build
 	bash scripts/demo.sh

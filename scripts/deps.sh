@@ -21,6 +21,7 @@ pkgs=(
   makedumpfile        # the guest fixture: kdump files written by makedumpfile -c / -l
   gcc-12 make         # the guest fixture: LiME built against the guest kernel's headers
   cpio
+  chromium            # headless browser: the HTML report test (cmd/vmscope TestReportInChromium)
   gcc gcc-mingw-w64-x86-64  # ELF and PE fixtures of the module-aware scan (testdata/modules)
   parallel            # fleet: the GNU parallel recipe (deploy/parallel) and bench/fleet.sh's peer
   slurm-wlm munge     # fleet: a single-node Slurm cluster runs the job array of the fleet test

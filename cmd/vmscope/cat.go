@@ -9,15 +9,21 @@ import (
 )
 
 func newCatCmd() *cobra.Command {
-	return &cobra.Command{
+	var deleted bool
+	c := &cobra.Command{
 		Use:   "cat IMAGE PATH",
 		Short: "Write a guest file's content to stdout, byte for byte",
 		Long:  "Write the content of the regular file PATH (/etc/passwd, or p2:/etc/passwd on a disk with several filesystems) to stdout. Holes and unwritten extents read as zeros.",
 		Args:  rangeArgs(2, 2),
 		RunE: func(c *cobra.Command, args []string) error {
+			if deleted {
+				return runCatDeleted(c.Context(), args[0], args[1], c.OutOrStdout(), c.ErrOrStderr())
+			}
 			return runCat(args[0], args[1], c.OutOrStdout())
 		},
 	}
+	c.Flags().BoolVar(&deleted, "deleted", false, "PATH is a deleted name (as ls --deleted lists it): write what its freed blocks hold, best effort")
+	return c
 }
 
 // runCat writes the content of the regular file at path of image to out.

@@ -22,8 +22,9 @@ type lsEntry struct {
 }
 
 type lsFlags struct {
-	recursive, long bool
-	format          string
+	recursive, long  bool
+	format           string
+	deleted, orphans bool
 }
 
 func newLsCmd() *cobra.Command {
@@ -47,6 +48,8 @@ A directory that cannot be read is reported on stderr and the listing goes on; t
 	c.Flags().BoolVarP(&f.recursive, "recursive", "r", false, "list subdirectories recursively")
 	c.Flags().BoolVarP(&f.long, "long", "l", false, "long listing: inode, mode, links, uid, gid, size, mtime, target")
 	c.Flags().StringVar(&f.format, "format", "table", "output format: table, json or ndjson (json and ndjson always carry every field)")
+	c.Flags().BoolVar(&f.deleted, "deleted", false, "list deleted names (ext2/3/4 directory slack, like fls -d) and freed inodes no name names")
+	c.Flags().BoolVar(&f.orphans, "orphans", false, "list inodes in use that no name names (unlinked while open, or on the orphan list)")
 	return c
 }
 
@@ -56,6 +59,9 @@ A directory that cannot be read is reported on stderr and the listing goes on; t
 func runLs(ctx context.Context, image string, paths []string, f *lsFlags, out, errOut io.Writer) error {
 	if err := checkFormat(f.format, output.Table, output.JSON, output.NDJSON); err != nil {
 		return err
+	}
+	if f.deleted || f.orphans {
+		return runLsDeleted(ctx, image, paths, f, out, errOut)
 	}
 	im, d, err := openDisk(image)
 	if err != nil {

@@ -59,6 +59,8 @@ Disk images (raw, qcow2, backing chains):
   scan      YARA over every file (or only the changed ones: --dirty)
   dirty     files changed since a point (overlay, dirty bitmap, poll state)
   diff      files that differ between two images
+  timeline  file timeline: body file (fls -m), mactime CSV, NDJSON
+  report    one self-contained HTML report from scan/diff/dirty/timeline NDJSON
 Memory (dumps: ELF, kdump, LiME, raw; or a live QEMU guest):
   mem       ps, files, modules, mounts, info, check (kernel integrity)... of the Linux kernel in memory
 Live QEMU guests (qemu:pid=…, libvirt:DOMAIN, gdb://…; scan/dirty --guest poll their disks):
@@ -77,6 +79,7 @@ Fleets (one task of Kubernetes, Slurm, systemd or GNU parallel):
 	root.AddCommand(newGuestCmd(), newWatchCmd(), newCfiCmd())
 	root.AddCommand(newInventoryCmd(), newFleetCmd())
 	addPVImageFlag(root)
+	root.AddCommand(newTimelineCmd(), newReportCmd())
 	return root
 }
 

@@ -38,6 +38,7 @@ type scanFlags struct {
 	state    string
 	cache    string
 	live     liveFlags
+	deleted  bool
 }
 
 func newScanCmd() *cobra.Command {
@@ -81,6 +82,7 @@ files the guest changed since the last poll.`,
 	fl.StringVar(&f.progress, "progress", "auto", "progress line on stderr: auto (when stderr is a terminal), always or never")
 	fl.StringVar(&f.dirty, "dirty", "", "scan only the files changed since the last poll: auto, cow, bitmap:NAME, hash (need --state) or base:IMAGE; live with --guest (needs --state)")
 	fl.StringVar(&f.state, "state", "", "poll state database for --dirty (created on the first poll, which scans everything)")
+	fl.BoolVar(&f.deleted, "deleted", false, "scan only the deleted files whose content is still recoverable (ext2/3/4, best effort); paths end in \" (deleted)\"")
 	f.live.add(fl)
 	return c
 }
@@ -91,6 +93,9 @@ func runScan(ctx context.Context, image string, f *scanFlags, out, errOut io.Wri
 	opts, err := f.options()
 	if err != nil {
 		return err
+	}
+	if f.deleted && (f.dirty != "" || f.live.guest != "") {
+		return usageError{fmt.Errorf("--deleted scans an image's deleted files: not with --dirty or --guest")}
 	}
 	if f.live.guest != "" && f.dirty != "" && f.dirty != "live" || f.live.guest == "" && f.dirty == "live" {
 		return usageError{fmt.Errorf("--dirty live goes with --guest (and --guest with no other --dirty source)")}
@@ -153,7 +158,12 @@ func runScan(ctx context.Context, image string, f *scanFlags, out, errOut io.Wri
 		}
 		defer sel.Close()
 	}
-	res, err := imagescan.Scan(ctx, d, rules, sel, opts...)
+	var res *scan.Result
+	if f.deleted {
+		res, err = scanDeleted(ctx, d, rules, opts...)
+	} else {
+		res, err = imagescan.Scan(ctx, d, rules, sel, opts...)
+	}
 	if err != nil {
 		return err
 	}

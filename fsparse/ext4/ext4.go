@@ -354,6 +354,10 @@ type FS struct {
 	// inode: all of them, or fewer when the group descriptors' checksums
 	// vouch for bg_itable_unused and the INODE_UNINIT flag.
 	itUsed []uint32
+	// ibitmap and bbitmap are each group's inode and block bitmap blocks
+	// (0 when out of range), bgFlags its bg_flags.
+	ibitmap, bbitmap []uint64
+	bgFlags          []uint16
 }
 
 // Open reads the superblock at byte 1024 of r and the group descriptor
@@ -443,6 +447,9 @@ func (f *FS) loadGroups() error {
 	nblocks := (uint64(f.ngroup) + perBlock - 1) / perBlock
 	f.itable = make([]uint64, f.ngroup)
 	f.itUsed = make([]uint32, f.ngroup)
+	f.ibitmap = make([]uint64, f.ngroup)
+	f.bbitmap = make([]uint64, f.ngroup)
+	f.bgFlags = make([]uint16, f.ngroup)
 	csum := sb.FeatureROCompat&(rocompatGdtCsum|rocompatMetadataCsum) != 0
 	buf := make([]byte, f.bs)
 	var g uint64
@@ -463,6 +470,18 @@ func (f *FS) loadGroups() error {
 				return fmt.Errorf("ext4: group descriptor %d at block %d: inode table at block %d: %w", g, blk, it, ErrCorrupt)
 			}
 			f.itable[g] = it
+			bb, ib := uint64(le32(d, 0x0)), uint64(le32(d, 0x4))
+			if ds >= 64 {
+				bb |= uint64(le32(d, 0x20)) << 32
+				ib |= uint64(le32(d, 0x24)) << 32
+			}
+			if bb < sb.BlocksCount {
+				f.bbitmap[g] = bb
+			}
+			if ib < sb.BlocksCount {
+				f.ibitmap[g] = ib
+			}
+			f.bgFlags[g] = le16(d, 0x12)
 			f.itUsed[g] = sb.InodesPerGroup
 			if csum {
 				unused := uint32(le16(d, 0x1C))
