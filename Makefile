@@ -26,6 +26,7 @@ fixtures: deps
 	bash testdata/livedirty/build.sh
 	bash testdata/rootkit/build.sh
 	bash testdata/watch/build.sh
+	bash testdata/inject/build.sh
 	bash testdata/libvirt/libvirt.sh images
 	bash testdata/cfi-plugin/build.sh
 

@@ -21,6 +21,7 @@ pkgs=(
   gcc-12 make         # the guest fixture: LiME built against the guest kernel's headers
   cpio
   gcc gcc-mingw-w64-x86-64  # ELF and PE fixtures of the module-aware scan (testdata/modules)
+  libc6-dev           # testdata/inject: the static dummy and seccomp-strict programs (gcc -static)
 )
 
 missing=()

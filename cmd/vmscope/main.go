@@ -64,7 +64,8 @@ Memory (dumps: ELF, kdump, LiME, raw; or a live QEMU guest):
 Live QEMU guests (qemu:pid=…, libvirt:DOMAIN, gdb://…; scan/dirty --guest poll their disks):
   guest     info, dump, break, release... a running guest
   cfi       learn, monitor, show: page-level kernel control-flow integrity
-  watch     report (or deny) accesses to named files, from the guest's kernel objects`,
+  watch     report (or deny) accesses to named files, from the guest's kernel objects
+  inject    ls, stat, cat, ps, netstat, kill through a borrowed guest process, restored after`,
 		Version:       versionString(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -73,6 +74,7 @@ Live QEMU guests (qemu:pid=…, libvirt:DOMAIN, gdb://…; scan/dirty --guest po
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newInfoCmd(), newLsCmd(), newCatCmd(), newExtractCmd(), newScanCmd(), newDirtyCmd(), newDiffCmd(), newMemCmd())
 	root.AddCommand(newGuestCmd(), newWatchCmd(), newCfiCmd())
+	root.AddCommand(newInjectCmd())
 	return root
 }
 
