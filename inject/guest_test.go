@@ -375,6 +375,34 @@ func TestLiveGuest(t *testing.T) {
 		untouched(t, l, dummy, before)
 	})
 
+	t.Run("cancel-rolls-back", func(t *testing.T) {
+		// a cancelled context (SIGINT, SIGTERM, --timeout) in the middle
+		// of the operation: the dummy is restored all the same
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		if err := g.Pause(ctx); err != nil {
+			t.Fatal(err)
+		}
+		cpus, _ := g.CPUs(ctx)
+		j := filepath.Join(t.TempDir(), "inject.json")
+		res, err := Run(ctx, g, control.New(g), k, Op{Kind: "ls", Path: "/mnt/data/known"}, Options{CPUs: cpus, Journal: j,
+			Failpoint: func(s string) {
+				if s == "call getdents64" {
+					cancel()
+				}
+			}})
+		if rerr := g.Resume(context.Background()); rerr != nil {
+			t.Fatal(rerr)
+		}
+		if !errors.Is(err, context.Canceled) || !res.Restored {
+			t.Fatalf("cancelled ls: %v, restored %v", err, res.Restored)
+		}
+		if _, err := os.Stat(j); err == nil {
+			t.Error("the journal stayed after a restored, cancelled run")
+		}
+		untouched(t, l, dummy, before)
+	})
+
 	t.Run("kill-needs-allow-write", func(t *testing.T) {
 		if _, err := lv.runOn(t, Op{Kind: "kill", PID: l.Role("sleep"), Signal: 9}, Options{}); err == nil {
 			t.Fatal("kill without --allow-write ran")

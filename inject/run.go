@@ -221,6 +221,10 @@ func (s *Session) rollback(ctx context.Context, res *Result, opErr error) error 
 	s.failpoint("restore")
 	s.checker = nil // the restoring calls run to their breakpoint
 	if err := s.end(rctx); err != nil {
+		if errors.Is(err, ErrDummyGone) {
+			// the task is gone with everything borrowed from it
+			return errors.Join(opErr, err, s.j.finish())
+		}
 		s.j.keep()
 		return errors.Join(opErr, fmt.Errorf("inject: restoring the dummy (the journal %s stays for `vmscope inject recover`): %w", s.j.path, err))
 	}

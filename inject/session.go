@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/vmscope/vmscope/vmerr"
 	"github.com/vmscope/vmscope/vmi"
@@ -253,7 +254,10 @@ func (s *Session) Call(ctx context.Context, nr uint64, args ...uint64) (uint64, 
 		*regs[i] = a
 	}
 	r.RIP = uint64(s.gadget)
-	if err := s.c.SetRegs(ctx, s.cpu, r); err != nil {
+	// never half-written: a cancelled context must not leave some of the
+	// call's registers set and the others not
+	if err := s.c.SetRegs(context.WithoutCancel(ctx), s.cpu, r); err != nil {
+		s.broken = err
 		return 0, err
 	}
 	var out vmi.CPU
@@ -261,7 +265,9 @@ func (s *Session) Call(ctx context.Context, nr uint64, args ...uint64) (uint64, 
 	if s.checker != nil {
 		out, err = s.checker.stepCall(ctx, s, &call)
 	} else {
-		out, err = s.runTo(ctx, s.gadget+2)
+		cctx, cancel := context.WithTimeout(ctx, callTimeout)
+		out, err = s.runTo(cctx, s.gadget+2)
+		cancel()
 	}
 	s.steps += call.Steps
 	if err != nil {
@@ -284,6 +290,10 @@ func (s *Session) Call(ctx context.Context, nr uint64, args ...uint64) (uint64, 
 	s.j.doc.Call = ""
 	return out.RAX, nil
 }
+
+// callTimeout bounds one injected call run to its breakpoint: a dummy
+// that exits or blocks for good ends the operation.
+const callTimeout = time.Minute
 
 // writeBuf writes p at offset off of the buffer, page by page through the
 // dummy's page tables.
@@ -364,6 +374,9 @@ func (s *Session) end(ctx context.Context) error {
 	// registers are only put back at a user-mode boundary of the dummy:
 	// a call cut short (a cancelled context, a killed vmscope) runs on to
 	// its return first
+	if now, err := s.kr.readTask(vmi.VA(d.Task)); err != nil || now.PID != d.Dummy || now.StartTime != d.StartTime || uint64(now.PGD) != d.PGD {
+		return fmt.Errorf("%w: pid %d exited or exec'd: nothing of it is left to restore", ErrDummyGone, d.Dummy)
+	}
 	cur, err := s.t.Regs(ctx, s.cpu)
 	if err != nil || !s.isDummy(cur) || (cur.RIP != uint64(s.gadget+2) && cur.RIP != d.Regs.RIP) {
 		if _, err := s.runTo(ctx, s.gadget+2, vmi.VA(d.Regs.RIP)); err != nil {

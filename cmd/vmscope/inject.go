@@ -34,6 +34,7 @@ type injectOpts struct {
 	diskMount  string
 	model      string
 	allowWrite bool
+	hardware   bool
 	long       bool
 	maxBytes   int64
 	signal     int
@@ -63,6 +64,7 @@ func newInjectCmd() *cobra.Command {
 	f.StringVar(&o.format, "format", output.Table, "output format: table or json")
 	f.StringVar(&o.disk, "disk", "", "the guest's disk image, for the after-check of ls, stat and cat (read-only)")
 	f.StringVar(&o.diskMount, "disk-mount", "/", "where the guest mounts --disk's filesystem")
+	f.BoolVar(&o.hardware, "hardware-breakpoints", false, "hardware breakpoints (KVM: a software breakpoint would write int3 into guest memory; 4 per vCPU)")
 	f.StringVar(&o.model, "model", "", "a page-level model (cfi learn) the stepped calls must stay in (protect full)")
 	op := func(use, short string, args cobra.PositionalArgs, kind string) *cobra.Command {
 		return &cobra.Command{Use: use, Short: short, Args: args, RunE: func(c *cobra.Command, args []string) error {
@@ -184,6 +186,9 @@ func runInject(ctx context.Context, kind string, args []string, o injectOpts, ou
 	var qopts []qemu.Option
 	if guestJ != "" {
 		qopts = append(qopts, qemu.WithJournal(guestJ))
+	}
+	if o.hardware {
+		qopts = append(qopts, qemu.WithHardwareBreakpoints())
 	}
 	g, err := qemu.OpenEndpoint(ctx, ep, qopts...)
 	if err != nil {
