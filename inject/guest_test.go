@@ -242,11 +242,18 @@ func TestLiveGuest(t *testing.T) {
 	})
 
 	t.Run("stat", func(t *testing.T) {
+		n := 0
 		for _, line := range l.Section("stat") {
 			f := strings.Split(line, "|")
 			if len(f) != 10 {
 				t.Fatalf("stat line %q", line)
 			}
+			// a directory, a file of another owner, a symlink and a big
+			// file keep the test short (each run vets a dummy anew)
+			if !strings.HasSuffix(f[0], "/known") && !strings.HasSuffix(f[0], "owned.txt") && !strings.HasSuffix(f[0], "/link") && !strings.HasSuffix(f[0], "big.bin") {
+				continue
+			}
+			n++
 			res, err := lv.runOn(t, Op{Kind: "stat", Path: f[0]}, Options{Disk: disk})
 			if err != nil {
 				t.Fatal(err)
@@ -259,6 +266,9 @@ func TestLiveGuest(t *testing.T) {
 			if v := verdict(res, "after"); v.Status != "pass" {
 				t.Errorf("after-check of %s: %+v", f[0], v)
 			}
+		}
+		if n != 4 {
+			t.Errorf("compared %d stat lines, want 4", n)
 		}
 		untouched(t, l, dummy, before)
 	})
