@@ -28,6 +28,7 @@ fixtures: deps
 	bash testdata/rootkit/build.sh
 	bash testdata/watch/build.sh
 	bash testdata/watch/guest510.sh
+	bash testdata/inject/build.sh
 	bash testdata/libvirt/libvirt.sh images
 	bash testdata/cfi-plugin/build.sh
 	bash testdata/fleet/build.sh

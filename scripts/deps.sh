@@ -29,6 +29,7 @@ pkgs=(
   cryptsetup-bin      # cryptsetup luksFormat, luksDump: the LUKS fixtures and their reference (testdata/lvm)
   xfsprogs            # mkfs.xfs -p, xfs_io, xfs_db: the XFS fixtures and reference (testdata/xfs)
   attr                # setfattr: extended attributes of the XFS fixture (testdata/xfs)
+  libc6-dev           # testdata/inject: the static dummy and seccomp-strict programs (gcc -static)
 )
 
 missing=()

@@ -67,6 +67,7 @@ Live QEMU guests (qemu:pid=…, libvirt:DOMAIN, gdb://…; scan/dirty --guest po
   guest     info, dump, break, release... a running guest
   cfi       learn, monitor, show: page-level kernel control-flow integrity
   watch     report (or deny) accesses to named files, from the guest's kernel objects
+  inject    ls, stat, cat, ps, netstat, kill through a borrowed guest process, restored after
 Fleets (one task of Kubernetes, Slurm, systemd or GNU parallel):
   inventory, fleet   list images; plan, scan (--shard i/N, per-image state and lock), report`,
 		Version:       versionString(),
@@ -80,6 +81,7 @@ Fleets (one task of Kubernetes, Slurm, systemd or GNU parallel):
 	root.AddCommand(newInventoryCmd(), newFleetCmd())
 	addPVImageFlag(root)
 	root.AddCommand(newTimelineCmd(), newReportCmd())
+	root.AddCommand(newInjectCmd())
 	return root
 }
 

@@ -1,0 +1,537 @@
+package inject
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vmscope/vmscope/fsparse"
+	_ "github.com/vmscope/vmscope/fsparse/ext4"
+	"github.com/vmscope/vmscope/inject/injecttest"
+	"github.com/vmscope/vmscope/vmi/linux"
+	"github.com/vmscope/vmscope/vmi/qemu"
+	"github.com/vmscope/vmscope/vmi/qemu/control"
+)
+
+// attach opens the fixture guest (its own guest journal in dir), pauses
+// it and discovers its kernel.
+func attach(t testing.TB, spec, journal string) (*qemu.Guest, *linux.Kernel) {
+	t.Helper()
+	ctx := context.Background()
+	g, err := qemu.Open(ctx, spec, qemu.WithJournal(journal))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Pause(ctx); err != nil {
+		g.Close(ctx)
+		t.Fatal(err)
+	}
+	cpus, err := g.CPUs(ctx)
+	if err != nil {
+		g.Close(ctx)
+		t.Fatal(err)
+	}
+	k, err := linux.Discover(ctx, g, linux.WithCPUs(cpus))
+	if err != nil {
+		g.Close(ctx)
+		t.Fatal(err)
+	}
+	return g, k
+}
+
+// diskView opens the fixture's data disk read-only, as the guest mounts
+// it on /mnt/data.
+func diskView(t testing.TB, img string) *DiskView {
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	fi, _ := f.Stat()
+	d, err := fsparse.Open(f, fi.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _, err := d.Resolve("/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &DiskView{FS: v.FS, Mount: "/mnt/data"}
+}
+
+// live is the fixture guest attached once for the operations that
+// follow each other (the stub takes one client).
+type live struct {
+	g *qemu.Guest
+	k *linux.Kernel
+}
+
+// runOn runs one operation on the attached guest and lets it run again.
+func (lv *live) runOn(t *testing.T, op Op, o Options) (*Result, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := lv.g.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	o.CPUs, _ = lv.g.CPUs(ctx)
+	if o.Journal == "" {
+		o.Journal = filepath.Join(t.TempDir(), "inject.json")
+	}
+	res, err := Run(ctx, lv.g, control.New(lv.g), lv.k, op, o)
+	if _, serr := os.Stat(o.Journal); serr == nil && res != nil && res.Restored {
+		t.Errorf("the journal %s is still there after a restored run", o.Journal)
+	}
+	if err := lv.g.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return res, err
+}
+
+// snapshot is the dummy's maps, descriptors and signal masks as the guest
+// itself shows them (State left out: it sleeps or runs).
+func snapshot(t *testing.T, l *injecttest.Guest, pid int) []string {
+	t.Helper()
+	s, err := l.Snap(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, x := range s {
+		if !strings.HasPrefix(x, "State") {
+			out = append(out, x)
+		}
+	}
+	if len(out) < 8 {
+		t.Fatalf("snap of %d: %q", pid, s)
+	}
+	return out
+}
+
+// untouched checks the dummy after an operation: maps, descriptors and
+// signal masks as before, and it goes on printing DUMMY OK.
+func untouched(t *testing.T, l *injecttest.Guest, pid int, before []string) {
+	t.Helper()
+	if err := l.DummyOK(2, 30*time.Second); err != nil {
+		t.Error(err)
+	}
+	if after := snapshot(t, l, pid); !slices.Equal(before, after) {
+		t.Errorf("the dummy changed:\nbefore %q\nafter  %q", before, after)
+	}
+}
+
+// TestLiveGuest runs every operation on one boot of the fixture guest and
+// checks each against the guest's own view, and the dummy after each.
+func TestLiveGuest(t *testing.T) {
+	l := injecttest.Boot(t, "")
+	dummy := l.Role("dummy")
+	if dummy == 0 {
+		t.Fatal("no dummy in the scenario section")
+	}
+	disk := diskView(t, l.Image)
+	before := snapshot(t, l, dummy)
+	gj := filepath.Join(t.TempDir(), "guest.json")
+	g, k := attach(t, l.Spec, gj)
+	lv := &live{g: g, k: k}
+	closed := false
+	closeLive := func() {
+		if !closed {
+			closed = true
+			if err := g.Close(context.Background()); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	defer closeLive()
+	if err := g.Resume(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(before, func(s string) bool { return strings.HasPrefix(s, "SigBlk:") }) {
+		t.Fatalf("snap has no SigBlk: %q", before)
+	}
+
+	t.Run("dummy-selection", func(t *testing.T) {
+		if err := g.Pause(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		defer g.Resume(context.Background())
+		kr, err := newKernel(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := &Session{t: g, kr: kr, o: &Options{}}
+		best, cands, err := s.selectDummy(context.Background(), 0, Op{Kind: "ls"}.caps(), 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if best.PID != dummy {
+			t.Errorf("auto picked pid %d (%s), want the dummy %d; candidates %+v", best.PID, best.Comm, dummy, cands)
+		}
+		why := map[int]string{}
+		threads := 0
+		for _, c := range cands {
+			why[c.PID] = c.Rejected
+			if c.PID == l.Role("threader") {
+				threads = c.Threads
+			}
+		}
+		for pid, want := range map[int]string{
+			1:                  "pid 1",
+			2:                  "kernel thread",
+			l.Role("strict"):   "seccomp mode 1",
+			l.Role("sleep"):    "does not return to user mode",
+			l.Role("threader"): "",
+		} {
+			if !strings.HasPrefix(why[pid], want) {
+				t.Errorf("pid %d: rejected %q, want %q", pid, why[pid], want)
+			}
+		}
+		// the Go threader's threads are counted; qualified or not (its
+		// leader may sleep through the window), it ranks below the dummy
+		if threads < 5 {
+			t.Errorf("threader: %d threads counted, want 5 (main and 4 workers)", threads)
+		}
+		t.Logf("threader: %q", why[l.Role("threader")])
+		// --dummy is vetted too
+		if _, _, err := s.selectDummy(context.Background(), l.Role("strict"), 0, 2*time.Second); !errors.Is(err, ErrNoDummy) {
+			t.Errorf("--dummy of the seccomp-strict process: %v", err)
+		}
+	})
+
+	t.Run("ls", func(t *testing.T) {
+		res, err := lv.runOn(t, Op{Kind: "ls", Path: "/mnt/data/known", Long: true}, Options{Disk: disk})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := parseLsLan(t, l.Section("ls"))
+		got := map[string]lsRow{}
+		for _, e := range res.Entries {
+			if e.Stat == nil {
+				continue // . and ..
+			}
+			got[e.Name] = lsRow{e.Stat.ModeString(), int(e.Stat.Nlink), e.Stat.UID, e.Stat.GID, e.Stat.Size}
+		}
+		delete(want, ".")
+		delete(want, "..")
+		if len(got) != len(want) || len(want) < 5 {
+			t.Errorf("ls: %d entries, the guest's ls -lan %d: %v vs %v", len(got), len(want), got, want)
+		}
+		for n, w := range want {
+			if got[n] != w {
+				t.Errorf("ls %s: %+v, the guest says %+v", n, got[n], w)
+			}
+		}
+		if v := verdict(res, "after"); v.Status != "pass" {
+			t.Errorf("after-check: %+v", v)
+		}
+		if res.Dummy.PID != dummy || !res.Restored {
+			t.Errorf("dummy %+v restored %v", res.Dummy, res.Restored)
+		}
+		untouched(t, l, dummy, before)
+	})
+
+	t.Run("stat", func(t *testing.T) {
+		n := 0
+		for _, line := range l.Section("stat") {
+			f := strings.Split(line, "|")
+			if len(f) != 10 {
+				t.Fatalf("stat line %q", line)
+			}
+			// a directory, a file of another owner, a symlink and a big
+			// file keep the test short (each run vets a dummy anew)
+			if !strings.HasSuffix(f[0], "/known") && !strings.HasSuffix(f[0], "owned.txt") && !strings.HasSuffix(f[0], "/link") && !strings.HasSuffix(f[0], "big.bin") {
+				continue
+			}
+			n++
+			res, err := lv.runOn(t, Op{Kind: "stat", Path: f[0]}, Options{Disk: disk})
+			if err != nil {
+				t.Fatal(err)
+			}
+			st := res.Stat
+			got := fmt.Sprintf("%s|%d|%x|%d|%d|%d|%d|%d|%d|%d", f[0], st.Ino, st.Mode, st.Nlink, st.UID, st.GID, st.Size, st.Atime.Unix(), st.Mtime.Unix(), st.Ctime.Unix())
+			if got != line {
+				t.Errorf("stat:\n got %s\nwant %s", got, line)
+			}
+			if v := verdict(res, "after"); v.Status != "pass" {
+				t.Errorf("after-check of %s: %+v", f[0], v)
+			}
+		}
+		if n != 4 {
+			t.Errorf("compared %d stat lines, want 4", n)
+		}
+		untouched(t, l, dummy, before)
+	})
+
+	t.Run("cat", func(t *testing.T) {
+		for _, line := range l.Section("sha256") {
+			sum, p, ok := strings.Cut(line, "  ")
+			if !ok {
+				t.Fatalf("sha256 line %q", line)
+			}
+			res, err := lv.runOn(t, Op{Kind: "cat", Path: p}, Options{Disk: disk})
+			if err != nil {
+				t.Fatal(err)
+			}
+			h := sha256.Sum256(res.Data)
+			if hex.EncodeToString(h[:]) != sum || res.SHA256 != sum {
+				t.Errorf("cat %s: %d bytes, sha256 %x, the guest says %s", p, len(res.Data), h, sum)
+			}
+			if v := verdict(res, "after"); v.Status != "pass" {
+				t.Errorf("after-check of %s: %+v", p, v)
+			}
+		}
+		// a cap below the size is an error, not a truncated answer
+		if _, err := lv.runOn(t, Op{Kind: "cat", Path: "/mnt/data/big.bin", MaxBytes: 1 << 20}, Options{}); !errors.Is(err, ErrResult) {
+			t.Errorf("cat over --max-bytes: %v", err)
+		}
+		untouched(t, l, dummy, before)
+	})
+
+	t.Run("ps", func(t *testing.T) {
+		res, err := lv.runOn(t, Op{Kind: "ps"}, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[int]Proc{}
+		for _, p := range res.Procs {
+			got[p.PID] = p
+		}
+		n := 0
+		for _, line := range l.Section("ps")[1:] {
+			f := strings.Fields(line)
+			pid, _ := strconv.Atoi(f[0])
+			ppid, _ := strconv.Atoi(f[1])
+			if f[3] == "ps" || strings.HasPrefix(f[3], "kworker") {
+				continue // ps itself ended; workers come and go
+			}
+			p, ok := got[pid]
+			args := strings.Join(f[4:], " ")
+			if strings.HasPrefix(args, "{") { // busybox shows a script as {comm} argv
+				args = strings.Join(f[5:], " ")
+			}
+			argsOK := p.Args == args
+			if strings.HasPrefix(args, "[") { // a kernel thread: ps shows its name cut to 15 bytes
+				argsOK = strings.HasPrefix(p.Args, strings.TrimSuffix(args, "]"))
+			}
+			if !ok || p.PPID != ppid || !strings.HasPrefix(p.Comm, f[3]) || !argsOK {
+				t.Errorf("ps: pid %d %s (ppid %d, %q): got %+v", pid, f[3], ppid, args, p)
+			}
+			n++
+		}
+		if n < 40 {
+			t.Errorf("compared %d processes", n)
+		}
+		if v := verdict(res, "after"); v.Status != "pass" {
+			t.Errorf("after-check: %+v", v)
+		}
+		untouched(t, l, dummy, before)
+	})
+
+	t.Run("netstat", func(t *testing.T) {
+		res, err := lv.runOn(t, Op{Kind: "netstat"}, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want, got []string
+		for _, line := range l.Section("netstat") {
+			f := strings.Fields(line)
+			if len(f) >= 6 && (f[0] == "tcp" || f[0] == "udp") {
+				want = append(want, f[0]+" "+f[3]+" "+f[4]+" "+f[5])
+			}
+		}
+		for _, s := range res.Sockets {
+			if s.Proto != "unix" {
+				got = append(got, NetstatLine(s))
+			}
+		}
+		if len(want) == 0 || !slices.Equal(want, got) {
+			t.Errorf("netstat: %q, the guest says %q", got, want)
+		}
+		untouched(t, l, dummy, before)
+	})
+
+	t.Run("protect-before-and-full", func(t *testing.T) {
+		res, err := lv.runOn(t, Op{Kind: "stat", Path: "/mnt/data/known/hello.txt"}, Options{Protect: ProtectFull, Disk: disk})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ph := range []string{"before", "during", "after"} {
+			if v := verdict(res, ph); v.Status != "pass" {
+				t.Errorf("%s: %+v", ph, v)
+			}
+		}
+		stepped := 0
+		for _, c := range res.Calls {
+			if c.Name == "newfstatat" && c.Steps < 100 {
+				t.Errorf("newfstatat stepped %d instructions", c.Steps)
+			}
+			stepped += c.Steps
+		}
+		if stepped != res.Steps || res.Steps < 1000 {
+			t.Errorf("steps %d (calls %d)", res.Steps, stepped)
+		}
+		t.Logf("protect full: %d steps: %+v", res.Steps, res.Calls)
+		untouched(t, l, dummy, before)
+	})
+
+	t.Run("cancel-rolls-back", func(t *testing.T) {
+		// a cancelled context (SIGINT, SIGTERM, --timeout) in the middle
+		// of the operation: the dummy is restored all the same
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		if err := g.Pause(ctx); err != nil {
+			t.Fatal(err)
+		}
+		cpus, _ := g.CPUs(ctx)
+		j := filepath.Join(t.TempDir(), "inject.json")
+		res, err := Run(ctx, g, control.New(g), k, Op{Kind: "ls", Path: "/mnt/data/known"}, Options{CPUs: cpus, Journal: j,
+			Failpoint: func(s string) {
+				if s == "call getdents64" {
+					cancel()
+				}
+			}})
+		if rerr := g.Resume(context.Background()); rerr != nil {
+			t.Fatal(rerr)
+		}
+		if !errors.Is(err, context.Canceled) || !res.Restored {
+			t.Fatalf("cancelled ls: %v, restored %v", err, res.Restored)
+		}
+		if _, err := os.Stat(j); err == nil {
+			t.Error("the journal stayed after a restored, cancelled run")
+		}
+		untouched(t, l, dummy, before)
+	})
+
+	t.Run("kill-needs-allow-write", func(t *testing.T) {
+		if _, err := lv.runOn(t, Op{Kind: "kill", PID: l.Role("sleep"), Signal: 9}, Options{}); err == nil {
+			t.Fatal("kill without --allow-write ran")
+		}
+		res, err := lv.runOn(t, Op{Kind: "kill", PID: l.Role("sleep"), Signal: 9}, Options{AllowWrite: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := l.Run(fmt.Sprintf("[ -d /proc/%d ] && echo alive || echo gone", l.Role("sleep")))
+		if err != nil || len(out) != 1 || out[0] != "gone" {
+			t.Errorf("after kill: %q %v (%+v)", out, err, res.Killed)
+		}
+		untouched(t, l, dummy, before)
+	})
+
+	closeLive() // the kill test's processes attach themselves
+	t.Run("kill-and-recover", func(t *testing.T) {
+		for _, step := range []string{"safepoint", "scratch", "call mmap", "call getdents64", "restore"} {
+			t.Run(strings.ReplaceAll(step, " ", "-"), func(t *testing.T) {
+				killAndRecover(t, l, step)
+				untouched(t, l, dummy, before)
+			})
+		}
+	})
+
+}
+
+func verdict(r *Result, phase string) Verdict {
+	for _, v := range r.Verdicts {
+		if v.Phase == phase {
+			return v
+		}
+	}
+	return Verdict{Phase: phase, Status: "missing"}
+}
+
+type lsRow struct {
+	Mode     string
+	Links    int
+	UID, GID uint32
+	Size     int64
+}
+
+// parseLsLan parses busybox ls -lan lines: mode links uid gid size
+// month day time name [-> target].
+func parseLsLan(t *testing.T, lines []string) map[string]lsRow {
+	m := map[string]lsRow{}
+	for _, l := range lines {
+		f := strings.Fields(l)
+		if len(f) < 9 || strings.HasPrefix(l, "total") {
+			continue
+		}
+		links, _ := strconv.Atoi(f[1])
+		uid, _ := strconv.ParseUint(f[2], 10, 32)
+		gid, _ := strconv.ParseUint(f[3], 10, 32)
+		size, _ := strconv.ParseInt(f[4], 10, 64)
+		m[f[8]] = lsRow{f[0], links, uint32(uid), uint32(gid), size}
+	}
+	return m
+}
+
+// The helper process of the kill test: it runs ls with a failpoint that
+// kills it (SIGKILL) at the named protocol step.
+func TestHelperKilled(t *testing.T) {
+	spec := os.Getenv("VMSCOPE_INJECT_HELPER_SPEC")
+	if spec == "" {
+		t.Skip("helper process of the kill test")
+	}
+	step := os.Getenv("VMSCOPE_INJECT_HELPER_STEP")
+	g, k := attach(t, spec, os.Getenv("VMSCOPE_INJECT_HELPER_GUEST_JOURNAL"))
+	cpus, _ := g.CPUs(context.Background())
+	_, err := Run(context.Background(), g, control.New(g), k, Op{Kind: "ls", Path: "/mnt/data/known"}, Options{
+		Journal: os.Getenv("VMSCOPE_INJECT_HELPER_JOURNAL"), CPUs: cpus,
+		Failpoint: func(s string) {
+			if s == step {
+				syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				time.Sleep(time.Minute)
+			}
+		}})
+	t.Fatalf("the failpoint %q was never reached (%v)", step, err)
+}
+
+// killAndRecover runs the helper to its death at step, then recovers the
+// guest (the dummy through the inject journal, the stub through the
+// guest journal) and checks the guest runs.
+func killAndRecover(t *testing.T, l *injecttest.Guest, step string) {
+	dir := t.TempDir()
+	ij, gj := filepath.Join(dir, "inject.json"), filepath.Join(dir, "guest.json")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperKilled$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "VMSCOPE_INJECT_HELPER_SPEC="+l.Spec, "VMSCOPE_INJECT_HELPER_STEP="+step,
+		"VMSCOPE_INJECT_HELPER_JOURNAL="+ij, "VMSCOPE_INJECT_HELPER_GUEST_JOURNAL="+gj)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("helper: %v\n%s", err, out)
+	}
+	ctx := context.Background()
+	rec, err := RecoverGuest(ctx, l.Spec, ij, gj)
+	if err != nil {
+		t.Fatalf("recover: %v (%+v)", err, rec)
+	}
+	wantLeft := step != "safepoint"
+	if rec.Inject.Left != wantLeft || (wantLeft && !rec.Inject.Restored) || rec.Inject.Stale {
+		t.Errorf("recover after %q: %+v", step, rec.Inject)
+	}
+	for _, p := range []string{ij, gj} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s is still there after recover", p)
+		}
+	}
+	q, err := qemu.DialQMP(ctx, "unix:"+l.QMP)
+	if err != nil {
+		q, err = qemu.DialQMP(ctx, l.QMP)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	if st, err := q.Status(ctx); err != nil || !st.Running {
+		t.Errorf("guest after recover: %+v %v", st, err)
+	}
+}

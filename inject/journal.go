@@ -1,0 +1,189 @@
+package inject
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/vmscope/vmscope/vmerr"
+	"github.com/vmscope/vmscope/vmi"
+)
+
+// The undo journal is inject's record of every change it makes to the
+// dummy, for Recover after vmscope is killed outright: the saved
+// registers, the stack bytes it borrows, the signal mask it blocked, the
+// mapping it made and the call in flight. It is written atomically (a
+// temporary file, fsync, rename, fsync of the folder) before each change,
+// so that at any moment it names at least every change made; it is
+// removed once the dummy is restored and verified. While a process works
+// with it, it holds an exclusive flock on PATH.lock.
+
+const journalVersion = 1
+
+// ErrJournal is a journal that does not parse or names an impossible state.
+var ErrJournal = vmerr.New("inject: bad journal", vmerr.ErrCorrupt)
+
+// ErrInUse is a journal another vmscope process holds.
+var ErrInUse = errors.New("inject: another vmscope holds this journal")
+
+// ErrLeftBehind is a journal a killed vmscope left: run recover first.
+var ErrLeftBehind = errors.New("inject: a vmscope process left a dummy without restoring it (run `vmscope inject recover`)")
+
+// journalDoc is the journal's JSON form.
+type journalDoc struct {
+	Version int       `json:"version"`
+	Guest   string    `json:"guest"`
+	PID     int       `json:"pid"` // the vmscope process
+	Started time.Time `json:"started"`
+	// Dummy identifies the borrowed task: a task with another start
+	// time (the pid reused, the guest rebooted) is not it.
+	Dummy     int    `json:"dummy_pid"`
+	Task      uint64 `json:"dummy_task"`
+	StartTime uint64 `json:"dummy_start_time"`
+	PGD       uint64 `json:"dummy_pgd"`
+	CPU       int    `json:"vcpu"`
+	// Regs are the dummy's registers at the safe point.
+	Regs   vmi.CPU `json:"regs"`
+	Gadget uint64  `json:"gadget"`
+	// Scratch: the stack bytes borrowed below the red zone (Orig, saved
+	// before the first write) at VA / PA.
+	ScratchVA   uint64 `json:"scratch_va,omitempty"`
+	ScratchPA   uint64 `json:"scratch_pa,omitempty"`
+	ScratchOrig []byte `json:"scratch_orig,omitempty"`
+	// MaskBlocked: rt_sigprocmask blocked every signal (or was about to);
+	// OldMask is the mask to put back once known (MaskKnown).
+	MaskBlocked bool   `json:"mask_blocked"`
+	MaskKnown   bool   `json:"mask_known"`
+	OldMask     uint64 `json:"old_mask"`
+	// MapPending: an mmap is in flight (its address is RAX at the
+	// gadget's return); MapAddr/MapLen: the mapping made.
+	MapPending bool   `json:"map_pending"`
+	MapAddr    uint64 `json:"map_addr,omitempty"`
+	MapLen     uint64 `json:"map_len,omitempty"`
+	// FDs is the dummy's open-descriptor bitmap (its first words) at the
+	// safe point: a descriptor open now and not then was opened by inject
+	// and is closed at the end.
+	FDs []uint64 `json:"fds"`
+	// Call is the call in flight ("" between calls).
+	Call string `json:"call,omitempty"`
+	// RegsChanged: the dummy's registers may differ from Regs.
+	RegsChanged bool `json:"regs_changed"`
+}
+
+type journal struct {
+	path string
+	lock *os.File
+	doc  journalDoc
+}
+
+// lockJournal takes the journal's lock and reads the journal there (nil
+// when none).
+func lockJournal(path string) (*os.File, *journalDoc, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, nil, fmt.Errorf("inject: journal folder: %w", err)
+	}
+	lf, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("inject: journal lock: %w", err)
+	}
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lf.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, nil, fmt.Errorf("%w (%s.lock)", ErrInUse, path)
+		}
+		return nil, nil, fmt.Errorf("inject: journal lock %s.lock: %w", path, err)
+	}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return lf, nil, nil
+	}
+	if err != nil {
+		unlock(lf)
+		return nil, nil, fmt.Errorf("inject: journal: %w", err)
+	}
+	var d journalDoc
+	if len(b) > 1<<20 || json.Unmarshal(b, &d) != nil || d.Version != journalVersion || len(d.ScratchOrig) > 4096 || len(d.FDs) > maxFDWords {
+		unlock(lf)
+		return nil, nil, fmt.Errorf("%w: %s", ErrJournal, path)
+	}
+	return lf, &d, nil
+}
+
+func unlock(lf *os.File) {
+	syscall.Flock(int(lf.Fd()), syscall.LOCK_UN)
+	lf.Close()
+}
+
+// openJournal takes a fresh journal; one left behind is refused.
+func openJournal(path, guest string) (*journal, error) {
+	lf, old, err := lockJournal(path)
+	if err != nil {
+		return nil, err
+	}
+	if old != nil {
+		unlock(lf)
+		return nil, fmt.Errorf("%w: journal %s of pid %d since %s", ErrLeftBehind, path, old.PID, old.Started.Format(time.RFC3339))
+	}
+	return &journal{path: path, lock: lf, doc: journalDoc{Version: journalVersion, Guest: guest, PID: os.Getpid(), Started: time.Now().UTC().Truncate(time.Second)}}, nil
+}
+
+// update changes the journal and writes it durably before the change it
+// records is made.
+func (j *journal) update(f func(*journalDoc)) error {
+	f(&j.doc)
+	return writeAtomic(j.path, &j.doc)
+}
+
+// finish removes the journal (the dummy is restored) and releases the lock.
+func (j *journal) finish() error {
+	err := os.Remove(j.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		err = nil
+	}
+	unlock(j.lock)
+	return err
+}
+
+// keep releases the lock and leaves the journal for Recover.
+func (j *journal) keep() { unlock(j.lock) }
+
+func writeAtomic(path string, d *journalDoc) error {
+	b, err := json.MarshalIndent(d, "", "  ")
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("inject: journal: %w", err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(append(b, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("inject: journal %s: %w", path, err)
+	}
+	df, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("inject: journal folder: %w", err)
+	}
+	defer df.Close()
+	if err := df.Sync(); err != nil {
+		return fmt.Errorf("inject: journal folder sync: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,282 @@
+package inject
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"sort"
+	"strings"
+
+	"github.com/vmscope/vmscope/cfi"
+	"github.com/vmscope/vmscope/fsparse"
+	"github.com/vmscope/vmscope/vmi"
+	"github.com/vmscope/vmscope/vmi/linux"
+)
+
+// checkBefore runs the static integrity checks of package cfi (system-call
+// dispatch, IDT, modules, executable pages, ftrace and kprobe hooks,
+// kernel stacks, text, kallsyms): any finding refuses the operation.
+func checkBefore(ctx context.Context, k *linux.Kernel, cpus []vmi.CPU) (Verdict, error) {
+	v := Verdict{Phase: "before", Status: "pass"}
+	rep, err := cfi.Check(ctx, k, cfi.WithCPUs(cpus))
+	if err != nil {
+		return v, fmt.Errorf("inject: integrity checks before the operation: %w", err)
+	}
+	for _, f := range rep.Findings {
+		v.Status = "fail"
+		v.Reasons = append(v.Reasons, f.String())
+	}
+	return v, nil
+}
+
+// pathChecker single-steps injected calls and checks each kernel
+// instruction's page: it must be core kernel text (no module text, no
+// ftrace trampoline, no page outside every region) and, with a model,
+// a page and a transition the model holds.
+type pathChecker struct {
+	regions  *cfi.Regions
+	model    *cfi.Model
+	maxSteps int
+	sched    map[vmi.VA]bool // schedule, __schedule: a blocking call
+	reasons  []string
+	blocked  int
+}
+
+func newPathChecker(ctx context.Context, k *linux.Kernel, m *cfi.Model, maxSteps int) (*pathChecker, error) {
+	r, err := cfi.LoadRegions(ctx, k)
+	if err != nil {
+		return nil, err
+	}
+	if m != nil {
+		if err := m.Build.Check(r.Build); err != nil {
+			return nil, err
+		}
+	}
+	pc := &pathChecker{regions: r, model: m, maxSteps: maxSteps, sched: map[vmi.VA]bool{}}
+	for _, n := range []string{"schedule", "__schedule", "preempt_schedule_common", "schedule_timeout"} {
+		if a, ok := k.Symbols.Addr(n); ok {
+			pc.sched[a] = true
+		}
+	}
+	return pc, nil
+}
+
+// kernelHalf is the first address of the kernel's half on x86-64.
+const kernelHalf = 0xffff800000000000
+
+// stepCall steps the call set up in the dummy from its gadget until it
+// is back at gadget+2 in user mode. A call that reaches schedule() is
+// handed to a breakpoint at its return (stepping with interrupts masked
+// would never see it wake).
+func (pc *pathChecker) stepCall(ctx context.Context, s *Session, call *Call) (vmi.CPU, error) {
+	var prev cfi.Page
+	havePrev := false
+	for {
+		if call.Steps >= pc.maxSteps {
+			return vmi.CPU{}, pc.abort(call, fmt.Sprintf("%s: more than %d instructions", call.Name, pc.maxSteps))
+		}
+		r, err := s.t.Step(ctx, s.cpu)
+		if err != nil {
+			return r, err
+		}
+		call.Steps++
+		rip := vmi.VA(r.RIP)
+		if r.RIP < kernelHalf {
+			if rip == s.gadget+2 && s.isDummy(r) {
+				return r, nil
+			}
+			return r, pc.abort(call, fmt.Sprintf("%s: user-mode instruction at %#x before the call returned", call.Name, r.RIP))
+		}
+		if pc.sched[rip] {
+			call.Blocked = true
+			pc.blocked++
+			return s.runTo(ctx, s.gadget+2)
+		}
+		p, ok := pc.regions.PageOf(rip)
+		if !ok {
+			return r, pc.abort(call, fmt.Sprintf("%s: kernel code at %#x is outside core and module text (a trampoline or injected code)", call.Name, r.RIP))
+		}
+		if p.Module != "" {
+			name, off, _ := pc.regions.Symbolize(rip)
+			return r, pc.abort(call, fmt.Sprintf("%s: module text on the call's path: %s+%#x of %s", call.Name, name, off, p.Module))
+		}
+		if pc.model != nil {
+			if !pc.model.HasPage(p) {
+				return r, pc.abort(call, fmt.Sprintf("%s: page %v (%#x) is not in the model", call.Name, p, r.RIP))
+			}
+			if havePrev && prev != p && !pc.model.HasEdge(cfi.Edge{From: prev, To: p}) {
+				return r, pc.abort(call, fmt.Sprintf("%s: transition %v->%v is not in the model", call.Name, prev, p))
+			}
+		}
+		prev, havePrev = p, true
+	}
+}
+
+func (pc *pathChecker) abort(call *Call, reason string) error {
+	pc.reasons = append(pc.reasons, reason)
+	return fmt.Errorf("%w: during: %s", ErrAborted, reason)
+}
+
+func (pc *pathChecker) verdict(opErr error) Verdict {
+	v := Verdict{Phase: "during", Status: "pass"}
+	if len(pc.reasons) > 0 {
+		v.Status, v.Reasons = "fail", append([]string(nil), pc.reasons...)
+	}
+	if pc.blocked > 0 {
+		v.Reasons = append(v.Reasons, fmt.Sprintf("%d calls reached schedule(): stepped up to it, then run to their return", pc.blocked))
+	}
+	return v
+}
+
+// DiskView is the independent view of a filesystem the guest mounts: the
+// disk image read by vmscope itself (read-only), mounted at Mount in the
+// guest.
+type DiskView struct {
+	FS    fsparse.Filesystem
+	Mount string // the guest path it is mounted on, "/mnt/data"
+}
+
+// rel is p relative to the mount ("." for the mount itself); ok is false
+// for a path outside it.
+func (d *DiskView) rel(p string) (string, bool) {
+	p = path.Clean(p)
+	m := path.Clean(d.Mount)
+	if p == m {
+		return ".", true
+	}
+	if m == "/" {
+		return strings.TrimPrefix(p, "/"), true
+	}
+	if strings.HasPrefix(p, m+"/") {
+		return p[len(m)+1:], true
+	}
+	return "", false
+}
+
+// crossView compares the answer the guest's kernel gave with an
+// independent view: ls, stat and cat with the disk image, ps with the
+// task list walked in memory. A disagreement is a finding.
+func crossView(ctx context.Context, k *linux.Kernel, op Op, res *Result, disk *DiskView) Verdict {
+	v := Verdict{Phase: "after", Status: "pass"}
+	fail := func(f string, a ...any) {
+		v.Status = "fail"
+		v.Reasons = append(v.Reasons, fmt.Sprintf(f, a...))
+	}
+	switch op.Kind {
+	case "ls", "stat", "cat":
+		var rel string
+		ok := false
+		if disk != nil {
+			rel, ok = disk.rel(op.Path)
+		}
+		if !ok {
+			v.Status = "skipped"
+			v.Reasons = []string{"no independent view of " + op.Path + " (give the disk image it is on)"}
+			return v
+		}
+		switch op.Kind {
+		case "ls":
+			ents, err := disk.FS.ReadDir(rel)
+			if err != nil {
+				fail("disk image: %v", err)
+				return v
+			}
+			crossList(ents, res.Entries, fail)
+		case "stat":
+			e, err := disk.FS.Lstat(rel)
+			if err != nil {
+				fail("disk image: %v", err)
+				return v
+			}
+			st := res.Stat
+			if st.Ino != e.Ino || st.Size != e.Size || st.UID != e.Uid || st.GID != e.Gid || st.FileMode() != e.Mode || uint32(st.Nlink) != e.Links {
+				fail("stat of %s: the kernel says inode %d size %d uid %d gid %d mode %v links %d; the disk image says %d %d %d %d %v %d",
+					op.Path, st.Ino, st.Size, st.UID, st.GID, st.FileMode(), st.Nlink, e.Ino, e.Size, e.Uid, e.Gid, e.Mode, e.Links)
+			}
+		case "cat":
+			f, err := disk.FS.OpenFile(rel)
+			if err != nil {
+				fail("disk image: %v", err)
+				return v
+			}
+			h := sha256.New()
+			n, err := io.Copy(h, io.NewSectionReader(f, 0, f.Size()))
+			if err != nil {
+				fail("disk image: %v", err)
+				return v
+			}
+			if sum := hex.EncodeToString(h.Sum(nil)); sum != res.SHA256 || n != res.Size {
+				fail("content of %s: the kernel gave %d bytes (sha256 %s), the disk image holds %d (sha256 %s)", op.Path, res.Size, res.SHA256, n, sum)
+			}
+		}
+	case "ps":
+		tasks, _, err := k.Tasks(ctx, false)
+		if err != nil {
+			fail("task list in memory: %v", err)
+			return v
+		}
+		inMem := map[int]string{}
+		for _, t := range tasks {
+			inMem[t.PID] = t.Comm
+		}
+		seen := map[int]bool{}
+		for _, p := range res.Procs {
+			seen[p.PID] = true
+			if _, ok := inMem[p.PID]; !ok {
+				fail("pid %d (%s) is in /proc but not on the task list in memory", p.PID, p.Comm)
+			}
+		}
+		var hidden []int
+		for pid := range inMem {
+			if !seen[pid] {
+				hidden = append(hidden, pid)
+			}
+		}
+		sort.Ints(hidden)
+		for _, pid := range hidden {
+			fail("pid %d (%s) is on the task list in memory but hidden from /proc", pid, inMem[pid])
+		}
+	default:
+		v.Status = "skipped"
+		v.Reasons = []string{"no independent view of " + op.Kind + " yet"}
+	}
+	return v
+}
+
+// crossList compares a listing with the disk image's directory.
+func crossList(disk []fsparse.Entry, got []Entry, fail func(string, ...any)) {
+	seen := map[string]uint64{}
+	for _, e := range got {
+		if e.Name != "." && e.Name != ".." {
+			seen[e.Name] = e.Ino
+		}
+	}
+	onDisk := map[string]bool{}
+	for _, e := range disk {
+		name := path.Base(e.Path)
+		onDisk[name] = true
+		ino, ok := seen[name]
+		switch {
+		case !ok:
+			fail("%s (inode %d) is on the disk but the kernel's getdents64 hid it", e.Path, e.Ino)
+		case ino != e.Ino:
+			fail("%s: the kernel says inode %d, the disk %d", e.Path, ino, e.Ino)
+		}
+	}
+	var extra []string
+	for n := range seen {
+		if !onDisk[n] {
+			extra = append(extra, n)
+		}
+	}
+	sort.Strings(extra)
+	for _, n := range extra {
+		fail("%s is listed by the kernel but not on the disk", n)
+	}
+}
+
+var _ = errors.New
