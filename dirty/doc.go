@@ -51,4 +51,4 @@ import "github.com/vmscope/vmscope/vmerr"
 
 // ErrUnsupportedFS: the volume holds a filesystem this package cannot map
 // blocks of (only ext2/3/4 so far); its files are all due.
-var ErrUnsupportedFS = vmerr.New("dirty: block mapping needs an ext2/3/4 filesystem", vmerr.ErrUnsupported)
+var ErrUnsupportedFS = vmerr.New("dirty: block mapping needs an ext2/3/4, XFS or NTFS filesystem", vmerr.ErrUnsupported)
