@@ -47,7 +47,7 @@ func checkSharding(t *testing.T, images []Image, extra Image, n int) {
 	t.Helper()
 	inv, err := NewInventory(images)
 	if err != nil {
-		t.Skip(err)
+		t.Fatal(err)
 	}
 	owner := map[string]int{}
 	for i := 0; i < n; i++ {
@@ -91,6 +91,9 @@ func FuzzSharding(f *testing.F) {
 		}
 		r := rand.New(rand.NewPCG(seed, 0))
 		images := ids(prefix, int(count))
+		if _, err := NewInventory(images); err != nil {
+			return // the prefix makes the ids unsafe: NewInventory's refusal, tested in TestInventoryRefuses
+		}
 		r.Shuffle(len(images), func(i, j int) { images[i], images[j] = images[j], images[i] })
 		checkSharding(t, images, Image{ID: fmt.Sprintf("%snew%d", prefix, r.Uint32()), Path: "/y"}, int(n))
 	})
