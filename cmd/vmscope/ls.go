@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/fsparse"
 	"github.com/vmscope/vmscope/internal/output"
 )
@@ -53,6 +54,34 @@ A directory that cannot be read is reported on stderr and the listing goes on; t
 	return c
 }
 
+// lsTarget is a directory to list: a volume and a name in it.
+type lsTarget struct {
+	v    *fsparse.Volume
+	name string
+}
+
+// openLsTargets opens image and resolves what ls lists: the one path
+// given, or the root of every volume. The caller closes the image.
+func openLsTargets(image string, paths []string) (*disk.Image, *fsparse.Disk, []lsTarget, error) {
+	im, d, err := openDisk(image)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if len(paths) == 1 {
+		v, name, err := d.Resolve(paths[0])
+		if err != nil {
+			im.Close()
+			return nil, nil, nil, err
+		}
+		return im, d, []lsTarget{{v, name}}, nil
+	}
+	var targets []lsTarget
+	for _, v := range d.Volumes {
+		targets = append(targets, lsTarget{v, "."})
+	}
+	return im, d, targets, nil
+}
+
 // runLs lists path (every filesystem's root when paths is empty) of image
 // on out; what cannot be read is reported on errOut and the listing goes
 // on.
@@ -63,27 +92,11 @@ func runLs(ctx context.Context, image string, paths []string, f *lsFlags, out, e
 	if f.deleted || f.orphans {
 		return runLsDeleted(ctx, image, paths, f, out, errOut)
 	}
-	im, d, err := openDisk(image)
+	im, d, targets, err := openLsTargets(image, paths)
 	if err != nil {
 		return err
 	}
 	defer im.Close()
-	type target struct {
-		v    *fsparse.Volume
-		name string
-	}
-	var targets []target
-	if len(paths) == 1 {
-		v, name, err := d.Resolve(paths[0])
-		if err != nil {
-			return err
-		}
-		targets = append(targets, target{v, name})
-	} else {
-		for _, v := range d.Volumes {
-			targets = append(targets, target{v, "."})
-		}
-	}
 	var probs output.Counter
 	for _, p := range d.Problems {
 		probs.Add(p)

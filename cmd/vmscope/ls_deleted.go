@@ -21,27 +21,11 @@ type lsDeleted struct {
 // that no name names (--orphans) of the filesystems of image, below path
 // (recursively with -r, else the directory's own deleted names only).
 func runLsDeleted(ctx context.Context, image string, paths []string, f *lsFlags, out, errOut io.Writer) error {
-	im, d, err := openDisk(image)
+	im, d, targets, err := openLsTargets(image, paths)
 	if err != nil {
 		return err
 	}
 	defer im.Close()
-	type target struct {
-		v    *fsparse.Volume
-		name string
-	}
-	var targets []target
-	if len(paths) == 1 {
-		v, name, err := d.Resolve(paths[0])
-		if err != nil {
-			return err
-		}
-		targets = append(targets, target{v, name})
-	} else {
-		for _, v := range d.Volumes {
-			targets = append(targets, target{v, "."})
-		}
-	}
 	var probs output.Counter
 	for _, p := range d.Problems {
 		probs.Add(p)
