@@ -4,12 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
-	"path/filepath"
-	"syscall"
 	"time"
 
+	"github.com/vmscope/vmscope/internal/journalfile"
 	"github.com/vmscope/vmscope/vmerr"
 	"github.com/vmscope/vmscope/vmi"
 )
@@ -84,40 +82,25 @@ type journal struct {
 // lockJournal takes the journal's lock and reads the journal there (nil
 // when none).
 func lockJournal(path string) (*os.File, *journalDoc, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, nil, fmt.Errorf("inject: journal folder: %w", err)
+	lf, b, err := journalfile.Lock(path)
+	if errors.Is(err, journalfile.ErrBusy) {
+		return nil, nil, fmt.Errorf("%w (%s.lock)", ErrInUse, path)
 	}
-	lf, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, nil, fmt.Errorf("inject: journal lock: %w", err)
+		return nil, nil, fmt.Errorf("inject: %w", err)
 	}
-	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		lf.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, nil, fmt.Errorf("%w (%s.lock)", ErrInUse, path)
-		}
-		return nil, nil, fmt.Errorf("inject: journal lock %s.lock: %w", path, err)
-	}
-	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	if b == nil {
 		return lf, nil, nil
 	}
-	if err != nil {
-		unlock(lf)
-		return nil, nil, fmt.Errorf("inject: journal: %w", err)
-	}
 	var d journalDoc
-	if len(b) > 1<<20 || json.Unmarshal(b, &d) != nil || d.Version != journalVersion || len(d.ScratchOrig) > 4096 || len(d.FDs) > maxFDWords {
+	if len(b) > journalfile.MaxSize || json.Unmarshal(b, &d) != nil || d.Version != journalVersion || len(d.ScratchOrig) > 4096 || len(d.FDs) > maxFDWords {
 		unlock(lf)
 		return nil, nil, fmt.Errorf("%w: %s", ErrJournal, path)
 	}
 	return lf, &d, nil
 }
 
-func unlock(lf *os.File) {
-	syscall.Flock(int(lf.Fd()), syscall.LOCK_UN)
-	lf.Close()
-}
+func unlock(lf *os.File) { journalfile.Unlock(lf) }
 
 // openJournal takes a fresh journal; one left behind is refused.
 func openJournal(path, guest string) (*journal, error) {
@@ -141,10 +124,7 @@ func (j *journal) update(f func(*journalDoc)) error {
 
 // finish removes the journal (the dummy is restored) and releases the lock.
 func (j *journal) finish() error {
-	err := os.Remove(j.path)
-	if errors.Is(err, fs.ErrNotExist) {
-		err = nil
-	}
+	err := journalfile.Remove(j.path)
 	unlock(j.lock)
 	return err
 }
@@ -157,33 +137,8 @@ func writeAtomic(path string, d *journalDoc) error {
 	if err != nil {
 		return err
 	}
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("inject: journal: %w", err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(append(b, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("inject: journal %s: %w", path, err)
-	}
-	df, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("inject: journal folder: %w", err)
-	}
-	defer df.Close()
-	if err := df.Sync(); err != nil {
-		return fmt.Errorf("inject: journal folder sync: %w", err)
+	if err := journalfile.WriteAtomic(path, append(b, '\n')); err != nil {
+		return fmt.Errorf("inject: %w", err)
 	}
 	return nil
 }

@@ -4,14 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
+	"github.com/vmscope/vmscope/internal/journalfile"
 	"github.com/vmscope/vmscope/vmerr"
 	"github.com/vmscope/vmscope/vmi"
 )
@@ -145,40 +144,25 @@ type journal struct {
 // lockJournal takes the journal's lock (ErrInUse when another process
 // holds it) and reads the journal there, if any (nil when none).
 func lockJournal(path string) (*os.File, *journalDoc, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, nil, fmt.Errorf("qemu: journal folder (set XDG_RUNTIME_DIR or give a journal path): %w", err)
+	lf, b, err := journalfile.Lock(path)
+	if errors.Is(err, journalfile.ErrBusy) {
+		return nil, nil, fmt.Errorf("%w (lock %s.lock)", ErrInUse, path)
 	}
-	lf, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, nil, fmt.Errorf("qemu: journal lock: %w", err)
+		return nil, nil, fmt.Errorf("qemu: %w (set XDG_RUNTIME_DIR or give a journal path)", err)
 	}
-	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		lf.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, nil, fmt.Errorf("%w (lock %s.lock)", ErrInUse, path)
-		}
-		return nil, nil, fmt.Errorf("qemu: journal lock %s.lock: %w", path, err)
-	}
-	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	if b == nil {
 		return lf, nil, nil
 	}
-	if err != nil {
-		unlock(lf)
-		return nil, nil, fmt.Errorf("qemu: journal: %w", err)
-	}
 	var d journalDoc
-	if len(b) > 1<<20 || json.Unmarshal(b, &d) != nil || d.Version != journalVersion {
+	if len(b) > journalfile.MaxSize || json.Unmarshal(b, &d) != nil || d.Version != journalVersion {
 		unlock(lf)
 		return nil, nil, fmt.Errorf("%w: %s", ErrJournal, path)
 	}
 	return lf, &d, nil
 }
 
-func unlock(lf *os.File) {
-	syscall.Flock(int(lf.Fd()), syscall.LOCK_UN)
-	lf.Close()
-}
+func unlock(lf *os.File) { journalfile.Unlock(lf) }
 
 // openJournal takes the journal of a guest Open is about to attach; it
 // refuses a guest whose journal a killed vmscope left.
@@ -248,10 +232,7 @@ func (j *journal) finish() error {
 	if j == nil {
 		return nil
 	}
-	err := os.Remove(j.path)
-	if errors.Is(err, fs.ErrNotExist) {
-		err = nil
-	}
+	err := journalfile.Remove(j.path)
 	unlock(j.lock)
 	if err != nil {
 		return fmt.Errorf("qemu: journal: %w", err)
@@ -277,29 +258,8 @@ func writeAtomic(path string, d *journalDoc) error {
 	if err != nil {
 		return err
 	}
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("qemu: journal: %w", err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(append(b, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("qemu: journal %s: %w", path, err)
-	}
-	if df, err := os.Open(dir); err == nil {
-		df.Sync()
-		df.Close()
+	if err := journalfile.WriteAtomic(path, append(b, '\n')); err != nil {
+		return fmt.Errorf("qemu: %w", err)
 	}
 	return nil
 }
