@@ -2,7 +2,6 @@ package dirty
 
 import (
 	"encoding/binary"
-	"hash/fnv"
 	"sort"
 
 	"github.com/vmscope/vmscope/fsparse"
@@ -132,32 +131,21 @@ func (g *ext4FS) Record(ino uint32) (*FileRec, error) {
 		r.ReadErr = err.Error()
 		return r, nil
 	}
-	h := fnv.New64a()
-	var b [25]byte
+	ms := newMapSum()
 	kind := KindData
 	if in.IsDir() {
 		kind = KindDir
 	}
 	for _, e := range ext {
-		binary.LittleEndian.PutUint64(b[0:], e.Logical)
-		binary.LittleEndian.PutUint64(b[8:], e.Physical)
-		binary.LittleEndian.PutUint64(b[16:], e.Len)
-		b[24] = 0
-		if e.Unwritten {
-			b[24] = 1
-		}
-		h.Write(b[:])
-		r.Runs = append(r.Runs, Run{e.Physical, e.Len, kind})
+		ms.extent(r, e.Logical, e.Physical, e.Len, unwritten(e.Unwritten), kind)
 	}
 	for _, m := range meta {
-		binary.LittleEndian.PutUint64(b[0:], m)
-		h.Write(b[:8])
-		r.Runs = append(r.Runs, Run{m, 1, KindExtent})
+		ms.meta(r, m)
 	}
 	if in.XattrBlock != 0 {
 		r.Runs = append(r.Runs, Run{in.XattrBlock, 1, KindXattr})
 	}
-	r.Extents = h.Sum64()
+	r.Extents = ms.h.Sum64()
 	return r, nil
 }
 
