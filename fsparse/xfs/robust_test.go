@@ -317,3 +317,50 @@ func wantErr(t *testing.T, what string, err error, words ...string) {
 	}
 	t.Logf("%s: %v", what, err)
 }
+
+// TestRealtimeFlagRefused pins the realtime refusal where TestRealtime
+// cannot (Debian's kernels lack CONFIG_XFS_RT, so no realtime file is ever
+// written): the fixture's x/btree with its inode's XFS_DIFLAG_REALTIME set
+// and its CRC recomputed reads as a realtime file and is refused as
+// unsupported, naming the inode.
+func TestRealtimeFlagRefused(t *testing.T) {
+	p := fixturePath(t, "xfs.img")
+	fh, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	st, _ := fh.Stat()
+	clean, err := Open(fh, st.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ino := mustLookup(t, clean, "x/btree")
+	off, ok := clean.InodeOffset(ino)
+	if !ok {
+		t.Fatalf("x/btree: inode %d has no offset", ino)
+	}
+	bs := clean.bs
+	blk := off / bs
+	b := make([]byte, bs)
+	if _, err := fh.ReadAt(b, blk*bs); err != nil {
+		t.Fatal(err)
+	}
+	in := b[off-blk*bs:][:clean.sb.InodeSize]
+	binary.BigEndian.PutUint16(in[90:], binary.BigEndian.Uint16(in[90:])|flagRealtime)
+	binary.LittleEndian.PutUint32(in[100:], 0)
+	binary.LittleEndian.PutUint32(in[100:], crc32.Checksum(in, castagnoli))
+	f, err := Open(&patched{fh, bs, map[int64][]byte{blk: b}}, st.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.Inode(ino)
+	if err != nil || !got.Realtime() {
+		t.Fatalf("patched x/btree: %+v, %v: want a realtime inode", got, err)
+	}
+	_, err = f.OpenInode(ino)
+	if !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("opening a realtime file: %v, want ErrUnsupported", err)
+	}
+	wantErr(t, "realtime", err, "realtime file", "inode")
+}
