@@ -130,7 +130,7 @@ func TestDetect(t *testing.T) {
 		{"KDMV", "", disk.ErrUnsupported},
 		{"vhdxfile", "", disk.ErrUnsupported},
 		{"conectix", "", disk.ErrUnsupported},
-		{"LUKS\xba\xbe", "", disk.ErrUnsupported},
+		{"LUKS\xba\xbe", disk.RawFormat, nil}, // the volume itself: fsparse reports it
 		{"hello", disk.RawFormat, nil},
 		{"", disk.RawFormat, nil},
 	}

@@ -16,8 +16,9 @@
 //     format whose Match accepts the first HeadSize bytes; a well-known
 //     format that no package registered (qcow2 itself when package qcow is
 //     not linked, qcow v1, VMDK, VHDX, VDI, VHD by header or footer, QED,
-//     Parallels, LUKS, ...) is refused with ErrUnsupported, never read as
-//     raw, except that a registered format whose MatchTail accepts the
+//     Parallels, ...) is refused with ErrUnsupported, never read as
+//     raw (a LUKS file is read raw: it is an encrypted volume, not a
+//     container, and fsparse reports it), except that a registered format whose MatchTail accepts the
 //     last TailSize bytes (a footer-only format: a fixed VHD, its footer's
 //     checksum checked) is taken before a known footer is refused; anything
 //     else is raw. A backing file whose format its overlay

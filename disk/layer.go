@@ -126,7 +126,10 @@ func lookup(name string) (Format, bool) {
 
 // known lists well-known formats by their magic: one that no package
 // registered is refused with ErrUnsupported, never read as raw. The qcow2
-// entry matters when package qcow is not linked in.
+// entry matters when package qcow is not linked in. LUKS is not among
+// them: a LUKS file is no container around a disk but the encrypted
+// volume itself, so it is read raw and the volume layer (fsparse) reports
+// it, as it reports a LUKS partition.
 var known = []struct {
 	name  string
 	off   int
@@ -142,7 +145,6 @@ var known = []struct {
 	{"qed", 0, "QED\x00"},
 	{"parallels", 0, "WithoutFreeSpace"},
 	{"parallels", 0, "WithouFreSpacExt"},
-	{"luks", 0, "LUKS\xba\xbe"},
 	{"bochs", 0, "Bochs Virtual HD Image"},
 	{"cloop", 0, "#!/bin/sh\n#V2.0 Format"},
 }
@@ -153,7 +155,7 @@ const RawFormat = "raw"
 // Detect reports the format of an image of size bytes from its content:
 // the first registered format whose Match accepts the first HeadSize bytes;
 // a well-known format that no package registered (qcow v1, VMDK, VHDX,
-// VDI, VHD with its header or only its footer, QED, Parallels, LUKS, ...)
+// VDI, VHD with its header or only its footer, QED, Parallels, ...)
 // gives ErrUnsupported; then the first registered format whose MatchTail
 // accepts the last TailSize bytes (a footer-only format, when size is
 // known); anything else is raw. size < 0 skips the footer checks.

@@ -1,7 +1,6 @@
 package luks
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
@@ -10,11 +9,11 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/vmscope/vmscope/fsparse/luks/lukstest"
 	"github.com/vmscope/vmscope/internal/fixture"
 	"github.com/vmscope/vmscope/vmerr"
 )
@@ -28,83 +27,6 @@ func lvmFixture(t testing.TB, name string) string {
 	return p
 }
 
-// dump is what cryptsetup luksDump printed: version, UUID, label, cipher,
-// key bits, the enabled keyslots, the payload offset in bytes, epoch.
-type dump struct {
-	version, keyBits int
-	uuid, label      string
-	cipher           string
-	slots            []int
-	payload          int64
-	epoch            uint64
-	hash             string
-}
-
-func parseDump(t *testing.T, name string) dump {
-	t.Helper()
-	b, err := os.ReadFile(lvmFixture(t, name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var d dump
-	var mode string
-	section := ""
-	slotLine := regexp.MustCompile(`^  (\d+): luks2$`)
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		line := sc.Text()
-		k, v, _ := strings.Cut(line, ":")
-		v = strings.TrimSpace(v)
-		num := func() int64 {
-			n, err := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
-			if err != nil {
-				t.Fatalf("%s: %q: %v", name, line, err)
-			}
-			return n
-		}
-		switch {
-		case !strings.HasPrefix(line, " ") && !strings.HasPrefix(line, "\t") && strings.HasSuffix(line, ":") && v == "":
-			section = k
-		case k == "Version":
-			d.version = int(num())
-		case k == "UUID":
-			d.uuid = v
-		case k == "Label" && v != "(no label)":
-			d.label = v
-		case k == "Epoch":
-			d.epoch = uint64(num())
-		case k == "Cipher name":
-			d.cipher = v
-		case k == "Cipher mode":
-			mode = v
-		case k == "Hash spec":
-			d.hash = v
-		case k == "MK bits":
-			d.keyBits = int(num())
-		case k == "Payload offset":
-			d.payload = num() * 512
-		case strings.HasPrefix(k, "Key Slot ") && v == "ENABLED":
-			n, _ := strconv.Atoi(strings.TrimPrefix(k, "Key Slot "))
-			d.slots = append(d.slots, n)
-		case section == "Keyslots" && slotLine.MatchString(line):
-			n, _ := strconv.Atoi(slotLine.FindStringSubmatch(line)[1])
-			d.slots = append(d.slots, n)
-		case section == "Keyslots" && strings.TrimSpace(k) == "Key" && d.keyBits == 0:
-			d.keyBits = int(num())
-		case section == "Data segments" && strings.TrimSpace(k) == "offset" && d.payload == 0:
-			d.payload = num()
-		case section == "Data segments" && strings.TrimSpace(k) == "cipher":
-			d.cipher = v
-		case section == "Digests" && strings.TrimSpace(k) == "Hash" && d.hash == "":
-			d.hash = v
-		}
-	}
-	if mode != "" {
-		d.cipher += "-" + mode
-	}
-	return d
-}
-
 // TestAgainstLuksDump reads the headers cryptsetup luksFormat wrote (two
 // keyslots each: luksAddKey) and compares them with luksDump's report.
 func TestAgainstLuksDump(t *testing.T) {
@@ -113,7 +35,10 @@ func TestAgainstLuksDump(t *testing.T) {
 		{"luks2.img", "luks2.dump", "LUKS2"},
 	} {
 		t.Run(c.kind, func(t *testing.T) {
-			want := parseDump(t, c.dump)
+			want, err := lukstest.ParseFile(lvmFixture(t, c.dump))
+			if err != nil {
+				t.Fatal(err)
+			}
 			f, err := os.Open(lvmFixture(t, c.img))
 			if err != nil {
 				t.Fatal(err)
@@ -127,12 +52,12 @@ func TestAgainstLuksDump(t *testing.T) {
 			var slots []int
 			for _, k := range h.Keyslots {
 				slots = append(slots, k.Index)
-				if k.KeyBits != want.keyBits || k.KDF != "pbkdf2" || k.Iterations != 1000 {
+				if k.KeyBits != want.KeyBits || k.KDF != "pbkdf2" || k.Iterations != 1000 {
 					t.Errorf("keyslot %+v", k)
 				}
 			}
-			got := dump{version: h.Version, keyBits: h.KeyBits, uuid: h.UUID, label: h.Label, cipher: h.CipherSpec(),
-				slots: slots, payload: h.PayloadOffset, epoch: h.Seqid, hash: h.Hash}
+			got := lukstest.Dump{Version: h.Version, KeyBits: h.KeyBits, UUID: h.UUID, Label: h.Label, Cipher: h.CipherSpec(),
+				Slots: slots, Payload: h.PayloadOffset, Epoch: h.Seqid, Hash: h.Hash}
 			if h.Kind != c.kind || len(h.Problems) > 0 || fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", want) {
 				t.Errorf("%s: read %s %+v\nluksDump %+v (problems %v)", c.img, h.Kind, got, want, h.Problems)
 			}
