@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/vmscope/vmscope/dirty"
+	"github.com/vmscope/vmscope/fsparse"
 )
 
 type dirtyFlags struct {
@@ -142,28 +144,50 @@ func runDirty(ctx context.Context, image string, f *dirtyFlags, out, errOut io.W
 	if err := dirty.WriteChanges(out, f.format, sel); err != nil {
 		return err
 	}
+	enc := encryptedVolumes(d)
 	if f.state == "" {
-		return partial(errOut, sel)
+		return partial(errOut, sel, enc...)
 	}
 	if len(sel.Errors) > 0 {
 		// As a scan poll: what could not be read is looked at again
 		// by the next poll, which redoes this one.
 		fmt.Fprintf(errOut, "vmscope: poll state not updated: %d errors; the next poll redoes this one\n", len(sel.Errors))
-		return partial(errOut, sel)
+		return partial(errOut, sel, enc...)
 	}
 	// A listing moves the cursor; the files it lists stay due for the
-	// next scan poll (the state keeps them apart as unscanned).
-	return sel.CommitContext(ctx)
+	// next scan poll (the state keeps them apart as unscanned). An
+	// encrypted volume does not hold the poll back: no later poll could
+	// read it either.
+	if err := sel.CommitContext(ctx); err != nil {
+		return err
+	}
+	return partial(errOut, sel, enc...)
 }
 
-// partial prints the problems of the poll sel on errOut and returns their
-// summary (nil without problems).
-func partial(errOut io.Writer, sel *dirty.Selection) error {
-	for _, e := range sel.Errors {
+// encryptedVolumes returns the problems that name the encrypted volumes of
+// d (LUKS, BitLocker): no changed file is found in them, so dirty names
+// them, as info, ls and scan do, and exits 2, never passing over one
+// silently.
+func encryptedVolumes(d *fsparse.Disk) []error {
+	var out []error
+	for _, p := range d.Problems {
+		if errors.Is(p, fsparse.ErrEncrypted) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// partial prints the problems of the poll sel and the further ones given
+// (the disk's encrypted volumes) on errOut and returns their summary (nil
+// without problems).
+func partial(errOut io.Writer, sel *dirty.Selection, more ...error) error {
+	errs := append(slices.Clip(sel.Errors), more...)
+	for _, e := range errs {
 		fmt.Fprintf(errOut, "vmscope: %v\n", e)
 	}
-	if len(sel.Errors) > 0 {
-		return problems(len(sel.Errors), sel.Errors[0])
+	if len(errs) > 0 {
+		return problems(len(errs), errs[0])
 	}
 	return nil
 }
