@@ -3,11 +3,12 @@ package vmdk
 import (
 	"bytes"
 	"cmp"
-	"compress/zlib"
 	"encoding/binary"
 	"io"
 	"slices"
 	"sync"
+
+	"github.com/klauspost/compress/zlib"
 
 	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/disk/internal/imgio"
@@ -110,11 +111,8 @@ type sparse struct {
 	compress bool
 	markers  bool
 
-	mu   sync.Mutex
-	gts  map[int64][]byte
-	comp map[int64][]byte
-	gtN  int // bound of gts
-	cN   int // bound of comp
+	gts  boundedMap[int64, []byte] // grain tables by index
+	comp boundedMap[int64, []byte] // inflated grains by file offset
 }
 
 // openSparse reads and validates a hosted sparse extent: its header (the
@@ -154,8 +152,7 @@ func openSparse(src disk.Source) (*sparse, error) {
 		}
 	}
 	s := &sparse{src: src, h: h, grain: h.GrainSize * 512, zeroGE: h.Flags&flagZeroGrain != 0,
-		compress: h.Flags&flagCompressed != 0, markers: h.Flags&flagMarkers != 0,
-		gts: map[int64][]byte{}, comp: map[int64][]byte{}}
+		compress: h.Flags&flagCompressed != 0, markers: h.Flags&flagMarkers != 0}
 	s.gtSpan = s.grain * h.NumGTEs
 	nGD := (h.Capacity*512 + s.gtSpan - 1) / s.gtSpan
 	s.gdAt = h.GDOffset * 512
@@ -188,8 +185,8 @@ func openSparse(src disk.Source) (*sparse, error) {
 			return nil, disk.Corrupt(name, "grain directory entry", used[i].at, "grain table at %#x overlaps the structure at %#x", used[i].start, used[i-1].start)
 		}
 	}
-	s.gtN = max(gtCacheBytes/int(gtBytes), 4)
-	s.cN = max(compCacheBytes/int(s.grain), 4)
+	s.gts.n = max(gtCacheBytes/int(gtBytes), 4)
+	s.comp.n = max(compCacheBytes/int(s.grain), 4)
 	return s, nil
 }
 
@@ -227,64 +224,101 @@ func (s *sparse) entry(gi int64) (grainKind, int64, int64, error) {
 
 // table returns grain table ti (bounds checked at open), cached.
 func (s *sparse) table(ti int64) ([]byte, error) {
-	s.mu.Lock()
-	gt, ok := s.gts[ti]
-	s.mu.Unlock()
-	if ok {
+	if gt, ok := s.gts.get(ti); ok {
 		return gt, nil
 	}
-	gt = make([]byte, s.h.NumGTEs*4)
+	gt := make([]byte, s.h.NumGTEs*4)
 	if err := imgio.Read(s.src, gt, int64(s.gd[ti])*512, "grain table"); err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	if len(s.gts) >= s.gtN {
-		clear(s.gts)
-	}
-	s.gts[ti] = gt
-	s.mu.Unlock()
+	s.gts.put(ti, gt)
 	return gt, nil
 }
 
-// zlibPool keeps zlib readers for reuse (each holds a 32 KiB window).
-var zlibPool sync.Pool
+// boundedMap is a cache of at most n entries, emptied whole when full
+// (the reads it serves come in runs, so recency buys little), safe for
+// concurrent use.
+type boundedMap[K comparable, V any] struct {
+	mu sync.Mutex
+	m  map[K]V
+	n  int
+}
+
+func (b *boundedMap[K, V]) get(k K) (V, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	v, ok := b.m[k]
+	return v, ok
+}
+
+func (b *boundedMap[K, V]) put(k K, v V) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.m == nil || len(b.m) >= b.n {
+		b.m = map[K]V{}
+	}
+	b.m[k] = v
+}
+
+// zlibPool keeps zlib readers for reuse (each holds a 32 KiB window);
+// bufPool the buffers compressed grains are read into.
+var zlibPool, bufPool sync.Pool
 
 // compressed returns the inflated grain gi stored at host (its marker or
 // its deflate stream), cached; it is at most one grain.
 func (s *sparse) compressed(gi, host, entryAt int64) ([]byte, error) {
-	s.mu.Lock()
-	g, ok := s.comp[host]
-	s.mu.Unlock()
-	if ok {
+	if g, ok := s.comp.get(host); ok {
 		return g, nil
 	}
+	out := make([]byte, s.grain)
+	k, err := s.inflate(gi, host, entryAt, out)
+	if err != nil {
+		return nil, err
+	}
+	out = out[:k]
+	s.comp.put(host, out)
+	return out, nil
+}
+
+// inflate inflates the compressed grain gi stored at host (its marker or
+// its deflate stream; its table entry at entryAt) into out, at most
+// len(out) bytes (one grain), and returns how many it gave. The stream is
+// read with one bounded read (its marker's size, at most two grains).
+func (s *sparse) inflate(gi, host, entryAt int64, out []byte) (int, error) {
 	name := s.src.Name
 	if host >= s.src.Size {
-		return nil, disk.Corrupt(name, "grain table entry", entryAt, "compressed grain %d at %#x past the end of the %d-byte file", gi, host, s.src.Size)
+		return 0, disk.Corrupt(name, "grain table entry", entryAt, "compressed grain %d at %#x past the end of the %d-byte file", gi, host, s.src.Size)
 	}
 	data := host
 	n := min(2*s.grain+512, s.src.Size-host)
 	if s.markers {
 		var m [12]byte
 		if err := imgio.Read(s.src, m[:], host, "grain marker"); err != nil {
-			return nil, err
+			return 0, err
 		}
 		size := int64(binary.LittleEndian.Uint32(m[8:]))
 		if size == 0 || size > 2*s.grain+512 {
-			return nil, disk.Corrupt(name, "grain marker", host, "compressed size %d for a %d-byte grain", size, s.grain)
+			return 0, disk.Corrupt(name, "grain marker", host, "compressed size %d for a %d-byte grain", size, s.grain)
 		}
 		if lba := int64(binary.LittleEndian.Uint64(m[:])); lba != gi*s.h.GrainSize {
-			return nil, disk.Corrupt(name, "grain marker", host, "marker of sector %d where grain %d (sector %d) was expected", lba, gi, gi*s.h.GrainSize)
+			return 0, disk.Corrupt(name, "grain marker", host, "marker of sector %d where grain %d (sector %d) was expected", lba, gi, gi*s.h.GrainSize)
 		}
 		data, n = host+12, size
 	}
-	in, err := imgio.Alloc(s.src, n, 2*s.grain+512, data, "compressed grain")
-	if err != nil {
-		return nil, err
+	if n > s.src.Size-data {
+		return 0, disk.Corrupt(name, "compressed grain", data, "%d bytes at %d lie outside the %d-byte file", n, data, s.src.Size)
 	}
+	bp, _ := bufPool.Get().(*[]byte)
+	if bp == nil || int64(cap(*bp)) < n {
+		b := make([]byte, 2*s.grain+512)
+		bp = &b
+	}
+	defer bufPool.Put(bp)
+	in := (*bp)[:n]
 	if err := imgio.Read(s.src, in, data, "compressed grain"); err != nil {
-		return nil, err
+		return 0, err
 	}
+	var err error
 	var zr io.ReadCloser
 	if r, ok := zlibPool.Get().(io.ReadCloser); ok {
 		err = r.(zlib.Resetter).Reset(bytes.NewReader(in), nil)
@@ -293,20 +327,12 @@ func (s *sparse) compressed(gi, host, entryAt int64) ([]byte, error) {
 		zr, err = zlib.NewReader(bytes.NewReader(in))
 	}
 	if err != nil {
-		return nil, disk.Corrupt(name, "compressed grain", host, "grain %d: %v", gi, err)
+		return 0, disk.Corrupt(name, "compressed grain", host, "grain %d: %v", gi, err)
 	}
 	defer zlibPool.Put(zr)
-	out := make([]byte, s.grain)
 	k, err := io.ReadFull(zr, out)
 	if err != nil && err != io.ErrUnexpectedEOF {
-		return nil, disk.Corrupt(name, "compressed grain", host, "grain %d: %v", gi, err)
+		return 0, disk.Corrupt(name, "compressed grain", host, "grain %d: %v", gi, err)
 	}
-	out = out[:k]
-	s.mu.Lock()
-	if len(s.comp) >= s.cN {
-		clear(s.comp)
-	}
-	s.comp[host] = out
-	s.mu.Unlock()
-	return out, nil
+	return k, nil
 }
