@@ -1,39 +1,19 @@
 package vhd_test
 
 import (
-	"bytes"
-	"context"
-	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"testing"
 
-	"github.com/vmscope/vmscope/cow"
 	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/disk/vhd"
 	"github.com/vmscope/vmscope/internal/imgtest"
-	"github.com/vmscope/vmscope/internal/rangeset"
 )
 
 // parentCopy copies the dynamic VHD fixture into dir as parent.vhd and
-// returns its path and its guest bytes (ext4.img, which qemu-img compare
-// found equal when the fixture was made: checked again by TestConformance).
+// returns its path and its guest bytes.
 func parentCopy(t *testing.T, dir string) (string, []byte) {
-	t.Helper()
-	b, err := os.ReadFile(imgtest.Path(t, "dynamic.vhd"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(dir, "parent.vhd")
-	if err := os.WriteFile(p, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	raw, err := os.ReadFile(imgtest.Path(t, "ext4.img"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p, raw
+	return imgtest.ParentCopy(t, "dynamic.vhd", dir, "parent.vhd")
 }
 
 var diffWrites = []imgtest.Write{
@@ -67,39 +47,11 @@ func TestDifferencing(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%v: %v", loc, err)
 		}
-		ls := im.Layers()
-		if len(ls) != 2 || ls[1].Name() != parent || ls[0].(*vhd.Layer).Footer.DiskType != vhd.TypeDifferencing {
-			t.Fatalf("%v: chain %s", loc, im)
-		}
-		got := make([]byte, im.Size())
-		if n, err := im.ReadAt(got, 0); n != len(want) || (err != nil && !errors.Is(err, io.EOF)) {
-			t.Fatalf("ReadAt = %d, %v", n, err)
-		}
-		if !bytes.Equal(got, want) {
-			i := 0
-			for got[i] == want[i] {
-				i++
-			}
-			t.Fatalf("%v: bytes differ at %d (%#x, want %#x) from the parent with the child's writes", loc, i, got[i], want[i])
+		if ls := im.Layers(); ls[0].(*vhd.Layer).Footer.DiskType != vhd.TypeDifferencing {
+			t.Fatalf("%v: disk type %d", loc, ls[0].(*vhd.Layer).Footer.DiskType)
 		}
 		// Unaligned reads across the written sectors.
-		for _, off := range []int64{2<<20 - 100, 2<<20 + 4000, 2<<20 + 51000, 12<<20 - 7, 63<<20 + 1000} {
-			p := make([]byte, 9000)
-			if _, err := ls[0].ReadAt(p, off); err != nil && !errors.Is(err, io.EOF) {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(p, want[off:min(off+9000, int64(len(want)))]) {
-				t.Fatalf("%v: read at %d differs", loc, off)
-			}
-		}
-		alloc, err := ls[0].Allocated(context.Background())
-		if err != nil || !rangeset.Equal(alloc, wantAlloc) {
-			t.Fatalf("%v: Allocated %v, %v; want %v", loc, alloc, err, wantAlloc)
-		}
-		d, err := cow.Dirty(context.Background(), im, 1)
-		if err != nil || !rangeset.Equal(d, wantAlloc) {
-			t.Fatalf("%v: cow.Dirty %v, %v; want %v", loc, d, err, wantAlloc)
-		}
+		imgtest.CheckChild(t, im, parent, want, wantAlloc, []int64{2<<20 - 100, 2<<20 + 4000, 2<<20 + 51000, 12<<20 - 7, 63<<20 + 1000}, loc)
 		im.Close()
 	}
 }
@@ -127,13 +79,6 @@ func TestDifferencingChainErrors(t *testing.T) {
 		if name == "missing" {
 			os.Rename(parent+".hidden", parent)
 		}
-		if err == nil {
-			im.Close()
-			t.Fatalf("%s: opened", name)
-		}
-		imgtest.CheckError(t, name, err)
-		if !errors.Is(err, disk.ErrChain) {
-			t.Fatalf("%s: %v is not ErrChain", name, err)
-		}
+		imgtest.CheckChainError(t, name, im, err, disk.ErrChain)
 	}
 }

@@ -2,12 +2,9 @@ package vhd_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"errors"
-	"io"
 	"os"
-	"strings"
 	"testing"
 
 	"github.com/vmscope/vmscope/disk"
@@ -61,24 +58,7 @@ func TestHostile(t *testing.T) {
 		{"dynamic header past the file", mut(16, be.AppendUint64(nil, 1<<40), true), disk.ErrCorrupt, "data offset"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			m := imgtest.Mem{"/m/x.vhd": c.img}
-			im, err := m.Open("/m/x.vhd")
-			if err == nil {
-				_, err = io.Copy(io.Discard, io.NewSectionReader(im, 0, im.Size()))
-				if err == nil {
-					_, err = im.Top().Allocated(context.Background())
-				}
-				im.Close()
-			}
-			if err == nil {
-				t.Fatal("no error")
-			}
-			imgtest.CheckError(t, c.name, err)
-			var e *disk.Error
-			errors.As(err, &e)
-			if !errors.Is(err, c.cat) || !strings.Contains(e.What, c.what) {
-				t.Fatalf("%v; want %v naming %q", err, c.cat, c.what)
-			}
+			imgtest.CheckRefused(t, c.name, imgtest.Mem{"/m/x.vhd": c.img}, "/m/x.vhd", c.cat, c.what)
 		})
 	}
 	// A raw disk whose last sector starts with the cookie but is no footer

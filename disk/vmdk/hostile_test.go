@@ -2,6 +2,7 @@ package vmdk_test
 
 import (
 	"bytes"
+	"compress/zlib"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -26,29 +27,6 @@ func fixtureBytes(t *testing.T, name string) []byte {
 		t.Fatal(err)
 	}
 	return b
-}
-
-// wantErr opens (or reads all of) m's top file and checks the error: its
-// category and the structure it names.
-func wantErr(t *testing.T, name string, m imgtest.Mem, top string, cat error, what string) {
-	t.Helper()
-	im, err := m.Open(top)
-	if err == nil {
-		_, err = io.Copy(io.Discard, io.NewSectionReader(im, 0, im.Size()))
-		if err == nil {
-			_, err = im.Top().Allocated(context.Background())
-		}
-		im.Close()
-	}
-	if err == nil {
-		t.Fatalf("%s: no error", name)
-	}
-	imgtest.CheckError(t, name, err)
-	var e *disk.Error
-	errors.As(err, &e)
-	if !errors.Is(err, cat) || !strings.Contains(e.What, what) {
-		t.Fatalf("%s: %v; want %v naming %q", name, err, cat, what)
-	}
 }
 
 // TestHostile: loops, overlaps, truncation, out-of-file pointers and
@@ -110,13 +88,13 @@ func TestHostile(t *testing.T) {
 				imgtest.CheckImage(t, func() (*disk.Image, error) { return c.files.Open(top) })
 				return
 			}
-			wantErr(t, c.name, c.files, top, c.cat, c.what)
+			imgtest.CheckRefused(t, c.name, c.files, top, c.cat, c.what)
 		})
 	}
 	// A grain table entry pointing past the file: an error when read.
 	gt := int64(le.Uint32(sparse[gd:])) * 512
 	bad := mut(sparse, gt, u32(1<<30))
-	wantErr(t, "grain past the file", imgtest.Mem{"/m/s.vmdk": bad}, "/m/s.vmdk", disk.ErrCorrupt, "grain table entry")
+	imgtest.CheckRefused(t, "grain past the file", imgtest.Mem{"/m/s.vmdk": bad}, "/m/s.vmdk", disk.ErrCorrupt, "grain table entry")
 }
 
 // streamWithFooter turns qemu-img's stream-optimized file (its header
@@ -161,7 +139,7 @@ func TestStreamFooter(t *testing.T) {
 func TestHostileStream(t *testing.T) {
 	le := binary.LittleEndian
 	b := streamWithFooter(t, fixtureBytes(t, "stream.vmdk"))
-	wantErr(t, "cut footer", imgtest.Mem{"/m/s.vmdk": b[:len(b)-700]}, "/m/s.vmdk", disk.ErrCorrupt, "footer")
+	imgtest.CheckRefused(t, "cut footer", imgtest.Mem{"/m/s.vmdk": b[:len(b)-700]}, "/m/s.vmdk", disk.ErrCorrupt, "footer")
 	foot := b[len(b)-1024:]
 	gd := int64(le.Uint64(foot[56:])) * 512
 	gt := int64(le.Uint32(b[gd:])) * 512
@@ -171,13 +149,36 @@ func TestHostileStream(t *testing.T) {
 	}
 	lba := bytes.Clone(b)
 	le.PutUint64(lba[grain:], 999)
-	wantErr(t, "marker LBA", imgtest.Mem{"/m/s.vmdk": lba}, "/m/s.vmdk", disk.ErrCorrupt, "grain marker")
+	imgtest.CheckRefused(t, "marker LBA", imgtest.Mem{"/m/s.vmdk": lba}, "/m/s.vmdk", disk.ErrCorrupt, "grain marker")
 	junk := bytes.Clone(b)
 	copy(junk[grain+12:], "not deflate at all")
-	wantErr(t, "bad deflate", imgtest.Mem{"/m/s.vmdk": junk}, "/m/s.vmdk", disk.ErrCorrupt, "compressed grain")
+	imgtest.CheckRefused(t, "bad deflate", imgtest.Mem{"/m/s.vmdk": junk}, "/m/s.vmdk", disk.ErrCorrupt, "compressed grain")
 	size := bytes.Clone(b)
 	le.PutUint32(size[grain+8:], 1<<30)
-	wantErr(t, "marker size", imgtest.Mem{"/m/s.vmdk": size}, "/m/s.vmdk", disk.ErrCorrupt, "grain marker")
+	imgtest.CheckRefused(t, "marker size", imgtest.Mem{"/m/s.vmdk": size}, "/m/s.vmdk", disk.ErrCorrupt, "grain marker")
+
+	// A valid zlib stream of less than a grain, read whole (inflated in
+	// place) and in part (through the cache of inflated grains).
+	var z bytes.Buffer
+	zw := zlib.NewWriter(&z)
+	zw.Write(make([]byte, 1000))
+	zw.Close()
+	short := bytes.Clone(b)
+	le.PutUint32(short[grain+8:], uint32(z.Len()))
+	copy(short[grain+12:], z.Bytes())
+	grainBytes := int64(le.Uint64(b[20:])) * 512
+	for _, r := range [][2]int64{{0, grainBytes}, {grainBytes - 512, 512}} {
+		im, err := imgtest.Mem{"/m/s.vmdk": short}.Open("/m/s.vmdk")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = im.Top().ReadAt(make([]byte, r[1]), r[0])
+		im.Close()
+		var e *disk.Error
+		if !errors.As(err, &e) || !errors.Is(err, disk.ErrCorrupt) || e.What != "compressed grain" || !strings.Contains(err.Error(), "inflates to") {
+			t.Errorf("short grain, %d bytes at %d: %v", r[1], r[0], err)
+		}
+	}
 }
 
 // TestDeltaLinks: a delta whose parent has another CID, or that names
@@ -205,10 +206,10 @@ func TestDeltaLinks(t *testing.T) {
 		}
 	}
 	other := withText(strings.Replace(text, "parentCID="+parentCID, "parentCID=0badc1d0", 1))
-	wantErr(t, "parent CID", imgtest.Mem{"/m/delta.vmdk": other, "/m/base.vmdk": base}, "/m/delta.vmdk", disk.ErrChain, "parentCID")
+	imgtest.CheckRefused(t, "parent CID", imgtest.Mem{"/m/delta.vmdk": other, "/m/base.vmdk": base}, "/m/delta.vmdk", disk.ErrChain, "parentCID")
 	self := withText(strings.Replace(text, `parentFileNameHint="base.vmdk"`, `parentFileNameHint="d.vmdk"`, 1))
-	wantErr(t, "self", imgtest.Mem{"/m/d.vmdk": self}, "/m/d.vmdk", disk.ErrChain, "d.vmdk")
-	wantErr(t, "missing", imgtest.Mem{"/m/delta.vmdk": delta}, "/m/delta.vmdk", disk.ErrChain, "base.vmdk")
+	imgtest.CheckRefused(t, "self", imgtest.Mem{"/m/d.vmdk": self}, "/m/d.vmdk", disk.ErrChain, "d.vmdk")
+	imgtest.CheckRefused(t, "missing", imgtest.Mem{"/m/delta.vmdk": delta}, "/m/delta.vmdk", disk.ErrChain, "base.vmdk")
 	// A loop by file identity: a.vmdk's parent is b.vmdk, a hard link to a.vmdk.
 	a := withText(strings.Replace(text, `parentFileNameHint="base.vmdk"`, `parentFileNameHint="b.vmdk"`, 1))
 	if err := os.WriteFile(filepath.Join(dir, "a.vmdk"), a, 0o444); err != nil {
