@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/diskfs/go-diskfs/filesystem/fat32"
+
+	"github.com/vmscope/vmscope/fsparse/internal/fsfile"
 )
 
 // fatFS wraps go-diskfs's FAT32 reader: it implements fs.FS with io/fs
@@ -94,7 +96,7 @@ func (f *fatFS) Open(name string) (fs.File, error) {
 type fatDirFile struct {
 	info fs.FileInfo
 	ents []fs.DirEntry
-	pos  int
+	dir  fsfile.Dir
 }
 
 func (d *fatDirFile) Stat() (fs.FileInfo, error) { return d.info, nil }
@@ -104,19 +106,7 @@ func (d *fatDirFile) Read([]byte) (int, error) {
 }
 
 func (d *fatDirFile) ReadDir(n int) ([]fs.DirEntry, error) {
-	rest := d.ents[d.pos:]
-	if n <= 0 {
-		d.pos = len(d.ents)
-		return rest, nil
-	}
-	if len(rest) == 0 {
-		return nil, io.EOF
-	}
-	if n > len(rest) {
-		n = len(rest)
-	}
-	d.pos += n
-	return rest[:n], nil
+	return d.dir.ReadDir(n, func() ([]fs.DirEntry, error) { return d.ents, nil })
 }
 
 // rawOpen opens name with go-diskfs.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vmscope/vmscope/fsparse"
+	"github.com/vmscope/vmscope/fsparse/internal/fsfile"
 	"github.com/vmscope/vmscope/vmerr"
 )
 
@@ -498,9 +499,7 @@ type dirFile struct {
 	f    *FS
 	name string
 	fi   info
-	ents []fs.DirEntry
-	read bool
-	pos  int
+	dir  fsfile.Dir
 }
 
 func (d *dirFile) Stat() (fs.FileInfo, error) { return d.fi, nil }
@@ -510,30 +509,18 @@ func (d *dirFile) Read([]byte) (int, error) {
 func (d *dirFile) Close() error { return nil }
 
 func (d *dirFile) ReadDir(n int) ([]fs.DirEntry, error) {
-	if !d.read {
+	return d.dir.ReadDir(n, func() ([]fs.DirEntry, error) {
 		ents, err := d.f.ListInode(d.fi.e.Ino, d.fi.e.Path, "")
 		if err != nil {
 			return nil, err
 		}
+		var out []fs.DirEntry
 		for _, e := range ents {
 			if e.Problem != nil {
 				continue // no io/fs name reaches it
 			}
-			d.ents = append(d.ents, info{e})
+			out = append(out, info{e})
 		}
-		d.read = true
-	}
-	rest := d.ents[d.pos:]
-	if n <= 0 {
-		d.pos = len(d.ents)
-		return rest, nil
-	}
-	if len(rest) == 0 {
-		return nil, io.EOF
-	}
-	if n > len(rest) {
-		n = len(rest)
-	}
-	d.pos += n
-	return rest[:n], nil
+		return out, nil
+	})
 }
