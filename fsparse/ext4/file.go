@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/vmscope/vmscope/fsparse/internal/fsfile"
 )
 
 // File is an open inode. It implements fs.File, fs.ReadDirFile (for
@@ -26,10 +28,8 @@ type File struct {
 	data []byte // inline data or fast symlink target
 	mem  bool   // data holds the content
 
-	off    int64
-	dir    []fs.DirEntry
-	dirOK  bool
-	dirPos int
+	cur fsfile.Cursor
+	dir fsfile.Dir
 }
 
 // OpenInode opens inode ino for reading.
@@ -148,34 +148,11 @@ func (fl *File) readMapped(p []byte, off uint64) error {
 }
 
 // Read reads from the current position.
-func (fl *File) Read(p []byte) (int, error) {
-	if fl.off >= fl.size {
-		return 0, io.EOF
-	}
-	n, err := fl.ReadAt(p, fl.off)
-	fl.off += int64(n)
-	if err == io.EOF && n > 0 {
-		err = nil
-	}
-	return n, err
-}
+func (fl *File) Read(p []byte) (int, error) { return fl.cur.Read(p, fl.size, fl.ReadAt) }
 
 // Seek sets the position for Read.
 func (fl *File) Seek(offset int64, whence int) (int64, error) {
-	switch whence {
-	case io.SeekStart:
-	case io.SeekCurrent:
-		offset += fl.off
-	case io.SeekEnd:
-		offset += fl.size
-	default:
-		return 0, &fs.PathError{Op: "seek", Path: fl.name, Err: fs.ErrInvalid}
-	}
-	if offset < 0 {
-		return 0, &fs.PathError{Op: "seek", Path: fl.name, Err: fs.ErrInvalid}
-	}
-	fl.off = offset
-	return offset, nil
+	return fl.cur.SeekIn(offset, whence, fl.size, fl.name)
 }
 
 // ReadDir lists a directory as fs.ReadDirFile does, in on-disk order.
@@ -183,30 +160,19 @@ func (fl *File) ReadDir(n int) ([]fs.DirEntry, error) {
 	if !fl.in.IsDir() {
 		return nil, &fs.PathError{Op: "readdir", Path: fl.name, Err: ErrNotDir}
 	}
-	if !fl.dirOK {
+	return fl.dir.ReadDir(n, func() ([]fs.DirEntry, error) {
 		ents, err := fl.fsys.ReadDirInode(fl.in.Ino)
 		if err != nil {
 			return nil, &fs.PathError{Op: "readdir", Path: fl.name, Err: err}
 		}
-		fl.dir = make([]fs.DirEntry, 0, len(ents))
+		out := make([]fs.DirEntry, 0, len(ents))
 		for _, e := range ents {
 			if e.Problem == nil { // io/fs cannot name it (see DirEntry.Problem)
-				fl.dir = append(fl.dir, dirEntry{fsys: fl.fsys, e: e})
+				out = append(out, dirEntry{fsys: fl.fsys, e: e})
 			}
 		}
-		fl.dirOK = true
-	}
-	rest := fl.dir[fl.dirPos:]
-	if n <= 0 {
-		fl.dirPos = len(fl.dir)
-		return rest, nil
-	}
-	if len(rest) == 0 {
-		return nil, io.EOF
-	}
-	n = min(n, len(rest))
-	fl.dirPos += n
-	return rest[:n], nil
+		return out, nil
+	})
 }
 
 type fileInfo struct {
