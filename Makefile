@@ -34,6 +34,7 @@ fixtures: deps
 	bash testdata/fleet/build.sh
 	bash testdata/lvm/build.sh
 	bash testdata/xfs/build.sh
+	bash testdata/xfs/ino64.sh
 	bash testdata/ntfs/build.sh
 	bash testdata/ir/build.sh
 

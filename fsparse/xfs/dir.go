@@ -103,11 +103,15 @@ func (f *FS) shortform(in *Inode, fn func(DirEntry) bool) error {
 	if len(d) < 6 {
 		return inoErr(in.Ino, base, "shortform directory of %d bytes", len(d))
 	}
-	count, i8 := int(d[0]), d[1]
+	// count is every entry's; i8count, those whose inode number needs
+	// 8 bytes: when there is one, every inode number takes 8 bytes.
+	count, i8 := int(d[0]), int(d[1])
 	isz := 4
+	if i8 > count {
+		return inoErr(in.Ino, base+1, "shortform directory: %d entries with 8-byte inode numbers out of %d", i8, count)
+	}
 	if i8 != 0 {
 		isz = 8
-		count = int(i8)
 	}
 	p := 2 + isz
 	if p > len(d) {
