@@ -101,6 +101,36 @@ func TestBareLUKSImage(t *testing.T) {
 	}
 }
 
+// TestBareBitLockerImage: a BitLocker volume given as the image (its boot
+// sector built here: the "-FVE-FS-" OEM id, the boot signature, and a
+// partition entry that must not be taken for an MBR) is the encrypted
+// volume of the whole disk.
+func TestBareBitLockerImage(t *testing.T) {
+	b := make([]byte, 1<<20)
+	copy(b, "\xeb\x58\x90-FVE-FS-")
+	copy(b[446:], []byte{0x80, 1, 1, 0, 7, 0xfe, 0xff, 0xff, 0x3f, 0, 0, 0, 0x10, 0, 0, 0})
+	b[510], b[511] = 0x55, 0xAA
+	img := filepath.Join(t.TempDir(), "bitlocker.img")
+	if err := os.WriteFile(img, b, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr, code := vmscope(t, "info", "--format", "json", img)
+	var doc struct {
+		Table     string `json:"partition_table"`
+		Encrypted []struct {
+			ID     string
+			Header struct{ Kind string }
+		}
+	}
+	if err := json.Unmarshal([]byte(stdout), &doc); err != nil {
+		t.Fatalf("info: %v (exit %d): %s", err, code, stderr)
+	}
+	if code != 2 || doc.Table != "none" || len(doc.Encrypted) != 1 || doc.Encrypted[0].ID != "disk" || doc.Encrypted[0].Header.Kind != "BitLocker" ||
+		!strings.Contains(stderr, "BitLocker: encrypted, not scanned") {
+		t.Errorf("info: exit %d, %+v: %s", code, doc, stderr)
+	}
+}
+
 // TestDirtyNamesEncrypted: dirty lists the changed files of the readable
 // volumes and names every encrypted one (exit 2), with and without --state;
 // with --state the poll is still saved (no later poll could read the
