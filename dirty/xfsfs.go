@@ -16,10 +16,11 @@ import (
 // owners), the internal log is the journal.
 //
 // XFS inode numbers (AG number above the AG inode bits) are used as they
-// are: this view opens only a volume whose largest possible inode number
-// fits 32 bits (mkfs.xfs's defaults give that up to about 1 TiB with
-// 512-byte inodes, and the kernel's inode32 mount option keeps any volume
-// so); a larger one is refused with ErrUnsupportedFS.
+// are, and FS keeps 32-bit inode numbers: this view opens a volume only
+// while every allocated inode's number fits 32 bits (always below about
+// 2 TiB; on a larger volume, as long as the kernel's inode32 mount option,
+// or chance, kept the inodes low); else it is refused with
+// ErrUnsupportedFS naming the first inode that does not fit.
 type xfsFS struct {
 	fs     *xfs.FS
 	bs     int64
@@ -35,9 +36,8 @@ type xfsFS struct {
 
 func newXFSFS(v *fsparse.Volume, f *xfs.FS) (*xfsFS, error) {
 	sb := f.Super()
-	maxIno := uint64(sb.AGCount-1)<<(sb.AGBlkLog+sb.InoPBLog) | (uint64(sb.AGBlocks)<<sb.InoPBLog - 1)
-	if maxIno > math.MaxUint32 {
-		return nil, fmt.Errorf("dirty: volume %s: XFS inode numbers up to %d do not fit 32 bits: %w", v.ID, maxIno, ErrUnsupportedFS)
+	if sb.RootIno > math.MaxUint32 {
+		return nil, fmt.Errorf("dirty: volume %s: XFS root inode %d does not fit 32 bits: %w", v.ID, sb.RootIno, ErrUnsupportedFS)
 	}
 	if sb.InoPerBlock > 64 {
 		return nil, fmt.Errorf("dirty: volume %s: XFS inode chunks smaller than a block (%d inodes per block): %w", v.ID, sb.InoPerBlock, ErrUnsupportedFS)
@@ -49,6 +49,9 @@ func newXFSFS(v *fsparse.Volume, f *xfs.FS) (*xfsFS, error) {
 	g := &xfsFS{fs: f, bs: f.BlockSize(), blocks: sb.DBlocks, isz: int64(sb.InodeSize), ipb: uint64(sb.InoPerBlock),
 		root: uint32(sb.RootIno), chunks: chunks, skip: map[uint64]bool{}}
 	for i, c := range chunks {
+		if ino, ok := beyond32(c); ok {
+			return nil, fmt.Errorf("dirty: volume %s: XFS inode %d (inode chunk at block %d of AG %d) does not fit 32 bits: %w", v.ID, ino, c.Block, c.AG, ErrUnsupportedFS)
+		}
 		if uint64(c.Count)%g.ipb != 0 || (c.First&(1<<(sb.AGBlkLog+sb.InoPBLog)-1))%g.ipb != 0 {
 			return nil, fmt.Errorf("dirty: volume %s: XFS inode chunk at inode %d does not fill whole blocks: %w", v.ID, c.First, ErrUnsupportedFS)
 		}
@@ -63,6 +66,17 @@ func newXFSFS(v *fsparse.Volume, f *xfs.FS) (*xfsFS, error) {
 		}
 	}
 	return g, nil
+}
+
+// beyond32 returns the first allocated inode of chunk c whose number does
+// not fit 32 bits.
+func beyond32(c xfs.Chunk) (uint64, bool) {
+	for i := range uint64(min(c.Count, 64)) {
+		if ino := c.First + i; ino > math.MaxUint32 && c.Free&(1<<i) == 0 {
+			return ino, true
+		}
+	}
+	return 0, false
 }
 
 func (g *xfsFS) BlockSize() int64          { return g.bs }
