@@ -398,8 +398,8 @@ func Select(ctx context.Context, im *disk.Image, d *fsparse.Disk, src Source, st
 	}
 	rulesChanged := prev != nil && prev.RulesDigest != rulesDigest
 	for _, v := range d.Volumes {
-		if !mappable(v) {
-			sel.Errors = append(sel.Errors, fmt.Errorf("%s: %w", v.ID, ErrUnsupportedFS))
+		if _, err := OpenFS(v); err != nil { // why it is not mappable (e.g. the XFS inode that does not fit)
+			sel.Errors = append(sel.Errors, fmt.Errorf("%s: %w", v.ID, err))
 			continue
 		}
 		v, replayed := sel.recover(ctx, v)
