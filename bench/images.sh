@@ -35,7 +35,7 @@ for f in "${formats[@]}"; do
   fi
   RAW=$OUT/images-conv.raw
   A="VMSCOPE_BENCH_IMAGES=$F $OUT/imgbench -test.run '^\$' -test.bench ReadImage -test.benchtime 1x"
-  echo "== $fmt $sub: $F ($(du -h "$F" | cut -f1) on disk)"
+  echo "== $fmt $sub: $F ($(du -h "$F" | cut -f1) on disk; load average $(cut -d' ' -f1-3 /proc/loadavg))"
   # The whole guest view against the conversion, once.
   qemu-img convert -f "$fmt" -O raw "$F" "$RAW"
   VMSCOPE_BENCH_IMAGES=$F VMSCOPE_BENCH_DUMP=$OUT/images-ours.raw "$OUT/imgbench" -test.run '^$' -test.bench ReadImage -test.benchtime 1x >/dev/null
@@ -44,7 +44,7 @@ for f in "${formats[@]}"; do
   PREP_B="rm -f $RAW" bench_vs "$RUNS" "$A" "qemu-img convert -f $fmt -O raw $F $RAW" | tee "$OUT/images-vs.txt"
   rm -f "$RAW"
   bench_vs "$RUNS" "$A" "qemu-img convert -n -f $fmt $F --target-image-opts driver=null-co,size=$SIZE" | grep 'A/B wall' | sed 's#A/B wall#A/N wall#'
-  summary[$fmt-$sub]=$(awk '/A\/B wall/ {print $4}' "$OUT/images-vs.txt")
+  summary[$fmt-$sub]="$(awk '/A\/B wall/ {w = $4} /A\/B cpu/ {c = $4} END {printf "%s (cpu %s)", w, c}' "$OUT/images-vs.txt") load $(cut -d' ' -f1-3 /proc/loadavg)"
 done
-echo "== median A/B wall (vmscope / qemu-img convert -O raw), goal <= 1:"
+echo "== median A/B wall (vmscope / qemu-img convert -O raw), goal <= 1; median A/B cpu; load average after:"
 for k in "${!summary[@]}"; do printf '%-24s %s\n' "$k" "${summary[$k]}"; done | sort
