@@ -237,10 +237,13 @@ func (x *Index) ownedBy(lo, hi uint64, fn func(o owner)) {
 // childrenOf returns the inodes with a name in directory d.
 func (x *Index) childrenOf(d uint32) []uint32 {
 	if x.src == nil {
-		if x.Files[d] != nil {
-			return x.children[d]
+		if x.Files[d] == nil {
+			return nil
 		}
-		return nil
+		if x.children == nil {
+			x.index()
+		}
+		return x.children[d]
 	}
 	cs, err := x.src.Children(d)
 	x.fail(err)
