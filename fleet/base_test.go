@@ -69,15 +69,8 @@ func TestLayerIDIsContent(t *testing.T) {
 // its committed state equals the one a plain first poll (which reads every
 // file) records, and that poll was base-shared.
 func TestOverlayDigestsFromBase(t *testing.T) {
-	dir := filepath.Join(fixture.Root(), "testdata", "out-fleet")
-	if _, err := os.Stat(filepath.Join(dir, ".done")); err != nil {
-		fixture.Missing(t, "%s (bash testdata/fleet/build.sh)", dir)
-	}
+	dir, rules := fleetFixture(t)
 	ctx := context.Background()
-	rules, err := scan.LoadRules(filepath.Join(dir, "rules.yar"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	inv, err := ParseInventory(strings.NewReader(`{"id":"ov-a-01","path":"ov-a-01.qcow2"}`+"\n"), dir)
 	if err != nil {
 		t.Fatal(err)
@@ -157,15 +150,8 @@ func TestOverlayDigestsFromBase(t *testing.T) {
 // file. Two overlays of base-a (one with findings of its own, one removing
 // the base's marker) share one base scan.
 func TestOverlayFirstPollReadsItsChanges(t *testing.T) {
-	dir := filepath.Join(fixture.Root(), "testdata", "out-fleet")
-	if _, err := os.Stat(filepath.Join(dir, ".done")); err != nil {
-		fixture.Missing(t, "%s (bash testdata/fleet/build.sh)", dir)
-	}
+	dir, rules := fleetFixture(t)
 	ctx := context.Background()
-	rules, err := scan.LoadRules(filepath.Join(dir, "rules.yar"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	ids := []string{"ov-a-02", "ov-a-03"}
 	var lines string
 	for _, id := range ids {
@@ -273,4 +259,18 @@ func TestOverlayFirstPollReadsItsChanges(t *testing.T) {
 		}
 		t.Logf("%s: %d records equal, verdicts %v, %d of them scanned", id, n, verdicts, il.Files)
 	}
+}
+
+// fleetFixture returns the folder of the fixture fleet and its rules.
+func fleetFixture(t *testing.T) (string, *scan.Rules) {
+	t.Helper()
+	dir := filepath.Join(fixture.Root(), "testdata", "out-fleet")
+	if _, err := os.Stat(filepath.Join(dir, ".done")); err != nil {
+		fixture.Missing(t, "%s (bash testdata/fleet/build.sh)", dir)
+	}
+	rules, err := scan.LoadRules(filepath.Join(dir, "rules.yar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, rules
 }
