@@ -43,7 +43,12 @@
 // changed or whose blocks are dirty (the block → inode runs are looked up
 // by range) and the previous entries of the directories it re-lists; its
 // result is a [Delta] that the state saves alone. A poll's cost follows
-// the dirty ranges, not the size of the filesystem.
+// the dirty ranges, not the size of the filesystem. The first poll of an
+// overlay whose base's index is known ([SelectOver]: a base shared by a
+// fleet's overlays, indexed and scanned once) is such a poll too, against
+// the base's index, so it costs what the overlay holds; an index a poll
+// derives shares its unchanged records with the index it came from, which
+// the poll never changes.
 // Evidence is read-only: nothing here writes to an image.
 package dirty
 

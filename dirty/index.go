@@ -46,28 +46,27 @@ const (
 
 // FileRec is what the index remembers of one live inode.
 type FileRec struct {
-	Ino      uint32      `json:"ino"`
-	Mode     fs.FileMode `json:"mode"` // type and permission bits
-	Uid      uint32      `json:"uid"`
-	Gid      uint32      `json:"gid"`
-	Size     uint64      `json:"size"`
-	Links    uint16      `json:"links"`
-	Flags    uint32      `json:"flags"`
-	Gen      uint32      `json:"gen"`
-	Atime    int64       `json:"atime"` // Unix nanoseconds
-	Mtime    int64       `json:"mtime"`
-	Ctime    int64       `json:"ctime"`
-	Crtime   int64       `json:"crtime"`
-	Xattr    uint64      `json:"xattr,omitempty"`
-	Target   string      `json:"target,omitempty"` // symlink target
-	Extents  uint64      `json:"extents"`          // FNV-64 of the block map
-	Runs     []Run       `json:"runs,omitempty"`   // the block → inode index, per inode
-	Names    []Link      `json:"names,omitempty"`
-	SHA256   string      `json:"sha256,omitempty"` // content digest, when known
-	Verdict  string      `json:"verdict,omitempty"`
-	ReadErr  string      `json:"err,omitempty"` // the inode's map could not be read
-	Inline   bool        `json:"inline,omitempty"`
-	children []uint32
+	Ino     uint32      `json:"ino"`
+	Mode    fs.FileMode `json:"mode"` // type and permission bits
+	Uid     uint32      `json:"uid"`
+	Gid     uint32      `json:"gid"`
+	Size    uint64      `json:"size"`
+	Links   uint16      `json:"links"`
+	Flags   uint32      `json:"flags"`
+	Gen     uint32      `json:"gen"`
+	Atime   int64       `json:"atime"` // Unix nanoseconds
+	Mtime   int64       `json:"mtime"`
+	Ctime   int64       `json:"ctime"`
+	Crtime  int64       `json:"crtime"`
+	Xattr   uint64      `json:"xattr,omitempty"`
+	Target  string      `json:"target,omitempty"` // symlink target
+	Extents uint64      `json:"extents"`          // FNV-64 of the block map
+	Runs    []Run       `json:"runs,omitempty"`   // the block → inode index, per inode
+	Names   []Link      `json:"names,omitempty"`
+	SHA256  string      `json:"sha256,omitempty"` // content digest, when known
+	Verdict string      `json:"verdict,omitempty"`
+	ReadErr string      `json:"err,omitempty"` // the inode's map could not be read
+	Inline  bool        `json:"inline,omitempty"`
 }
 
 // IsDir and IsRegular test the type bits.
@@ -89,6 +88,10 @@ type Index struct {
 
 	owners []owner // sorted by start; built by index()
 	maxLen uint64
+	// children: the inodes named in each directory; built by index(),
+	// kept here and not in the records, which an index derived by a poll
+	// shares with the index it was derived from.
+	children map[uint32][]uint32
 
 	// A stored index or a delta (stored.go).
 	src     IndexSource
@@ -112,17 +115,15 @@ type owner struct {
 func (x *Index) index() {
 	x.owners = x.owners[:0]
 	x.maxLen = 0
-	for _, r := range x.Files {
-		r.children = r.children[:0]
-	}
+	x.children = map[uint32][]uint32{}
 	for ino, r := range x.Files {
 		for _, run := range r.Runs {
 			x.owners = append(x.owners, owner{run.Start, run.Len, ino, run.Kind})
 			x.maxLen = max(x.maxLen, run.Len)
 		}
 		for _, l := range r.Names {
-			if p := x.Files[l.Parent]; p != nil && l.Parent != ino {
-				p.children = append(p.children, ino)
+			if x.Files[l.Parent] != nil && l.Parent != ino {
+				x.children[l.Parent] = append(x.children[l.Parent], ino)
 			}
 		}
 	}

@@ -127,9 +127,9 @@ func Poll(ctx context.Context, v *fsparse.Volume, old *Index, dirty rangeset.Set
 		p.nx.setDigests(blk, s)
 	}
 	p.relistDirs()
-	if !p.nx.stored() {
-		p.nx.index()
-	}
+	// A full new index builds its block → inode lookup when a later poll
+	// of it in memory asks (ownedBy, childrenOf); one that is only saved
+	// never needs it.
 	p.addRenames()
 	p.describe()
 	if err := old.loadErr(); err != nil {

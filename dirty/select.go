@@ -411,26 +411,9 @@ func Select(ctx context.Context, im *disk.Image, d *fsparse.Disk, src Source, st
 			if err != nil {
 				return nil, err
 			}
-			x = res.New
-			sel.unhashed = append(sel.unhashed, unhashed{v, x, res.unhashed})
-			if sel.pending == nil {
-				sel.pending = map[fileKey]bool{}
-			}
-			for _, ino := range res.unhashed {
-				sel.pending[fileKey{v.ID, ino}] = true
-			}
-			sel.Changes = append(sel.Changes, res.Changes...)
-			res.Stats.ReplayedBytes = replayed.Bytes()
-			sel.Stats[v.ID] = res.Stats
-			sel.Errors = append(sel.Errors, res.Errors...)
-		} else {
-			if x, err = BuildIndex(ctx, v); err != nil {
-				return nil, err
-			}
-			// Later polls compare a file whose data blocks are dirty with
-			// its digest: every digest is recorded by Commit.
-			sel.unhashed = append(sel.unhashed, unhashed{v, x, nil})
-			sel.Changes = append(sel.Changes, everything(x, KindFull)...)
+			x = sel.addPoll(v, res, replayed)
+		} else if x, err = sel.addFull(ctx, v); err != nil {
+			return nil, err
 		}
 		if rulesChanged && !full {
 			seen := map[uint32]bool{}
@@ -458,6 +441,37 @@ func Select(ctx context.Context, im *disk.Image, d *fsparse.Disk, src Source, st
 	}
 	SortChanges(sel.Changes)
 	return sel, nil
+}
+
+// addPoll adds the poll res of volume v (replayed: the ranges its journal
+// replay changed) to the selection and returns its new index.
+func (s *Selection) addPoll(v *fsparse.Volume, res *Result, replayed rangeset.Set) *Index {
+	s.unhashed = append(s.unhashed, unhashed{v, res.New, res.unhashed})
+	if s.pending == nil {
+		s.pending = map[fileKey]bool{}
+	}
+	for _, ino := range res.unhashed {
+		s.pending[fileKey{v.ID, ino}] = true
+	}
+	s.Changes = append(s.Changes, res.Changes...)
+	res.Stats.ReplayedBytes = replayed.Bytes()
+	s.Stats[v.ID] = res.Stats
+	s.Errors = append(s.Errors, res.Errors...)
+	return res.New
+}
+
+// addFull indexes volume v whole and makes every regular file due (a
+// first poll) and returns the index.
+func (s *Selection) addFull(ctx context.Context, v *fsparse.Volume) (*Index, error) {
+	x, err := BuildIndex(ctx, v)
+	if err != nil {
+		return nil, err
+	}
+	// Later polls compare a file whose data blocks are dirty with its
+	// digest: every digest is recorded by Commit.
+	s.unhashed = append(s.unhashed, unhashed{v, x, nil})
+	s.Changes = append(s.Changes, everything(x, KindFull)...)
+	return x, nil
 }
 
 // stillUnscanned returns, as due changes, the files of inos (changed since

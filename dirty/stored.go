@@ -152,12 +152,10 @@ func (x *Index) mutable(ino uint32) *FileRec {
 	return r
 }
 
-// clone copies r to be changed: its own names, no children (an index
-// builds those).
+// clone copies r to be changed: its own names.
 func (r *FileRec) clone() *FileRec {
 	c := *r
 	c.Names = slices.Clone(r.Names)
-	c.children = nil
 	return &c
 }
 
@@ -239,10 +237,13 @@ func (x *Index) ownedBy(lo, hi uint64, fn func(o owner)) {
 // childrenOf returns the inodes with a name in directory d.
 func (x *Index) childrenOf(d uint32) []uint32 {
 	if x.src == nil {
-		if r := x.Files[d]; r != nil {
-			return r.children
+		if x.Files[d] == nil {
+			return nil
 		}
-		return nil
+		if x.children == nil {
+			x.index()
+		}
+		return x.children[d]
 	}
 	cs, err := x.src.Children(d)
 	x.fail(err)

@@ -103,60 +103,123 @@ type memStore struct{ snap *dirty.Snapshot }
 func (m *memStore) Load(string) (*dirty.Snapshot, error) { return nil, nil }
 func (m *memStore) Save(s *dirty.Snapshot) error         { m.snap = s; return nil }
 
-// baseDigests records in sel the base's digest of each due file of the
-// overlay that cmp (base against overlay) did not find changed and whose
-// block map and size are the base's.
-func baseDigests(sel *dirty.Selection, br *baseResult, changed map[string]bool, part map[string]string) {
-	for _, c := range sel.Due() {
-		if changed[part[c.Volume]+":"+c.Path] {
-			continue
-		}
-		bf, ok := br.Files[c.Volume][c.Ino]
-		r := sel.Record(c)
-		if !ok || r == nil || !r.IsRegular() || r.ReadErr != "" || r.Extents != bf.Extents || r.Size != bf.Size {
-			continue
-		}
-		sel.SetDigest(c, bf.SHA256)
+// sharedBase is what the overlays of one base reuse, kept for the life of
+// a Scan: the base's whole scan and the index of each of its volumes, in
+// which every regular file carries the base's digest and verdict.
+type sharedBase struct {
+	br      *baseResult
+	indexes map[string]*dirty.Index
+}
+
+// baseIndexes indexes each volume of the base bd whose whole scan is br
+// and gives every regular file the digest br read (when its block map and
+// size are the ones br read) and its verdict: match when br has a finding
+// on one of its paths, else clean (br read every file: no errors). A
+// volume that needs a journal replay gets no index (its overlays index it
+// whole).
+func baseIndexes(ctx context.Context, bd *fsparse.Disk, br *baseResult) (map[string]*dirty.Index, error) {
+	matched := map[string]bool{}
+	for _, f := range br.Findings {
+		matched[f.Partition+":"+f.Path] = true
 	}
+	out := map[string]*dirty.Index{}
+	for _, v := range bd.Volumes {
+		if rv, _, err := dirty.Recovered(ctx, v); err != nil || rv != v {
+			continue
+		}
+		if _, err := dirty.OpenFS(v); err != nil {
+			continue
+		}
+		x, err := dirty.BuildIndex(ctx, v)
+		if err != nil {
+			return nil, err
+		}
+		part, files := imagescan.PartitionName(v), br.Files[v.ID]
+		x.Each(func(ino uint32, r *dirty.FileRec) {
+			if !r.IsRegular() {
+				return
+			}
+			if bf, ok := files[ino]; ok && r.ReadErr == "" && r.Extents == bf.Extents && r.Size == bf.Size {
+				r.SHA256 = bf.SHA256
+			}
+			r.Verdict = "clean"
+			if len(matched) > 0 {
+				for _, p := range x.Paths(ino) {
+					if matched[part+":"+p] {
+						r.Verdict = "match"
+					}
+				}
+			}
+		})
+		out[v.ID] = x
+	}
+	return out, nil
 }
 
 // baseWait bounds how long an overlay waits for another poller scanning
 // the same base; past it, the overlay is scanned whole.
 const baseWait = 30 * time.Minute
 
-// overBase scans an overlay's first poll over its base: the base is
-// scanned whole once per rules digest (by whichever poller comes first;
-// the others wait for its result), and the overlay only in the files it
-// changed; the other files take the base's verdicts. It returns the
-// overlay's result, the verdict of every file by "partition:path", and
-// the base's LayerID and a function recording in the overlay's selection
-// the base's digests of the files the overlay did not write; a nil result when the verdicts cannot be reused
-// (the caller scans whole).
-func (o *Options) overBase(ctx context.Context, im *disk.Image, d *fsparse.Disk) (*scan.Result, map[string]string, string, func(*dirty.Selection), error) {
+// overBase polls an overlay's first poll over its base (the last layer of
+// its chain): the base is scanned whole once per rules digest (by
+// whichever poller comes first; the others wait for its result) and
+// indexed once per process; the overlay is polled against the base's
+// index with what its layers hold (dirty.SelectOver), so only the files it
+// changed are read and scanned, and the others keep the base's digests and
+// verdicts. It returns the selection (to commit into st), the overlay's
+// result (its scan plus the base's findings on files it did not change)
+// and the base's LayerID; a nil selection when the verdicts cannot be
+// reused (the caller polls and scans whole).
+func (o *Options) overBase(ctx context.Context, im *disk.Image, d *fsparse.Disk, st dirty.Store) (*dirty.Selection, *scan.Result, string, error) {
 	ls := im.Layers()
-	bl := ls[len(ls)-1]
-	bim, bd, err := openImage(bl.Name())
+	bim, bd, err := openImage(ls[len(ls)-1].Name())
 	if err != nil {
-		return nil, nil, "", nil, nil // scanned whole; its own errors tell
+		return nil, nil, "", nil // scanned whole; its own errors tell
 	}
 	defer bim.Close()
 	id, err := LayerID(ctx, bim.Layers()[0], bd)
 	if err != nil {
-		return nil, nil, "", nil, nil
+		return nil, nil, "", nil
 	}
-	br, err := o.baseScan(ctx, bim, bd, id)
-	if err != nil || br == nil || br.Errors+br.Skipped+br.ModulePrefix > 0 {
-		return nil, nil, id, nil, err
+	sb := o.bases[id]
+	if sb == nil {
+		br, err := o.baseScan(ctx, bim, bd, id)
+		if err != nil || br == nil || br.Errors+br.Skipped+br.ModulePrefix > 0 {
+			return nil, nil, id, err
+		}
+		xs, err := baseIndexes(ctx, bd, br)
+		if err != nil {
+			return nil, nil, id, nil
+		}
+		sb = &sharedBase{br, xs}
+		if o.bases == nil {
+			o.bases = map[string]*sharedBase{}
+		}
+		o.bases[id] = sb
 	}
-	cmp, err := dirty.Compare(ctx, bim, bd, im, d)
-	if err != nil || len(cmp.Errors) > 0 {
-		return nil, nil, id, nil, nil
+	sel, err := dirty.SelectOver(ctx, im, d, dirty.Auto(im), st, o.Rules.Digest(), bim, bd, sb.indexes)
+	if err != nil || len(sel.Errors) > 0 {
+		if sel != nil {
+			sel.Close()
+		}
+		return nil, nil, id, nil
 	}
-	defer cmp.Close()
+	res, ok, err := o.overResult(ctx, d, sel, sb.br)
+	if err != nil || !ok {
+		sel.Close()
+		return nil, nil, id, err
+	}
+	return sel, res, id, nil
+}
+
+// overResult scans the files the overlay's selection sel made due and adds
+// the base's findings on the files it did not change; ok is false when
+// the base's verdicts cannot be reused after all.
+func (o *Options) overResult(ctx context.Context, d *fsparse.Disk, sel *dirty.Selection, br *baseResult) (*scan.Result, bool, error) {
 	part := partNames(d)
 	changed := map[string]bool{}
 	gone := map[string]bool{} // deleted files: their findings go
-	for _, c := range cmp.Changes {
+	for _, c := range sel.Changes {
 		for _, p := range append(append([]string{c.Path}, c.Paths...), c.OldPaths...) {
 			changed[part[c.Volume]+":"+p] = true
 			if c.Change == dirty.Deleted {
@@ -165,36 +228,29 @@ func (o *Options) overBase(ctx context.Context, im *disk.Image, d *fsparse.Disk)
 		}
 	}
 	if changed[":/etc/passwd"] {
-		return nil, nil, id, nil, nil // file owners (the owner external) may differ
-	}
-	res, err := imagescan.Scan(ctx, d, o.Rules, cmp, o.Scan...)
-	if err != nil {
-		return nil, nil, id, nil, err
-	}
-	if len(res.Errors) > 0 || len(res.Skipped) > 0 || len(res.ModulePrefix) > 0 {
-		return nil, nil, id, nil, nil
-	}
-	verdicts := map[string]string{}
-	for _, c := range cmp.Due() {
-		verdicts[part[c.Volume]+":"+c.Path] = "clean"
-	}
-	for _, f := range res.Findings {
-		verdicts[f.Partition+":"+f.Path] = "match"
+		return nil, false, nil // file owners (the owner external) may differ
 	}
 	due := map[string]bool{}
-	for _, c := range cmp.Due() {
+	for _, c := range sel.Due() {
 		due[part[c.Volume]+":"+c.Path] = true
 	}
 	for _, f := range br.Findings {
 		k := f.Partition + ":" + f.Path
 		if changed[k] && !due[k] && !gone[k] {
-			return nil, nil, id, nil, nil // renamed or metadata only: not rescanned, finding would be stale
+			return nil, false, nil // renamed or metadata only: not rescanned, finding would be stale
 		}
-		if changed[k] {
-			continue
+	}
+	res, err := imagescan.Scan(ctx, d, o.Rules, sel, o.Scan...)
+	if err != nil {
+		return nil, false, err
+	}
+	if len(res.Errors) > 0 || len(res.Skipped) > 0 || len(res.ModulePrefix) > 0 {
+		return nil, false, nil
+	}
+	for _, f := range br.Findings {
+		if !changed[f.Partition+":"+f.Path] {
+			res.Findings = append(res.Findings, f)
 		}
-		res.Findings = append(res.Findings, f)
-		verdicts[k] = "match"
 	}
 	scan.SortFindings(res.Findings)
 	res.Summary.Findings = len(res.Findings)
@@ -203,8 +259,7 @@ func (o *Options) overBase(ctx context.Context, im *disk.Image, d *fsparse.Disk)
 		matched[f.Partition+":"+f.Path] = true
 	}
 	res.Summary.Matched = len(matched)
-	digests := func(sel *dirty.Selection) { baseDigests(sel, br, changed, part) }
-	return res, verdicts, id, digests, nil
+	return res, true, nil
 }
 
 // baseScan returns the base's whole scan with the rules, from

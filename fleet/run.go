@@ -118,6 +118,8 @@ type Options struct {
 	Failpoint func(name, id string)
 	// Done, when set, is told each image's outcome.
 	Done func(Outcome)
+
+	bases map[string]*sharedBase // by LayerID, for the life of a Scan
 }
 
 // Outcome is what became of one image of the shard.
@@ -458,26 +460,27 @@ func (o *Options) poll(ctx context.Context, im Image, head Head, statePath, runD
 		return fail(err)
 	}
 	defer db.Close()
-	sel, err := dirty.Select(ctx, img, d, dirty.Auto(img), txStore{db, o, im.ID}, o.Rules.Digest())
-	if err != nil {
-		return fail(err)
-	}
-	defer sel.Close()
-	if before >= 0 {
-		il.DirtySource = sel.Source
-	}
+	st := txStore{db, o, im.ID}
+	var sel *dirty.Selection
 	var res *scan.Result
-	var verdicts map[string]string
-	var baseDigests func(*dirty.Selection)
 	if before < 0 && !o.Filtered && len(img.Layers()) > 1 {
-		res, verdicts, il.BaseLayer, baseDigests, err = o.overBase(ctx, img, d)
+		sel, res, il.BaseLayer, err = o.overBase(ctx, img, d, st)
 		if err != nil {
 			return fail(err)
 		}
-		if res != nil {
+		if sel != nil {
 			il.DirtySource = "base-shared"
 		}
 	}
+	if sel == nil {
+		if sel, err = dirty.Select(ctx, img, d, dirty.Auto(img), st, o.Rules.Digest()); err != nil {
+			return fail(err)
+		}
+		if before >= 0 {
+			il.DirtySource = sel.Source
+		}
+	}
+	defer sel.Close()
 	if res == nil {
 		if res, err = imagescan.Scan(ctx, d, o.Rules, sel, o.Scan...); err != nil {
 			return fail(err)
@@ -497,25 +500,9 @@ func (o *Options) poll(ctx context.Context, im Image, head Head, statePath, runD
 		return nil, nil, err
 	}
 	o.point("before-commit", im.ID)
-	if verdicts != nil {
-		part := partNames(d)
-		for _, c := range sel.Due() {
-			// A file the overlay did not change is clean unless its
-			// base matched it (the base was scanned whole, no errors).
-			v, ok := verdicts[part[c.Volume]+":"+c.Path]
-			if !ok {
-				v = "clean"
-			}
-			sel.SetVerdict(c, v)
-		}
-		if baseDigests != nil {
-			baseDigests(sel) // the commit reads only what the overlay wrote
-		}
-		err = sel.CommitContext(ctx)
-	} else {
-		err = imagescan.Commit(ctx, d, sel, res)
-	}
-	if err != nil {
+	// A base-shared poll: the due files are the ones the overlay changed;
+	// the others have their base's digest and verdict in the index.
+	if err = imagescan.Commit(ctx, d, sel, res); err != nil {
 		os.Remove(pending)
 		if ctx.Err() != nil {
 			return nil, nil, ctx.Err()
