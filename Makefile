@@ -36,6 +36,7 @@ fixtures: deps
 	bash testdata/xfs/build.sh
 	bash testdata/ntfs/build.sh
 	bash testdata/ir/build.sh
+	bash testdata/gdirty/build.sh
 
 demo: build
 	bash scripts/demo.sh
