@@ -5,7 +5,8 @@
 # an LV need under the Debian cloud kernel, which has no ntfs3 and no
 # dm-mod.create=: fuse.ko and ntfs-3g with the shared libraries ldd names,
 # xfs.ko and its dependency libcrc32c.ko, dm-mod.ko and dmsetup with its
-# libraries; /init is testdata/gdirty/init.sh. And the disks, populated by
+# libraries; /init is testdata/gdirty/init.sh (the guest-disk one, whose
+# workloads it reruns, is /guest-disk-init). And the disks, populated by
 # the guest kernel itself in one boot (workload prep):
 #
 #   ntfs.raw     64 MiB, MBR, p1 (type 7) NTFS (mkntfs), its tree written
@@ -71,6 +72,7 @@ initramfs() {
   rm -rf "$root"
   mkdir -p "$root"
   (cd "$root" && gzip -dc "$gd/initrd.gz" | cpio -id --quiet)
+  mv "$root/init" "$root/guest-disk-init"
   cp "$here/init.sh" "$root/init"
   chmod 755 "$root/init"
   for m in fs/fuse/fuse lib/libcrc32c fs/xfs/xfs drivers/md/dm-mod; do
