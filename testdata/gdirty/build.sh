@@ -22,7 +22,8 @@
 #                from lvs --segments (seg_pe_ranges), pvs (pe_start) and vgs
 #                (extent size): the guest's vmscope.dm= argument
 #   lvs.json pvs.json vgs.json   the LVM tools' reports
-#   console-prep.log   the prep boot's console
+#   console-prep.log   the prep boot's console, with the guest's listings of
+#                the two trees (the tests' reference before their workload)
 #
 # Output in a cache folder named by the hash of this script, init.sh, the
 # guest-disk fixture and the host packages copied in, linked as
