@@ -37,6 +37,7 @@ fixtures: deps
 	bash testdata/xfs/ino64.sh
 	bash testdata/ntfs/build.sh
 	bash testdata/ir/build.sh
+	bash testdata/gdirty/build.sh
 
 demo: build
 	bash scripts/demo.sh

@@ -30,6 +30,7 @@ pkgs=(
   xfsprogs            # mkfs.xfs -p, xfs_io, xfs_db: the XFS fixtures and reference (testdata/xfs)
   attr                # setfattr: extended attributes of the XFS fixture (testdata/xfs)
   libc6-dev           # testdata/inject: the static dummy and seccomp-strict programs (gcc -static)
+  dmsetup             # testdata/gdirty: dmsetup and its libraries in the guest initramfs (the LV of the XFS ground truth)
 )
 
 missing=()
