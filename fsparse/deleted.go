@@ -81,40 +81,31 @@ func (v *Volume) ScanDeleted(ctx context.Context, root string) (*DeletedScan, er
 		return nil, fmt.Errorf("%s: %s: not a directory", v.ID, start.Path)
 	}
 	out := &DeletedScan{}
-	named := map[uint32]bool{}     // by any name, live or deleted
-	liveNamed := map[uint32]bool{} // by a live name
-	seen := map[uint32]bool{}
+	var named, liveNamed, seen inoSet // named: by any name, live or deleted
 	type dir struct {
 		ino     uint32
 		path    string
 		deleted bool
 	}
 	stack := []dir{{uint32(start.Ino), start.Path, false}}
-	named[uint32(start.Ino)], liveNamed[uint32(start.Ino)] = true, true
+	named.add(uint32(start.Ino))
+	liveNamed.add(uint32(start.Ino))
 	for len(stack) > 0 {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
 		d := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
-		if seen[d.ino] {
+		if seen.has(d.ino) {
 			continue
 		}
-		seen[d.ino] = true
-		slots, err := e.ScanDir(d.ino, d.deleted)
-		if err != nil {
-			if !d.deleted {
-				out.Problems = append(out.Problems, vmerr.Problem{Where: fmt.Sprintf("%s: directory %s (inode %d)", v.ID, d.path, d.ino), Offset: -1, Err: err})
-			}
-			continue
-		}
-		for _, s := range slots {
-			p := path.Join(d.path, EscapeName(s.Name))
+		seen.add(d.ino)
+		err := e.ScanDirFunc(d.ino, d.deleted, func(s *ext4.DirSlot, name []byte) {
 			if s.Ino != 0 {
-				named[s.Ino] = true
+				named.add(s.Ino)
 			}
 			if !s.Deleted {
-				liveNamed[s.Ino] = true
+				liveNamed.add(s.Ino)
 				isDir := s.TypeKnown && s.Type.IsDir()
 				if !s.TypeKnown {
 					if in, err := e.Inode(s.Ino); err == nil {
@@ -122,17 +113,20 @@ func (v *Volume) ScanDeleted(ctx context.Context, root string) (*DeletedScan, er
 					}
 				}
 				if isDir {
-					stack = append(stack, dir{s.Ino, p, false})
+					stack = append(stack, dir{s.Ino, childPath(d.path, name), false})
 				}
-				continue
+				return
 			}
-			de := v.deletedEntry(e, p, s.Ino)
+			de := v.deletedEntry(e, childPath(d.path, name), s.Ino)
 			de.NameType, de.NameTypeKnown = s.Type, s.TypeKnown
 			de.Slack, de.Offset = s.Slack, s.Offset
 			out.Deleted = append(out.Deleted, de)
 			if de.MetaKnown && !de.Realloc && de.Type == "dir" {
-				stack = append(stack, dir{s.Ino, p, true})
+				stack = append(stack, dir{s.Ino, de.Path, true})
 			}
+		})
+		if err != nil && !d.deleted {
+			out.Problems = append(out.Problems, vmerr.Problem{Where: fmt.Sprintf("%s: directory %s (inode %d)", v.ID, d.path, d.ino), Offset: -1, Err: err})
 		}
 	}
 	if start.Ino == 2 {
@@ -147,11 +141,11 @@ func (v *Volume) ScanDeleted(ctx context.Context, root string) (*DeletedScan, er
 		first := e.Super().FirstIno
 		err := e.ScanInodes(func(ino uint32, alloc bool, ctime uint32, _ []byte) {
 			switch {
-			case !alloc && !named[ino] && ctime != 0:
+			case !alloc && !named.has(ino) && ctime != 0:
 				de := v.deletedEntry(e, "/$OrphanFiles/OrphanFile-"+strconv.FormatUint(uint64(ino), 10), ino)
 				de.Orphan = true
 				out.Deleted = append(out.Deleted, de)
-			case alloc && ino >= first && !liveNamed[ino]:
+			case alloc && ino >= first && !liveNamed.has(ino):
 				de := v.deletedEntry(e, "/$OrphanFiles/OrphanFile-"+strconv.FormatUint(uint64(ino), 10), ino)
 				de.Unlinked, de.OrphanList, de.Realloc = true, onList[ino], false
 				out.Unlinked = append(out.Unlinked, de)
@@ -171,6 +165,57 @@ func (v *Volume) ScanDeleted(ctx context.Context, root string) (*DeletedScan, er
 	return out, nil
 }
 
+// childPath is path.Join(dir, EscapeName(name)).
+func childPath(dir string, name []byte) string {
+	return path.Join(dir, EscapeName(string(name)))
+}
+
+// inoSet is a set of inode numbers: a bitmap in pages of 4096 inodes,
+// made as they are first used, so its size follows what is added, not
+// the inode count a superblock claims.
+type inoSet map[uint32]*[64]uint64
+
+func (s *inoSet) add(ino uint32) {
+	if *s == nil {
+		*s = inoSet{}
+	}
+	p := (*s)[ino>>12]
+	if p == nil {
+		p = new([64]uint64)
+		(*s)[ino>>12] = p
+	}
+	p[ino>>6&63] |= 1 << (ino & 63)
+}
+
+func (s inoSet) has(ino uint32) bool {
+	p := s[ino>>12]
+	return p != nil && p[ino>>6&63]&(1<<(ino&63)) != 0
+}
+
+// TablesBudget is how many bytes of inode tables a walk of a whole tree
+// (timeline, deleted files) holds in memory by default: 512 MiB, the
+// tables of about two million used 256-byte inodes.
+const TablesBudget = 512 << 20
+
+// WithInodeTables returns v with its ext2/3/4 filesystem read through a
+// view that holds the inode tables and inode bitmaps in memory (see
+// ext4.FS.WithInodeTables), for walks over the whole tree: the timeline
+// and the deleted-file scan. Other filesystems, and tables larger than
+// budget bytes, give v itself.
+func (v *Volume) WithInodeTables(ctx context.Context, budget int64) (*Volume, error) {
+	e := v.Ext4()
+	if e == nil {
+		return v, nil
+	}
+	t, err := e.WithInodeTables(ctx, budget)
+	if err != nil || t == e {
+		return v, err
+	}
+	nv := *v
+	nv.FS = extFS{t}
+	return &nv, nil
+}
+
 // deletedEntry describes inode ino as it is now, found at path p.
 func (v *Volume) deletedEntry(e *ext4.FS, p string, ino uint32) Deleted {
 	de := Deleted{Entry: Entry{Volume: v.ID, Path: p, Ino: uint64(ino)}, Offset: -1}
@@ -184,7 +229,7 @@ func (v *Volume) deletedEntry(e *ext4.FS, p string, ino uint32) Deleted {
 	}
 	m := in.FileMode()
 	de.Mode, de.Type = m, TypeName(m)
-	de.Perm = fmt.Sprintf("%04o", UnixPerm(m))
+	de.Perm = PermString(m)
 	de.Uid, de.Gid, de.Size, de.Links = in.Uid, in.Gid, int64(in.Size), uint32(in.Links)
 	de.Mtime, de.Atime, de.Ctime = in.Mtime, in.Atime, in.Ctime
 	if in.HasCrtime {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"strings"
+	"sync"
 
 	"github.com/vmscope/vmscope/vmerr"
 )
@@ -66,6 +67,21 @@ func (f *FS) inodeByte(ino uint32) (int64, bool) {
 
 // dirRun is how many directory blocks are read with one ReadAt.
 const dirRunBytes = 256 << 10
+
+// dirRuns holds the buffers of directory reads (*[]byte of dirRunBytes),
+// reused from one directory to the next of a walk.
+var dirRuns = sync.Pool{New: func() any { b := make([]byte, dirRunBytes); return &b }}
+
+// dirRun returns a buffer of n ≤ dirRunBytes bytes (a block of up to
+// 64 KiB when blocks are larger than a run) and the function that gives it
+// back.
+func dirRun(n uint64) ([]byte, func()) {
+	if n > dirRunBytes {
+		return make([]byte, n), func() {}
+	}
+	p := dirRuns.Get().(*[]byte)
+	return (*p)[:n], func() { dirRuns.Put(p) }
+}
 
 func direntType(t uint8) (fs.FileMode, bool) {
 	switch t {
@@ -193,7 +209,8 @@ func (f *FS) walkDir(in *Inode, fn dirVisitor) error {
 	bs := f.bs
 	nblk := (in.Size + bs - 1) / bs
 	runBlocks := max(uint64(dirRunBytes)/bs, 1)
-	var buf []byte
+	buf, done := dirRun(runBlocks * bs)
+	defer done()
 	for _, e := range m.ext {
 		if e.Unwritten || e.Logical >= nblk {
 			continue
@@ -201,9 +218,6 @@ func (f *FS) walkDir(in *Inode, fn dirVisitor) error {
 		n := min(e.Len, nblk-e.Logical)
 		for i := uint64(0); i < n; i += runBlocks {
 			k := min(runBlocks, n-i)
-			if uint64(cap(buf)) < k*bs {
-				buf = make([]byte, k*bs)
-			}
 			b := buf[:k*bs]
 			pb := e.Physical + i
 			if err := f.readBlocks(b, pb); err != nil {
