@@ -65,7 +65,8 @@ var ErrNoDeleted = vmerr.New("fsparse: deleted files are found on ext2/3/4 only"
 // records a delete leaves in directory slack, or whose inode it cleared),
 // enters deleted directories whose freed inode still maps their blocks,
 // and, when root is the filesystem's root, lists the inodes no name
-// reaches. Each deleted name carries the inode it names as it is now and
+// reaches, entering the orphan directories among them as fls -r does
+// (their records listed as /$OrphanFiles/OrphanFile-N/NAME). Each deleted name carries the inode it names as it is now and
 // whether that inode was reused. Bounded: each directory inode is scanned
 // once.
 func (v *Volume) ScanDeleted(ctx context.Context, root string) (*DeletedScan, error) {
@@ -90,44 +91,57 @@ func (v *Volume) ScanDeleted(ctx context.Context, root string) (*DeletedScan, er
 	stack := []dir{{uint32(start.Ino), start.Path, false}}
 	named.add(uint32(start.Ino))
 	liveNamed.add(uint32(start.Ino))
-	for len(stack) > 0 {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		d := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		if seen.has(d.ino) {
-			continue
-		}
-		seen.add(d.ino)
-		err := e.ScanDirFunc(d.ino, d.deleted, func(s *ext4.DirSlot, name []byte) {
-			if s.Ino != 0 {
-				named.add(s.Ino)
+	// walk scans the directories on the stack and those they lead to,
+	// counting the scans (bounded in the walks of orphan directories).
+	scans, orphanWalk := 0, false
+	walk := func() error {
+		for len(stack) > 0 {
+			if err := ctx.Err(); err != nil {
+				return err
 			}
-			if !s.Deleted {
-				liveNamed.add(s.Ino)
-				isDir := s.TypeKnown && s.Type.IsDir()
-				if !s.TypeKnown {
-					if in, err := e.Inode(s.Ino); err == nil {
-						isDir = in.IsDir()
+			d := stack[len(stack)-1]
+			stack = stack[:len(stack)-1]
+			if seen.has(d.ino) {
+				continue
+			}
+			seen.add(d.ino)
+			if scans++; orphanWalk && scans > maxOrphanDirScans {
+				stack = stack[:0]
+				return nil
+			}
+			err := e.ScanDirFunc(d.ino, d.deleted, func(s *ext4.DirSlot, name []byte) {
+				if s.Ino != 0 {
+					named.add(s.Ino)
+				}
+				if !s.Deleted {
+					liveNamed.add(s.Ino)
+					isDir := s.TypeKnown && s.Type.IsDir()
+					if !s.TypeKnown {
+						if in, err := e.Inode(s.Ino); err == nil {
+							isDir = in.IsDir()
+						}
 					}
+					if isDir {
+						stack = append(stack, dir{s.Ino, childPath(d.path, name), false})
+					}
+					return
 				}
-				if isDir {
-					stack = append(stack, dir{s.Ino, childPath(d.path, name), false})
+				de := v.deletedEntry(e, childPath(d.path, name), s.Ino)
+				de.NameType, de.NameTypeKnown = s.Type, s.TypeKnown
+				de.Slack, de.Offset = s.Slack, s.Offset
+				out.Deleted = append(out.Deleted, de)
+				if de.MetaKnown && !de.Realloc && de.Type == "dir" {
+					stack = append(stack, dir{s.Ino, de.Path, true})
 				}
-				return
+			})
+			if err != nil && !d.deleted {
+				out.Problems = append(out.Problems, vmerr.Problem{Where: fmt.Sprintf("%s: directory %s (inode %d)", v.ID, d.path, d.ino), Offset: -1, Err: err})
 			}
-			de := v.deletedEntry(e, childPath(d.path, name), s.Ino)
-			de.NameType, de.NameTypeKnown = s.Type, s.TypeKnown
-			de.Slack, de.Offset = s.Slack, s.Offset
-			out.Deleted = append(out.Deleted, de)
-			if de.MetaKnown && !de.Realloc && de.Type == "dir" {
-				stack = append(stack, dir{s.Ino, de.Path, true})
-			}
-		})
-		if err != nil && !d.deleted {
-			out.Problems = append(out.Problems, vmerr.Problem{Where: fmt.Sprintf("%s: directory %s (inode %d)", v.ID, d.path, d.ino), Offset: -1, Err: err})
 		}
+		return nil
+	}
+	if err := walk(); err != nil {
+		return nil, err
 	}
 	if start.Ino == 2 {
 		onList := map[uint32]bool{}
@@ -139,12 +153,11 @@ func (v *Volume) ScanDeleted(ctx context.Context, root string) (*DeletedScan, er
 			}
 		}
 		first := e.Super().FirstIno
+		var orphans []uint32 // freed inodes no name names, in inode order
 		err := e.ScanInodes(func(ino uint32, alloc bool, ctime uint32, _ []byte) {
 			switch {
 			case !alloc && !named.has(ino) && ctime != 0:
-				de := v.deletedEntry(e, "/$OrphanFiles/OrphanFile-"+strconv.FormatUint(uint64(ino), 10), ino)
-				de.Orphan = true
-				out.Deleted = append(out.Deleted, de)
+				orphans = append(orphans, ino)
 			case alloc && ino >= first && !liveNamed.has(ino):
 				de := v.deletedEntry(e, "/$OrphanFiles/OrphanFile-"+strconv.FormatUint(uint64(ino), 10), ino)
 				de.Unlinked, de.OrphanList, de.Realloc = true, onList[ino], false
@@ -153,6 +166,33 @@ func (v *Volume) ScanDeleted(ctx context.Context, root string) (*DeletedScan, er
 		})
 		if err != nil {
 			out.Problems = append(out.Problems, vmerr.Problem{Where: v.ID + ": inode tables", Offset: -1, Err: err})
+		}
+		// Each orphan is listed as the Sleuth Kit lists it, and an orphan
+		// directory whose freed inode still maps its blocks is entered as a
+		// deleted directory: its records name what it held, listed below
+		// it. As fls -r does, each orphan directory is walked on its own
+		// (a directory is entered once per orphan walk, so a loop ends),
+		// and an orphan named inside another orphan directory is still an
+		// orphan of its own. The walks together scan at most
+		// maxOrphanDirScans directories.
+		scans, orphanWalk = 0, true
+		for _, ino := range orphans {
+			de := v.deletedEntry(e, "/$OrphanFiles/OrphanFile-"+strconv.FormatUint(uint64(ino), 10), ino)
+			de.Orphan = true
+			out.Deleted = append(out.Deleted, de)
+			if !de.MetaKnown || de.Realloc || de.Type != "dir" {
+				continue
+			}
+			if scans >= maxOrphanDirScans {
+				out.Problems = append(out.Problems, vmerr.Problem{Where: fmt.Sprintf("%s: orphan directory %s", v.ID, de.Path), Offset: -1,
+					Err: fmt.Errorf("not entered: the orphan directories took %d directory scans: %w", scans, ext4.ErrCorrupt)})
+				continue
+			}
+			seen = inoSet{}
+			stack = append(stack, dir{ino, de.Path, true})
+			if err := walk(); err != nil {
+				return nil, err
+			}
 		}
 	}
 	sort.SliceStable(out.Deleted, func(i, j int) bool {
@@ -215,6 +255,12 @@ func (v *Volume) WithInodeTables(ctx context.Context, budget int64) (*Volume, er
 	nv.FS = extFS{t}
 	return &nv, nil
 }
+
+// maxOrphanDirScans bounds the directory scans of the walks of orphan
+// directories: each orphan directory is walked on its own, so hostile
+// directories naming each other could make the work grow as the square
+// of their number.
+const maxOrphanDirScans = 1 << 16
 
 // deletedEntry describes inode ino as it is now, found at path p.
 func (v *Volume) deletedEntry(e *ext4.FS, p string, ino uint32) Deleted {

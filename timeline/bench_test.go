@@ -29,11 +29,7 @@ func benchImage(b *testing.B) string {
 func BenchmarkTimeline(b *testing.B) {
 	p := benchImage(b)
 	for b.Loop() {
-		f, err := os.Open(p)
-		if err != nil {
-			b.Fatal(err)
-		}
-		v := openBench(b, f)
+		v, f := openBench(b, p)
 		recs, _, err := Collect(context.Background(), v, ".", "", nil)
 		if err != nil {
 			b.Fatal(err)
@@ -50,11 +46,7 @@ func BenchmarkTimeline(b *testing.B) {
 func BenchmarkScanDeleted(b *testing.B) {
 	p := benchImage(b)
 	for b.Loop() {
-		f, err := os.Open(p)
-		if err != nil {
-			b.Fatal(err)
-		}
-		v := openBench(b, f)
+		v, f := openBench(b, p)
 		if _, err := v.ScanDeleted(context.Background(), "."); err != nil {
 			b.Fatal(err)
 		}
@@ -62,8 +54,14 @@ func BenchmarkScanDeleted(b *testing.B) {
 	}
 }
 
-func openBench(b *testing.B, f *os.File) *fsparse.Volume {
+// openBench opens the image's filesystem as the commands do (the view
+// holding the inode tables); the caller closes the file.
+func openBench(b *testing.B, p string) (*fsparse.Volume, *os.File) {
 	b.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		b.Fatal(err)
+	}
 	st, err := f.Stat()
 	if err != nil {
 		b.Fatal(err)
@@ -79,5 +77,5 @@ func openBench(b *testing.B, f *os.File) *fsparse.Volume {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return v
+	return v, f
 }

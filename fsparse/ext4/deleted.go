@@ -288,7 +288,7 @@ func (f *FS) ScanDirFunc(ino uint32, deleted bool, fn func(s *DirSlot, name []by
 	bs := f.bs
 	nblk := (in.Size + bs - 1) / bs
 	runBlocks := max(uint64(dirRunBytes)/bs, 1)
-	buf, done := dirRun(runBlocks * bs)
+	buf, done := dirRun(min(runBlocks, nblk) * bs)
 	defer done()
 	for _, e := range m.ext {
 		if e.Unwritten || e.Logical >= nblk {

@@ -68,18 +68,17 @@ func (f *FS) inodeByte(ino uint32) (int64, bool) {
 // dirRun is how many directory blocks are read with one ReadAt.
 const dirRunBytes = 256 << 10
 
-// dirRuns holds the buffers of directory reads (*[]byte of dirRunBytes),
-// reused from one directory to the next of a walk.
-var dirRuns = sync.Pool{New: func() any { b := make([]byte, dirRunBytes); return &b }}
+// dirRuns holds the buffers of directory reads (*[]byte, grown as needed
+// up to a run), reused from one directory to the next of a walk.
+var dirRuns = sync.Pool{New: func() any { return new([]byte) }}
 
-// dirRun returns a buffer of n ≤ dirRunBytes bytes (a block of up to
-// 64 KiB when blocks are larger than a run) and the function that gives it
-// back.
+// dirRun returns a buffer of n bytes (a run, or one block when blocks
+// are larger than a run) and the function that gives it back.
 func dirRun(n uint64) ([]byte, func()) {
-	if n > dirRunBytes {
-		return make([]byte, n), func() {}
-	}
 	p := dirRuns.Get().(*[]byte)
+	if uint64(cap(*p)) < n {
+		*p = make([]byte, n)
+	}
 	return (*p)[:n], func() { dirRuns.Put(p) }
 }
 
@@ -209,7 +208,7 @@ func (f *FS) walkDir(in *Inode, fn dirVisitor) error {
 	bs := f.bs
 	nblk := (in.Size + bs - 1) / bs
 	runBlocks := max(uint64(dirRunBytes)/bs, 1)
-	buf, done := dirRun(runBlocks * bs)
+	buf, done := dirRun(min(runBlocks, nblk) * bs)
 	defer done()
 	for _, e := range m.ext {
 		if e.Unwritten || e.Logical >= nblk {
