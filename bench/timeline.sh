@@ -26,7 +26,14 @@ echo "  only fls: TSK's virtual \$OrphanFiles directory: $(comm -13 "$T/v.body" 
 "$V" ls -r --deleted "$DEL" | sed 's/ (deleted\(-realloc\)\?)$//' | sort > "$T/v.del"
 fls -r -d -p "$DEL" | sed 's/^[^\t]*\t/\//' | sort > "$T/f.del"
 echo "deleted: vmscope $(wc -l < "$T/v.del") names, fls $(wc -l < "$T/f.del"); only vmscope: $(comm -23 "$T/v.del" "$T/f.del" | wc -l), only fls: $(comm -13 "$T/v.del" "$T/f.del" | wc -l)"
+# The same work without the process, for profiling (go test -cpuprofile):
+#   go test ./timeline/ -run '^$' -bench 'Timeline|ScanDeleted' (timeline/bench_test.go)
+load() { echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) CPUs)"; }
 echo "== timeline: vmscope timeline (A) vs fls -r -m / (B)"
+load
 bench_vs 5 "$V timeline $DEL" "fls -r -m / $DEL"
+load
 echo "== deleted: vmscope ls -r --deleted (A) vs fls -r -d (B)"
+load
 bench_vs 5 "$V ls -r --deleted $DEL" "fls -r -d $DEL"
+load

@@ -65,7 +65,8 @@ var ErrNoDeleted = vmerr.New("fsparse: deleted files are found on ext2/3/4 only"
 // records a delete leaves in directory slack, or whose inode it cleared),
 // enters deleted directories whose freed inode still maps their blocks,
 // and, when root is the filesystem's root, lists the inodes no name
-// reaches. Each deleted name carries the inode it names as it is now and
+// reaches, entering the orphan directories among them as fls -r does
+// (their records listed as /$OrphanFiles/OrphanFile-N/NAME). Each deleted name carries the inode it names as it is now and
 // whether that inode was reused. Bounded: each directory inode is scanned
 // once.
 func (v *Volume) ScanDeleted(ctx context.Context, root string) (*DeletedScan, error) {
@@ -81,59 +82,66 @@ func (v *Volume) ScanDeleted(ctx context.Context, root string) (*DeletedScan, er
 		return nil, fmt.Errorf("%s: %s: not a directory", v.ID, start.Path)
 	}
 	out := &DeletedScan{}
-	named := map[uint32]bool{}     // by any name, live or deleted
-	liveNamed := map[uint32]bool{} // by a live name
-	seen := map[uint32]bool{}
+	var named, liveNamed, seen inoSet // named: by any name, live or deleted
 	type dir struct {
 		ino     uint32
 		path    string
 		deleted bool
 	}
 	stack := []dir{{uint32(start.Ino), start.Path, false}}
-	named[uint32(start.Ino)], liveNamed[uint32(start.Ino)] = true, true
-	for len(stack) > 0 {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		d := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		if seen[d.ino] {
-			continue
-		}
-		seen[d.ino] = true
-		slots, err := e.ScanDir(d.ino, d.deleted)
-		if err != nil {
-			if !d.deleted {
-				out.Problems = append(out.Problems, vmerr.Problem{Where: fmt.Sprintf("%s: directory %s (inode %d)", v.ID, d.path, d.ino), Offset: -1, Err: err})
+	named.add(uint32(start.Ino))
+	liveNamed.add(uint32(start.Ino))
+	// walk scans the directories on the stack and those they lead to,
+	// counting the scans (bounded in the walks of orphan directories).
+	scans, orphanWalk := 0, false
+	walk := func() error {
+		for len(stack) > 0 {
+			if err := ctx.Err(); err != nil {
+				return err
 			}
-			continue
-		}
-		for _, s := range slots {
-			p := path.Join(d.path, EscapeName(s.Name))
-			if s.Ino != 0 {
-				named[s.Ino] = true
-			}
-			if !s.Deleted {
-				liveNamed[s.Ino] = true
-				isDir := s.TypeKnown && s.Type.IsDir()
-				if !s.TypeKnown {
-					if in, err := e.Inode(s.Ino); err == nil {
-						isDir = in.IsDir()
-					}
-				}
-				if isDir {
-					stack = append(stack, dir{s.Ino, p, false})
-				}
+			d := stack[len(stack)-1]
+			stack = stack[:len(stack)-1]
+			if seen.has(d.ino) {
 				continue
 			}
-			de := v.deletedEntry(e, p, s.Ino)
-			de.NameType, de.NameTypeKnown = s.Type, s.TypeKnown
-			de.Slack, de.Offset = s.Slack, s.Offset
-			out.Deleted = append(out.Deleted, de)
-			if de.MetaKnown && !de.Realloc && de.Type == "dir" {
-				stack = append(stack, dir{s.Ino, p, true})
+			seen.add(d.ino)
+			if scans++; orphanWalk && scans > maxOrphanDirScans {
+				stack = stack[:0]
+				return nil
+			}
+			err := e.ScanDirFunc(d.ino, d.deleted, func(s *ext4.DirSlot, name []byte) {
+				if s.Ino != 0 {
+					named.add(s.Ino)
+				}
+				if !s.Deleted {
+					liveNamed.add(s.Ino)
+					isDir := s.TypeKnown && s.Type.IsDir()
+					if !s.TypeKnown {
+						if in, err := e.Inode(s.Ino); err == nil {
+							isDir = in.IsDir()
+						}
+					}
+					if isDir {
+						stack = append(stack, dir{s.Ino, childPath(d.path, name), false})
+					}
+					return
+				}
+				de := v.deletedEntry(e, childPath(d.path, name), s.Ino)
+				de.NameType, de.NameTypeKnown = s.Type, s.TypeKnown
+				de.Slack, de.Offset = s.Slack, s.Offset
+				out.Deleted = append(out.Deleted, de)
+				if de.MetaKnown && !de.Realloc && de.Type == "dir" {
+					stack = append(stack, dir{s.Ino, de.Path, true})
+				}
+			})
+			if err != nil && !d.deleted {
+				out.Problems = append(out.Problems, vmerr.Problem{Where: fmt.Sprintf("%s: directory %s (inode %d)", v.ID, d.path, d.ino), Offset: -1, Err: err})
 			}
 		}
+		return nil
+	}
+	if err := walk(); err != nil {
+		return nil, err
 	}
 	if start.Ino == 2 {
 		onList := map[uint32]bool{}
@@ -145,13 +153,12 @@ func (v *Volume) ScanDeleted(ctx context.Context, root string) (*DeletedScan, er
 			}
 		}
 		first := e.Super().FirstIno
+		var orphans []uint32 // freed inodes no name names, in inode order
 		err := e.ScanInodes(func(ino uint32, alloc bool, ctime uint32, _ []byte) {
 			switch {
-			case !alloc && !named[ino] && ctime != 0:
-				de := v.deletedEntry(e, "/$OrphanFiles/OrphanFile-"+strconv.FormatUint(uint64(ino), 10), ino)
-				de.Orphan = true
-				out.Deleted = append(out.Deleted, de)
-			case alloc && ino >= first && !liveNamed[ino]:
+			case !alloc && !named.has(ino) && ctime != 0:
+				orphans = append(orphans, ino)
+			case alloc && ino >= first && !liveNamed.has(ino):
 				de := v.deletedEntry(e, "/$OrphanFiles/OrphanFile-"+strconv.FormatUint(uint64(ino), 10), ino)
 				de.Unlinked, de.OrphanList, de.Realloc = true, onList[ino], false
 				out.Unlinked = append(out.Unlinked, de)
@@ -159,6 +166,33 @@ func (v *Volume) ScanDeleted(ctx context.Context, root string) (*DeletedScan, er
 		})
 		if err != nil {
 			out.Problems = append(out.Problems, vmerr.Problem{Where: v.ID + ": inode tables", Offset: -1, Err: err})
+		}
+		// Each orphan is listed as the Sleuth Kit lists it, and an orphan
+		// directory whose freed inode still maps its blocks is entered as a
+		// deleted directory: its records name what it held, listed below
+		// it. As fls -r does, each orphan directory is walked on its own
+		// (a directory is entered once per orphan walk, so a loop ends),
+		// and an orphan named inside another orphan directory is still an
+		// orphan of its own. The walks together scan at most
+		// maxOrphanDirScans directories.
+		scans, orphanWalk = 0, true
+		for _, ino := range orphans {
+			de := v.deletedEntry(e, "/$OrphanFiles/OrphanFile-"+strconv.FormatUint(uint64(ino), 10), ino)
+			de.Orphan = true
+			out.Deleted = append(out.Deleted, de)
+			if !de.MetaKnown || de.Realloc || de.Type != "dir" {
+				continue
+			}
+			if scans >= maxOrphanDirScans {
+				out.Problems = append(out.Problems, vmerr.Problem{Where: fmt.Sprintf("%s: orphan directory %s", v.ID, de.Path), Offset: -1,
+					Err: fmt.Errorf("not entered: the orphan directories took %d directory scans: %w", scans, ext4.ErrCorrupt)})
+				continue
+			}
+			seen = inoSet{}
+			stack = append(stack, dir{ino, de.Path, true})
+			if err := walk(); err != nil {
+				return nil, err
+			}
 		}
 	}
 	sort.SliceStable(out.Deleted, func(i, j int) bool {
@@ -170,6 +204,63 @@ func (v *Volume) ScanDeleted(ctx context.Context, root string) (*DeletedScan, er
 	})
 	return out, nil
 }
+
+// childPath is path.Join(dir, EscapeName(name)).
+func childPath(dir string, name []byte) string {
+	return path.Join(dir, EscapeName(string(name)))
+}
+
+// inoSet is a set of inode numbers: a bitmap in pages of 4096 inodes,
+// made as they are first used, so its size follows what is added, not
+// the inode count a superblock claims.
+type inoSet map[uint32]*[64]uint64
+
+func (s *inoSet) add(ino uint32) {
+	if *s == nil {
+		*s = inoSet{}
+	}
+	p := (*s)[ino>>12]
+	if p == nil {
+		p = new([64]uint64)
+		(*s)[ino>>12] = p
+	}
+	p[ino>>6&63] |= 1 << (ino & 63)
+}
+
+func (s inoSet) has(ino uint32) bool {
+	p := s[ino>>12]
+	return p != nil && p[ino>>6&63]&(1<<(ino&63)) != 0
+}
+
+// TablesBudget is how many bytes of inode tables a walk of a whole tree
+// (timeline, deleted files) holds in memory by default: 512 MiB, the
+// tables of about two million used 256-byte inodes.
+const TablesBudget = 512 << 20
+
+// WithInodeTables returns v with its ext2/3/4 filesystem read through a
+// view that holds the inode tables and inode bitmaps in memory (see
+// ext4.FS.WithInodeTables), for walks over the whole tree: the timeline
+// and the deleted-file scan. Other filesystems, and tables larger than
+// budget bytes, give v itself.
+func (v *Volume) WithInodeTables(ctx context.Context, budget int64) (*Volume, error) {
+	e := v.Ext4()
+	if e == nil {
+		return v, nil
+	}
+	t, err := e.WithInodeTables(ctx, budget)
+	if err != nil || t == e {
+		return v, err
+	}
+	nv := *v
+	nv.FS = extFS{t}
+	return &nv, nil
+}
+
+// maxOrphanDirScans bounds the directory scans of the walks of orphan
+// directories: each orphan directory is walked on its own, so hostile
+// directories naming each other could make the work grow as the square
+// of their number.
+const maxOrphanDirScans = 1 << 16
 
 // deletedEntry describes inode ino as it is now, found at path p.
 func (v *Volume) deletedEntry(e *ext4.FS, p string, ino uint32) Deleted {
@@ -184,7 +275,7 @@ func (v *Volume) deletedEntry(e *ext4.FS, p string, ino uint32) Deleted {
 	}
 	m := in.FileMode()
 	de.Mode, de.Type = m, TypeName(m)
-	de.Perm = fmt.Sprintf("%04o", UnixPerm(m))
+	de.Perm = PermString(m)
 	de.Uid, de.Gid, de.Size, de.Links = in.Uid, in.Gid, int64(in.Size), uint32(in.Links)
 	de.Mtime, de.Atime, de.Ctime = in.Mtime, in.Atime, in.Ctime
 	if in.HasCrtime {

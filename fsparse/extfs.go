@@ -26,6 +26,20 @@ func openExt(dev io.ReaderAt, size int64) (Filesystem, error) {
 	return extFS{e}, nil
 }
 
+// permStrings holds "0000" to "7777": Entry.Perm of every permission word,
+// made once so a walk of many files does not format each.
+var permStrings = func() *[0o10000]string {
+	var t [0o10000]string
+	for p := range t {
+		t[p] = string([]byte{'0' + byte(p>>9&7), '0' + byte(p>>6&7), '0' + byte(p>>3&7), '0' + byte(p&7)})
+	}
+	return &t
+}()
+
+// PermString is UnixPerm(m) in four octal digits ("0755"), as Entry.Perm
+// shows it.
+func PermString(m fs.FileMode) string { return permStrings[UnixPerm(m)&0o7777] }
+
 // Ext4 returns the ext parser of the volume, or nil when the volume holds
 // another filesystem.
 func (v *Volume) Ext4() *ext4.FS {
@@ -69,7 +83,7 @@ func (x extFS) StatInode(p string, ino uint64) (Entry, error) {
 	m := in.FileMode()
 	e := Entry{
 		Path: p, Ino: ino, Mode: m, Type: TypeName(m),
-		Perm: fmt.Sprintf("%04o", UnixPerm(m)), Uid: in.Uid, Gid: in.Gid,
+		Perm: PermString(m), Uid: in.Uid, Gid: in.Gid,
 		Size: int64(in.Size), Links: uint32(in.Links),
 		Mtime: in.Mtime, Atime: in.Atime, Ctime: in.Ctime,
 	}

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/dustin/go-humanize"
 )
 
 // Plot geometry (SVG user units).
@@ -45,8 +47,21 @@ type findingRow struct {
 	Rule, Location, Inode, Size, SHA256, Strings, Time string
 }
 
+// imageRow is an image and, when the scan output gave it, its chain.
+type imageRow struct {
+	Path   string
+	Layers []layerRow
+}
+
+type layerRow struct {
+	Depth                  int
+	Path, Format           string
+	Size, Human            string
+	Backing, BackingFormat string
+}
+
 type page struct {
-	Images     []string
+	Images     []imageRow
 	Summary    string
 	Groups     []sevGroup
 	NFindings  int
@@ -91,10 +106,30 @@ func (in *Input) findingTime(f *Finding) (time.Time, bool) {
 	return best, ok
 }
 
+// imageRows lists the images, each with its chain (top first).
+func (in *Input) imageRows() []imageRow {
+	var out []imageRow
+	for _, im := range in.Images {
+		r := imageRow{Path: im}
+		for _, c := range in.Chains {
+			if c.Image != im {
+				continue
+			}
+			for d, l := range c.Layers {
+				r.Layers = append(r.Layers, layerRow{Depth: d, Path: l.Path, Format: l.Format,
+					Size: strconv.FormatInt(l.VirtualSize, 10), Human: humanize.IBytes(uint64(max(l.VirtualSize, 0))),
+					Backing: l.Backing, BackingFormat: l.BackingFormat})
+			}
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
 // Render writes the report page for in.
 func Render(w io.Writer, in *Input) error {
 	in.sortAll()
-	p := page{Images: in.Images, Changes: in.Changes, NFindings: len(in.Findings), NEvents: len(in.Events),
+	p := page{Images: in.imageRows(), Changes: in.Changes, NFindings: len(in.Findings), NEvents: len(in.Events),
 		W: ftoa(plotW), L: ftoa(plotL), H: ftoa(plotH), ViewBox: fmt.Sprintf("0 0 %s %s", ftoa(plotL+plotW+20), ftoa(plotH+30))}
 	if in.Summary != nil {
 		p.Summary = fmt.Sprintf("%v files scanned, %v findings in %v files, %v errors", in.Summary["files"], in.Summary["findings"], in.Summary["matched_files"], in.Summary["errors"])
@@ -195,7 +230,11 @@ circle.ev{fill:#36c;fill-opacity:.55}line.find{stroke:#d00;stroke-width:2}
 text{font:11px sans-serif;fill:#444}.note{color:#666}
 </style></head><body>
 <h1>vmscope report</h1>
-<section id="images"><h2>Image</h2><ul>{{range .Images}}<li><code>{{.}}</code></li>{{end}}</ul>
+<section id="images"><h2>The image and its chain</h2>
+{{range .Images}}<h3 class="image"><code>{{.Path}}</code></h3>
+{{if .Layers}}<table class="chain"><tr><th>depth</th><th>file</th><th>format</th><th>virtual size</th><th>backing file</th></tr>
+{{range .Layers}}<tr class="layer" data-path="{{.Path}}" data-format="{{.Format}}" data-size="{{.Size}}" data-backing="{{.Backing}}"><td>{{.Depth}}</td><td><code>{{.Path}}</code></td><td>{{.Format}}</td><td>{{.Human}} ({{.Size}} bytes)</td><td>{{if .Backing}}<code>{{.Backing}}</code> ({{.BackingFormat}}){{else}}none: the base{{end}}</td></tr>
+{{end}}</table>{{else}}<p class="note">The input gives no chain for this image.</p>{{end}}{{end}}
 {{with .Summary}}<p id="summary">{{.}}</p>{{end}}</section>
 <section id="findings"><h2>Findings ({{.NFindings}})</h2>
 {{range .Groups}}<h3 class="sev-{{.Severity}}">{{.Severity}} ({{len .Findings}})</h3>

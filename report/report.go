@@ -77,9 +77,26 @@ type Event struct {
 	Source string    `json:"source,omitempty"`
 }
 
+// Layer is one file of an image's backing chain, as the summary line of
+// scan --format ndjson lists it (top first).
+type Layer struct {
+	Path          string `json:"path"`
+	Format        string `json:"format"`
+	VirtualSize   int64  `json:"virtual_size"`
+	Backing       string `json:"backing,omitempty"`
+	BackingFormat string `json:"backing_format,omitempty"`
+}
+
+// Chain is the backing chain of one scanned image.
+type Chain struct {
+	Image  string  `json:"image"`
+	Layers []Layer `json:"layers"`
+}
+
 // Input is everything a report shows.
 type Input struct {
 	Images   []string
+	Chains   []Chain
 	Findings []Finding
 	Summary  map[string]any
 	Changes  []Change
@@ -125,7 +142,15 @@ func (in *Input) Read(r io.Reader, name string) error {
 			err = json.Unmarshal(line, &f)
 			in.Findings = append(in.Findings, f)
 		case probe.Type != nil && *probe.Type == "summary":
-			err = json.Unmarshal(line, &in.Summary)
+			var c struct {
+				Chain []Layer `json:"chain"`
+			}
+			if err = json.Unmarshal(line, &in.Summary); err == nil {
+				err = json.Unmarshal(line, &c)
+			}
+			if err == nil && len(c.Chain) > 0 {
+				in.addChain(Chain{Image: probe.Image, Layers: c.Chain})
+			}
 		case probe.Type != nil:
 			// errors, skipped files, module prefixes: counted in the summary
 		default:
@@ -139,6 +164,17 @@ func (in *Input) Read(r io.Reader, name string) error {
 		}
 	}
 	return sc.Err()
+}
+
+// addChain keeps the chain of an image, once (the first summary line of
+// the image gives it).
+func (in *Input) addChain(c Chain) {
+	for _, x := range in.Chains {
+		if x.Image == c.Image {
+			return
+		}
+	}
+	in.Chains = append(in.Chains, c)
 }
 
 func (in *Input) addImage(p string) {
@@ -162,6 +198,7 @@ func sevRank(s string) int {
 // sortAll puts every list in its shown, deterministic order.
 func (in *Input) sortAll() {
 	sort.Strings(in.Images)
+	sort.SliceStable(in.Chains, func(i, j int) bool { return in.Chains[i].Image < in.Chains[j].Image })
 	sort.SliceStable(in.Findings, func(i, j int) bool {
 		a, b := &in.Findings[i], &in.Findings[j]
 		if ra, rb := sevRank(a.Severity()), sevRank(b.Severity()); ra != rb {

@@ -36,12 +36,15 @@ var Formats = []string{FormatTable, FormatJSON, FormatNDJSON, FormatSARIF}
 const SchemaVersion = "vmscope.scan/v1"
 
 // ImageInfo describes the scanned image; the caller fills it (Scan does not
-// know about images). Layers is the backing chain, top first.
+// know about images). Layers is the backing chain, top first, as the JSON
+// document lists it; Chain is the same chain with each layer's size and
+// backing file, as the NDJSON summary line lists it.
 type ImageInfo struct {
 	Path        string
 	Format      string
 	Size        int64
 	Layers      []LayerInfo
+	Chain       []ChainLayer
 	Filesystems []FSInfo
 }
 
@@ -49,6 +52,18 @@ type ImageInfo struct {
 type LayerInfo struct {
 	Path   string `json:"path"`
 	Format string `json:"format"`
+}
+
+// ChainLayer is one file of the backing chain in the NDJSON summary: its
+// path (as opened), format, the virtual disk size it presents, and the
+// file below it (its path as opened, resolved as QEMU resolves the name
+// the file records, and that file's format; empty for the base).
+type ChainLayer struct {
+	Path          string `json:"path"`
+	Format        string `json:"format"`
+	VirtualSize   int64  `json:"virtual_size"`
+	Backing       string `json:"backing,omitempty"`
+	BackingFormat string `json:"backing_format,omitempty"`
 }
 
 // FSInfo is one scanned filesystem.
@@ -275,10 +290,11 @@ type ndModulePrefix struct {
 }
 
 type ndSummary struct {
-	Type   string    `json:"type"`
-	Schema string    `json:"schema"`
-	Image  string    `json:"image"`
-	Rules  jsonRules `json:"rules"`
+	Type   string       `json:"type"`
+	Schema string       `json:"schema"`
+	Image  string       `json:"image"`
+	Chain  []ChainLayer `json:"chain,omitempty"`
+	Rules  jsonRules    `json:"rules"`
 	jsonSummary
 }
 
@@ -311,7 +327,7 @@ func (r *Report) WriteNDJSON(w io.Writer) error {
 			return err
 		}
 	}
-	if err := enc.Encode(ndSummary{"summary", SchemaVersion, img, r.rulesInfo(), summaryJSON(res.Summary)}); err != nil {
+	if err := enc.Encode(ndSummary{"summary", SchemaVersion, img, r.Image.Chain, r.rulesInfo(), summaryJSON(res.Summary)}); err != nil {
 		return err
 	}
 	return bw.Flush()

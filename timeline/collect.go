@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
+	"slices"
 
 	"github.com/vmscope/vmscope/fsparse"
 )
@@ -37,6 +38,14 @@ func Walk(ctx context.Context, v *fsparse.Volume, root, prefix string, recs []Re
 	start, err := v.Lstat(root)
 	if err != nil {
 		return recs, nil, err
+	}
+	if e := v.Ext4(); e != nil && root == "." {
+		// Room for every inode in use, so the records are not copied as
+		// they grow (capped: the counts come from the superblock).
+		sb := e.Super()
+		if sb.FreeInodes < sb.InodesCount {
+			recs = slices.Grow(recs, int(min(sb.InodesCount-sb.FreeInodes, 1<<20)))
+		}
 	}
 	var probs []Problem
 	err = v.Walk(ctx, root, func(e fsparse.Entry, err error) error {
@@ -95,4 +104,30 @@ func WalkDeleted(ctx context.Context, v *fsparse.Volume, root, prefix string, re
 		recs = append(recs, FromDeleted(prefix, &s.Deleted[i]))
 	}
 	return recs, probs, nil
+}
+
+// Collect appends the records of Walk and then those of WalkDeleted for
+// root on v, and returns the problems of both in that order: the same
+// result as calling the two in turn. The two run at once, on their own
+// goroutines (both read v, which is safe for concurrent use).
+func Collect(ctx context.Context, v *fsparse.Volume, root, prefix string, recs []Record) ([]Record, []Problem, error) {
+	var (
+		del      []Record
+		delProbs []Problem
+		delErr   error
+		done     = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		del, delProbs, delErr = WalkDeleted(ctx, v, root, prefix, nil)
+	}()
+	recs, probs, err := Walk(ctx, v, root, prefix, recs)
+	<-done
+	if err != nil {
+		return recs, nil, err
+	}
+	if delErr != nil {
+		return recs, nil, delErr
+	}
+	return append(recs, del...), append(probs, delProbs...), nil
 }

@@ -26,7 +26,7 @@ import (
 var tskImages = []string{
 	"out/ext4.img", "out/ext4-changed.img", "out/ext3.img", "out/ext2.img", "out/ext4-128.img",
 	"out/ext4-inline.img", "out/ext4-64k.img", "out/ext4-nocsum-1k.img", "out/ext4-frag.img",
-	"out-ir/realtree.img", "out-ir/del-debugfs.img", "out-ir/del-kernel.img",
+	"out-ir/realtree.img", "out-ir/del-debugfs.img", "out-ir/del-kernel.img", "out-ir/orphan-dir.img",
 }
 
 // mactimeOn are the images on which mactime runs over both body files.
@@ -485,7 +485,7 @@ func containsTSKName(b []byte, name string) bool {
 // with deletions; TSK-only lines are bytes of htree index blocks (named
 // class, checked).
 func TestDeletedMatchesFls(t *testing.T) {
-	for _, rel := range []string{"out-ir/del-debugfs.img", "out-ir/del-kernel.img", "out/ext4-frag.img", "out/ext4-changed.img", "out/ext4.img", "out/ext4-nocsum-1k.img"} {
+	for _, rel := range []string{"out-ir/del-debugfs.img", "out-ir/del-kernel.img", "out-ir/orphan-dir.img", "out/ext4-frag.img", "out/ext4-changed.img", "out/ext4.img", "out/ext4-nocsum-1k.img"} {
 		t.Run(filepath.Base(rel), func(t *testing.T) {
 			img := imagePath(t, rel)
 			v := openVolume(t, img)
@@ -541,7 +541,7 @@ func TestDeletedMatchesFls(t *testing.T) {
 // those `ils -a` lists as allocated, less the inodes `fls -r` names, less
 // the reserved inodes below s_first_ino.
 func TestUnlinkedMatchesIls(t *testing.T) {
-	for _, rel := range []string{"out-ir/del-debugfs.img", "out-ir/del-kernel.img", "out/ext4-frag.img"} {
+	for _, rel := range []string{"out-ir/del-debugfs.img", "out-ir/del-kernel.img", "out-ir/orphan-dir.img", "out/ext4-frag.img"} {
 		t.Run(filepath.Base(rel), func(t *testing.T) {
 			img := imagePath(t, rel)
 			v := openVolume(t, img)

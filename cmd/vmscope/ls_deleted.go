@@ -40,7 +40,11 @@ func runLsDeleted(ctx context.Context, image string, paths []string, f *lsFlags,
 			fmt.Fprintf(errOut, "vmscope: %s\n", msg)
 			continue
 		}
-		scan, err := t.v.ScanDeleted(ctx, t.name)
+		v, err := t.v.WithInodeTables(ctx, fsparse.TablesBudget)
+		if err != nil {
+			return err
+		}
+		scan, err := v.ScanDeleted(ctx, t.name)
 		if err != nil {
 			return err
 		}

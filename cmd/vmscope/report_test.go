@@ -3,12 +3,14 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"html"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -18,16 +20,19 @@ import (
 )
 
 // TestReportInChromium builds the report from real outputs of the
-// fixtures (scan of scan.qcow2, diff of ext4.img and ext4-changed.img,
-// timeline of scan.qcow2), checks that the same inputs give the same
-// bytes, then opens it in headless Chromium (Debian's chromium) behind a
-// recording proxy and reads the DOM it built: one row per finding, one
-// circle per timeline event in the plotted window, one red line per
-// finding whose file has a modification time, one row per change; the
-// proxy sees no request (and does see the one of a control page, so the
-// check can fail). The screenshot is kept in testdata/out-ir-artifacts/.
+// fixtures (scan of scan-overlay.qcow2, a qcow2 overlay on scan.qcow2;
+// diff of ext4.img and ext4-changed.img; timeline of the overlay), checks
+// that the same inputs give the same bytes, then opens it in headless
+// Chromium (Debian's chromium) behind a recording proxy and reads the DOM
+// it built: one row per layer of the image's chain, each equal to what
+// `qemu-img info --backing-chain --output=json` says of that file (path,
+// format, virtual size, backing file); one row per finding, one circle per
+// timeline event in the plotted window, one red line per finding whose
+// file has a modification time, one row per change; the proxy sees no
+// request (and does see the one of a control page, so the check can
+// fail). The screenshot is kept in testdata/out-ir-artifacts/.
 func TestReportInChromium(t *testing.T) {
-	scanImg := fixture.Path(t, "scan.qcow2")
+	scanImg := fixture.Path(t, "scan-overlay.qcow2")
 	a, b := fixture.Path(t, "ext4.img"), fixture.Path(t, "ext4-changed.img")
 	chromium := fixture.Tool(t, "chromium")
 	dir := t.TempDir()
@@ -165,6 +170,7 @@ func TestReportInChromium(t *testing.T) {
 		t.Errorf("the report made %d requests", n)
 	}
 	count := func(re string) int { return len(regexp.MustCompile(re).FindAllString(dom, -1)) }
+	checkChain(t, scanImg, dom)
 	if n := count(`<tr class="finding"`); n != len(findings) {
 		t.Errorf("%d finding rows, %d findings", n, len(findings))
 	}
@@ -195,5 +201,53 @@ func TestReportInChromium(t *testing.T) {
 	browse("--dump-dom", "file://"+ctl)
 	if requests.Load() == 0 {
 		t.Fatal("the proxy saw no request of the control page: the network check cannot fail")
+	}
+}
+
+// checkChain compares the chain rows of the report's DOM with what
+// qemu-img info --backing-chain says of img: one row per file, top first,
+// with its path, format, virtual size and backing file.
+func checkChain(t *testing.T, img, dom string) {
+	t.Helper()
+	out, err := exec.Command(fixture.Tool(t, "qemu-img"), "info", "--backing-chain", "--output=json", img).Output()
+	if err != nil {
+		t.Fatalf("qemu-img info: %v", err)
+	}
+	var want []struct {
+		Filename    string `json:"filename"`
+		Format      string `json:"format"`
+		VirtualSize int64  `json:"virtual-size"`
+		FullBacking string `json:"full-backing-filename"`
+	}
+	if err := json.Unmarshal(out, &want); err != nil {
+		t.Fatal(err)
+	}
+	if len(want) < 2 {
+		t.Fatalf("%s: a chain of %d files proves nothing", img, len(want))
+	}
+	canon := func(p string) string {
+		if p == "" {
+			return ""
+		}
+		a, err := filepath.Abs(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r, err := filepath.EvalSymlinks(a); err == nil {
+			return r
+		}
+		return a
+	}
+	rows := regexp.MustCompile(`<tr class="layer" data-path="([^"]*)" data-format="([^"]*)" data-size="([^"]*)" data-backing="([^"]*)"`).FindAllStringSubmatch(dom, -1)
+	if len(rows) != len(want) {
+		t.Fatalf("%d chain rows, qemu-img lists %d files", len(rows), len(want))
+	}
+	for i, w := range want {
+		r := rows[i]
+		path, backing := canon(html.UnescapeString(r[1])), canon(html.UnescapeString(r[4]))
+		if path != canon(w.Filename) || r[2] != w.Format || r[3] != strconv.FormatInt(w.VirtualSize, 10) || backing != canon(w.FullBacking) {
+			t.Errorf("chain row %d: %s %s %s backing %q; qemu-img: %s %s %d backing %q",
+				i, path, r[2], r[3], backing, canon(w.Filename), w.Format, w.VirtualSize, canon(w.FullBacking))
+		}
 	}
 }

@@ -246,6 +246,11 @@ func reportImage(path string, im *disk.Image, d *fsparse.Disk) scan.ImageInfo {
 	info := scan.ImageInfo{Path: path, Format: string(im.Format()), Size: im.Size(), Filesystems: imagescan.Filesystems(d)}
 	for _, l := range im.Layers() {
 		info.Layers = append(info.Layers, scan.LayerInfo{Path: l.Name(), Format: l.Format()})
+		c := scan.ChainLayer{Path: l.Name(), Format: l.Format(), VirtualSize: l.Size()}
+		if b := l.Backing(); b != nil {
+			c.Backing, c.BackingFormat = b.Name(), b.Format()
+		}
+		info.Chain = append(info.Chain, c)
 	}
 	return info
 }

@@ -3,6 +3,7 @@ package ext4
 import (
 	"fmt"
 	"io/fs"
+	"slices"
 )
 
 // Deleted files. A delete leaves traces the live view does not show:
@@ -78,6 +79,16 @@ func ScanSlack(b []byte, from, to, bs int, inodes uint32, filetype bool, fn func
 	}
 	for pos := from; pos+12 <= to; {
 		ino := le32(b, pos)
+		if ino == 0 || ino > inodes {
+			// Not a record here. Most slack is zeros: skip them 8 bytes
+			// (two positions) at a time.
+			if ino == 0 && le32(b, pos+4) == 0 {
+				pos += 8
+			} else {
+				pos += 4
+			}
+			continue
+		}
 		rl := recLen(le16(b, pos+4), bs)
 		var nl int
 		var ft uint8
@@ -174,7 +185,7 @@ func (m *blockMap) phys(lb uint64) (uint64, bool) {
 // in each record's slack. allDeleted marks every record deleted (the
 // block of a deleted directory). A broken chain ends the chain walk of
 // the block; what lies past the break is scanned as slack.
-func (f *FS) scanChunk(b []byte, base int64, first, allDeleted bool, fn func(DirSlot)) {
+func (f *FS) scanChunk(b []byte, base int64, first, allDeleted bool, fn func(*DirSlot, []byte)) {
 	filetype := f.sb.FeatureIncompat&incompatFiletype != 0
 	at := func(off int) int64 {
 		if base < 0 {
@@ -187,7 +198,7 @@ func (f *FS) scanChunk(b []byte, base int64, first, allDeleted bool, fn func(Dir
 		if !filetype {
 			ok = false
 		}
-		fn(DirSlot{Name: string(name), Ino: ino, Type: t, TypeKnown: ok, Offset: at(off), Deleted: deleted, Slack: slack})
+		fn(&DirSlot{Ino: ino, Type: t, TypeKnown: ok, Offset: at(off), Deleted: deleted, Slack: slack}, name)
 	}
 	slack := func(from, to int) {
 		ScanSlack(b, from, to, len(b), f.sb.InodesCount, filetype, func(r SlackRecord) {
@@ -233,54 +244,79 @@ func (f *FS) scanChunk(b []byte, base int64, first, allDeleted bool, fn func(Dir
 // map is the stale one its freed inode still holds. Blocks that cannot be
 // read are skipped; an error means the directory cannot be read at all.
 func (f *FS) ScanDir(ino uint32, deleted bool) ([]DirSlot, error) {
-	in, err := f.Inode(ino)
+	var out []DirSlot
+	err := f.ScanDirFunc(ino, deleted, func(s *DirSlot, name []byte) {
+		s.Name = string(name)
+		out = append(out, *s)
+	})
 	if err != nil {
 		return nil, err
 	}
-	if !in.IsDir() {
-		return nil, fmt.Errorf("ext4: inode %d: %w", ino, ErrNotDir)
+	return out, nil
+}
+
+// ScanDirFunc is ScanDir without the list: fn gets each record in turn,
+// with s.Name empty and name its bytes (both valid during the call only).
+// The directory's blocks are read in runs of up to 256 KiB.
+func (f *FS) ScanDirFunc(ino uint32, deleted bool, fn func(s *DirSlot, name []byte)) error {
+	in, err := f.Inode(ino)
+	if err != nil {
+		return err
 	}
-	var out []DirSlot
-	add := func(s DirSlot) { out = append(out, s) }
+	if !in.IsDir() {
+		return fmt.Errorf("ext4: inode %d: %w", ino, ErrNotDir)
+	}
 	if in.HasInlineData() {
 		base := int64(-1)
 		if o, ok := f.inodeByte(ino); ok {
 			base = o + 40 + 4
 		}
-		f.scanChunk(in.block[4:], base, false, deleted, add)
+		f.scanChunk(in.block[4:], base, false, deleted, fn)
 		if val, ok, err := in.findXattr(7, "data"); err == nil && ok && len(val) > 0 {
-			f.scanChunk(val, -1, false, deleted, add)
+			f.scanChunk(val, -1, false, deleted, fn)
 		}
-		return out, nil
+		return nil
 	}
 	if err := f.checkSize(in); err != nil {
-		return nil, err
+		return err
 	}
 	m, err := f.mapInode(in)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	index := f.htreeIndex(in, m)
-	nblk := (in.Size + f.bs - 1) / f.bs
-	b := make([]byte, f.bs)
+	bs := f.bs
+	nblk := (in.Size + bs - 1) / bs
+	runBlocks := max(uint64(dirRunBytes)/bs, 1)
+	buf, done := dirRun(min(runBlocks, nblk) * bs)
+	defer done()
 	for _, e := range m.ext {
 		if e.Unwritten || e.Logical >= nblk {
 			continue
 		}
-		for i := uint64(0); i < min(e.Len, nblk-e.Logical); i++ {
-			lb := e.Logical + i
-			if index[lb] {
-				// The htree root ("." and "..", whose record covers the
-				// index) and index nodes: no other records.
-				continue
+		n := min(e.Len, nblk-e.Logical)
+		for i := uint64(0); i < n; i += runBlocks {
+			k := min(runBlocks, n-i)
+			b := buf[:k*bs]
+			// A run that cannot be read whole is read block by block,
+			// so only its unreadable blocks are skipped.
+			whole := f.readBlocks(b, e.Physical+i) == nil
+			for j := uint64(0); j < k; j++ {
+				lb, pb := e.Logical+i+j, e.Physical+i+j
+				if index[lb] {
+					// The htree root ("." and "..", whose record covers the
+					// index) and index nodes: no other records.
+					continue
+				}
+				blk := b[j*bs : (j+1)*bs]
+				if !whole && f.readBlocks(blk, pb) != nil {
+					continue
+				}
+				f.scanChunk(blk, int64(pb*bs), lb == 0, deleted, fn)
 			}
-			if f.readBlocks(b, e.Physical+i) != nil {
-				continue
-			}
-			f.scanChunk(b, int64((e.Physical+i)*f.bs), lb == 0, deleted, add)
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // InodeAllocated reports whether inode ino is marked in use in its group's
@@ -298,6 +334,9 @@ func (f *FS) InodeAllocated(ino uint32) (bool, error) {
 	}
 	if f.bgFlags[g]&bgInodeUninit != 0 && sb.FeatureROCompat&(rocompatGdtCsum|rocompatMetadataCsum) != 0 {
 		return false, nil
+	}
+	if bm := f.inodeBitmap(g); bm != nil {
+		return bm[i/8]&(1<<(i%8)) != 0, nil
 	}
 	var c [1]byte
 	if err := f.readAt(c[:], int64(f.ibitmap[g]*f.bs)+int64(i/8)); err != nil {
@@ -341,6 +380,9 @@ func (f *FS) InodeBitmap(g uint32) ([]byte, error) {
 	if g >= f.ngroup || f.ibitmap[g] == 0 {
 		return nil, fmt.Errorf("ext4: inode bitmap of group %d: %w", g, ErrCorrupt)
 	}
+	if bm := f.inodeBitmap(g); bm != nil {
+		return slices.Clone(bm), nil
+	}
 	b := make([]byte, (sb.InodesPerGroup+7)/8)
 	if f.bgFlags[g]&bgInodeUninit != 0 && sb.FeatureROCompat&(rocompatGdtCsum|rocompatMetadataCsum) != 0 {
 		return b, nil
@@ -370,11 +412,14 @@ func (f *FS) ScanInodes(fn func(ino uint32, allocated bool, ctime uint32, raw []
 			continue
 		}
 		used := uint64(f.itUsed[g])
+		mem := f.rawInode(g, 0) != nil
 		for i := uint64(0); i < used; {
 			n := min(used-i, run/isz)
 			b := buf[:n*isz]
 			off := int64(f.itable[g]*f.bs + i*isz)
-			if err := f.readAt(b, off); err != nil {
+			if mem {
+				b = f.tables.table[g][i*isz : (i+n)*isz]
+			} else if err := f.readAt(b, off); err != nil {
 				firstErr = cmpOr(firstErr, fmt.Errorf("ext4: inode table of group %d at byte %d: %w", g, off, err))
 				break
 			}

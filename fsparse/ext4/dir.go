@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"strings"
+	"sync"
 
 	"github.com/vmscope/vmscope/vmerr"
 )
@@ -66,6 +67,20 @@ func (f *FS) inodeByte(ino uint32) (int64, bool) {
 
 // dirRun is how many directory blocks are read with one ReadAt.
 const dirRunBytes = 256 << 10
+
+// dirRuns holds the buffers of directory reads (*[]byte, grown as needed
+// up to a run), reused from one directory to the next of a walk.
+var dirRuns = sync.Pool{New: func() any { return new([]byte) }}
+
+// dirRun returns a buffer of n bytes (a run, or one block when blocks
+// are larger than a run) and the function that gives it back.
+func dirRun(n uint64) ([]byte, func()) {
+	p := dirRuns.Get().(*[]byte)
+	if uint64(cap(*p)) < n {
+		*p = make([]byte, n)
+	}
+	return (*p)[:n], func() { dirRuns.Put(p) }
+}
 
 func direntType(t uint8) (fs.FileMode, bool) {
 	switch t {
@@ -193,7 +208,8 @@ func (f *FS) walkDir(in *Inode, fn dirVisitor) error {
 	bs := f.bs
 	nblk := (in.Size + bs - 1) / bs
 	runBlocks := max(uint64(dirRunBytes)/bs, 1)
-	var buf []byte
+	buf, done := dirRun(min(runBlocks, nblk) * bs)
+	defer done()
 	for _, e := range m.ext {
 		if e.Unwritten || e.Logical >= nblk {
 			continue
@@ -201,9 +217,6 @@ func (f *FS) walkDir(in *Inode, fn dirVisitor) error {
 		n := min(e.Len, nblk-e.Logical)
 		for i := uint64(0); i < n; i += runBlocks {
 			k := min(runBlocks, n-i)
-			if uint64(cap(buf)) < k*bs {
-				buf = make([]byte, k*bs)
-			}
 			b := buf[:k*bs]
 			pb := e.Physical + i
 			if err := f.readBlocks(b, pb); err != nil {

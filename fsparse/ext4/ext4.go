@@ -358,6 +358,9 @@ type FS struct {
 	// (0 when out of range), bgFlags its bg_flags.
 	ibitmap, bbitmap []uint64
 	bgFlags          []uint16
+	// tables, in a view made by WithInodeTables, holds the inode tables
+	// and inode bitmaps in memory.
+	tables *inodeTables
 }
 
 // Open reads the superblock at byte 1024 of r and the group descriptor

@@ -55,7 +55,8 @@ type Inode struct {
 	xattr []byte
 }
 
-// Inode reads inode ino (1 ≤ ino ≤ InodesCount) with one small read.
+// Inode reads inode ino (1 ≤ ino ≤ InodesCount) with one small read, or
+// from memory in a view made by WithInodeTables.
 func (f *FS) Inode(ino uint32) (*Inode, error) {
 	sb := f.sb
 	if ino < 1 || ino > sb.InodesCount {
@@ -65,6 +66,9 @@ func (f *FS) Inode(ino uint32) (*Inode, error) {
 	idx := (ino - 1) % sb.InodesPerGroup
 	if g >= f.ngroup {
 		return nil, fmt.Errorf("ext4: inode %d in group %d of %d: %w", ino, g, f.ngroup, ErrCorrupt)
+	}
+	if raw := f.rawInode(g, idx); raw != nil {
+		return f.parseInode(ino, raw)
 	}
 	off := f.itable[g]*f.bs + uint64(idx)*uint64(sb.InodeSize)
 	raw := make([]byte, sb.InodeSize)

@@ -14,6 +14,11 @@
 #                    changed there: report.txt appended to (27 bytes) and touched to
 #                    2020-05-06 07:08:09 UTC, docs/draft.txt made, synced; then rm, rm -r, mv, new files; synced
 #                    and unmounted (the journal keeps the first transactions' copies)
+#   orphan-dir.img   directories made orphans by debugfs: /odir (holding a.txt and
+#                    inner/b.txt, and inner/loop, a second name for /odir) and /odir2
+#                    (holding c.txt) unlinked, their names overwritten by new files,
+#                    then odir, odir/inner and odir2 freed (kill_file): fls -r lists each
+#                    under $OrphanFiles with what it holds
 #   kept/            the content of every deleted file before its deletion (by name)
 #   tree/            the source tree of both del-*.img
 set -euo pipefail
@@ -109,6 +114,22 @@ sync
 umount "$mnt"
 rmdir "$mnt"
 trap - EXIT
+
+# --- orphan-dir.img: directories no name reaches, freed with their blocks mapped ---
+mkdir -p otree/keep otree/odir/inner otree/odir2
+echo hello > otree/odir/a.txt; echo world > otree/odir/inner/b.txt
+echo x > otree/odir2/c.txt; echo k > otree/keep/k.txt
+touch -d '2021-03-04 05:06:07' otree/odir/a.txt
+mkfs -t ext4 -b 4096 -U 7d2a0b5c-3b4e-4a8f-9cad-5e6f7a8b9ca2 -d otree orphan-dir.img 8M
+rm -rf otree
+ino() { debugfs -R "stat $1" orphan-dir.img 2>/dev/null | awk '/^Inode:/ {print $2; exit}'; }
+odir=$(ino /odir); inner=$(ino /odir/inner); odir2=$(ino /odir2)
+{
+  echo "cd /odir/inner"; echo "link <$odir> loop"; echo "cd /"
+  echo "unlink /odir"; echo "unlink /odir2"
+  for i in $(seq 1 12); do echo "write /dev/null /newfile-with-a-fairly-long-name-$i"; done
+  echo "kill_file <$odir2>"; echo "kill_file <$odir>"; echo "kill_file <$inner>"
+} | debugfs -w -f - orphan-dir.img >/dev/null 2>&1
 
 touch .done
 ln -sfn "$cache" "$out.tmp" && mv -T "$out.tmp" "$out"
