@@ -119,6 +119,13 @@ func afterNetstat(t *testing.T, l *injecttest.Guest, lv *live) {
 		if v.Status != "fail" || !hasReason(v, "", ":4444", "hidden from /proc/net", strconv.FormatUint(ncInode, 10)) {
 			t.Errorf("the listener hidden from /proc/net: %+v", v)
 		}
+		// a socket missing from the view before appeared during the
+		// operation: counted, not reported
+		late := &memView{socks: slices.DeleteFunc(slices.Clone(before.socks), func(s linux.Socket) bool { return s.Inode == ncInode })}
+		v = crossView(ctx, lv.k, Op{Kind: "netstat"}, &lie, nil, late)
+		if v.Status != "pass" || !hasReason(v, "socket tables in memory: ", "1 changed during the operation") {
+			t.Errorf("the listener missing from /proc/net and from the view before: %+v", v)
+		}
 		lie.Sockets = madeUp
 		v = crossView(ctx, lv.k, Op{Kind: "netstat"}, &lie, nil, before)
 		if v.Status != "fail" || len(v.Reasons) != 2 || !hasReason(v, "", "0.0.0.0:31337", "in none of the kernel's socket tables") {
@@ -191,6 +198,26 @@ func afterDcache(t *testing.T, l *injecttest.Guest, lv *live, disk *DiskView) {
 		v := crossView(ctx, lv.k, Op{Kind: "ls", Path: known}, &lie, nil, nil)
 		if v.Status != "fail" || !hasReason(v, "dentry cache: ", known+"/owned.txt", "hid it") {
 			t.Errorf("ls hiding owned.txt: %+v", v)
+		}
+		// the same answer when owned.txt was first cached during the
+		// operation (the view before has every child but it): a race,
+		// counted and not reported; with it there before, reported
+		before := viewBefore(ctx, lv.k, Op{Kind: "ls", Path: known}, &lie)
+		if len(before.kids) < n {
+			t.Fatalf("the view before holds %d children, want %d", len(before.kids), n)
+		}
+		v = crossView(ctx, lv.k, Op{Kind: "ls", Path: known}, &lie, nil, before)
+		if v.Status != "fail" {
+			t.Errorf("ls hiding owned.txt, cached before and after: %+v", v)
+		}
+		for a, key := range before.kids {
+			if strings.HasPrefix(key, "owned.txt ") {
+				delete(before.kids, a)
+			}
+		}
+		v = crossView(ctx, lv.k, Op{Kind: "ls", Path: known}, &lie, nil, before)
+		if v.Status != "pass" || !hasReason(v, "dentry cache: ", "1 dentries changed during the operation") {
+			t.Errorf("ls without owned.txt, which was cached only after: %+v", v)
 		}
 		lst := *st
 		s := *st.Stat

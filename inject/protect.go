@@ -174,7 +174,7 @@ func crossView(ctx context.Context, k *linux.Kernel, op Op, res *Result, disk *D
 	defer func() { v.Reasons = sortedReasons(fails, notes) }()
 	switch op.Kind {
 	case "ls", "stat", "cat":
-		note, compared := crossDcache(ctx, k, op, res, fail)
+		note, compared := crossDcache(ctx, k, op, res, before, fail)
 		if note != "" {
 			notes = append(notes, note)
 		}

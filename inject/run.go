@@ -197,7 +197,7 @@ func Run(ctx context.Context, t vmi.Tracer, c vmi.Controller, k *linux.Kernel, o
 		res.Calls, res.Steps = s.calls, s.steps
 		res.PausedMS = time.Since(start).Milliseconds()
 	}()
-	before := viewBefore(ctx, k, op) // memory view for the after-check, the guest paused
+	before := viewBefore(ctx, k, op, res) // memory view for the after-check, the guest paused
 	if err := s.begin(ctx); err != nil {
 		return res, s.rollback(ctx, res, err)
 	}

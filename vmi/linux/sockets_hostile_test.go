@@ -24,7 +24,7 @@ var (
 
 // guestBTF is the BTF of the fixture guest's kernel (Debian 6.1), from its
 // dump: hostile memory is laid out with the real kernel's layouts.
-func guestBTF(t *testing.T) *btf.Spec {
+func guestBTF(t testing.TB) *btf.Spec {
 	t.Helper()
 	p := guesttest.Path(t, guesttest.KASLR, guesttest.KdumpDump)
 	guestTypesOnce.Do(func() {
@@ -303,6 +303,7 @@ func seed(off uint64, v uint64) []byte {
 // fuzzer: the walk ends, keeps at most MaxSockets sockets of the known
 // protocols, and names every problem.
 func FuzzSockets(f *testing.F) {
+	guestBTF(f) // once per fuzzing process, before the per-input timeout
 	f.Add([]byte{})
 	f.Add(seed(hi+16, 0xffffffff))                    // ehash_mask
 	f.Add(seed(ehash, 0xffffffffbfe00000))            // bucket 0 points nowhere
@@ -334,6 +335,7 @@ func FuzzSockets(f *testing.F) {
 // fuzzer: the lookup ends, and a dentry it returns has a name of at most
 // NAME_MAX bytes.
 func FuzzDcache(f *testing.F) {
+	guestBTF(f)
 	f.Add([]byte{})
 	f.Add(seed(c1+32, 100000<<32))            // c1's name length (d_name at 32)
 	f.Add(seed(root+160, 0xffffffffbfe00000)) // root's children nowhere (d_subdirs at 160)
