@@ -361,6 +361,9 @@ func TestLiveGuest(t *testing.T) {
 		untouched(t, l, dummy, before)
 	})
 
+	t.Run("after-netstat", func(t *testing.T) { afterNetstat(t, l, lv) })
+	t.Run("after-dcache", func(t *testing.T) { afterDcache(t, l, lv, disk) })
+
 	t.Run("protect-before-and-full", func(t *testing.T) {
 		res, err := lv.runOn(t, Op{Kind: "stat", Path: "/mnt/data/known/hello.txt"}, Options{Protect: ProtectFull, Disk: disk})
 		if err != nil {

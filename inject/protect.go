@@ -157,61 +157,43 @@ func (d *DiskView) rel(p string) (string, bool) {
 	return "", false
 }
 
-// crossView compares the answer the guest's kernel gave with an
-// independent view: ls, stat and cat with the disk image, ps with the
-// task list walked in memory. A disagreement is a finding.
-func crossView(ctx context.Context, k *linux.Kernel, op Op, res *Result, disk *DiskView) Verdict {
-	v := Verdict{Phase: "after", Status: "pass"}
+// crossView compares the answer the guest's kernel gave with independent
+// views: ls, stat and cat with the disk image (when given) and the dentry
+// cache in memory, ps with the task list walked in memory, netstat with
+// the sockets of the kernel's hash tables in memory (before, the view
+// taken before the operation). A disagreement is a finding; each view
+// that ran adds a line saying what it compared (see after.go for the
+// memory views' rules).
+func crossView(ctx context.Context, k *linux.Kernel, op Op, res *Result, disk *DiskView, before *memView) (v Verdict) {
+	v = Verdict{Phase: "after", Status: "pass"}
+	var fails, notes []string
 	fail := func(f string, a ...any) {
 		v.Status = "fail"
-		v.Reasons = append(v.Reasons, fmt.Sprintf(f, a...))
+		fails = append(fails, fmt.Sprintf(f, a...))
 	}
+	defer func() { v.Reasons = sortedReasons(fails, notes) }()
 	switch op.Kind {
 	case "ls", "stat", "cat":
+		note, compared := crossDcache(ctx, k, op, res, before, fail)
+		if note != "" {
+			notes = append(notes, note)
+		}
 		var rel string
 		ok := false
 		if disk != nil {
 			rel, ok = disk.rel(op.Path)
 		}
 		if !ok {
-			v.Status = "skipped"
-			v.Reasons = []string{"no independent view of " + op.Path + " (give the disk image it is on)"}
+			notes = append(notes, "disk image: no view of "+op.Path+" (give the disk image it is on)")
+			if !compared && v.Status == "pass" {
+				v.Status = "skipped"
+			}
 			return v
 		}
-		switch op.Kind {
-		case "ls":
-			ents, err := disk.FS.ReadDir(rel)
-			if err != nil {
-				fail("disk image: %v", err)
-				return v
-			}
-			crossList(ents, res.Entries, fail)
-		case "stat":
-			e, err := disk.FS.Lstat(rel)
-			if err != nil {
-				fail("disk image: %v", err)
-				return v
-			}
-			st := res.Stat
-			if st.Ino != e.Ino || st.Size != e.Size || st.UID != e.Uid || st.GID != e.Gid || st.FileMode() != e.Mode || uint32(st.Nlink) != e.Links {
-				fail("stat of %s: the kernel says inode %d size %d uid %d gid %d mode %v links %d; the disk image says %d %d %d %d %v %d",
-					op.Path, st.Ino, st.Size, st.UID, st.GID, st.FileMode(), st.Nlink, e.Ino, e.Size, e.Uid, e.Gid, e.Mode, e.Links)
-			}
-		case "cat":
-			f, err := disk.FS.OpenFile(rel)
-			if err != nil {
-				fail("disk image: %v", err)
-				return v
-			}
-			h := sha256.New()
-			n, err := io.Copy(h, io.NewSectionReader(f, 0, f.Size()))
-			if err != nil {
-				fail("disk image: %v", err)
-				return v
-			}
-			if sum := hex.EncodeToString(h.Sum(nil)); sum != res.SHA256 || n != res.Size {
-				fail("content of %s: the kernel gave %d bytes (sha256 %s), the disk image holds %d (sha256 %s)", op.Path, res.Size, res.SHA256, n, sum)
-			}
+		n := len(fails)
+		crossDisk(disk, rel, op, res, fail)
+		if len(fails) == n {
+			notes = append(notes, "disk image: "+op.Path+" agrees")
 		}
 	case "ps":
 		tasks, _, err := k.Tasks(ctx, false)
@@ -240,11 +222,54 @@ func crossView(ctx context.Context, k *linux.Kernel, op Op, res *Result, disk *D
 		for _, pid := range hidden {
 			fail("pid %d (%s) is on the task list in memory but hidden from /proc", pid, inMem[pid])
 		}
+	case "netstat":
+		if note := crossNetstat(ctx, k, res, before, fail); note != "" {
+			notes = append(notes, note)
+		}
 	default:
 		v.Status = "skipped"
-		v.Reasons = []string{"no independent view of " + op.Kind + " yet"}
+		notes = append(notes, "no independent view of "+op.Kind+" yet")
 	}
 	return v
+}
+
+// crossDisk compares ls, stat or cat with the disk image's file at rel.
+func crossDisk(disk *DiskView, rel string, op Op, res *Result, fail func(string, ...any)) {
+	switch op.Kind {
+	case "ls":
+		ents, err := disk.FS.ReadDir(rel)
+		if err != nil {
+			fail("disk image: %v", err)
+			return
+		}
+		crossList(ents, res.Entries, fail)
+	case "stat":
+		e, err := disk.FS.Lstat(rel)
+		if err != nil {
+			fail("disk image: %v", err)
+			return
+		}
+		st := res.Stat
+		if st.Ino != e.Ino || st.Size != e.Size || st.UID != e.Uid || st.GID != e.Gid || st.FileMode() != e.Mode || uint32(st.Nlink) != e.Links {
+			fail("disk image: stat of %s: the kernel says inode %d size %d uid %d gid %d mode %v links %d; the disk image says %d %d %d %d %v %d",
+				op.Path, st.Ino, st.Size, st.UID, st.GID, st.FileMode(), st.Nlink, e.Ino, e.Size, e.Uid, e.Gid, e.Mode, e.Links)
+		}
+	case "cat":
+		f, err := disk.FS.OpenFile(rel)
+		if err != nil {
+			fail("disk image: %v", err)
+			return
+		}
+		h := sha256.New()
+		n, err := io.Copy(h, io.NewSectionReader(f, 0, f.Size()))
+		if err != nil {
+			fail("disk image: %v", err)
+			return
+		}
+		if sum := hex.EncodeToString(h.Sum(nil)); sum != res.SHA256 || n != res.Size {
+			fail("disk image: content of %s: the kernel gave %d bytes (sha256 %s), the disk image holds %d (sha256 %s)", op.Path, res.Size, res.SHA256, n, sum)
+		}
+	}
 }
 
 // crossList compares a listing with the disk image's directory.
@@ -262,9 +287,9 @@ func crossList(disk []fsparse.Entry, got []Entry, fail func(string, ...any)) {
 		ino, ok := seen[name]
 		switch {
 		case !ok:
-			fail("%s (inode %d) is on the disk but the kernel's getdents64 hid it", e.Path, e.Ino)
+			fail("disk image: %s (inode %d) is on the disk but the kernel's getdents64 hid it", e.Path, e.Ino)
 		case ino != e.Ino:
-			fail("%s: the kernel says inode %d, the disk %d", e.Path, ino, e.Ino)
+			fail("disk image: %s: the kernel says inode %d, the disk %d", e.Path, ino, e.Ino)
 		}
 	}
 	var extra []string
@@ -275,7 +300,7 @@ func crossList(disk []fsparse.Entry, got []Entry, fail func(string, ...any)) {
 	}
 	sort.Strings(extra)
 	for _, n := range extra {
-		fail("%s is listed by the kernel but not on the disk", n)
+		fail("disk image: %s is listed by the kernel but not on the disk", n)
 	}
 }
 

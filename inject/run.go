@@ -197,6 +197,7 @@ func Run(ctx context.Context, t vmi.Tracer, c vmi.Controller, k *linux.Kernel, o
 		res.Calls, res.Steps = s.calls, s.steps
 		res.PausedMS = time.Since(start).Milliseconds()
 	}()
+	before := viewBefore(ctx, k, op, res) // memory view for the after-check, the guest paused
 	if err := s.begin(ctx); err != nil {
 		return res, s.rollback(ctx, res, err)
 	}
@@ -208,7 +209,7 @@ func Run(ctx context.Context, t vmi.Tracer, c vmi.Controller, k *linux.Kernel, o
 		return res, err
 	}
 	// after: the cross-view, with the dummy restored
-	res.Verdicts = append(res.Verdicts, crossView(ctx, k, op, res, o.Disk))
+	res.Verdicts = append(res.Verdicts, crossView(ctx, k, op, res, o.Disk, before))
 	return res, nil
 }
 

@@ -66,7 +66,7 @@ func newMemCmd() *cobra.Command {
 		Use:   "mem",
 		Short: "Reconstruct a Linux guest from a memory snapshot (ELF core, kdump, LiME, raw) with no profile",
 	}
-	c.AddCommand(newMemInfoCmd(), newMemPsCmd(), newMemModulesCmd(), newMemFilesCmd(), newMemMountsCmd(), newMemCheckCmd())
+	c.AddCommand(newMemInfoCmd(), newMemPsCmd(), newMemModulesCmd(), newMemFilesCmd(), newMemMountsCmd(), newMemSocketsCmd(), newMemCheckCmd())
 	return c
 }
 

@@ -79,6 +79,12 @@ func collectList[T any](ctx context.Context, k *Kernel, what string, head vmi.VA
 // stops at head, when fn returns false, at a cycle, after max entries or
 // at a read error (the last three are returned as a problem named what).
 func (k *Kernel) ListWalk(what string, head vmi.VA, max int, fn func(vmi.VA) bool) *Problem {
+	return k.chainWalk(what, head, max, func(n vmi.VA) bool { return n == head }, fn)
+}
+
+// chainWalk follows the next pointers (the first word of each node) from
+// head until end says a pointer ends the chain; otherwise as ListWalk.
+func (k *Kernel) chainWalk(what string, head vmi.VA, max int, end func(vmi.VA) bool, fn func(vmi.VA) bool) *Problem {
 	seen := map[vmi.VA]bool{head: true}
 	cur := head
 	for i := 0; ; i++ {
@@ -88,7 +94,7 @@ func (k *Kernel) ListWalk(what string, head vmi.VA, max int, fn func(vmi.VA) boo
 			return &p
 		}
 		n := vmi.VA(next)
-		if n == head {
+		if end(n) {
 			return nil
 		}
 		if seen[n] {
