@@ -12,6 +12,8 @@
 # First, BenchmarkStepCost: where a stepped call's time goes (ms per step,
 # ms per register read, rep iterations).
 #   VMSCOPE_INJECT_OPS=stat,cat256k,cat10m,ls,ps   the operations to run
+#   VMSCOPE_INJECT_PS_FULL_BUDGET=10m              ps under full stops there and
+#                                                  reports its rate per process
 #   VMSCOPE_INJECT_FULL_PS=0                       no ps under full
 # Usage: bash bench/inject.sh
 set -euo pipefail

@@ -93,6 +93,9 @@ func (lv *live) runOn(t *testing.T, op Op, o Options) (*Result, error) {
 	if o.Journal == "" {
 		o.Journal = filepath.Join(t.TempDir(), "inject.json")
 	}
+	if o.Window == 0 {
+		o.Window = 1500 * time.Millisecond // the dummy returns to user mode every second
+	}
 	res, err := Run(ctx, lv.g, control.New(lv.g), lv.k, op, o)
 	if _, serr := os.Stat(o.Journal); serr == nil && res != nil && res.Restored {
 		t.Errorf("the journal %s is still there after a restored run", o.Journal)
@@ -138,7 +141,9 @@ func untouched(t *testing.T, l *injecttest.Guest, pid int, before []string) {
 // TestLiveGuest runs every operation on one boot of the fixture guest and
 // checks each against the guest's own view, and the dummy after each.
 func TestLiveGuest(t *testing.T) {
-	l := injecttest.Boot(t, "")
+	// two vCPUs: the dummy may be taken, stepped, handed off and
+	// brought back on either
+	l := injecttest.Boot(t, "", injecttest.WithCPUs(2))
 	dummy := l.Role("dummy")
 	if dummy == 0 {
 		t.Fatal("no dummy in the scenario section")
@@ -160,6 +165,9 @@ func TestLiveGuest(t *testing.T) {
 	defer closeLive()
 	if err := g.Resume(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+	if out, err := l.Run("grep -c ^processor /proc/cpuinfo"); err != nil || len(out) != 1 || out[0] != "2" || g.NumCPU() != 2 {
+		t.Fatalf("the guest has %q vCPUs (%v), QEMU %d: want 2", out, err, g.NumCPU())
 	}
 	if !slices.ContainsFunc(before, func(s string) bool { return strings.HasPrefix(s, "SigBlk:") }) {
 		t.Fatalf("snap has no SigBlk: %q", before)
