@@ -105,6 +105,12 @@ func runOp(ctx context.Context, s *Session, op Op, res *Result) error {
 			if st.Size > max {
 				return fmt.Errorf("%w: %s is %d bytes, over the cap of %d with protect full (every byte copied is single-stepped; raise --max-bytes)", ErrResult, op.Path, st.Size, max)
 			}
+			if s.mapLater > 0 {
+				if err := s.mapBuffer(ctx, s.mapLater); err != nil {
+					return err
+				}
+				s.mapLater = 0
+			}
 		}
 		b, err := s.readFile(ctx, op.Path, max)
 		if err != nil {

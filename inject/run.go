@@ -184,6 +184,10 @@ func Run(ctx context.Context, t vmi.Tracer, c vmi.Controller, k *linux.Kernel, o
 		}
 	}
 	s := &Session{t: t, c: c, kr: kr, o: &o, bufWant: bufferFor(op, o.Protect)}
+	if o.Protect == ProtectFull && op.Kind == "cat" && s.bufWant != stackBuf {
+		// the size check runs on the stack; a refused file costs no mapping
+		s.mapLater, s.bufWant = s.bufWant, stackBuf
+	}
 	if o.Protect == ProtectFull {
 		if s.checker, err = newPathChecker(ctx, k, o.Model, o.MaxSteps); err != nil {
 			return res, err
@@ -219,8 +223,8 @@ func Run(ctx context.Context, t vmi.Tracer, c vmi.Controller, k *linux.Kernel, o
 		during(err)
 		return res, err
 	}
-	res.BufferBytes = s.bufLen
 	opErr := runOp(ctx, s, op, res)
+	res.BufferBytes = s.bufLen
 	// the restoring calls are stepped too: their findings join the
 	// during verdict
 	err = s.rollback(ctx, res, opErr)

@@ -63,7 +63,11 @@ type Session struct {
 	calls   []Call
 	steps   int
 	bufWant uint64 // the mapping's size (bufferFor)
-	checker *pathChecker
+	// mapLater: the mapping (of this size) is made only once the
+	// operation needs it; until then the buffer is on the stack (cat
+	// under full checks the file's size first)
+	mapLater uint64
+	checker  *pathChecker
 	// broken is the error that left the dummy mid-call (an abort, a
 	// failed step): no call runs until end() has brought it back to a
 	// user-mode boundary.
@@ -223,7 +227,9 @@ func (s *Session) begin(ctx context.Context) error {
 	}
 	sc, p, err := s.placeScratch(regs.RSP, now.StartStack, n)
 	if err != nil && s.bufWant == stackBuf {
-		s.bufWant, n = bufSizeStepSmall, 16 // no room on the stack: map the buffer
+		// no room on the stack: map the buffer now
+		s.bufWant, n = max(bufSizeStepSmall, s.mapLater), 16
+		s.mapLater = 0
 		sc, p, err = s.placeScratch(regs.RSP, now.StartStack, n)
 	}
 	if err != nil {
@@ -271,7 +277,12 @@ func (s *Session) begin(ctx context.Context) error {
 		s.buf, s.bufLen, s.onStack = sc+16, stackBuf, true
 		return nil
 	}
-	size := s.bufWant
+	return s.mapBuffer(ctx, s.bufWant)
+}
+
+// mapBuffer maps the buffer (size bytes, populated) with an injected
+// mmap, journaled before and after, and makes it the one calls use.
+func (s *Session) mapBuffer(ctx context.Context, size uint64) error {
 	if err := s.j.update(func(d *journalDoc) { d.MapPending, d.MapLen = true, size }); err != nil {
 		return err
 	}
@@ -282,7 +293,7 @@ func (s *Session) begin(ctx context.Context) error {
 	if addr%vmi.PageBytes != 0 || addr >= 1<<47 {
 		return fmt.Errorf("%w: mmap returned %#x", ErrResult, addr)
 	}
-	s.buf, s.bufLen = vmi.VA(addr), size
+	s.buf, s.bufLen, s.onStack = vmi.VA(addr), size, false
 	return s.j.update(func(d *journalDoc) { d.MapPending, d.MapAddr, d.MapLen = false, addr, size })
 }
 
