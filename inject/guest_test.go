@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,9 +18,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmscope/vmscope/cfi"
 	"github.com/vmscope/vmscope/fsparse"
 	_ "github.com/vmscope/vmscope/fsparse/ext4"
 	"github.com/vmscope/vmscope/inject/injecttest"
+	"github.com/vmscope/vmscope/vmi"
 	"github.com/vmscope/vmscope/vmi/linux"
 	"github.com/vmscope/vmscope/vmi/qemu"
 	"github.com/vmscope/vmscope/vmi/qemu/control"
@@ -89,6 +93,9 @@ func (lv *live) runOn(t *testing.T, op Op, o Options) (*Result, error) {
 	if o.Journal == "" {
 		o.Journal = filepath.Join(t.TempDir(), "inject.json")
 	}
+	if o.Window == 0 {
+		o.Window = 1500 * time.Millisecond // the dummy returns to user mode every second
+	}
 	res, err := Run(ctx, lv.g, control.New(lv.g), lv.k, op, o)
 	if _, serr := os.Stat(o.Journal); serr == nil && res != nil && res.Restored {
 		t.Errorf("the journal %s is still there after a restored run", o.Journal)
@@ -134,7 +141,9 @@ func untouched(t *testing.T, l *injecttest.Guest, pid int, before []string) {
 // TestLiveGuest runs every operation on one boot of the fixture guest and
 // checks each against the guest's own view, and the dummy after each.
 func TestLiveGuest(t *testing.T) {
-	l := injecttest.Boot(t, "")
+	// two vCPUs: the dummy may be taken, stepped, handed off and
+	// brought back on either
+	l := injecttest.Boot(t, "", injecttest.WithCPUs(2))
 	dummy := l.Role("dummy")
 	if dummy == 0 {
 		t.Fatal("no dummy in the scenario section")
@@ -156,6 +165,9 @@ func TestLiveGuest(t *testing.T) {
 	defer closeLive()
 	if err := g.Resume(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+	if out, err := l.Run("grep -c ^processor /proc/cpuinfo"); err != nil || len(out) != 1 || out[0] != "2" || g.NumCPU() != 2 {
+		t.Fatalf("the guest has %q vCPUs (%v), QEMU %d: want 2", out, err, g.NumCPU())
 	}
 	if !slices.ContainsFunc(before, func(s string) bool { return strings.HasPrefix(s, "SigBlk:") }) {
 		t.Fatalf("snap has no SigBlk: %q", before)
@@ -364,8 +376,18 @@ func TestLiveGuest(t *testing.T) {
 	t.Run("after-netstat", func(t *testing.T) { afterNetstat(t, l, lv) })
 	t.Run("after-dcache", func(t *testing.T) { afterDcache(t, l, lv, disk) })
 
+	// the model of the stepped stat: learned (package cfi) from the
+	// protect-full run below, used by the model subtest
+	statOp := Op{Kind: "stat", Path: "/mnt/data/known/hello.txt"}
+	learn := newStepSource(t, k)
+	var learned *cfi.Model
 	t.Run("protect-before-and-full", func(t *testing.T) {
-		res, err := lv.runOn(t, Op{Kind: "stat", Path: "/mnt/data/known/hello.txt"}, Options{Protect: ProtectFull, Disk: disk})
+		var res *Result
+		var err error
+		learned = learn.learn(t, func(onStep func(vmi.VA, string, bool)) error {
+			res, err = lv.runOn(t, statOp, Options{Protect: ProtectFull, Disk: disk, onStep: onStep})
+			return err
+		})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -384,7 +406,109 @@ func TestLiveGuest(t *testing.T) {
 		if stepped != res.Steps || res.Steps < 1000 {
 			t.Errorf("steps %d (calls %d)", res.Steps, stepped)
 		}
+		// stepped, stat borrows 1 KiB of stack instead of a mapping, and
+		// the restoring rt_sigprocmask is stepped too
+		var names []string
+		for _, c := range res.Calls {
+			names = append(names, c.Name)
+		}
+		if !slices.Equal(names, []string{"rt_sigprocmask", "newfstatat", "rt_sigprocmask"}) || res.BufferBytes != stackBuf || res.Calls[2].Steps < 100 {
+			t.Errorf("calls %q, buffer %d bytes: %+v", names, res.BufferBytes, res.Calls)
+		}
 		t.Logf("protect full: %d steps: %+v", res.Steps, res.Calls)
+		untouched(t, l, dummy, before)
+	})
+
+	t.Run("model", func(t *testing.T) {
+		if learned == nil || len(learned.Pages) == 0 {
+			t.Fatal("the protect-full subtest learned no model")
+		}
+		res, err := lv.runOn(t, statOp, Options{Protect: ProtectFull, noBefore: true, Model: learned})
+		if err != nil {
+			t.Fatalf("stat under the model learned from the same call: %v (%+v)", err, verdict(res, "during"))
+		}
+		if v := verdict(res, "during"); v.Status != "pass" {
+			t.Errorf("during: %+v", v)
+		}
+		// a model that lacks one page only newfstatat ran: the call
+		// aborts there, the dummy is restored
+		drop, ok := learn.onlyIn("newfstatat")
+		if !ok {
+			t.Fatalf("no page ran by newfstatat alone: %v", learn.calls)
+		}
+		lack := *learned
+		lack.Pages = slices.DeleteFunc(slices.Clone(learned.Pages), func(p cfi.Page) bool { return p == drop })
+		res, err = lv.runOn(t, statOp, Options{Protect: ProtectFull, noBefore: true, Model: &lack})
+		v := verdict(res, "during")
+		if !errors.Is(err, ErrAborted) || !res.Restored || v.Status != "fail" || !strings.Contains(strings.Join(v.Reasons, "; "), "newfstatat: page "+drop.String()) {
+			t.Errorf("stat under a model without %v: %v (restored %v), during %+v", drop, err, res.Restored, v)
+		}
+		untouched(t, l, dummy, before)
+	})
+
+	t.Run("schedule-handoff", func(t *testing.T) {
+		// a FIFO whose writer opens it a second later and writes 5 s
+		// after that: the stepped read (and maybe the openat) blocks,
+		// reaches schedule(), runs by a breakpoint until schedule()
+		// returns, and is stepped on
+		if _, err := l.Run("mkfifo /tmp/handoff && (sleep 1; exec 3>/tmp/handoff; sleep 5; echo handoff-payload >&3) >/dev/null 2>&1 &"); err != nil {
+			t.Fatal(err)
+		}
+		res, err := lv.runOn(t, Op{Kind: "cat", Path: "/tmp/handoff", MaxBytes: 64}, Options{Protect: ProtectFull, noBefore: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(res.Data) != "handoff-payload\n" {
+			t.Errorf("cat of the FIFO: %q", res.Data)
+		}
+		// the read that waited for the writer was stepped again once it
+		// woke: it copied the payload under the check
+		handoffs, resumed := 0, false
+		for _, c := range res.Calls {
+			handoffs += c.Handoffs
+			if c.Name == "read" && c.Ret > 0 && c.Blocked && c.ResumedSteps > 0 {
+				resumed = true
+			}
+			if c.Blocked && c.Steps == 0 {
+				t.Errorf("%s blocked before a single step", c.Name)
+			}
+		}
+		if res.Handoffs < 1 || res.Handoffs != handoffs || !resumed {
+			t.Errorf("hand-offs %d (calls %d), a blocked read stepped on after it: %v; %+v", res.Handoffs, handoffs, resumed, res.Calls)
+		}
+		if v := verdict(res, "during"); v.Status != "pass" {
+			t.Errorf("during: %+v", v)
+		}
+		untouched(t, l, dummy, before)
+	})
+
+	t.Run("dummy-gone", func(t *testing.T) {
+		// midway exits, or execs /bin/sleep, once inject has blocked its
+		// signals; the borrowed thread is then blocked opening a FIFO
+		// that has no writer
+		for _, mode := range []string{"exit", "exec"} {
+			out, err := l.Run(fmt.Sprintf("mkfifo /tmp/never-%s; /bin/midway %s >/dev/null 2>&1 & echo $!", mode, mode))
+			if err != nil || len(out) != 1 {
+				t.Fatalf("midway %s: %q %v", mode, out, err)
+			}
+			pid, _ := strconv.Atoi(out[0])
+			j := filepath.Join(t.TempDir(), "inject.json")
+			start := time.Now()
+			res, err := lv.runOn(t, Op{Kind: "cat", Path: "/tmp/never-" + mode}, Options{Dummy: pid, Journal: j})
+			if !errors.Is(err, ErrDummyGone) || res.Restored || res.Dummy == nil || res.Dummy.PID != pid {
+				t.Errorf("midway %s: %v (restored %v)", mode, err, res.Restored)
+			}
+			t.Logf("midway %s: %v after %v", mode, err, time.Since(start))
+			if _, err := os.Stat(j); err == nil {
+				t.Errorf("midway %s: the journal of a gone dummy stayed", mode)
+			}
+			// the guest runs on; the pid is gone, or runs sleep
+			want := map[string]string{"exit": "gone", "exec": "sleep"}[mode]
+			got, err := l.Run(fmt.Sprintf("cat /proc/%d/comm 2>/dev/null || echo gone", pid))
+			if err != nil || len(got) != 1 || got[0] != want {
+				t.Errorf("midway %s: pid %d is %q (%v), want %q", mode, pid, got, err, want)
+			}
+		}
 		untouched(t, l, dummy, before)
 	})
 
@@ -431,7 +555,8 @@ func TestLiveGuest(t *testing.T) {
 		untouched(t, l, dummy, before)
 	})
 
-	closeLive() // the kill test's processes attach themselves
+	closeLive() // the CLI and the kill test's processes attach themselves
+	t.Run("cli", func(t *testing.T) { cliLive(t, l) })
 	t.Run("kill-and-recover", func(t *testing.T) {
 		for _, step := range []string{"safepoint", "scratch", "call mmap", "call getdents64", "restore"} {
 			t.Run(strings.ReplaceAll(step, " ", "-"), func(t *testing.T) {
@@ -536,5 +661,139 @@ func killAndRecover(t *testing.T, l *injecttest.Guest, step string) {
 	defer q.Close()
 	if st, err := q.Status(ctx); err != nil || !st.Running {
 		t.Errorf("guest after recover: %+v %v", st, err)
+	}
+}
+
+// stepSource is a cfi.Source over the kernel instructions protect-full
+// runs step: one event per instruction (its page, and the page before it
+// within the call), so cfi.Learn builds the model of exactly the paths
+// the injected calls take. It also keeps which calls ran each page.
+type stepSource struct {
+	regions *cfi.Regions
+	runs    func(onStep func(vmi.VA, string, bool)) error
+	calls   map[cfi.Page]map[string]bool
+}
+
+func newStepSource(t *testing.T, k *linux.Kernel) *stepSource {
+	r, err := cfi.LoadRegions(context.Background(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &stepSource{regions: r, calls: map[cfi.Page]map[string]bool{}}
+}
+
+func (s *stepSource) Name() string { return "step" }
+
+func (s *stepSource) Run(ctx context.Context, emit func(cfi.Event) error) error {
+	var prev vmi.VA
+	var errs []error
+	err := s.runs(func(rip vmi.VA, call string, first bool) {
+		pg := rip &^ (cfi.PageSize - 1)
+		ev := cfi.Event{Page: pg, Addr: rip}
+		if !first {
+			ev.From = prev
+		}
+		prev = pg
+		if err := emit(ev); err != nil {
+			errs = append(errs, err)
+		}
+		if p, ok := s.regions.PageOf(rip); ok {
+			if s.calls[p] == nil {
+				s.calls[p] = map[string]bool{}
+			}
+			s.calls[p][call] = true
+		}
+	})
+	return errors.Join(append(errs, err)...)
+}
+
+// learn learns the model of what run steps (run's own error is the
+// caller's to check).
+func (s *stepSource) learn(t *testing.T, run func(onStep func(vmi.VA, string, bool)) error) *cfi.Model {
+	s.runs = func(onStep func(vmi.VA, string, bool)) error {
+		run(onStep)
+		return nil
+	}
+	m, st, err := cfi.Learn(context.Background(), s, s.regions, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("model learned from the stepped calls: %d pages, %d edges, %d events", st.Pages, st.Edges, st.Events)
+	return m
+}
+
+// onlyIn is a core page that call ran and no other call did.
+func (s *stepSource) onlyIn(call string) (cfi.Page, bool) {
+	var out []cfi.Page
+	for p, calls := range s.calls {
+		if len(calls) == 1 && calls[call] && p.Module == "" {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, cfi.Page.Compare)
+	if len(out) == 0 {
+		return cfi.Page{}, false
+	}
+	return out[len(out)/2], true
+}
+
+// cliLive runs the built vmscope binary's inject ls (table) and stat
+// (json) against the guest and compares them with the guest's own ls
+// -lan and stat.
+func cliLive(t *testing.T, l *injecttest.Guest) {
+	bin := filepath.Join(t.TempDir(), "vmscope")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/vmscope").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	dir := t.TempDir()
+	run := func(args ...string) []byte {
+		t.Helper()
+		args = append([]string{"inject", args[0], "--guest", l.Spec, "--journal", filepath.Join(dir, "inject.json"), "--protect", "off",
+			"--disk", l.Image, "--disk-mount", "/mnt/data"}, args[1:]...)
+		cmd := exec.Command(bin, args...)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("vmscope %q: %v\n%s", args, err, stderr.String())
+		}
+		return out
+	}
+	// table: mode links uid gid size date time name, as the guest's ls -lan
+	want := parseLsLan(t, l.Section("ls"))
+	delete(want, ".")
+	delete(want, "..")
+	got := map[string]lsRow{}
+	for _, line := range strings.Split(strings.TrimSpace(string(run("ls", "-l", "/mnt/data/known"))), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 8 {
+			t.Fatalf("ls table line %q", line)
+		}
+		links, _ := strconv.Atoi(f[1])
+		uid, _ := strconv.ParseUint(f[2], 10, 32)
+		gid, _ := strconv.ParseUint(f[3], 10, 32)
+		size, _ := strconv.ParseInt(f[4], 10, 64)
+		got[f[7]] = lsRow{f[0], links, uint32(uid), uint32(gid), size}
+	}
+	if len(want) < 5 || !maps.Equal(got, want) {
+		t.Errorf("vmscope inject ls -l:\n got %v\nwant %v", got, want)
+	}
+	// json: the stat line of hello.txt as the guest printed it
+	var res Result
+	if err := json.Unmarshal(run("stat", "--format", "json", "/mnt/data/known/hello.txt"), &res); err != nil {
+		t.Fatal(err)
+	}
+	var line string
+	for _, x := range l.Section("stat") {
+		if strings.HasPrefix(x, "/mnt/data/known/hello.txt|") {
+			line = x
+		}
+	}
+	st := res.Stat
+	if st == nil || !res.Restored || verdict(&res, "after").Status != "pass" {
+		t.Fatalf("vmscope inject stat --format json: %+v", res)
+	}
+	if g := fmt.Sprintf("%s|%d|%x|%d|%d|%d|%d|%d|%d|%d", res.Target, st.Ino, st.Mode, st.Nlink, st.UID, st.GID, st.Size, st.Atime.Unix(), st.Mtime.Unix(), st.Ctime.Unix()); g != line {
+		t.Errorf("vmscope inject stat --format json:\n got %s\nwant %s", g, line)
 	}
 }

@@ -73,6 +73,13 @@ type journalDoc struct {
 	RegsChanged bool `json:"regs_changed"`
 }
 
+// same reports whether t is still the dummy the journal names: the same
+// pid, start time and page tables, and not exiting (a task past do_exit,
+// or a pid reused, a guest rebooted, an exec, is not it).
+func (d *journalDoc) same(t taskState) bool {
+	return t.PID == d.Dummy && t.StartTime == d.StartTime && uint64(t.PGD) == d.PGD && t.Flags&pfExiting == 0 && t.ExitState == 0
+}
+
 type journal struct {
 	path string
 	lock *os.File

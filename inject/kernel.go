@@ -41,6 +41,11 @@ type kernel struct {
 	current vmi.VA // per-CPU offset of the current task pointer
 	offsets map[uint64]bool
 	ptRegs  uint64 // sizeof(struct pt_regs)
+	// doExit is do_exit's address: a breakpoint there tells a dummy
+	// that exits midway (or is killed by an exec of another of its
+	// threads) from one that is slow to come back; 0 when kallsyms
+	// lacks it.
+	doExit vmi.VA
 }
 
 func newKernel(k *linux.Kernel) (*kernel, error) {
@@ -74,6 +79,7 @@ func newKernel(k *linux.Kernel) (*kernel, error) {
 		return nil, fmt.Errorf("%w: sizeof(struct pt_regs) %d (%v)", ErrLayout, sz, err)
 	}
 	kr.ptRegs = sz
+	kr.doExit, _ = k.Symbols.Addr("do_exit")
 	// the result layouts are the ABI; the kernel's own BTF agrees
 	if s, err := k.Sizeof("stat"); err == nil && s != statSize {
 		return nil, fmt.Errorf("%w: BTF struct stat is %d bytes, the x86-64 ABI says %d", ErrLayout, s, statSize)

@@ -19,9 +19,14 @@ const (
 	maxEntries    = 1 << 20 // entries of one directory
 	maxGetdents   = 1 << 16 // getdents64 calls for one directory
 	defaultMaxCat = 16 << 20
-	maxProcFile   = 1 << 20 // one /proc file (net tables)
-	maxProcSmall  = 64 << 10
-	maxProcs      = 1 << 16
+	// defaultMaxCatFull is cat's cap under protect full, where every
+	// byte is copied by stepped instructions (about 1,500 steps per 4
+	// KiB page with the rep copies run to their end, plus about 3,000 per
+	// 16 KiB read): a larger file needs --max-bytes.
+	defaultMaxCatFull = 1 << 20
+	maxProcFile       = 1 << 20 // one /proc file (net tables)
+	maxProcSmall      = 64 << 10
+	maxProcs          = 1 << 16
 )
 
 // Entry is a listed directory entry; with ls -l its stat.
@@ -86,6 +91,26 @@ func runOp(ctx context.Context, s *Session, op Op, res *Result) error {
 		max := op.MaxBytes
 		if max <= 0 {
 			max = defaultMaxCat
+			if s.checker != nil {
+				max = defaultMaxCatFull
+			}
+		}
+		if s.checker != nil {
+			// stepped, a file over the cap is refused before its bytes
+			// are copied (a /proc file says 0 and is read to its cap)
+			st, err := s.stat(ctx, op.Path)
+			if err != nil {
+				return err
+			}
+			if st.Size > max {
+				return fmt.Errorf("%w: %s is %d bytes, over the cap of %d with protect full (every byte copied is single-stepped; raise --max-bytes)", ErrResult, op.Path, st.Size, max)
+			}
+			if s.mapLater > 0 {
+				if err := s.mapBuffer(ctx, s.mapLater); err != nil {
+					return err
+				}
+				s.mapLater = 0
+			}
 		}
 		b, err := s.readFile(ctx, op.Path, max)
 		if err != nil {

@@ -52,7 +52,7 @@ func Recover(ctx context.Context, t vmi.Tracer, c vmi.Controller, k *linux.Kerne
 		return rec, j.finish() // killed before the first change
 	}
 	now, err := kr.readTask(vmi.VA(doc.Task))
-	if err != nil || now.PID != doc.Dummy || now.StartTime != doc.StartTime || uint64(now.PGD) != doc.PGD {
+	if err != nil || !doc.same(now) {
 		rec.Stale = true
 		return rec, j.finish()
 	}

@@ -46,6 +46,17 @@ func TestRootkitFtraceHidesFile(t *testing.T) {
 		t.Errorf("during verdict %+v", v)
 	}
 	t.Logf("during: %v", err)
+	// the restoring calls (the descriptor left open, the mapping) were
+	// stepped too, and passed
+	restoring := map[string]int{}
+	for _, c := range res.Calls {
+		if c.Name == "close" || c.Name == "munmap" {
+			restoring[c.Name] = c.Steps
+		}
+	}
+	if restoring["close"] < 100 || restoring["munmap"] < 100 {
+		t.Errorf("restoring calls after the abort: %+v", res.Calls)
+	}
 
 	primeHidden(t, l)
 	res, err = lv.runOn(t, op, Options{Protect: ProtectOff, Disk: disk})

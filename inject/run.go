@@ -76,6 +76,9 @@ type Options struct {
 	// noBefore skips the static checks under ProtectFull (tests of the
 	// during phase alone).
 	noBefore bool
+	// onStep sees every stepped kernel instruction (tests learn a model
+	// from it).
+	onStep func(rip vmi.VA, call string, first bool)
 }
 
 // Verdict is what one protection phase concluded.
@@ -106,6 +109,12 @@ type Result struct {
 	Restored bool `json:"restored"`
 	// PausedMS is how long the guest was stopped for the operation.
 	PausedMS int64 `json:"paused_ms"`
+	// Handoffs is how many times a stepped call reached schedule() and
+	// ran by a breakpoint until it returned (protect full).
+	Handoffs int `json:"handoffs,omitempty"`
+	// BufferBytes is the size of the mapping the calls read into: with
+	// protect full it bounds each getdents64 and read (see bufferFor).
+	BufferBytes uint64 `json:"buffer_bytes,omitempty"`
 }
 
 // Findings reports whether an after-check disagreed (the kernel lies).
@@ -174,11 +183,16 @@ func Run(ctx context.Context, t vmi.Tracer, c vmi.Controller, k *linux.Kernel, o
 			return res, fmt.Errorf("%w: %s", ErrRefused, joinReasons(v.Reasons))
 		}
 	}
-	s := &Session{t: t, c: c, kr: kr, o: &o}
+	s := &Session{t: t, c: c, kr: kr, o: &o, bufWant: bufferFor(op, o.Protect)}
+	if o.Protect == ProtectFull && op.Kind == "cat" && s.bufWant != stackBuf {
+		// the size check runs on the stack; a refused file costs no mapping
+		s.mapLater, s.bufWant = s.bufWant, stackBuf
+	}
 	if o.Protect == ProtectFull {
 		if s.checker, err = newPathChecker(ctx, k, o.Model, o.MaxSteps); err != nil {
 			return res, err
 		}
+		s.checker.onStep = o.onStep
 	}
 	j, err := openJournal(o.Journal, o.Guest)
 	if err != nil {
@@ -198,14 +212,25 @@ func Run(ctx context.Context, t vmi.Tracer, c vmi.Controller, k *linux.Kernel, o
 		res.PausedMS = time.Since(start).Milliseconds()
 	}()
 	before := viewBefore(ctx, k, op, res) // memory view for the after-check, the guest paused
+	pc := s.checker
+	during := func(opErr error) {
+		if pc != nil {
+			res.Verdicts = append(res.Verdicts, pc.verdict(opErr))
+			res.Handoffs = pc.blocked
+		}
+	}
 	if err := s.begin(ctx); err != nil {
-		return res, s.rollback(ctx, res, err)
+		err = s.rollback(ctx, res, err)
+		during(err)
+		return res, err
 	}
 	opErr := runOp(ctx, s, op, res)
-	if s.checker != nil {
-		res.Verdicts = append(res.Verdicts, s.checker.verdict(opErr))
-	}
-	if err := s.rollback(ctx, res, opErr); err != nil {
+	res.BufferBytes = s.bufLen
+	// the restoring calls are stepped too: their findings join the
+	// during verdict
+	err = s.rollback(ctx, res, opErr)
+	during(opErr)
+	if err != nil {
 		return res, err
 	}
 	// after: the cross-view, with the dummy restored
@@ -220,7 +245,9 @@ func (s *Session) rollback(ctx context.Context, res *Result, opErr error) error 
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
 	s.failpoint("restore")
-	s.checker = nil // the restoring calls run to their breakpoint
+	if s.checker != nil {
+		s.checker.restoring = true // stepped, but a finding does not abort them
+	}
 	if err := s.end(rctx); err != nil {
 		if errors.Is(err, ErrDummyGone) {
 			// the task is gone with everything borrowed from it

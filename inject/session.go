@@ -18,9 +18,17 @@ type Call struct {
 	Ret   int64    `json:"ret"`
 	Error string   `json:"error,omitempty"`
 	// Steps is how many instructions were single-stepped (protect full);
-	// Blocked says the call reached schedule() and ran on to its return.
-	Steps   int  `json:"steps,omitempty"`
-	Blocked bool `json:"blocked,omitempty"`
+	// Blocked says the call reached schedule(), Handoffs how many times:
+	// each time it ran by a breakpoint until schedule() returned.
+	// ResumedSteps are the steps after the first hand-off: the part of a
+	// blocking call checked once it ran again.
+	Steps        int  `json:"steps,omitempty"`
+	Blocked      bool `json:"blocked,omitempty"`
+	Handoffs     int  `json:"handoffs,omitempty"`
+	ResumedSteps int  `json:"resumed_steps,omitempty"`
+	// RepRuns is how many rep string instructions were run to their end
+	// by a breakpoint instead of stepped one iteration at a time.
+	RepRuns int `json:"rep_runs,omitempty"`
 }
 
 // ErrAborted is an operation that a check stopped: the dummy was
@@ -50,23 +58,53 @@ type Session struct {
 	scratchPA vmi.PA
 	buf       vmi.VA // the mmap'd buffer; 0 before it is made
 	bufLen    uint64
+	onStack   bool // the buffer is scratch on the stack, not a mapping
 
 	calls   []Call
 	steps   int
-	checker *pathChecker
+	bufWant uint64 // the mapping's size (bufferFor)
+	// mapLater: the mapping (of this size) is made only once the
+	// operation needs it; until then the buffer is on the stack (cat
+	// under full checks the file's size first)
+	mapLater uint64
+	checker  *pathChecker
 	// broken is the error that left the dummy mid-call (an abort, a
 	// failed step): no call runs until end() has brought it back to a
 	// user-mode boundary.
 	broken error
+	// exited: the dummy's task was seen entering do_exit; nothing of it
+	// is left to restore.
+	exited bool
 }
 
-// The mapping the operations read into (and write paths to): 256 KiB,
-// or one page when every call is stepped (mmap populates, and so
-// zeroes, each page with the guest stepped one instruction at a time).
+// The buffer the operations read into (and write paths to): a 256 KiB
+// mapping; or, when every call is stepped (mmap populates, and so zeroes,
+// each page, and munmap frees it, with the guest stepped one instruction
+// at a time: some 25,000 steps for one page), 20 KiB for ls and cat (a
+// 4 KiB path, then 16 KiB per getdents64 or read, so a call's fixed cost
+// is paid once per 16 KiB), and for stat and a cat capped at 512 bytes
+// 1 KiB of the dummy's stack below the red zone (saved and put back like
+// the 16 scratch bytes; no mapping at all), else one page.
 const (
-	bufSize        = 256 << 10
-	bufSizeStepped = vmi.PageBytes
+	bufSize          = 256 << 10
+	bufSizeStepped   = 20 << 10
+	bufSizeStepSmall = vmi.PageBytes
+	stackBuf         = 1 << 10
 )
+
+// bufferFor is the buffer's size for op at protection p (stackBuf: on
+// the stack).
+func bufferFor(op Op, p Protect) uint64 {
+	switch {
+	case p < ProtectFull:
+		return bufSize
+	case op.Kind == "stat", op.Kind == "cat" && op.MaxBytes > 0 && op.MaxBytes <= stackBuf/2:
+		return stackBuf
+	case op.Kind == "ls" && !op.Long, op.Kind == "cat":
+		return bufSizeStepped
+	}
+	return bufSizeStepSmall
+}
 
 // failpoint calls the test hook of a protocol step.
 func (s *Session) failpoint(step string) {
@@ -94,14 +132,38 @@ func (s *Session) isDummy(c vmi.CPU) bool {
 // every address space at that address) are stepped past. The guest is
 // stopped when it returns; the breakpoints are removed.
 func (s *Session) runTo(ctx context.Context, addrs ...vmi.VA) (vmi.CPU, error) {
+	return s.runUntil(ctx, addrs, s.isDummy)
+}
+
+// runUntil lets the guest run until a breakpoint at one of addrs stops a
+// vCPU whose state want accepts. A breakpoint on do_exit ends the wait
+// early with ErrDummyGone when the dummy's task enters it (it exits, is
+// killed, or another of its threads execs): without it a dummy gone
+// midway would hold the operation until its timeout.
+func (s *Session) runUntil(ctx context.Context, addrs []vmi.VA, want func(vmi.CPU) bool) (vmi.CPU, error) {
 	var traps []vmi.Trap
 	for _, a := range addrs {
 		traps = append(traps, vmi.Breakpoint(a))
 	}
+	exit := s.kr.doExit
+	if exit != 0 && !slices.Contains(addrs, exit) {
+		traps = append(traps, vmi.Breakpoint(exit))
+	}
 	var got vmi.CPU
-	found := false
+	found, exited := false, false
 	err := vmi.Trace(ctx, s.t, traps, func(ctx context.Context, h vmi.Hit) (bool, error) {
-		if len(h.Traps) == 0 || !s.isDummy(h.Regs) {
+		if len(h.Traps) == 0 {
+			return true, nil
+		}
+		if exit != 0 && vmi.VA(h.Regs.RIP) == exit {
+			if cur, err := s.kr.currentTask(h.Regs); err == nil && cur == s.dummy.task.Addr {
+				exited = true
+				s.cpu = max(h.Stop.CPU, 0)
+				return false, nil
+			}
+			return true, nil
+		}
+		if !want(h.Regs) {
 			return true, nil
 		}
 		got, found = h.Regs, true
@@ -122,6 +184,10 @@ func (s *Session) runTo(ctx context.Context, addrs ...vmi.VA) (vmi.CPU, error) {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return got, err
+	}
+	if exited {
+		s.exited = true
+		return got, fmt.Errorf("%w: pid %d entered do_exit (it exited, was killed, or another of its threads exec'd)", ErrDummyGone, s.dummy.PID)
 	}
 	if !found {
 		return got, fmt.Errorf("inject: the dummy never reached %v", addrs)
@@ -150,17 +216,27 @@ func (s *Session) begin(ctx context.Context) error {
 		return fmt.Errorf("%w: pid %d has pending signals now", ErrAborted, s.dummy.PID)
 	}
 	s.dummy.task = now
-	// scratch: 16 bytes below the red zone, inside the stack
-	sc := vmi.VA((regs.RSP - 128 - 16) &^ 15)
-	if regs.RSP < 1<<16 || uint64(sc) > uint64(now.StartStack) || uint64(now.StartStack)-uint64(sc) > 64<<20 {
-		return fmt.Errorf("%w: stack pointer %#x not below the stack start %#x", ErrCorrupt, regs.RSP, uint64(now.StartStack))
+	// scratch: 16 bytes below the red zone, inside the stack (and the
+	// buffer after them when the operation's fits there)
+	if regs.RSP < 1<<16 {
+		return fmt.Errorf("%w: stack pointer %#x", ErrCorrupt, regs.RSP)
 	}
-	p, err := translate(s.kr.K.Mem, now.PGD, s.kr.K.AS.LA57, sc)
-	if err != nil || !p.User || !p.Write {
-		return fmt.Errorf("inject: scratch at %v below the red zone is not a present writable user page: %v", sc, err)
+	n := uint64(16)
+	if s.bufWant == stackBuf {
+		n += stackBuf
+	}
+	sc, p, err := s.placeScratch(regs.RSP, now.StartStack, n)
+	if err != nil && s.bufWant == stackBuf {
+		// no room on the stack: map the buffer now
+		s.bufWant, n = max(bufSizeStepSmall, s.mapLater), 16
+		s.mapLater = 0
+		sc, p, err = s.placeScratch(regs.RSP, now.StartStack, n)
+	}
+	if err != nil {
+		return err
 	}
 	s.scratch, s.scratchPA = sc, p.PA
-	orig := make([]byte, 16)
+	orig := make([]byte, n)
 	if _, err := s.kr.K.Mem.ReadAt(orig, int64(p.PA)); err != nil {
 		return err
 	}
@@ -196,11 +272,17 @@ func (s *Session) begin(ctx context.Context) error {
 	if got := leU64(old); got != s.j.doc.OldMask {
 		return fmt.Errorf("%w: rt_sigprocmask gave the old mask %#x, task->blocked was %#x", ErrAborted, got, s.j.doc.OldMask)
 	}
-	// the buffer
-	size := uint64(bufSize)
-	if s.checker != nil {
-		size = bufSizeStepped
+	// the buffer: on the stack after the 16 scratch bytes, or mapped
+	if s.bufWant == stackBuf {
+		s.buf, s.bufLen, s.onStack = sc+16, stackBuf, true
+		return nil
 	}
+	return s.mapBuffer(ctx, s.bufWant)
+}
+
+// mapBuffer maps the buffer (size bytes, populated) with an injected
+// mmap, journaled before and after, and makes it the one calls use.
+func (s *Session) mapBuffer(ctx context.Context, size uint64) error {
 	if err := s.j.update(func(d *journalDoc) { d.MapPending, d.MapLen = true, size }); err != nil {
 		return err
 	}
@@ -211,8 +293,27 @@ func (s *Session) begin(ctx context.Context) error {
 	if addr%vmi.PageBytes != 0 || addr >= 1<<47 {
 		return fmt.Errorf("%w: mmap returned %#x", ErrResult, addr)
 	}
-	s.buf, s.bufLen = vmi.VA(addr), size
+	s.buf, s.bufLen, s.onStack = vmi.VA(addr), size, false
 	return s.j.update(func(d *journalDoc) { d.MapPending, d.MapAddr, d.MapLen = false, addr, size })
+}
+
+// placeScratch places n bytes of scratch below the red zone under rsp,
+// 16-aligned and inside one page (moved down below the page boundary
+// they would cross), within 64 MiB under the stack start, on a present,
+// writable user page.
+func (s *Session) placeScratch(rsp uint64, stackStart vmi.VA, n uint64) (vmi.VA, pte, error) {
+	sc := (rsp - 128 - n) &^ 15
+	if end := sc + n - 1; sc/vmi.PageBytes != end/vmi.PageBytes {
+		sc = (end&^(vmi.PageBytes-1) - n) &^ 15
+	}
+	if sc > uint64(stackStart) || uint64(stackStart)-sc > 64<<20 {
+		return 0, pte{}, fmt.Errorf("%w: stack pointer %#x not below the stack start %#x", ErrCorrupt, rsp, uint64(stackStart))
+	}
+	p, err := translate(s.kr.K.Mem, s.dummy.task.PGD, s.kr.K.AS.LA57, vmi.VA(sc))
+	if err != nil || !p.User || !p.Write {
+		return 0, p, fmt.Errorf("inject: scratch at %#x below the red zone is not a present writable user page: %v", sc, err)
+	}
+	return vmi.VA(sc), p, nil
 }
 
 func leU64(b []byte) uint64 {
@@ -354,7 +455,7 @@ func (s *Session) putPath(ctx context.Context, path string) (uint64, error) {
 }
 
 // dataOff is where results go in the buffer: after the path (4 KiB, or
-// half the page of a stepped session).
+// half the buffer of one page).
 func (s *Session) dataOff() uint64 {
 	if s.bufLen <= vmi.PageBytes {
 		return s.bufLen / 2
@@ -374,7 +475,7 @@ func (s *Session) end(ctx context.Context) error {
 	// registers are only put back at a user-mode boundary of the dummy:
 	// a call cut short (a cancelled context, a killed vmscope) runs on to
 	// its return first
-	if now, err := s.kr.readTask(vmi.VA(d.Task)); err != nil || now.PID != d.Dummy || now.StartTime != d.StartTime || uint64(now.PGD) != d.PGD {
+	if now, err := s.kr.readTask(vmi.VA(d.Task)); s.exited || err != nil || !d.same(now) {
 		return fmt.Errorf("%w: pid %d exited or exec'd: nothing of it is left to restore", ErrDummyGone, d.Dummy)
 	}
 	cur, err := s.t.Regs(ctx, s.cpu)
@@ -409,7 +510,7 @@ func (s *Session) end(ctx context.Context) error {
 			}
 		}
 	}
-	if s.buf != 0 {
+	if s.buf != 0 && !s.onStack {
 		if _, err := s.Call(ctx, sysMunmap, uint64(s.buf), s.bufLen); err != nil {
 			errs = append(errs, fmt.Errorf("inject: munmap of the buffer: %w", err))
 		} else {

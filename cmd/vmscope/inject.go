@@ -75,7 +75,7 @@ func newInjectCmd() *cobra.Command {
 	ls.Flags().BoolVarP(&o.long, "long", "l", false, "long listing (mode, links, uid, gid, size, mtime)")
 	stat := op("stat --guest SPEC PATH", "describe a file (newfstatat)", exactArgs(1), "stat")
 	cat := op("cat --guest SPEC PATH", "a file's content to stdout (openat, read, close)", exactArgs(1), "cat")
-	cat.Flags().Int64Var(&o.maxBytes, "max-bytes", 16<<20, "a larger file is an error")
+	cat.Flags().Int64Var(&o.maxBytes, "max-bytes", 0, "a larger file is an error (0: 16 MiB, or 1 MiB with --protect full, where every copied byte is single-stepped)")
 	ps := op("ps --guest SPEC", "the processes, from /proc", exactArgs(0), "ps")
 	ns := op("netstat --guest SPEC", "the sockets, from /proc/net/{tcp,tcp6,udp,udp6,unix}", exactArgs(0), "netstat")
 	kill := op("kill --guest SPEC PID --allow-write", "send a signal to a guest process (kill)", exactArgs(1), "kill")
@@ -227,8 +227,8 @@ func runInject(ctx context.Context, kind string, args []string, o injectOpts, ou
 // protection phase concluded.
 func injectSummary(w io.Writer, r *inject.Result) {
 	if r.Dummy != nil {
-		fmt.Fprintf(w, "inject: dummy pid %d (%s, uid %d, %s), %d calls, %d steps, guest paused %d ms, restored %v\n",
-			r.Dummy.PID, printable(r.Dummy.Comm), r.Dummy.UID, r.Dummy.Gadget, len(r.Calls), r.Steps, r.PausedMS, r.Restored)
+		fmt.Fprintf(w, "inject: dummy pid %d (%s, uid %d, %s), %d calls, %d steps, %d hand-offs, buffer %d bytes, guest paused %d ms, restored %v\n",
+			r.Dummy.PID, printable(r.Dummy.Comm), r.Dummy.UID, r.Dummy.Gadget, len(r.Calls), r.Steps, r.Handoffs, r.BufferBytes, r.PausedMS, r.Restored)
 	}
 	for _, v := range r.Verdicts {
 		fmt.Fprintf(w, "inject: %s: %s\n", v.Phase, v.Status)

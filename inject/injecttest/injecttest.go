@@ -43,11 +43,25 @@ type Guest struct {
 	seq     int
 }
 
+// Option is an optional setting of Boot.
+type Option func(*config)
+
+type config struct{ cpus int }
+
+// WithCPUs boots n vCPUs (1 by default).
+func WithCPUs(n int) Option { return func(c *config) { c.cpus = n } }
+
 // Boot boots the fixture guest with extra kernel arguments, waits for its
-// READY marker and stops it when the test ends. It skips (fails under CI)
+// READY marker and stops it when the test ends. The kernel skips its
+// timer-IRQ check (no_timer_check): on a loaded host under TCG the check
+// can miss ticks and panic ("IO-APIC + timer doesn't work"). It skips (fails under CI)
 // when the fixture or QEMU is missing.
-func Boot(t testing.TB, appendArgs string) *Guest {
+func Boot(t testing.TB, appendArgs string, opts ...Option) *Guest {
 	t.Helper()
+	cfg := config{cpus: 1}
+	for _, o := range opts {
+		o(&cfg)
+	}
 	if testing.Short() {
 		fixture.Missing(t, "-short: boots a guest")
 	}
@@ -74,10 +88,10 @@ func Boot(t testing.TB, appendArgs string) *Guest {
 		Console: filepath.Join(dir, "console.log"), Dummy: filepath.Join(dir, "dummy.log"), Dir: dir, exited: make(chan struct{})}
 	g.Spec = "gdb://" + gdb + ",qmp=unix:" + g.QMP
 	var stderr bytes.Buffer
-	g.cmd = exec.Command("qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-smp", "1",
+	g.cmd = exec.Command("qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-smp", strconv.Itoa(cfg.cpus),
 		"-nographic", "-display", "none", "-no-reboot",
 		"-kernel", filepath.Join(src, "vmlinuz"), "-initrd", filepath.Join(src, "initrd.gz"),
-		"-append", strings.TrimSpace("console=ttyS0 quiet panic=-1 "+appendArgs),
+		"-append", strings.TrimSpace("console=ttyS0 quiet panic=-1 no_timer_check "+appendArgs),
 		"-serial", "file:"+g.Console, "-serial", "unix:"+g.Ctl+",server=on,wait=off", "-serial", "file:"+g.Dummy,
 		"-monitor", "none", "-gdb", "tcp:"+gdb, "-qmp", "unix:"+g.QMP+",server=on,wait=off",
 		"-net", "none", "-drive", "file="+g.Image+",format=raw,if=virtio,readonly=on")

@@ -59,7 +59,7 @@ begin ls-root; ls -a /mnt/data; end ls-root
 begin stat
 stat -c '%n|%i|%f|%h|%u|%g|%s|%X|%Y|%Z' $k $k/hello.txt $k/owned.txt $k/sub $k/link $k/empty /mnt/data/big.bin
 end stat
-begin sha256; sha256sum $k/hello.txt $k/owned.txt $k/empty $k/sub/nested.txt /mnt/data/big.bin; end sha256
+begin sha256; sha256sum $k/hello.txt $k/owned.txt $k/empty $k/sub/nested.txt /mnt/data/mid.bin /mnt/data/big.bin; end sha256
 begin ps; ps -o pid,ppid,user,comm,args; end ps
 begin netstat; netstat -an; end netstat
 begin rootkit; echo "scenario=${mode:-none}"; ls /mnt/data | grep vmscope_hidden || echo "hidden=yes"; end rootkit
