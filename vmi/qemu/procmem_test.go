@@ -191,9 +191,9 @@ func memEqual(t *testing.T, a, b vmi.Memory) (total uint64, high int) {
 
 // TestProcMemoryEqualsDump reads the whole RAM of a paused guest from the
 // QEMU process and compares it with a dump-guest-memory ELF of the same
-// moment, on anonymous RAM, on a shared memfd backing, and on 4.5 GiB
-// guests of machine types pc and q35 (RAM split below 4 GiB, the rest
-// above it): the ranges and every byte. The big guests must have non-zero
+// moment, on anonymous RAM, on a shared memfd backing, and on guests of
+// machine types pc (3.5 GiB) and q35 (2.75 GiB), the smallest whose RAM
+// QEMU splits below 4 GiB and above it: the ranges and every byte. The big guests must have non-zero
 // pages above 4 GiB (the kernel allocates top-down), so the high mapping
 // is tested on real data.
 func TestProcMemoryEqualsDump(t *testing.T) {
@@ -206,8 +206,11 @@ func TestProcMemoryEqualsDump(t *testing.T) {
 	}{
 		{name: "anonymous", mem: 512},
 		{name: "memfd-shared", mem: 512, extra: []string{"-object", "memory-backend-memfd,id=m0,size=512M,share=on", "-machine", "memory-backend=m0"}},
-		{name: "pc-4.5G", mem: 4608, extra: []string{"-machine", "pc"}, lowEnd: 0xc0000000},
-		{name: "q35-4.5G", mem: 4608, extra: []string{"-machine", "q35"}, lowEnd: 0x80000000},
+		// the smallest guests QEMU 7.2 splits at 4 GiB: pc from 3.5 GiB
+		// (3 GiB below, 512 MiB above), q35 from 2.75 GiB (2 GiB below,
+		// 768 MiB above)
+		{name: "pc-3.5G", mem: 3584, extra: []string{"-machine", "pc"}, lowEnd: 0xc0000000},
+		{name: "q35-2.75G", mem: 2816, extra: []string{"-machine", "q35"}, lowEnd: 0x80000000},
 		{name: "hotplug-dimm", mem: 512, extra: []string{"-m", "512,slots=2,maxmem=2G"}, hotplug: true},
 	}
 	for _, c := range cases {
