@@ -155,10 +155,10 @@ var learned struct {
 	regions *Regions
 }
 
-// learnedModel learns Model 1 and 2 with the plugin for learnSeconds on a
-// boot of its own (the clean workload, no rootkit), checks that the model
-// survives its file format and is not trivially small, and returns it with
-// that boot's regions.
+// learnedModel learns Model 1 and 2 with the plugin for learnSeconds on
+// the shared plain boot (plainGuest: the clean workload, no rootkit),
+// checks that the model survives its file format and is not trivially
+// small, and returns it with that boot's regions.
 func learnedModel(t *testing.T) (*Model, *Regions) {
 	t.Helper()
 	_, _, _ = cfiFixture(t)
@@ -171,7 +171,7 @@ func learnedModel(t *testing.T) (*Model, *Regions) {
 	if learned.model != nil {
 		return learned.model, learned.regions
 	}
-	g1 := bootGuest(t, "")
+	g1 := plainGuest(t) // the shared plain boot
 	qg1, _, r1 := attach(t, g1)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -184,7 +184,6 @@ func learnedModel(t *testing.T) (*Model, *Regions) {
 	if err := qg1.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	g1.quit()
 	enc, err := model.Marshal()
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -51,6 +53,7 @@ type testGuest struct {
 	cmd                   *exec.Cmd
 	done                  chan struct{}
 	stderr                bytes.Buffer
+	sock                  string // the sockets' folder
 }
 
 // bootGuest boots the workload guest with the plugin and extra QEMU
@@ -58,18 +61,29 @@ type testGuest struct {
 func bootGuest(t *testing.T, appendArgs string, extra ...string) *testGuest {
 	t.Helper()
 	kernel, initrd, plugin := cfiFixture(t)
-	sock, err := os.MkdirTemp("", "cfi")
+	g, err := startGuest(kernel, initrd, plugin, t.TempDir(), appendArgs, extra...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(sock) })
+	t.Cleanup(g.quit)
+	return g
+}
+
+// startGuest boots the workload guest, its console in dir, and waits for
+// READY; the caller quits it.
+func startGuest(kernel, initrd, plugin, dir, appendArgs string, extra ...string) (*testGuest, error) {
+	sock, err := os.MkdirTemp("", "cfi")
+	if err != nil {
+		return nil, err
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		os.RemoveAll(sock)
+		return nil, err
 	}
 	gdb := l.Addr().String()
 	l.Close()
-	g := &testGuest{Console: filepath.Join(t.TempDir(), "console.log"), Plugin: filepath.Join(sock, "p.sock"), done: make(chan struct{})}
+	g := &testGuest{Console: filepath.Join(dir, "console.log"), Plugin: filepath.Join(sock, "p.sock"), done: make(chan struct{}), sock: sock}
 	qmpA, qmpB := filepath.Join(sock, "a.sock"), filepath.Join(sock, "b.sock")
 	g.Spec = "gdb://" + gdb + ",qmp=unix:" + qmpA
 	args := []string{"-accel", "tcg", "-m", "512", "-smp", "1", "-nographic", "-display", "none", "-no-reboot",
@@ -80,10 +94,10 @@ func bootGuest(t *testing.T, appendArgs string, extra ...string) *testGuest {
 	g.cmd = exec.Command("qemu-system-x86_64", append(args, extra...)...)
 	g.cmd.Stderr = &g.stderr
 	if err := g.cmd.Start(); err != nil {
-		t.Fatal(err)
+		os.RemoveAll(sock)
+		return nil, err
 	}
 	go func() { g.cmd.Wait(); close(g.done) }()
-	t.Cleanup(g.quit)
 	deadline := time.After(4 * time.Minute)
 	for {
 		if b, _ := os.ReadFile(g.Console); bytes.Contains(b, []byte("=== READY ===")) {
@@ -92,18 +106,21 @@ func bootGuest(t *testing.T, appendArgs string, extra ...string) *testGuest {
 		select {
 		case <-g.done:
 			b, _ := os.ReadFile(g.Console)
-			t.Fatalf("qemu exited before READY: %v %s; console tail: %q", g.cmd.ProcessState, g.stderr.String(), b[max(0, len(b)-600):])
+			g.quit()
+			return nil, fmt.Errorf("qemu exited before READY: %v %s; console tail: %q", g.cmd.ProcessState, g.stderr.String(), b[max(0, len(b)-600):])
 		case <-deadline:
-			t.Fatal("no READY on the console")
+			g.quit()
+			return nil, errors.New("no READY on the console")
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if g.Ref, err = qemu.DialQMP(ctx, qmpB); err != nil {
-		t.Fatal(err)
+		g.quit()
+		return nil, err
 	}
-	return g
+	return g, nil
 }
 
 // quit ends QEMU (QMP quit, then kill) and waits for it.
@@ -121,6 +138,7 @@ func (g *testGuest) quit() {
 		g.cmd.Process.Kill()
 		<-g.done
 	}
+	os.RemoveAll(g.sock)
 }
 
 // running fails the test unless QMP says the guest runs (within 2 s: a
@@ -385,7 +403,7 @@ func TestSourcesAgainstExecLog(t *testing.T) {
 // window starts on the entry's page, and the guest runs with no
 // breakpoint afterwards.
 func TestStepWindows(t *testing.T) {
-	g := bootGuest(t, "")
+	g := plainGuest(t) // the shared plain boot
 	qg, k, _ := attach(t, g)
 	defer qg.Close(context.Background())
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)

@@ -19,7 +19,7 @@ import (
 // (code pages in order, runs merged), and every plugin edge between two
 // code pages must be among them.
 func TestVMISourceRefusedByQEMUStub(t *testing.T) {
-	g := bootGuest(t, "")
+	g := plainGuest(t) // the shared plain boot
 	qg, _, regions := attach(t, g)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -183,6 +183,7 @@ func TestMain(m *testing.M) {
 		}
 	}
 	os.RemoveAll(jdir)
+	removeTestBin()
 	os.Exit(code)
 }
 

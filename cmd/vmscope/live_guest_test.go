@@ -49,7 +49,8 @@ func liveFixture(t testing.TB) (kernel, initrd string) {
 }
 
 // bootLive boots the guest on a fresh size-MiB ext4 qcow2 disk (made with
-// mkfs.ext4 -d from tree when not "") and builds the vmscope binary.
+// mkfs.ext4 -d from tree when not "") and runs the vmscope binary of
+// vmscopeBin.
 func bootLive(t testing.TB, sizeMiB int, tree string, appendLine string) *pollGuest {
 	t.Helper()
 	kernel, initrd := liveFixture(t)
@@ -63,10 +64,7 @@ func bootLive(t testing.TB, sizeMiB int, tree string, appendLine string) *pollGu
 	img := filepath.Join(work, "disk.qcow2")
 	fixture.Run(t, work, "qemu-img", "convert", "-O", "qcow2", raw, img)
 	os.Remove(raw)
-	bin := filepath.Join(work, "vmscope")
-	if out, err := exec.Command(fixture.Tool(t, "go"), "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := vmscopeBin(t)
 	// unix socket paths are short: /tmp.
 	sock := func(what string) string {
 		p := filepath.Join(os.TempDir(), fmt.Sprintf("vmscope-ld-%s-%d.sock", what, os.Getpid()))
@@ -491,19 +489,48 @@ func (lg *pollGuest) killedPoll(state string, step int, during func()) *changeDo
 // journal checkpointed after each round, a poll's view has nothing to
 // replay: the files of each round are found from QEMU's dirty bitmap
 // alone, with no miss and no extra.
+//
+// The same boot serves the process spec: after rounds 1 and 2, `dirty
+// --guest qemu:qmp=unix:SOCK` (its pid from the socket's peer, no GDB
+// stub) polls with a state of its own, as the gdb:// spec does: round 2's
+// paths, no miss (the subtests process/round1 and process/round2).
 func TestLiveDirtyBitmapAlone(t *testing.T) {
 	lg := bootLive(t, 64, "", "vmscope.bg=0")
-	state := filepath.Join(t.TempDir(), "state.db")
-	lg.round(1)
-	doc, _ := lg.poll(state)
-	lg.check(1, true, doc)
-	for k := 2; k <= 3; k++ {
+	_, qmp, ok := strings.Cut(lg.spec, ",qmp=")
+	if !ok {
+		t.Fatalf("spec %s", lg.spec)
+	}
+	state, pstate := filepath.Join(t.TempDir(), "state.db"), filepath.Join(t.TempDir(), "process.db")
+	// on is lg for the subtest t, with spec.
+	on := func(t *testing.T, spec string) *pollGuest {
+		g := *lg
+		g.t, g.spec = t, spec
+		return &g
+	}
+	for k := 1; k <= 3; k++ {
 		lg.round(k)
-		doc, _ := lg.poll(state)
-		lg.check(k, false, doc)
-		st := doc.Stats["disk"]
-		if st.ReplayedBytes != 0 || st.DirtyBytes == 0 {
-			t.Errorf("round %d: %d bytes replayed from the journal, %d dirty: want 0 and the bitmap's", k, st.ReplayedBytes, st.DirtyBytes)
+		t.Run(fmt.Sprintf("gdb/round%d", k), func(t *testing.T) {
+			g := on(t, lg.spec)
+			doc, _ := g.poll(state)
+			g.check(k, k == 1, doc)
+			if k == 1 {
+				return
+			}
+			st := doc.Stats["disk"]
+			if st.ReplayedBytes != 0 || st.DirtyBytes == 0 {
+				t.Errorf("round %d: %d bytes replayed from the journal, %d dirty: want 0 and the bitmap's", k, st.ReplayedBytes, st.DirtyBytes)
+			}
+		})
+		if k > 2 {
+			continue
 		}
+		t.Run(fmt.Sprintf("process/round%d", k), func(t *testing.T) {
+			g := on(t, "qemu:qmp="+qmp)
+			doc, _ := g.poll(pstate)
+			if k == 2 && (!strings.Contains(doc.Source, "guest qemu:qmp=") || !strings.Contains(doc.Source, "writes since generation 1")) {
+				t.Errorf("poll 2 source: %s", doc.Source)
+			}
+			g.check(k, k == 1, doc)
+		})
 	}
 }

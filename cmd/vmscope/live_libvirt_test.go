@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"slices"
@@ -62,8 +61,8 @@ func libvirtQEMUOwn(t testing.TB, paths ...string) {
 // libvirt domain (libvirttest): a size-MiB ext4 qcow2 data disk vda (4 KiB
 // clusters, so that libvirt's checkpoint bitmaps have QEMU's finest
 // granularity), the workload's commands on a second serial port that is a
-// unix socket chardev in a folder libvirt's QEMU user owns. The vmscope
-// binary is built.
+// unix socket chardev in a folder libvirt's QEMU user owns. It runs the
+// vmscope binary of vmscopeBin.
 func bootLibvirtLive(t *testing.T, sizeMiB int, appendLine string) (*pollGuest, *libvirttest.Domain) {
 	t.Helper()
 	kernel, initrd := liveFixture(t)
@@ -80,10 +79,7 @@ func bootLibvirtLive(t *testing.T, sizeMiB int, appendLine string) (*pollGuest, 
 	fixture.Run(t, tmp, "qemu-img", "convert", "-O", "qcow2", "-o", "cluster_size=4096", raw, img)
 	ctl := filepath.Join(work, "ctl.sock")
 	libvirtQEMUOwn(t, work, img)
-	bin := filepath.Join(tmp, "vmscope")
-	if out, err := exec.Command(fixture.Tool(t, "go"), "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := vmscopeBin(t)
 	d := libvirttest.Start(t, libvirttest.Config{MemMiB: 256, Kernel: kernel, Initrd: initrd, Append: appendLine, Devices: fmt.Sprintf(`
     <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='%s'/><target dev='vda' bus='virtio'/></disk>
     <serial type='unix'><source mode='bind' path='%s'/><target port='1'/></serial>`, img, ctl)})
@@ -219,26 +215,4 @@ func TestLiveDirtyLibvirt(t *testing.T) {
 		t.Errorf("scratch folders left: %v", ms)
 	}
 	t.Logf("whole test after boot: %v", time.Since(t0).Round(time.Millisecond))
-}
-
-// TestLiveDirtyProcessSpec: `dirty --guest qemu:qmp=unix:SOCK` (the
-// process spec, its pid from the socket's peer, no GDB stub) polls a
-// plain QEMU as the gdb:// spec does: round 2's paths, no miss.
-func TestLiveDirtyProcessSpec(t *testing.T) {
-	lg := bootLive(t, 64, "", "vmscope.bg=0")
-	_, qmp, ok := strings.Cut(lg.spec, ",qmp=")
-	if !ok {
-		t.Fatalf("spec %s", lg.spec)
-	}
-	lg.spec = "qemu:qmp=" + qmp
-	state := filepath.Join(t.TempDir(), "state.db")
-	lg.round(1)
-	doc, _ := lg.poll(state)
-	lg.check(1, true, doc)
-	lg.round(2)
-	doc, _ = lg.poll(state)
-	if !strings.Contains(doc.Source, "guest qemu:qmp=") || !strings.Contains(doc.Source, "writes since generation 1") {
-		t.Errorf("poll 2 source: %s", doc.Source)
-	}
-	lg.check(2, false, doc)
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,7 +14,7 @@ import (
 	"github.com/vmscope/vmscope/internal/fixture"
 )
 
-// TestSIGINTExits130 builds the vmscope binary, starts a scan of a large
+// TestSIGINTExits130 runs the vmscope binary (vmscopeBin), starts a scan of a large
 // image, interrupts it with SIGINT once the scan is under way (its first
 // progress line) and checks that it stops with exit status 130, as a shell
 // reports an interrupted command, not 2 (an error) or 0 (a clean scan).
@@ -24,10 +23,7 @@ func TestSIGINTExits130(t *testing.T) {
 		fixture.Missing(t, "-short: builds the binary and scans a 480 MiB image")
 	}
 	img := fixture.Path(t, "gpt.img")
-	bin := filepath.Join(t.TempDir(), "vmscope")
-	if out, err := exec.Command(fixture.Tool(t, "go"), "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := vmscopeBin(t)
 	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
 		cmd := exec.Command(bin, "scan", "--hash", "--jobs", "1", "--progress", "always", "--format", "ndjson", img)
 		stderr, err := cmd.StderrPipe()

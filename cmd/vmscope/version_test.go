@@ -2,7 +2,6 @@ package main
 
 import (
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -34,10 +33,10 @@ func TestVersion(t *testing.T) {
 	if err != nil {
 		fixture.Missing(t, "not a git checkout: %v", err)
 	}
-	bin := filepath.Join(t.TempDir(), "vmscope")
-	build := exec.Command("go", "build", "-ldflags", "-X main.commit="+strings.TrimSpace(string(head)), "-o", bin, ".")
-	if b, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, b)
+	// the tests' shared binary, built with the Makefile's -X main.commit
+	bin := vmscopeBin(t)
+	if testBin.commit != strings.TrimSpace(string(head)) {
+		t.Fatalf("the test binary was built with commit %q, HEAD is %s", testBin.commit, head)
 	}
 	got, err := exec.Command(bin, "--version").Output()
 	if err != nil {

@@ -48,18 +48,28 @@ func waitText(t *testing.T, what func() string, s string, d time.Duration) {
 	t.Fatalf("no %q after %v in:\n%s", s, d, what())
 }
 
-// TestWatchCLIPolicyThenKill runs `vmscope watch` on the fixture guest
-// while its scenario runs: with a policy forbidding uid 1000 the watched
+// TestWatchCLI runs `vmscope watch` on one boot of the fixture guest
+// (6.1), in two subtests in this order: deny-table (the short scenario,
+// which changes nothing and may run again), then policy-then-kill (the
+// scenario, which runs once per boot). Each checks the guest's log from
+// its own start on.
+func TestWatchCLI(t *testing.T) {
+	if testing.Short() {
+		fixture.Missing(t, "-short: boots a guest")
+	}
+	l := watchtest.Boot(t, "")
+	t.Run("deny-table", func(t *testing.T) { watchCLIDenyTable(t, l) })
+	t.Run("policy-then-kill", func(t *testing.T) { watchCLIPolicyThenKill(t, l) })
+}
+
+// watchCLIPolicyThenKill runs `vmscope watch` on the fixture guest while
+// its scenario runs: with a policy forbidding uid 1000 the watched
 // secret.txt, the run ends at --duration with exit status 1 and an alert
 // line naming the pid the guest logged for that open; then a vmscope
 // binary watching is killed with SIGKILL once its traps are armed, `guest
 // release` restores the guest, and the guest runs its scenario (which
 // touches the watched files) to the end: no watch was left behind.
-func TestWatchCLIPolicyThenKill(t *testing.T) {
-	if testing.Short() {
-		fixture.Missing(t, "-short: boots a guest")
-	}
-	l := watchtest.Boot(t, "")
+func watchCLIPolicyThenKill(t *testing.T, l *watchtest.Guest) {
 	dir := t.TempDir()
 	policy := filepath.Join(dir, "policy")
 	os.WriteFile(policy, []byte("# secret.txt is not for uid 1000\ndeny /mnt/data/watched/secret.txt uid=1000\n"), 0o644)
@@ -72,6 +82,7 @@ func TestWatchCLIPolicyThenKill(t *testing.T) {
 			"--policy", policy, "--duration", "40s", secret, "/mnt/data/watched/config.txt"}, &out, &errOut)
 	}()
 	waitText(t, errOut.String, "traps armed", 3*time.Minute)
+	mark := l.Mark()
 	if err := l.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +90,7 @@ func TestWatchCLIPolicyThenKill(t *testing.T) {
 		t.Fatalf("exit %d, want %d (policy broken): %s", c, exitFindings, errOut.String())
 	}
 	var openPID int
-	for _, a := range l.Actions() {
+	for _, a := range l.ActionsAfter(mark) {
 		if a.Path == secret && a.Kind == "open" && a.UID == 1000 && openPID == 0 {
 			openPID = a.PID
 		}
@@ -120,11 +131,11 @@ func TestWatchCLIPolicyThenKill(t *testing.T) {
 		// The scenario goes on touching the watched files: a watchpoint
 		// left behind would stop the guest (QEMU stops on a hit with no
 		// debugger).
-		return l.WaitFor("=== SCENARIO DONE ===", 6*time.Minute)
+		return l.WaitAfter(mark, "=== SCENARIO DONE ===", 6*time.Minute)
 	})
 }
 
-// TestWatchCLIKill510 is the cleanup half of TestWatchCLIPolicyThenKill on
+// TestWatchCLIKill510 is the cleanup half of TestWatchCLI/policy-then-kill on
 // the previous Debian stable kernel (bullseye's 5.10): a vmscope binary
 // watching secret.txt and notes.txt is killed with SIGKILL once its traps
 // are armed, `guest release` restores the guest, and the guest then runs
@@ -155,10 +166,7 @@ func killRelease(t *testing.T, l *watchtest.Guest, touch func() error) {
 	dir := t.TempDir()
 	secret := "/mnt/data/watched/secret.txt"
 	// SIGKILL a watching vmscope, then release.
-	bin := filepath.Join(dir, "vmscope")
-	if b, err := exec.Command(fixture.Tool(t, "go"), "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, b)
-	}
+	bin := vmscopeBin(t)
 	j2 := filepath.Join(dir, "j2")
 	var kerr syncBuffer
 	cmd := exec.Command(bin, "watch", "--guest", l.Spec, "--journal", j2, secret, "/mnt/data/watched/notes.txt")
@@ -205,7 +213,7 @@ func qmpStatus(t *testing.T, l *watchtest.Guest) string {
 	return st.Status
 }
 
-// TestWatchCLIDenyTable runs `vmscope watch --mode deny --policy FILE
+// watchCLIDenyTable runs `vmscope watch --mode deny --policy FILE
 // --format table` on the fixture guest while it runs its short scenario
 // (opens of watched and unwatched files as uids 0, 1000 and 1001): the
 // guest's own log shows EACCES for exactly the two opens the policy
@@ -213,11 +221,7 @@ func qmpStatus(t *testing.T, l *watchtest.Guest) string {
 // exit status is 1; each output line is one table row (time, kind, path,
 // pid, comm, uid, VFS entry, action) and the forbidden opens' rows name
 // the pids the guest logged, with action deny.
-func TestWatchCLIDenyTable(t *testing.T) {
-	if testing.Short() {
-		fixture.Missing(t, "-short: boots a guest")
-	}
-	l := watchtest.Boot(t, "")
+func watchCLIDenyTable(t *testing.T, l *watchtest.Guest) {
 	dir := t.TempDir()
 	policy := filepath.Join(dir, "policy")
 	os.WriteFile(policy, []byte("deny /mnt/data/watched/secret.txt uid=1000\n"), 0o644)
@@ -232,17 +236,18 @@ func TestWatchCLIDenyTable(t *testing.T) {
 	}()
 	waitText(t, errOut.String, "traps armed", 3*time.Minute)
 	armed := time.Now()
+	mark := l.Mark()
 	started := false
 	for i := 0; i < 3 && !started; i++ {
 		if err := l.Send("short"); err != nil {
 			t.Fatal(err)
 		}
-		started = l.WaitFor("=== SHORT START ===", 20*time.Second) == nil
+		started = l.WaitAfter(mark, "=== SHORT START ===", 20*time.Second) == nil
 	}
 	if !started {
 		t.Fatal("the guest did not start its short scenario")
 	}
-	if err := l.WaitFor("=== SHORT DONE ===", 40*time.Second); err != nil {
+	if err := l.WaitAfter(mark, "=== SHORT DONE ===", 40*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("short scenario done %v after the traps were armed (--duration 45s)", time.Since(armed).Round(time.Second))
@@ -258,7 +263,7 @@ func TestWatchCLIDenyTable(t *testing.T) {
 
 	forbidden := map[int]bool{}
 	acts := 0
-	for _, a := range l.Actions() {
+	for _, a := range l.ActionsAfter(mark) {
 		acts++
 		if a.Path == secret && a.UID == 1000 && a.Kind == "open" {
 			forbidden[a.PID] = true

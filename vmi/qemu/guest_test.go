@@ -6,9 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -16,29 +14,24 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmscope/vmscope/internal/fixture"
 	"github.com/vmscope/vmscope/vmi"
-	"github.com/vmscope/vmscope/vmi/internal/guesttest"
 	"github.com/vmscope/vmscope/vmi/linux"
 	"github.com/vmscope/vmscope/vmi/memtest"
 	"github.com/vmscope/vmscope/vmi/snapshot"
 )
 
 // The tests share one boot of the fixture guest (TCG, one vCPU, KASLR
-// on). It is booted here rather than with guesttest.Boot because QEMU
-// serves one client per QMP socket: this boot has two, one for the Guest
-// under test and one for the test's own checks.
+// on), the plain guest of sharedProc: QEMU serves one client per QMP
+// socket, and that boot has one for the Guest under test (QMPPath)
+// besides the test's own (the guesttest connection).
 var (
-	bootOnce sync.Once
+	liveOnce sync.Once
 	booted   *liveGuest
-	bootErr  error
 )
 
 type liveGuest struct {
 	GDBAddr, QMPPath string
-	ref              *QMP // the test's own QMP connection
-	cmd              *exec.Cmd
-	exited           chan struct{}
+	pg               *procGuest
 
 	symOnce sync.Once
 	syms    *linux.Symbols
@@ -46,11 +39,11 @@ type liveGuest struct {
 }
 
 func (lg *liveGuest) QMP(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
-	return lg.ref.Execute(ctx, cmd, args)
+	return lg.pg.G.QMP(ctx, cmd, args)
 }
 
 func (lg *liveGuest) HMP(ctx context.Context, line string) (string, error) {
-	return lg.ref.HMP(ctx, line)
+	return lg.pg.G.HMP(ctx, line)
 }
 
 func TestMain(m *testing.M) {
@@ -63,80 +56,18 @@ func TestMain(m *testing.M) {
 	os.Setenv("XDG_RUNTIME_DIR", dir)
 	code := m.Run()
 	os.RemoveAll(dir)
-	if booted != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		booted.ref.Quit(ctx)
-		select {
-		case <-booted.exited:
-		case <-ctx.Done():
-			booted.cmd.Process.Kill()
-		}
-		cancel()
+	if shared != nil {
+		shared.quit()
+		os.RemoveAll(filepath.Dir(shared.G.Console))
 	}
 	os.Exit(code)
-}
-
-func bootLive(kernel, initrd string) (*liveGuest, error) {
-	dir, err := os.MkdirTemp("", "vmscope-qemu-test")
-	if err != nil {
-		return nil, err
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	lg := &liveGuest{
-		GDBAddr: fmt.Sprintf("127.0.0.1:%d", port),
-		QMPPath: filepath.Join(dir, "qmp.sock"),
-		exited:  make(chan struct{}),
-	}
-	ref := filepath.Join(dir, "ref.sock")
-	console := filepath.Join(dir, "console.log")
-	lg.cmd = exec.Command("qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-smp", "1",
-		"-nographic", "-display", "none", "-no-reboot", "-kernel", kernel, "-initrd", initrd,
-		"-append", "console=ttyS0 quiet panic=-1", "-serial", "file:"+console, "-monitor", "none",
-		"-gdb", "tcp:"+lg.GDBAddr, "-qmp", "unix:"+lg.QMPPath+",server=on,wait=off",
-		"-qmp", "unix:"+ref+",server=on,wait=off", "-net", "none")
-	if err := lg.cmd.Start(); err != nil {
-		return nil, err
-	}
-	go func() { lg.cmd.Wait(); close(lg.exited) }()
-	deadline := time.Now().Add(5 * time.Minute)
-	for {
-		b, _ := os.ReadFile(console)
-		if bytes.Contains(b, []byte(guesttest.ReadyMarker)) {
-			break
-		}
-		select {
-		case <-lg.exited:
-			return nil, fmt.Errorf("qemu exited before READY")
-		case <-time.After(200 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			lg.cmd.Process.Kill()
-			return nil, fmt.Errorf("no READY in %s", console)
-		}
-	}
-	if lg.ref, err = DialQMP(context.Background(), ref); err != nil {
-		lg.cmd.Process.Kill()
-		return nil, err
-	}
-	return lg, nil
 }
 
 // live returns the shared running guest, booting it on first use.
 func live(t *testing.T) *liveGuest {
 	t.Helper()
-	if testing.Short() {
-		fixture.Missing(t, "-short: the live tests boot a guest")
-	}
-	kernel, initrd := guesttest.Path(t, "vmlinuz"), guesttest.Path(t, "initrd.gz")
-	bootOnce.Do(func() { booted, bootErr = bootLive(kernel, initrd) })
-	if bootErr != nil {
-		t.Fatal(bootErr)
-	}
+	pg := sharedProc(t)
+	liveOnce.Do(func() { booted = &liveGuest{GDBAddr: pg.G.GDBAddr, QMPPath: pg.QMP, pg: pg} })
 	return booted
 }
 

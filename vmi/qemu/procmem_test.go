@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,35 +33,101 @@ type procGuest struct {
 	G      *guesttest.Guest
 	QMP    string // vmscope's socket
 	Events string // a socket to watch events on
+	sock   string // the sockets' folder
 }
 
 // bootProc boots the fixture guest with memMiB of RAM and extra QEMU
-// arguments (a machine type, a memory backend).
+// arguments (a machine type, a memory backend) for one test.
 func bootProc(t testing.TB, memMiB int, extra ...string) *procGuest {
+	t.Helper()
+	kernel, initrd := procFixture(t)
+	pg, err := startProc(kernel, initrd, t.TempDir(), memMiB, extra...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pg.quit)
+	return pg
+}
+
+// The tests that need a plain guest (512 MiB, QEMU's default machine)
+// and leave it running share one boot (sharedProc): the live tests of
+// guest_test.go, the anonymous-RAM case of TestProcMemoryEqualsDump,
+// TestProcMemoryRefuses, TestProcessGuest and
+// TestProcessGuestPausedStaysPaused. TestMain quits it.
+var (
+	sharedOnce sync.Once
+	shared     *procGuest
+	sharedErr  error
+)
+
+// sharedProc returns the shared plain guest, booting it on first use.
+func sharedProc(t testing.TB) *procGuest {
+	t.Helper()
+	kernel, initrd := procFixture(t)
+	sharedOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "vmscope-qemu-test")
+		if err != nil {
+			sharedErr = err
+			return
+		}
+		if shared, sharedErr = startProc(kernel, initrd, dir, 512); sharedErr != nil {
+			os.RemoveAll(dir)
+		}
+	})
+	if sharedErr != nil {
+		t.Fatal(sharedErr)
+	}
+	return shared
+}
+
+// procFixture is the guest fixture's kernel and initramfs; it skips (fails
+// under CI=true) without them, without QEMU, or under -short.
+func procFixture(t testing.TB) (kernel, initrd string) {
 	t.Helper()
 	if testing.Short() {
 		fixture.Missing(t, "-short: the live tests boot a guest")
 	}
 	fixture.Tool(t, "qemu-system-x86_64")
-	kernel, initrd := guesttest.Path(t, "vmlinuz"), guesttest.Path(t, "initrd.gz")
+	return guesttest.Path(t, "vmlinuz"), guesttest.Path(t, "initrd.gz")
+}
+
+// startProc boots the fixture guest, its console in dir; the caller quits
+// it.
+func startProc(kernel, initrd, dir string, memMiB int, extra ...string) (*procGuest, error) {
 	sock, err := os.MkdirTemp("", "vmscope-proc")
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	t.Cleanup(func() { os.RemoveAll(sock) })
-	pg := &procGuest{QMP: filepath.Join(sock, "qmp.sock"), Events: filepath.Join(sock, "ev.sock")}
+	pg := &procGuest{QMP: filepath.Join(sock, "qmp.sock"), Events: filepath.Join(sock, "ev.sock"), sock: sock}
 	extra = append(extra, "-qmp", "unix:"+pg.QMP+",server=on,wait=off", "-qmp", "unix:"+pg.Events+",server=on,wait=off")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	dir := t.TempDir()
 	g, err := guesttest.Boot(ctx, guesttest.Config{Kernel: kernel, Initrd: initrd, MemMiB: memMiB, Dir: dir, Extra: extra})
 	if err != nil {
+		os.RemoveAll(sock)
 		b, _ := os.ReadFile(filepath.Join(dir, "console.log"))
-		t.Fatalf("%v\nconsole (last 2 KiB):\n%s", err, b[max(0, len(b)-2048):])
+		return nil, fmt.Errorf("%v\nconsole (last 2 KiB):\n%s", err, b[max(0, len(b)-2048):])
 	}
-	t.Cleanup(func() { g.Quit() })
 	pg.G = g
-	return pg
+	return pg, nil
+}
+
+// quit stops QEMU and removes the sockets' folder.
+func (pg *procGuest) quit() {
+	pg.G.Quit()
+	os.RemoveAll(pg.sock)
+}
+
+// resumeAtEnd resumes the shared guest when the test ends, so that the
+// next test finds it running.
+func resumeAtEnd(t *testing.T, pg *procGuest) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := pg.G.QMP(ctx, "cont", nil); err != nil {
+			t.Errorf("resume the shared guest: %v", err)
+		}
+	})
 }
 
 // pausedProcMemory pauses pg and opens its RAM through the process path
@@ -124,9 +191,9 @@ func memEqual(t *testing.T, a, b vmi.Memory) (total uint64, high int) {
 
 // TestProcMemoryEqualsDump reads the whole RAM of a paused guest from the
 // QEMU process and compares it with a dump-guest-memory ELF of the same
-// moment, on anonymous RAM, on a shared memfd backing, and on 4.5 GiB
-// guests of machine types pc and q35 (RAM split below 4 GiB, the rest
-// above it): the ranges and every byte. The big guests must have non-zero
+// moment, on anonymous RAM, on a shared memfd backing, and on guests of
+// machine types pc (3.5 GiB) and q35 (2.75 GiB), the smallest whose RAM
+// QEMU splits below 4 GiB and above it: the ranges and every byte. The big guests must have non-zero
 // pages above 4 GiB (the kernel allocates top-down), so the high mapping
 // is tested on real data.
 func TestProcMemoryEqualsDump(t *testing.T) {
@@ -139,13 +206,22 @@ func TestProcMemoryEqualsDump(t *testing.T) {
 	}{
 		{name: "anonymous", mem: 512},
 		{name: "memfd-shared", mem: 512, extra: []string{"-object", "memory-backend-memfd,id=m0,size=512M,share=on", "-machine", "memory-backend=m0"}},
-		{name: "pc-4.5G", mem: 4608, extra: []string{"-machine", "pc"}, lowEnd: 0xc0000000},
-		{name: "q35-4.5G", mem: 4608, extra: []string{"-machine", "q35"}, lowEnd: 0x80000000},
+		// the smallest guests QEMU 7.2 splits at 4 GiB: pc from 3.5 GiB
+		// (3 GiB below, 512 MiB above), q35 from 2.75 GiB (2 GiB below,
+		// 768 MiB above)
+		{name: "pc-3.5G", mem: 3584, extra: []string{"-machine", "pc"}, lowEnd: 0xc0000000},
+		{name: "q35-2.75G", mem: 2816, extra: []string{"-machine", "q35"}, lowEnd: 0x80000000},
 		{name: "hotplug-dimm", mem: 512, extra: []string{"-m", "512,slots=2,maxmem=2G"}, hotplug: true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			pg := bootProc(t, c.mem, c.extra...)
+			var pg *procGuest
+			if c.name == "anonymous" {
+				pg = sharedProc(t) // the shared plain guest
+				resumeAtEnd(t, pg)
+			} else {
+				pg = bootProc(t, c.mem, c.extra...)
+			}
 			ctx := ctxT(t)
 			var marker []byte
 			var markAt vmi.PA
@@ -159,6 +235,10 @@ func TestProcMemoryEqualsDump(t *testing.T) {
 			shared := len(pm.files) > 0
 			if shared != (c.name == "memfd-shared") {
 				t.Errorf("shared backing %v (%s)", shared, pm.Method())
+			}
+			if shared {
+				// before the dump, which may allocate the backing's holes
+				t.Run("holes", func(t *testing.T) { sharedHoles(t, pg, pm) })
 			}
 			dump := filepath.Join(t.TempDir(), "g.elf")
 			if err := pg.G.Dump(ctx, dump, "elf"); err != nil {
@@ -269,13 +349,12 @@ func allocated(t *testing.T, f *os.File) int64 {
 	return st.Blocks * 512
 }
 
-// TestProcMemorySharedHoles reads all the RAM of a paused guest on a
-// shared memfd backing and checks that the backing did not grow: pages the
-// guest never touched are holes, read as zeros without being allocated.
-func TestProcMemorySharedHoles(t *testing.T) {
-	pg := bootProc(t, 512, "-object", "memory-backend-memfd,id=m0,size=512M,share=on", "-machine", "memory-backend=m0")
-	ctx := ctxT(t)
-	pm := pausedProcMemory(t, ctx, pg)
+// sharedHoles (TestProcMemoryEqualsDump/memfd-shared/holes) reads all
+// the RAM of a paused guest on a shared memfd backing, pm, and checks that
+// the backing did not grow: pages the guest never touched are holes, read
+// as zeros without being allocated. It runs before the case's dump and
+// leaves pm reading as it found it.
+func sharedHoles(t *testing.T, pg *procGuest, pm *ProcMemory) {
 	if len(pm.files) != 1 {
 		t.Fatalf("%d shared backings, want 1", len(pm.files))
 	}
@@ -316,7 +395,10 @@ func TestProcMemorySharedHoles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer f.Close()
+	saved := pm.mem
 	pm.mem = f
+	defer func() { pm.mem = saved }()
 	if !strings.HasPrefix(pm.Method(), "/proc/PID/mem") {
 		t.Errorf("method %q", pm.Method())
 	}
@@ -334,7 +416,7 @@ func TestProcMemorySharedHoles(t *testing.T) {
 // TestProcMemoryRefuses checks the errors of a process that cannot be the
 // guest's: no such process, and a process that is not this QMP's QEMU.
 func TestProcMemoryRefuses(t *testing.T) {
-	pg := bootProc(t, 256)
+	pg := sharedProc(t)
 	ctx := ctxT(t)
 	// a pid that is not the QMP socket's peer
 	if ep, err := Dial(ctx, fmt.Sprintf("qemu:pid=%d,qmp=unix:%s", os.Getpid(), pg.QMP)); err == nil || !strings.Contains(err.Error(), "is not the QEMU behind") {
@@ -384,7 +466,7 @@ func stopEvents(t *testing.T, ctx context.Context, q *QMP) int {
 // dump while paused through QMP, then arms a breakpoint (which attaches the
 // stub on demand), takes a hit, and closes: the guest runs, no journal.
 func TestProcessGuest(t *testing.T) {
-	pg := bootProc(t, 512)
+	pg := sharedProc(t)
 	ctx := ctxT(t)
 	ev, err := DialQMP(ctx, pg.Events)
 	if err != nil {
@@ -485,8 +567,9 @@ func TestProcessGuest(t *testing.T) {
 // its process (the pid from a pid file) and left paused; Pause and Resume
 // do not run it; a trap without a stub is refused with ErrNoStub.
 func TestProcessGuestPausedStaysPaused(t *testing.T) {
-	pg := bootProc(t, 256)
+	pg := sharedProc(t)
 	ctx := ctxT(t)
+	resumeAtEnd(t, pg)
 	if _, err := pg.G.QMP(ctx, "stop", nil); err != nil {
 		t.Fatal(err)
 	}
