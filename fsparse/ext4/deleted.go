@@ -286,37 +286,24 @@ func (f *FS) ScanDirFunc(ino uint32, deleted bool, fn func(s *DirSlot, name []by
 	}
 	index := f.htreeIndex(in, m)
 	bs := f.bs
-	nblk := (in.Size + bs - 1) / bs
-	runBlocks := max(uint64(dirRunBytes)/bs, 1)
-	buf, done := dirRun(min(runBlocks, nblk) * bs)
-	defer done()
-	for _, e := range m.ext {
-		if e.Unwritten || e.Logical >= nblk {
-			continue
-		}
-		n := min(e.Len, nblk-e.Logical)
-		for i := uint64(0); i < n; i += runBlocks {
-			k := min(runBlocks, n-i)
-			b := buf[:k*bs]
+	return f.dirRuns(in, m, func(b []byte, lb0, pb0 uint64, readErr error) (bool, error) {
+		for j := uint64(0); j < uint64(len(b))/bs; j++ {
+			lb, pb := lb0+j, pb0+j
+			if index[lb] {
+				// The htree root ("." and "..", whose record covers the
+				// index) and index nodes: no other records.
+				continue
+			}
+			blk := b[j*bs : (j+1)*bs]
 			// A run that cannot be read whole is read block by block,
 			// so only its unreadable blocks are skipped.
-			whole := f.readBlocks(b, e.Physical+i) == nil
-			for j := uint64(0); j < k; j++ {
-				lb, pb := e.Logical+i+j, e.Physical+i+j
-				if index[lb] {
-					// The htree root ("." and "..", whose record covers the
-					// index) and index nodes: no other records.
-					continue
-				}
-				blk := b[j*bs : (j+1)*bs]
-				if !whole && f.readBlocks(blk, pb) != nil {
-					continue
-				}
-				f.scanChunk(blk, int64(pb*bs), lb == 0, deleted, fn)
+			if readErr != nil && f.readBlocks(blk, pb) != nil {
+				continue
 			}
+			f.scanChunk(blk, int64(pb*bs), lb == 0, deleted, fn)
 		}
-	}
-	return nil
+		return false, nil
+	})
 }
 
 // InodeAllocated reports whether inode ino is marked in use in its group's

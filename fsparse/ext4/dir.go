@@ -206,6 +206,31 @@ func (f *FS) walkDir(in *Inode, fn dirVisitor) error {
 		return err
 	}
 	bs := f.bs
+	return f.dirRuns(in, m, func(b []byte, lb, pb uint64, readErr error) (bool, error) {
+		if readErr != nil {
+			return false, fmt.Errorf("ext4: directory inode %d at block %d: %w", in.Ino, pb, readErr)
+		}
+		for j := uint64(0); j < uint64(len(b))/bs; j++ {
+			blk, fblk := pb+j, lb+j
+			where := func() string {
+				return fmt.Sprintf("ext4: directory inode %d block %d (file block %d)", in.Ino, blk, fblk)
+			}
+			stop, err := f.parseDirChunk(b[j*bs:(j+1)*bs], where, int64(blk*bs), fblk == 0, fn)
+			if err != nil || stop {
+				return stop, err
+			}
+		}
+		return false, nil
+	})
+}
+
+// dirRuns reads the written blocks of directory inode in (mapped as m)
+// below its size in runs of up to dirRunBytes, and calls fn with each run,
+// its first file block and first physical block, and the error of reading
+// it whole (b then holds what was read). fn stops the walk by returning
+// true or an error.
+func (f *FS) dirRuns(in *Inode, m *blockMap, fn func(b []byte, lb, pb uint64, readErr error) (bool, error)) error {
+	bs := f.bs
 	nblk := (in.Size + bs - 1) / bs
 	runBlocks := max(uint64(dirRunBytes)/bs, 1)
 	buf, done := dirRun(min(runBlocks, nblk) * bs)
@@ -218,19 +243,9 @@ func (f *FS) walkDir(in *Inode, fn dirVisitor) error {
 		for i := uint64(0); i < n; i += runBlocks {
 			k := min(runBlocks, n-i)
 			b := buf[:k*bs]
-			pb := e.Physical + i
-			if err := f.readBlocks(b, pb); err != nil {
-				return fmt.Errorf("ext4: directory inode %d at block %d: %w", in.Ino, pb, err)
-			}
-			for j := uint64(0); j < k; j++ {
-				blk := pb + j
-				where := func() string {
-					return fmt.Sprintf("ext4: directory inode %d block %d (file block %d)", in.Ino, blk, e.Logical+i+j)
-				}
-				stop, err := f.parseDirChunk(b[j*bs:(j+1)*bs], where, int64(blk*bs), e.Logical+i+j == 0, fn)
-				if err != nil || stop {
-					return err
-				}
+			stop, err := fn(b, e.Logical+i, e.Physical+i, f.readBlocks(b, e.Physical+i))
+			if err != nil || stop {
+				return err
 			}
 		}
 	}
