@@ -173,6 +173,64 @@ func TestLiveGuest(t *testing.T) {
 		t.Fatalf("snap has no SigBlk: %q", before)
 	}
 
+	t.Run("run-others", func(t *testing.T) {
+		// RunOthers lets vCPU 1 run while vCPU 0 stays frozen: with a
+		// breakpoint in the idle loop both vCPUs reach, every stop is
+		// vCPU 1's and vCPU 0's registers do not move
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		idle, ok := k.Symbols.Addr("native_safe_halt")
+		if !ok {
+			t.Fatal("no native_safe_halt")
+		}
+		if err := g.Pause(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer g.Resume(ctx)
+		bp := vmi.Breakpoint(idle)
+		if err := g.Insert(ctx, bp); err != nil {
+			t.Fatal(err)
+		}
+		before, err := g.Regs(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hits := 0
+		for i := 0; i < 5; i++ {
+			n, err := g.RunOthers(ctx, 0, 2*time.Second)
+			if err != nil || n != 1 {
+				t.Fatalf("run others: %d vCPUs, %v", n, err)
+			}
+			c1, err := g.Regs(ctx, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if vmi.VA(c1.RIP) == idle {
+				hits++
+				// past the breakpoint's instruction, as a tracer does
+				if err := g.Remove(ctx, bp); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := g.Step(ctx, 1); err != nil {
+					t.Fatal(err)
+				}
+				if err := g.Insert(ctx, bp); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if c0, err := g.Regs(ctx, 0); err != nil || c0 != before {
+				t.Errorf("vCPU 0 moved while the others ran: %+v -> %+v (%v)", before, c0, err)
+			}
+		}
+		if err := g.Remove(ctx, bp); err != nil {
+			t.Fatal(err)
+		}
+		if hits == 0 {
+			t.Errorf("vCPU 1 never reached %s in 5 runs of 2 s", "native_safe_halt")
+		}
+		t.Logf("vCPU 1 stopped in the idle loop %d times of 5; vCPU 0 stayed at %#x", hits, before.RIP)
+	})
+
 	t.Run("dummy-selection", func(t *testing.T) {
 		if err := g.Pause(context.Background()); err != nil {
 			t.Fatal(err)
@@ -384,17 +442,32 @@ func TestLiveGuest(t *testing.T) {
 	t.Run("protect-before-and-full", func(t *testing.T) {
 		var res *Result
 		var err error
-		// learned as a model is learned from a workload: over runs of the
-		// call until one runs no page the earlier ones did not (at most
-		// 4). One run is not enough: a call that reaches schedule() in
-		// one run resumes through pages another run never steps.
+		// learned as a model is learned from a workload. A call that
+		// was switched out (it blocked, or yielded at a cond_resched())
+		// goes back to user mode through pages a call that ran through
+		// never steps (the reload of its FPU state): one read of a FIFO
+		// whose writer comes a second later is always switched out.
+		// Then the stat, over runs until one steps no page and no
+		// transition the earlier ones did not (at most 6).
 		runs := 0
 		learned = learn.learn(t, func(onStep func(vmi.VA, string, bool)) error {
-			for runs < 4 {
-				n := len(learn.calls)
+			if _, err = l.Run("rm -f /tmp/learnfifo; mkfifo /tmp/learnfifo && (sleep 1; echo learn >/tmp/learnfifo) >/dev/null 2>&1 &"); err != nil {
+				return err
+			}
+			fr, ferr := lv.runOn(t, Op{Kind: "cat", Path: "/tmp/learnfifo", MaxBytes: 64}, Options{Protect: ProtectFull, noBefore: true, onStep: onStep})
+			if ferr != nil {
+				err = fmt.Errorf("learning from a blocking read: %w", ferr)
+				return err
+			}
+			if fr.Handoffs < 1 || string(fr.Data) != "learn\n" {
+				err = fmt.Errorf("learning from a blocking read: %d hand-offs, read %q", fr.Handoffs, fr.Data)
+				return err
+			}
+			for runs < 6 {
+				pages, edges := len(learn.calls), len(learn.edges)
 				runs++
 				res, err = lv.runOn(t, statOp, Options{Protect: ProtectFull, Disk: disk, onStep: onStep})
-				if err != nil || (runs > 1 && len(learn.calls) == n) {
+				if err != nil || (runs > 1 && len(learn.calls) == pages && len(learn.edges) == edges) {
 					break
 				}
 			}
@@ -403,7 +476,7 @@ func TestLiveGuest(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("model learned over %d stepped stats", runs)
+		t.Logf("model learned over a blocking read and %d stepped stats", runs)
 		for _, ph := range []string{"before", "during", "after"} {
 			if v := verdict(res, ph); v.Status != "pass" {
 				t.Errorf("%s: %+v", ph, v)
@@ -438,7 +511,7 @@ func TestLiveGuest(t *testing.T) {
 		}
 		res, err := lv.runOn(t, statOp, Options{Protect: ProtectFull, noBefore: true, Model: learned})
 		if err != nil {
-			t.Fatalf("stat under the model learned from the same call: %v (%+v)", err, verdict(res, "during"))
+			t.Fatalf("stat under the model learned from the same call: %v (%+v; calls %+v)", err, verdict(res, "during"), res.Calls)
 		}
 		if v := verdict(res, "during"); v.Status != "pass" {
 			t.Errorf("during: %+v", v)
@@ -469,6 +542,9 @@ func TestLiveGuest(t *testing.T) {
 		}
 		res, err := lv.runOn(t, Op{Kind: "cat", Path: "/tmp/handoff", MaxBytes: 64}, Options{Protect: ProtectFull, noBefore: true})
 		if err != nil {
+			if res != nil {
+				t.Fatalf("%v; restored %v, calls %+v", err, res.Restored, res.Calls)
+			}
 			t.Fatal(err)
 		}
 		if string(res.Data) != "handoff-payload\n" {
@@ -500,7 +576,10 @@ func TestLiveGuest(t *testing.T) {
 		// signals; the borrowed thread is then blocked opening a FIFO
 		// that has no writer
 		for _, mode := range []string{"exit", "exec"} {
-			out, err := l.Run(fmt.Sprintf("mkfifo /tmp/never-%s; /bin/midway %s >/dev/null 2>&1 & echo $!", mode, mode))
+			// its pid once it runs midway with both threads (the
+			// forked shell has not exec'd it yet when $! is known)
+			out, err := l.Run(fmt.Sprintf("mkfifo /tmp/never-%s; /bin/midway %s >/dev/null 2>&1 & p=$!; "+
+				"for i in $(seq 100); do [ \"$(cat /proc/$p/comm)\" = midway ] && [ $(ls /proc/$p/task | wc -l) = 2 ] && break; sleep 0.1; done; echo $p", mode, mode))
 			if err != nil || len(out) != 1 {
 				t.Fatalf("midway %s: %q %v", mode, out, err)
 			}
@@ -685,6 +764,7 @@ type stepSource struct {
 	regions *cfi.Regions
 	runs    func(onStep func(vmi.VA, string, bool)) error
 	calls   map[cfi.Page]map[string]bool
+	edges   map[cfi.Edge]bool // the transitions between pages stepped
 }
 
 func newStepSource(t *testing.T, k *linux.Kernel) *stepSource {
@@ -692,13 +772,15 @@ func newStepSource(t *testing.T, k *linux.Kernel) *stepSource {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &stepSource{regions: r, calls: map[cfi.Page]map[string]bool{}}
+	return &stepSource{regions: r, calls: map[cfi.Page]map[string]bool{}, edges: map[cfi.Edge]bool{}}
 }
 
 func (s *stepSource) Name() string { return "step" }
 
 func (s *stepSource) Run(ctx context.Context, emit func(cfi.Event) error) error {
 	var prev vmi.VA
+	var prevPage cfi.Page
+	havePage := false
 	var errs []error
 	err := s.runs(func(rip vmi.VA, call string, first bool) {
 		pg := rip &^ (cfi.PageSize - 1)
@@ -710,7 +792,12 @@ func (s *stepSource) Run(ctx context.Context, emit func(cfi.Event) error) error 
 		if err := emit(ev); err != nil {
 			errs = append(errs, err)
 		}
-		if p, ok := s.regions.PageOf(rip); ok {
+		p, ok := s.regions.PageOf(rip)
+		if ok && !first && havePage && p != prevPage {
+			s.edges[cfi.Edge{From: prevPage, To: p}] = true
+		}
+		prevPage, havePage = p, ok
+		if ok {
 			if s.calls[p] == nil {
 				s.calls[p] = map[string]bool{}
 			}

@@ -9,6 +9,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/vmscope/vmscope/cfi"
 	"github.com/vmscope/vmscope/fsparse"
@@ -41,6 +42,7 @@ type pathChecker struct {
 	model    *cfi.Model
 	maxSteps int
 	sched    map[vmi.VA]bool // schedule, __schedule: a blocking call
+	pause    map[vmi.VA]bool // whether the instruction at an address is pause
 	reasons  []string
 	blocked  int
 	// restoring: the calls that put the dummy back (close, munmap,
@@ -65,7 +67,7 @@ func newPathChecker(ctx context.Context, k *linux.Kernel, m *cfi.Model, maxSteps
 			return nil, err
 		}
 	}
-	pc := &pathChecker{regions: r, model: m, maxSteps: maxSteps, sched: map[vmi.VA]bool{}}
+	pc := &pathChecker{regions: r, model: m, maxSteps: maxSteps, sched: map[vmi.VA]bool{}, pause: map[vmi.VA]bool{}}
 	for _, n := range []string{"schedule", "__schedule", "preempt_schedule_common", "schedule_timeout"} {
 		if a, ok := k.Symbols.Addr(n); ok {
 			pc.sched[a] = true
@@ -92,7 +94,9 @@ const repMin = 8
 // instruction: it cannot leave its page, which is checked already.
 func (pc *pathChecker) stepCall(ctx context.Context, s *Session, call *Call) (vmi.CPU, error) {
 	var prev cfi.Page
+	var prevRIP vmi.VA
 	havePrev := false
+	pauses := 0
 	lastRIP := uint64(0)
 	for {
 		if call.Steps >= pc.maxSteps {
@@ -126,6 +130,21 @@ func (pc *pathChecker) stepCall(ctx context.Context, s *Session, call *Call) (vm
 				return r, err
 			}
 		}
+		if r.RIP >= kernelHalf && pc.isPause(s, vmi.VA(r.RIP)) {
+			// a spin-wait on what another vCPU holds: it is stopped while
+			// this one steps; every spinWait pauses it runs a moment,
+			// the dummy's vCPU frozen
+			pauses++
+			if or, ok := s.t.(vmi.OthersRunner); ok && pauses%spinWait == 0 {
+				n, err := or.RunOthers(ctx, s.cpu, othersSlice)
+				if err != nil {
+					return r, err
+				}
+				if n > 0 {
+					call.SpinWaits++
+				}
+			}
+		}
 		lastRIP = r.RIP
 		rip := vmi.VA(r.RIP)
 		if r.RIP < kernelHalf {
@@ -147,14 +166,46 @@ func (pc *pathChecker) stepCall(ctx context.Context, s *Session, call *Call) (vm
 		}
 		if pc.model != nil {
 			if !pc.model.HasPage(p) {
-				return pc.abort(ctx, s, call, r, fmt.Sprintf("%s: page %v (%#x) is not in the model", call.Name, p, r.RIP))
+				return pc.abort(ctx, s, call, r, fmt.Sprintf("%s: page %v (%#x%s) is not in the model", call.Name, p, r.RIP, pc.symbol(rip)))
 			}
 			if havePrev && prev != p && !pc.model.HasEdge(cfi.Edge{From: prev, To: p}) {
-				return pc.abort(ctx, s, call, r, fmt.Sprintf("%s: transition %v->%v is not in the model", call.Name, prev, p))
+				return pc.abort(ctx, s, call, r, fmt.Sprintf("%s: transition %v->%v (%#x%s -> %#x%s) is not in the model",
+					call.Name, prev, p, uint64(prevRIP), pc.symbol(prevRIP), r.RIP, pc.symbol(rip)))
 			}
 		}
-		prev, havePrev = p, true
+		prev, prevRIP, havePrev = p, rip, true
 	}
+}
+
+// spinWait is how many pause instructions (the cpu_relax() of kernel
+// spin loops) the stepped dummy executes before the other vCPUs run for
+// othersSlice: a holder on a stopped vCPU never lets go otherwise.
+const (
+	spinWait    = 8
+	othersSlice = 2 * time.Millisecond
+)
+
+// isPause tells whether the instruction at rip is pause (f3 90); the
+// answer is kept per address.
+func (pc *pathChecker) isPause(s *Session, rip vmi.VA) bool {
+	if v, ok := pc.pause[rip]; ok {
+		return v
+	}
+	var b [2]byte
+	_, err := s.kr.K.AS.ReadVirt(b[:], rip)
+	v := err == nil && b[0] == 0xf3 && b[1] == 0x90
+	if len(pc.pause) < 1<<16 {
+		pc.pause[rip] = v
+	}
+	return v
+}
+
+// symbol is " name+off" for a kernel address the symbols cover, else "".
+func (pc *pathChecker) symbol(va vmi.VA) string {
+	if name, off, _ := pc.regions.Symbolize(va); name != "" {
+		return fmt.Sprintf(" %s+%#x", name, off)
+	}
+	return ""
 }
 
 // runInKernel lets the guest run until the dummy's task reaches addr in

@@ -29,6 +29,9 @@ type Call struct {
 	// RepRuns is how many rep string instructions were run to their end
 	// by a breakpoint instead of stepped one iteration at a time.
 	RepRuns int `json:"rep_runs,omitempty"`
+	// SpinWaits is how many times the dummy spun (pause instructions)
+	// and the other vCPUs ran a moment to let go of what it waited for.
+	SpinWaits int `json:"spin_waits,omitempty"`
 }
 
 // ErrAborted is an operation that a check stopped: the dummy was

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Access is a kind of memory access, a set of read, write and execute
@@ -202,6 +203,19 @@ type Tracer interface {
 // their hits.
 type RunsOn interface {
 	TrapsRunOn() bool
+}
+
+// OthersRunner is a Tracer that can let every vCPU but one run while
+// that one stays stopped. A vCPU being stepped (interrupts masked, the
+// others stopped) that spins on a lock another vCPU holds waits forever;
+// letting the others run a moment, the stepped one still frozen, lets
+// the holder release it without any instruction of the stepped vCPU
+// going unobserved.
+type OthersRunner interface {
+	// RunOthers lets every vCPU but cpu of a paused guest run for d (less
+	// if one of them stops on its own), then pauses the guest again. It
+	// returns how many vCPUs ran: with one vCPU, none.
+	RunOthers(ctx context.Context, cpu int, d time.Duration) (int, error)
 }
 
 // Controller changes a live guest: its memory and its vCPUs' registers.

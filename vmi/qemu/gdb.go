@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"github.com/vmscope/vmscope/vmerr"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,6 +42,25 @@ type GDB struct {
 	smu    sync.Mutex
 	stops  []Stop // stop replies not yet taken, oldest first, bounded
 	stopCh chan struct{}
+
+	// logf is VMSCOPE_GDB_LOG's file: every packet sent (->) and
+	// received (<-), and the stops as the Guest took them (..), with
+	// the time, each cut at 400 bytes.
+	lmu  sync.Mutex
+	logf *os.File
+}
+
+// logPkt writes one line of the packet log (VMSCOPE_GDB_LOG).
+func (g *GDB) logPkt(dir string, b []byte) {
+	g.lmu.Lock()
+	defer g.lmu.Unlock()
+	if g.logf == nil {
+		return
+	}
+	if len(b) > 400 {
+		b = b[:400]
+	}
+	fmt.Fprintf(g.logf, "%s %s %q\n", time.Now().Format("15:04:05.000000"), dir, b)
 }
 
 // maxQueuedStops bounds the stop replies kept for NextStop; older ones are
@@ -62,6 +82,9 @@ func DialGDB(ctx context.Context, addr string) (*GDB, error) {
 	g := &GDB{
 		conn: conn, ack: true, packetSize: 4096 - 4, phys: -1,
 		replies: make(chan []byte, 4*maxPipelineWindow), done: make(chan struct{}), stopCh: make(chan struct{}, 1),
+	}
+	if p := os.Getenv("VMSCOPE_GDB_LOG"); p != "" {
+		g.logf, _ = os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	}
 	go g.readLoop()
 	if err := g.negotiate(ctx); err != nil {
@@ -114,6 +137,7 @@ func (g *GDB) readLoop() {
 			g.readErr = err
 			return
 		}
+		g.logPkt("<-", p)
 		g.wmu.Lock()
 		ack := g.ack
 		g.wmu.Unlock()
@@ -194,6 +218,7 @@ func (g *GDB) write(b []byte) error {
 	g.wmu.Lock()
 	defer g.wmu.Unlock()
 	g.conn.SetWriteDeadline(time.Now().Add(opTimeout))
+	g.logPkt("->", b)
 	_, err := g.conn.Write(b)
 	return err
 }
@@ -568,6 +593,12 @@ func (g *GDB) Detach(ctx context.Context) error { return g.expectOK(ctx, "D") }
 func (g *GDB) Close() error {
 	err := g.conn.Close()
 	<-g.done
+	g.lmu.Lock()
+	if g.logf != nil {
+		g.logf.Close()
+		g.logf = nil
+	}
+	g.lmu.Unlock()
 	return err
 }
 

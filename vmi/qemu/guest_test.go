@@ -279,6 +279,8 @@ func xp(t *testing.T, ctx context.Context, lg *liveGuest, va vmi.VA) string {
 // TestLiveBreakpoint sets a breakpoint where the kernel will run, waits
 // for the hit, checks the vCPU stopped there, and clears it.
 func TestLiveBreakpoint(t *testing.T) {
+	pktLog := filepath.Join(t.TempDir(), "gdb.log")
+	t.Setenv("VMSCOPE_GDB_LOG", pktLog)
 	_, g := openLive(t)
 	ctx := ctxT(t)
 	addr := kernelAddr(t, ctx, g)
@@ -323,6 +325,17 @@ func TestLiveBreakpoint(t *testing.T) {
 	}
 	if err := g.Resume(ctx); err != nil {
 		t.Fatal(err)
+	}
+	// VMSCOPE_GDB_LOG has the exchange: the breakpoint set, its stop
+	// reply, the step and the removal
+	b, err := os.ReadFile(pktLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{fmt.Sprintf(`-> "$Z0,%x,1#`, uint64(addr)), `<- "T05thread:01;"`, `-> "$vCont;s:1#`, fmt.Sprintf(`-> "$z0,%x,1#`, uint64(addr))} {
+		if !bytes.Contains(b, []byte(want)) {
+			t.Errorf("the packet log has no %s", want)
+		}
 	}
 }
 

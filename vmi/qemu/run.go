@@ -31,7 +31,9 @@ func (g *Guest) watch(ctx context.Context) {
 			close(g.runDone)
 		}
 		g.quiet = false
+		wasRunning := g.running
 		g.mu.Unlock()
+		g.gdb.logPkt("..", []byte(fmt.Sprintf("stop %+v quiet=%v (running now %v)", s, quiet, wasRunning)))
 		if quiet {
 			continue
 		}
@@ -204,6 +206,52 @@ func (g *Guest) Step(ctx context.Context, cpu int) (vmi.CPU, error) {
 		return vmi.CPU{}, errors.Join(fmt.Errorf("qemu: step: %w", ctx.Err()), g.pause(context.WithoutCancel(ctx)))
 	}
 	return g.regs(ctx, cpu)
+}
+
+// RunOthers lets every vCPU but cpu run for d while cpu stays stopped
+// (vCont with a continue action for each other thread only), then stops
+// the guest again (vmi.OthersRunner). A stop that comes first (one of
+// them hit a trap) ends the run early and is not reported as an event:
+// the caller arms no trap while it steps. With one vCPU it does nothing.
+func (g *Guest) RunOthers(ctx context.Context, cpu int, d time.Duration) (int, error) {
+	g.op.Lock()
+	defer g.op.Unlock()
+	if err := g.checkOpen(); err != nil {
+		return 0, err
+	}
+	if err := g.attachStub(ctx); err != nil {
+		return 0, err
+	}
+	if cpu < 0 || cpu >= len(g.thread) {
+		return 0, fmt.Errorf("qemu: run others: no vCPU %d", cpu)
+	}
+	if len(g.thread) < 2 {
+		return 0, nil
+	}
+	pkt := "vCont"
+	for i, th := range g.thread {
+		if i != cpu {
+			pkt += fmt.Sprintf(";c:%x", th)
+		}
+	}
+	g.mu.Lock()
+	if g.running {
+		g.mu.Unlock()
+		return 0, errors.New("qemu: run others: the guest is running (Pause first)")
+	}
+	g.running, g.runDone, g.quiet = true, make(chan struct{}), true
+	done := g.runDone
+	g.mu.Unlock()
+	if err := g.gdb.Send(pkt); err != nil {
+		return 0, err
+	}
+	select {
+	case <-done:
+		return len(g.thread) - 1, nil
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+	return len(g.thread) - 1, errors.Join(ctx.Err(), g.pause(context.WithoutCancel(ctx)))
 }
 
 // withStopped runs f with the guest stopped through the stub (attached
