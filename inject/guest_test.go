@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -528,6 +529,11 @@ func TestLiveGuest(t *testing.T) {
 		v := verdict(res, "during")
 		if !errors.Is(err, ErrAborted) || !res.Restored || v.Status != "fail" || !strings.Contains(strings.Join(v.Reasons, "; "), "newfstatat: page "+drop.String()) {
 			t.Errorf("stat under a model without %v: %v (restored %v), during %+v", drop, err, res.Restored, v)
+		}
+		// the reason names the instruction's function, from kallsyms
+		named := regexp.MustCompile(`newfstatat: page ` + regexp.QuoteMeta(drop.String()) + ` \(0x[0-9a-f]+ [A-Za-z_][A-Za-z0-9_.]*\+0x[0-9a-f]+\) is not in the model`)
+		if !named.MatchString(strings.Join(v.Reasons, "; ")) {
+			t.Errorf("the reason does not name the function: %q", v.Reasons)
 		}
 		untouched(t, l, dummy, before)
 	})
