@@ -243,7 +243,13 @@ func (f *FS) dirRuns(in *Inode, m *blockMap, fn func(b []byte, lb, pb uint64, re
 		for i := uint64(0); i < n; i += runBlocks {
 			k := min(runBlocks, n-i)
 			b := buf[:k*bs]
-			stop, err := fn(b, e.Logical+i, e.Physical+i, f.readBlocks(b, e.Physical+i))
+			var readErr error
+			if m := f.dirBlocks(e.Physical+i, k); m != nil {
+				b = m // held by the view: no copy
+			} else {
+				readErr = f.readBlocks(b, e.Physical+i)
+			}
+			stop, err := fn(b, e.Logical+i, e.Physical+i, readErr)
 			if err != nil || stop {
 				return err
 			}

@@ -531,7 +531,44 @@ func (f *FS) readBlocks(p []byte, blk uint64) error {
 	if blk >= f.sb.BlocksCount || n > f.sb.BlocksCount-blk {
 		return fmt.Errorf("block %d+%d beyond %d blocks: %w", blk, n, f.sb.BlocksCount, ErrCorrupt)
 	}
+	if f.copyDirBlocks(p, blk) {
+		return nil
+	}
 	return f.readAt(p, int64(blk*f.bs))
+}
+
+// directReader is a device that can read past its small-read cache
+// (disk.Image.ReadAtDirect).
+type directReader interface {
+	ReadAtDirect(p []byte, off int64) (int, error)
+}
+
+// readAtDirect is readAt for a read made once (a prefetch): through the
+// sections the device is made of (io.SectionReader), when it lies whole
+// in each, to a directReader below them; else, and below anything else,
+// readAt.
+func (f *FS) readAtDirect(p []byte, off int64) error {
+	r, at := f.r, off
+	// Each step unwraps one section: the chain is finite.
+	for {
+		s, ok := r.(*io.SectionReader)
+		if !ok {
+			break
+		}
+		outer, base, n := s.Outer()
+		if at < 0 || at > n || int64(len(p)) > n-at {
+			return f.readAt(p, off)
+		}
+		r, at = outer, base+at
+	}
+	d, ok := r.(directReader)
+	if !ok {
+		return f.readAt(p, off)
+	}
+	if n, _ := d.ReadAtDirect(p, at); n == len(p) {
+		return nil
+	}
+	return f.readAt(p, off) // the error as readAt gives it
 }
 
 func (f *FS) readAt(p []byte, off int64) error {
