@@ -263,11 +263,16 @@ func (f *FS) dirRuns(in *Inode, m *blockMap, fn func(b []byte, lb, pb uint64, re
 // dirent type) the type comes from the entry's inode. An entry whose name
 // cannot be a path element is listed with its Problem set.
 func (f *FS) ReadDirInode(ino uint32) ([]DirEntry, error) {
+	return f.AppendDirInode(nil, ino)
+}
+
+// AppendDirInode is ReadDirInode appending to out (a caller that lists
+// many directories reuses one slice); on error it returns nil.
+func (f *FS) AppendDirInode(out []DirEntry, ino uint32) ([]DirEntry, error) {
 	in, err := f.Inode(ino)
 	if err != nil {
 		return nil, err
 	}
-	var out []DirEntry
 	var typeErr error
 	err = f.walkDir(in, func(name []byte, ino uint32, ft uint8, off int64, bad string) bool {
 		t, ok := direntType(ft)

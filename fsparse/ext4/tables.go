@@ -123,6 +123,7 @@ func (f *FS) prefetchDirs(ctx context.Context, budget int64) error {
 	type ext struct{ blk, n uint64 }
 	var exts []ext
 	var total uint64
+	var in Inode
 	for g := uint32(0); g < f.ngroup; g++ {
 		tab, bm := t.table[g], t.bitmap[g]
 		for i := uint64(0); i < uint64(len(tab))/isz; i++ {
@@ -134,11 +135,10 @@ func (f *FS) prefetchDirs(ctx context.Context, budget int64) error {
 			if ino > uint64(sb.InodesCount) {
 				break
 			}
-			in, err := f.parseInode(uint32(ino), raw)
-			if err != nil || in.HasInlineData() {
+			if f.parseInodeInto(&in, uint32(ino), raw) != nil || in.HasInlineData() {
 				continue
 			}
-			m, err := f.mapInode(in)
+			m, err := f.mapInode(&in)
 			if err != nil {
 				continue
 			}
