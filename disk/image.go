@@ -352,7 +352,7 @@ func (im *Image) ReadAt(p []byte, off int64) (int, error) {
 }
 
 // ReadAtDirect is ReadAt for a read the caller makes once and whose
-// neighbours it does not read next (a prefetch of scattered blocks): on a
+// neighbours it does not read next (a directory of a walk): on a
 // raw image it goes straight to the file, so a short read costs its own
 // bytes, not a cache unit's. On an image with clusters (where a cluster
 // may cost a decompression) it is ReadAt. Safe for concurrent use.

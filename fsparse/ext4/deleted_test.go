@@ -256,8 +256,8 @@ func TestOpenDeletedReusedBlocks(t *testing.T) {
 // real image, or over its first inode-table block (which&2): ScanDir in
 // both modes, DirInCopy and InodesInCopy on the bytes end without panic,
 // their records are in range and their names valid; and the view that
-// holds the inode tables and directory blocks in memory lists and scans
-// every directory exactly as the filesystem read from the device does.
+// holds the inode tables in memory lists and scans the root and
+// lost+found exactly as the filesystem read from the device does.
 func FuzzDeletedScan(f *testing.F) {
 	base := fuzzBase(f)
 	b := make([]byte, 1024)

@@ -243,13 +243,9 @@ func (f *FS) dirRuns(in *Inode, m *blockMap, fn func(b []byte, lb, pb uint64, re
 		for i := uint64(0); i < n; i += runBlocks {
 			k := min(runBlocks, n-i)
 			b := buf[:k*bs]
-			var readErr error
-			if m := f.dirBlocks(e.Physical+i, k); m != nil {
-				b = m // held by the view: no copy
-			} else {
-				readErr = f.readBlocks(b, e.Physical+i)
-			}
-			stop, err := fn(b, e.Logical+i, e.Physical+i, readErr)
+			// Straight from the device: a directory is read once per
+			// walk, and its blocks seldom share a cache unit.
+			stop, err := fn(b, e.Logical+i, e.Physical+i, f.readBlocksDirect(b, e.Physical+i))
 			if err != nil || stop {
 				return err
 			}

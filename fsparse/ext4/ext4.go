@@ -531,9 +531,6 @@ func (f *FS) readBlocks(p []byte, blk uint64) error {
 	if blk >= f.sb.BlocksCount || n > f.sb.BlocksCount-blk {
 		return fmt.Errorf("block %d+%d beyond %d blocks: %w", blk, n, f.sb.BlocksCount, ErrCorrupt)
 	}
-	if f.copyDirBlocks(p, blk) {
-		return nil
-	}
 	return f.readAt(p, int64(blk*f.bs))
 }
 
@@ -543,7 +540,7 @@ type directReader interface {
 	ReadAtDirect(p []byte, off int64) (int, error)
 }
 
-// readAtDirect is readAt for a read made once (a prefetch): through the
+// readAtDirect is readAt for a read made once: through the
 // sections the device is made of (io.SectionReader), when it lies whole
 // in each, to a directReader below them; else, and below anything else,
 // readAt.
@@ -569,6 +566,16 @@ func (f *FS) readAtDirect(p []byte, off int64) error {
 		return nil
 	}
 	return f.readAt(p, off) // the error as readAt gives it
+}
+
+// readBlocksDirect is readBlocks for a read made once (a directory run):
+// past the device's small-read cache when it has one (readAtDirect).
+func (f *FS) readBlocksDirect(p []byte, blk uint64) error {
+	n := (uint64(len(p)) + f.bs - 1) / f.bs
+	if blk >= f.sb.BlocksCount || n > f.sb.BlocksCount-blk {
+		return f.readBlocks(p, blk) // its error
+	}
+	return f.readAtDirect(p, int64(blk*f.bs))
 }
 
 func (f *FS) readAt(p []byte, off int64) error {
