@@ -207,3 +207,31 @@ func FuzzNew(f *testing.F) {
 		}
 	})
 }
+
+// TestReadAtDirect: ReadAtDirect reads the same bytes and the same end of
+// the disk (io.EOF past Size) as ReadAt, on a raw image (where it skips
+// the cache) and on qcow2 images (where it is ReadAt), at offsets that
+// cross cache units; on a closed image it fails as ReadAt does.
+func TestReadAtDirect(t *testing.T) {
+	for _, name := range images {
+		t.Run(name, func(t *testing.T) {
+			im, err := disk.Open(fixture.Path(t, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			size := im.Size()
+			for _, c := range []struct{ off, n int64 }{{0, 512}, {65536 - 100, 300}, {1 << 20, 4096}, {size - 4096, 4096}, {size - 100, 4096}, {size, 10}} {
+				a, b := make([]byte, c.n), make([]byte, c.n)
+				na, ea := im.ReadAt(a, c.off)
+				nb, eb := im.ReadAtDirect(b, c.off)
+				if na != nb || !bytes.Equal(a, b) || !errors.Is(eb, ea) && (ea == nil || eb == nil || ea.Error() != eb.Error()) {
+					t.Fatalf("at %d+%d: ReadAt %d, %v; ReadAtDirect %d, %v", c.off, c.n, na, ea, nb, eb)
+				}
+			}
+			im.Close()
+			if _, err := im.ReadAtDirect(make([]byte, 10), 0); !errors.Is(err, os.ErrClosed) {
+				t.Fatalf("closed: %v", err)
+			}
+		})
+	}
+}

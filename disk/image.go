@@ -351,6 +351,18 @@ func (im *Image) ReadAt(p []byte, off int64) (int, error) {
 	return im.layers[0].ReadAt(p, off)
 }
 
+// ReadAtDirect is ReadAt for a read the caller makes once and whose
+// neighbours it does not read next (a directory of a walk): on a
+// raw image it goes straight to the file, so a short read costs its own
+// bytes, not a cache unit's. On an image with clusters (where a cluster
+// may cost a decompression) it is ReadAt. Safe for concurrent use.
+func (im *Image) ReadAtDirect(p []byte, off int64) (int, error) {
+	if _, ok := im.layers[0].(*Raw); !ok || im.closed.Load() {
+		return im.ReadAt(p, off)
+	}
+	return im.layers[0].ReadAt(p, off)
+}
+
 // Size is the guest disk size in bytes (the top layer's).
 func (im *Image) Size() int64 { return im.layers[0].Size() }
 

@@ -6,6 +6,9 @@ import (
 	"io"
 	"io/fs"
 	"path"
+	"slices"
+	"strings"
+	"sync"
 
 	"github.com/vmscope/vmscope/fsparse/ext4"
 	"github.com/vmscope/vmscope/vmerr"
@@ -76,8 +79,8 @@ func (x extFS) StatInode(p string, ino uint64) (Entry, error) {
 	if ino == 0 || ino > uint64(^uint32(0)) {
 		return Entry{Path: p, Ino: ino}, fmt.Errorf("ext4: no inode %d: %w", ino, ext4.ErrCorrupt)
 	}
-	in, err := x.Inode(uint32(ino))
-	if err != nil {
+	var in ext4.Inode // not kept: decoded without an allocation
+	if err := x.InodeInto(uint32(ino), &in); err != nil {
 		return Entry{Path: p, Ino: ino}, err
 	}
 	m := in.FileMode()
@@ -114,14 +117,30 @@ func (x extFS) ReadDir(name string) ([]Entry, error) {
 // element is never joined as it is: its entry's path ends in
 // EscapeName(name) and carries the Problem.
 func (x extFS) ListInode(ino uint64, dir, shown string) ([]Entry, error) {
+	return x.appendListing(nil, ino, dir, shown)
+}
+
+// dirEntries holds the directory listings appendListing reads into.
+var dirEntries = sync.Pool{New: func() any { return new([]ext4.DirEntry) }}
+
+// appendListing is ListInode appending to out (a walk reuses one slice per
+// depth instead of making one per directory).
+func (x extFS) appendListing(out []Entry, ino uint64, dir, shown string) ([]Entry, error) {
 	if ino == 0 || ino > uint64(^uint32(0)) {
 		return nil, fmt.Errorf("ext4: no inode %d: %w", ino, ext4.ErrCorrupt)
 	}
-	ents, err := x.ReadDirInode(uint32(ino))
+	bp := dirEntries.Get().(*[]ext4.DirEntry)
+	defer dirEntries.Put(bp)
+	ents, err := x.AppendDirInode((*bp)[:0], uint32(ino))
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Entry, 0, len(ents))
+	*bp = ents
+	defer clear(ents) // the pool keeps no names
+	out = slices.Grow(out, len(ents))
+	// dir + "/" + name is path.Join(dir, name) when dir is a clean
+	// absolute path and name a path element (an entry without a Problem).
+	clean := strings.HasPrefix(dir, "/") && path.Clean(dir) == dir
 	for _, de := range ents {
 		name := de.Name
 		var pb *vmerr.Problem
@@ -133,7 +152,16 @@ func (x extFS) ListInode(ino uint64, dir, shown string) ([]Entry, error) {
 			}
 			pb = &p
 		}
-		e, err := x.StatInode(path.Join(dir, name), uint64(de.Ino))
+		var p string
+		switch {
+		case !clean || pb != nil:
+			p = path.Join(dir, name)
+		case dir == "/":
+			p = "/" + name
+		default:
+			p = dir + "/" + name
+		}
+		e, err := x.StatInode(p, uint64(de.Ino))
 		if err != nil {
 			e.Err = err
 		}

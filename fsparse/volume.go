@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -256,12 +256,47 @@ func showPath(p string) string {
 // sortEntries sorts a listing by path and fills in the volume and the
 // error strings.
 func (v *Volume) sortEntries(out []Entry) {
-	sort.SliceStable(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	sortByPath(out)
 	for i := range out {
 		out[i].Volume = v.ID
 		if out[i].Err != nil {
 			out[i].ErrString = out[i].Err.Error()
 		}
+	}
+}
+
+// sortByPath sorts entries by path, stably, moving each entry (a large
+// struct) at most once: the order is found on indices (ties kept in
+// listing order), then applied cycle by cycle.
+func sortByPath(out []Entry) {
+	if slices.IsSortedFunc(out, func(a, b Entry) int { return strings.Compare(a.Path, b.Path) }) {
+		return
+	}
+	idx := make([]int, len(out))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(a, b int) int {
+		if c := strings.Compare(out[a].Path, out[b].Path); c != 0 {
+			return c
+		}
+		return a - b
+	})
+	// out[i] becomes the old out[idx[i]]; each step places one entry.
+	for i := range out {
+		if idx[i] == i {
+			continue
+		}
+		tmp := out[i]
+		j := i
+		for idx[j] != i {
+			k := idx[j]
+			out[j] = out[k]
+			idx[j] = j
+			j = k
+		}
+		out[j] = tmp
+		idx[j] = j
 	}
 }
 
@@ -280,8 +315,20 @@ func (v *Volume) Walk(ctx context.Context, root string, fn WalkFunc) error {
 	if err != nil {
 		return err
 	}
-	seen := map[uint64]string{}
-	return v.walk(ctx, strings.TrimPrefix(start.Path, "/"), start, fn, seen, 0)
+	w := &walker{seen: map[uint64]string{}}
+	return v.walk(ctx, strings.TrimPrefix(start.Path, "/"), start, fn, w, 0)
+}
+
+// walker is the state of one Walk: the directories entered, and a listing
+// buffer per depth, reused from one directory to the next.
+type walker struct {
+	seen map[uint64]string
+	bufs [][]Entry
+}
+
+// listAppender is an InodeFS that lists into a slice it is given.
+type listAppender interface {
+	appendListing(out []Entry, ino uint64, dir, shown string) ([]Entry, error)
 }
 
 const maxDepth = 4096
@@ -291,7 +338,8 @@ const maxDepth = 4096
 // it is listed, not entered again.
 var ErrDirLink = vmerr.New("fsparse: second name for a directory", vmerr.ErrCorrupt)
 
-func (v *Volume) walk(ctx context.Context, name string, e Entry, fn WalkFunc, seen map[uint64]string, depth int) error {
+func (v *Volume) walk(ctx context.Context, name string, e Entry, fn WalkFunc, w *walker, depth int) error {
+	seen := w.seen
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -325,7 +373,16 @@ func (v *Volume) walk(ctx context.Context, name string, e Entry, fn WalkFunc, se
 	}
 	var kids []Entry
 	var err error
-	if x, ok := v.FS.(InodeFS); ok && e.Ino != 0 {
+	if x, ok := v.FS.(listAppender); ok && e.Ino != 0 {
+		for len(w.bufs) <= depth {
+			w.bufs = append(w.bufs, nil)
+		}
+		kids, err = x.appendListing(w.bufs[depth][:0], e.Ino, e.Path, e.Shown)
+		if err == nil {
+			w.bufs[depth] = kids
+			v.sortEntries(kids)
+		}
+	} else if x, ok := v.FS.(InodeFS); ok && e.Ino != 0 {
 		// By inode: a path may hold escaped names that no lookup finds.
 		kids, err = x.ListInode(e.Ino, e.Path, e.Shown)
 		if err == nil {
@@ -341,7 +398,7 @@ func (v *Volume) walk(ctx context.Context, name string, e Entry, fn WalkFunc, se
 		return nil
 	}
 	for _, k := range kids {
-		if err := v.walk(ctx, strings.TrimPrefix(k.Path, "/"), k, fn, seen, depth+1); err != nil {
+		if err := v.walk(ctx, strings.TrimPrefix(k.Path, "/"), k, fn, w, depth+1); err != nil {
 			return err
 		}
 	}

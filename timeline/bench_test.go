@@ -6,6 +6,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/vmscope/vmscope/disk"
 	"github.com/vmscope/vmscope/fsparse"
 )
 
@@ -54,19 +55,16 @@ func BenchmarkScanDeleted(b *testing.B) {
 	}
 }
 
-// openBench opens the image's filesystem as the commands do (the view
-// holding the inode tables); the caller closes the file.
-func openBench(b *testing.B, p string) (*fsparse.Volume, *os.File) {
+// openBench opens the image's filesystem as the commands do (through
+// disk.Image and its cache, the view holding the inode tables); the
+// caller closes the image.
+func openBench(b *testing.B, p string) (*fsparse.Volume, io.Closer) {
 	b.Helper()
-	f, err := os.Open(p)
+	im, err := disk.Open(p)
 	if err != nil {
 		b.Fatal(err)
 	}
-	st, err := f.Stat()
-	if err != nil {
-		b.Fatal(err)
-	}
-	d, err := fsparse.Open(f, st.Size())
+	d, err := fsparse.Open(im, im.Size())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -77,5 +75,5 @@ func openBench(b *testing.B, p string) (*fsparse.Volume, *os.File) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return v, f
+	return v, im
 }

@@ -117,6 +117,16 @@ func Collect(ctx context.Context, v *fsparse.Volume, root, prefix string, recs [
 		delErr   error
 		done     = make(chan struct{})
 	)
+	if e := v.Ext4(); e != nil && root == "." {
+		// Room for every inode in use and a sixteenth more for the
+		// deleted names, so that appending those does not copy the
+		// records (capped: the counts come from the superblock).
+		sb := e.Super()
+		if sb.FreeInodes < sb.InodesCount {
+			n := min(sb.InodesCount-sb.FreeInodes, 1<<20)
+			recs = slices.Grow(recs, int(n+n/16))
+		}
+	}
 	go func() {
 		defer close(done)
 		del, delProbs, delErr = WalkDeleted(ctx, v, root, prefix, nil)

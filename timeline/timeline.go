@@ -92,6 +92,12 @@ func typeChar(t fs.FileMode) byte {
 // type and the nine permission letters with s/S and t/T.
 func (r *Record) ModeString() string {
 	var b [12]byte
+	r.modeBytes(&b)
+	return string(b[:])
+}
+
+// modeBytes writes ModeString into b.
+func (r *Record) modeBytes(b *[12]byte) {
 	b[0] = typeChar(r.NameType)
 	if r.NameUnknown {
 		b[0] = '-'
@@ -117,7 +123,6 @@ func (r *Record) ModeString() string {
 		}
 		b[3+i] = c
 	}
-	return string(b[:])
 }
 
 func b2i(v bool) int {
@@ -130,20 +135,31 @@ func b2i(v bool) int {
 // BodyName is the name field of the body line: the name, " -> target" for
 // a symlink with a target, and the deleted mark.
 func (r *Record) BodyName() string {
-	n := r.Name
+	if r.Target == "" && !r.Deleted && r.Source == "" {
+		return r.Name
+	}
+	return string(r.appendBodyName(nil))
+}
+
+// appendBodyName appends BodyName to b.
+func (r *Record) appendBodyName(b []byte) []byte {
+	b = append(b, r.Name...)
 	if r.Target != "" {
-		n += " -> " + r.Target
+		b = append(b, " -> "...)
+		b = append(b, r.Target...)
 	}
 	switch {
 	case r.Deleted && r.Realloc:
-		n += " (deleted-realloc)"
+		b = append(b, " (deleted-realloc)"...)
 	case r.Deleted:
-		n += " (deleted)"
+		b = append(b, " (deleted)"...)
 	}
 	if r.Source != "" {
-		n += " (" + r.Source + ")"
+		b = append(b, " ("...)
+		b = append(b, r.Source...)
+		b = append(b, ')')
 	}
-	return n
+	return b
 }
 
 func secs(t time.Time) int64 {
@@ -163,18 +179,20 @@ func (r *Record) crtime() time.Time {
 // AppendBody appends r's body-file line, with its newline, to b.
 func (r *Record) AppendBody(b []byte) []byte {
 	b = append(b, "0|"...)
-	b = append(b, r.BodyName()...)
+	b = r.appendBodyName(b)
 	b = append(b, '|')
 	b = strconv.AppendUint(b, r.Ino, 10)
 	b = append(b, '|')
-	b = append(b, r.ModeString()...)
+	var m [12]byte
+	r.modeBytes(&m)
+	b = append(b, m[:]...)
 	b = append(b, '|')
 	b = strconv.AppendUint(b, uint64(r.Uid), 10)
 	b = append(b, '|')
 	b = strconv.AppendUint(b, uint64(r.Gid), 10)
 	b = append(b, '|')
 	b = strconv.AppendInt(b, r.Size, 10)
-	for _, t := range []time.Time{r.Atime, r.Mtime, r.Ctime, r.crtime()} {
+	for _, t := range [4]time.Time{r.Atime, r.Mtime, r.Ctime, r.crtime()} {
 		b = append(b, '|')
 		b = strconv.AppendInt(b, secs(t), 10)
 	}

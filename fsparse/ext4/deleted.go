@@ -193,12 +193,15 @@ func (f *FS) scanChunk(b []byte, base int64, first, allDeleted bool, fn func(*Di
 		}
 		return base + int64(off)
 	}
+	// One slot for the block: fn may use it during the call only.
+	var slot DirSlot
 	emit := func(name []byte, ino uint32, ft uint8, off int, deleted, slack bool) {
 		t, ok := direntType(ft)
 		if !filetype {
 			ok = false
 		}
-		fn(&DirSlot{Ino: ino, Type: t, TypeKnown: ok, Offset: at(off), Deleted: deleted, Slack: slack}, name)
+		slot = DirSlot{Ino: ino, Type: t, TypeKnown: ok, Offset: at(off), Deleted: deleted, Slack: slack}
+		fn(&slot, name)
 	}
 	slack := func(from, to int) {
 		ScanSlack(b, from, to, len(b), f.sb.InodesCount, filetype, func(r SlackRecord) {

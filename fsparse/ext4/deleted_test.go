@@ -2,11 +2,13 @@ package ext4
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -251,9 +253,11 @@ func TestOpenDeletedReusedBlocks(t *testing.T) {
 }
 
 // FuzzDeletedScan: a fuzzed block written over a directory block of a
-// real image (and over an inode-table block): ScanDir in both modes,
-// DirInCopy and InodesInCopy on the bytes end without panic, their
-// records are in range and their names valid.
+// real image, or over its first inode-table block (which&2): ScanDir in
+// both modes, DirInCopy and InodesInCopy on the bytes end without panic,
+// their records are in range and their names valid; and the view that
+// holds the inode tables in memory lists and scans the root and
+// lost+found exactly as the filesystem read from the device does.
 func FuzzDeletedScan(f *testing.F) {
 	base := fuzzBase(f)
 	b := make([]byte, 1024)
@@ -261,6 +265,7 @@ func FuzzDeletedScan(f *testing.F) {
 	rec(b, 16, 13, 1008, "gone.txt", 1)
 	f.Add(uint8(0), b)
 	f.Add(uint8(1), b[:100])
+	f.Add(uint8(3), b)
 	f.Fuzz(func(t *testing.T, which uint8, data []byte) {
 		k := int(which & 1)
 		img := bytes.Clone(base.imgs[k])
@@ -277,10 +282,33 @@ func FuzzDeletedScan(f *testing.F) {
 			return
 		}
 		blk := m.ext[0].Physical
+		if which&2 != 0 {
+			blk = fs0.itable[0]
+		}
 		copy(img[blk*fs0.bs:(blk+1)*fs0.bs], data)
 		fsys := openBytes(t, img)
 		if fsys == nil {
 			return
+		}
+		view, err := fsys.WithInodeTables(context.Background(), 1<<30)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The root (whose block or inode the fuzzed block holds) and
+		// lost+found.
+		for _, ino := range []uint32{rootIno, 11} {
+			a, aerr := fsys.ReadDirInode(ino)
+			b, berr := view.ReadDirInode(ino)
+			if !reflect.DeepEqual(a, b) || errString(aerr) != errString(berr) {
+				t.Fatalf("inode %d: ReadDirInode from the device %v, %v; from the view %v, %v", ino, a, aerr, b, berr)
+			}
+			for _, del := range []bool{false, true} {
+				a, aerr := fsys.ScanDir(ino, del)
+				b, berr := view.ScanDir(ino, del)
+				if !reflect.DeepEqual(a, b) || errString(aerr) != errString(berr) {
+					t.Fatalf("inode %d: ScanDir(%v) differs through the view", ino, del)
+				}
+			}
 		}
 		for _, del := range []bool{false, true} {
 			slots, err := fsys.ScanDir(rootIno, del)

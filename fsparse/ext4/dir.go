@@ -243,7 +243,9 @@ func (f *FS) dirRuns(in *Inode, m *blockMap, fn func(b []byte, lb, pb uint64, re
 		for i := uint64(0); i < n; i += runBlocks {
 			k := min(runBlocks, n-i)
 			b := buf[:k*bs]
-			stop, err := fn(b, e.Logical+i, e.Physical+i, f.readBlocks(b, e.Physical+i))
+			// Straight from the device: a directory is read once per
+			// walk, and its blocks seldom share a cache unit.
+			stop, err := fn(b, e.Logical+i, e.Physical+i, f.readBlocksDirect(b, e.Physical+i))
 			if err != nil || stop {
 				return err
 			}
@@ -257,11 +259,16 @@ func (f *FS) dirRuns(in *Inode, m *blockMap, fn func(b []byte, lb, pb uint64, re
 // dirent type) the type comes from the entry's inode. An entry whose name
 // cannot be a path element is listed with its Problem set.
 func (f *FS) ReadDirInode(ino uint32) ([]DirEntry, error) {
+	return f.AppendDirInode(nil, ino)
+}
+
+// AppendDirInode is ReadDirInode appending to out (a caller that lists
+// many directories reuses one slice); on error it returns nil.
+func (f *FS) AppendDirInode(out []DirEntry, ino uint32) ([]DirEntry, error) {
 	in, err := f.Inode(ino)
 	if err != nil {
 		return nil, err
 	}
-	var out []DirEntry
 	var typeErr error
 	err = f.walkDir(in, func(name []byte, ino uint32, ft uint8, off int64, bad string) bool {
 		t, ok := direntType(ft)

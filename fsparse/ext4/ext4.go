@@ -534,6 +534,50 @@ func (f *FS) readBlocks(p []byte, blk uint64) error {
 	return f.readAt(p, int64(blk*f.bs))
 }
 
+// directReader is a device that can read past its small-read cache
+// (disk.Image.ReadAtDirect).
+type directReader interface {
+	ReadAtDirect(p []byte, off int64) (int, error)
+}
+
+// readAtDirect is readAt for a read made once: through the
+// sections the device is made of (io.SectionReader), when it lies whole
+// in each, to a directReader below them; else, and below anything else,
+// readAt.
+func (f *FS) readAtDirect(p []byte, off int64) error {
+	r, at := f.r, off
+	// Each step unwraps one section: the chain is finite.
+	for {
+		s, ok := r.(*io.SectionReader)
+		if !ok {
+			break
+		}
+		outer, base, n := s.Outer()
+		if at < 0 || at > n || int64(len(p)) > n-at {
+			return f.readAt(p, off)
+		}
+		r, at = outer, base+at
+	}
+	d, ok := r.(directReader)
+	if !ok {
+		return f.readAt(p, off)
+	}
+	if n, _ := d.ReadAtDirect(p, at); n == len(p) {
+		return nil
+	}
+	return f.readAt(p, off) // the error as readAt gives it
+}
+
+// readBlocksDirect is readBlocks for a read made once (a directory run):
+// past the device's small-read cache when it has one (readAtDirect).
+func (f *FS) readBlocksDirect(p []byte, blk uint64) error {
+	n := (uint64(len(p)) + f.bs - 1) / f.bs
+	if blk >= f.sb.BlocksCount || n > f.sb.BlocksCount-blk {
+		return f.readBlocks(p, blk) // its error
+	}
+	return f.readAtDirect(p, int64(blk*f.bs))
+}
+
 func (f *FS) readAt(p []byte, off int64) error {
 	n, err := f.r.ReadAt(p, off)
 	if n == len(p) {

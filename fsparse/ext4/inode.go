@@ -78,6 +78,28 @@ func (f *FS) Inode(ino uint32) (*Inode, error) {
 	return f.parseInode(ino, raw)
 }
 
+// InodeInto is Inode decoding into *in (all of it overwritten), for a
+// caller that reads many inodes and keeps none: from the memory of a view
+// made by WithInodeTables it allocates nothing (but a copy of an in-inode
+// xattr area). On error *in is left unspecified.
+func (f *FS) InodeInto(ino uint32, in *Inode) error {
+	sb := f.sb
+	if ino >= 1 && ino <= sb.InodesCount {
+		g := (ino - 1) / sb.InodesPerGroup
+		if g < f.ngroup {
+			if raw := f.rawInode(g, (ino-1)%sb.InodesPerGroup); raw != nil {
+				return f.parseInodeInto(in, ino, raw)
+			}
+		}
+	}
+	p, err := f.Inode(ino)
+	if err != nil {
+		return err
+	}
+	*in = *p
+	return nil
+}
+
 func decodeTime(sec uint32, extra uint32, hasExtra bool) time.Time {
 	s := int64(int32(sec))
 	if !hasExtra {
@@ -94,8 +116,17 @@ func decodeTime(sec uint32, extra uint32, hasExtra bool) time.Time {
 // parseInode decodes a raw inode of the filesystem's inode size. It keeps
 // no reference to raw.
 func (f *FS) parseInode(ino uint32, raw []byte) (*Inode, error) {
+	in := new(Inode)
+	if err := f.parseInodeInto(in, ino, raw); err != nil {
+		return nil, err
+	}
+	return in, nil
+}
+
+// parseInodeInto is parseInode decoding into *in.
+func (f *FS) parseInodeInto(in *Inode, ino uint32, raw []byte) error {
 	sb := f.sb
-	in := &Inode{
+	*in = Inode{
 		Ino:        ino,
 		Mode:       le16(raw, 0x0),
 		Uid:        uint32(le16(raw, 0x2)) | uint32(le16(raw, 0x78))<<16,
@@ -122,7 +153,7 @@ func (f *FS) parseInode(ino uint32, raw []byte) (*Inode, error) {
 	if len(raw) > 128 {
 		ei := int(le16(raw, 0x80))
 		if ei&3 != 0 || 128+ei > len(raw) {
-			return nil, fmt.Errorf("ext4: inode %d: extra isize %d: %w", ino, ei, ErrCorrupt)
+			return fmt.Errorf("ext4: inode %d: extra isize %d: %w", ino, ei, ErrCorrupt)
 		}
 		in.ExtraIsize = uint16(ei)
 		fits = func(end int) bool { return end <= 128+ei }
@@ -142,7 +173,7 @@ func (f *FS) parseInode(ino uint32, raw []byte) (*Inode, error) {
 		in.HasCrtime = true
 		in.Crtime = decodeTime(extra[3], extra[4], fits(0x98))
 	}
-	return in, nil
+	return nil
 }
 
 // FileMode maps the mode to io/fs: type bits, permissions, setuid, setgid

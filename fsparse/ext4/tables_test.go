@@ -43,6 +43,8 @@ func inodeAnswers(t *testing.T, f *FS, which func(ino uint32) bool) []answer {
 		if err == nil && in.IsDir() && a {
 			slots, err := f.ScanDir(ino, false)
 			out = append(out, answer{"scandir", ino, slots, errString(err)})
+			ents, err := f.ReadDirInode(ino)
+			out = append(out, answer{"readdir", ino, ents, errString(err)})
 		}
 	}
 	err := f.ScanInodes(func(ino uint32, alloc bool, ctime uint32, raw []byte) {
@@ -58,9 +60,10 @@ func inodeAnswers(t *testing.T, f *FS, which func(ino uint32) bool) []answer {
 
 // TestInodeTablesView: the view that holds the inode tables and bitmaps
 // in memory answers exactly what the filesystem read from the device
-// answers, on images with and without bg_itable_unused (checksums), 128-
-// and 256-byte inodes, 1 KiB and 4 KiB blocks, inline data, and deleted
-// files; over budget it is the filesystem itself.
+// answers (directory listings and scans included), on images with and
+// without bg_itable_unused (checksums), 128- and 256-byte inodes, 1 KiB
+// and 4 KiB blocks, inline data, and deleted files; over budget it is the
+// filesystem itself.
 func TestInodeTablesView(t *testing.T) {
 	paths := []string{fixture.Path(t, "ext4-128.img"), fixture.Path(t, "ext4-nocsum-1k.img"), fixture.Path(t, "ext4-inline.img"),
 		irImage(t, "del-debugfs.img"), irImage(t, "del-kernel.img")}
