@@ -19,6 +19,9 @@
 # Same rules for all (the embedded default rules; (b) compiles them in
 # each process, as a one-image scan does without a rules cache).
 #   FILES=N OVERLAYS=N JOBS=N (files scanned in parallel per process, 1) RUNS=N
+#   BALANCE=hash|size (the shards' --balance, default hash: rendezvous
+#   hashing may give the two shards unequal counts, e.g. 18 and 22 of 40,
+#   which (b)'s dynamic GNU parallel never has; size spreads them evenly)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PATH=$PATH:/usr/local/go/bin:/usr/sbin:/sbin
@@ -26,6 +29,7 @@ FILES=${FILES:-20000}
 OVERLAYS=${OVERLAYS:-40}
 JOBS=${JOBS:-1}
 RUNS=${RUNS:-1}
+BALANCE=${BALANCE:-hash}
 for t in parallel /usr/bin/time; do
   command -v "$t" >/dev/null || { echo "fleet.sh: $t missing (scripts/deps.sh)"; exit 1; }
 done
@@ -54,7 +58,7 @@ shards() {
   shift
   for i in 0 1; do
     counted "$W/io-$run" /usr/bin/time -f '%M' -o "$W/peak-$run-$i" "$V" fleet scan "$W/inventory.ndjson" --shard "$i/2" \
-      --state-dir "$W/state-$run" --out "$W/out" --run-id "$run" --jobs "$JOBS" --findings-exit-code 0 "$@" 2>"$W/err-$run-$i" &
+      --state-dir "$W/state-$run" --out "$W/out" --run-id "$run" --jobs "$JOBS" --balance "$BALANCE" --findings-exit-code 0 "$@" 2>"$W/err-$run-$i" &
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p" || true; done
@@ -65,7 +69,7 @@ cpu() { awk '{s += $2} END {printf "%.2f", s}' "$W/io-$1"; }
 overlays() { for n in $(seq 1 "$OVERLAYS"); do cp "$G/$1/ov-$n.qcow2" "$W/ov-$n.qcow2"; done; }
 
 nfiles=$(wc -l < "$G/files1")
-echo "fleet bench: $OVERLAYS overlays on 2 bases of $nfiles files, $((nfiles / 100)) files changed per overlay per poll, 2 processes, $(nproc) cores"
+echo "fleet bench: $OVERLAYS overlays on 2 bases of $nfiles files, $((nfiles / 100)) files changed per overlay per poll, 2 processes, --balance $BALANCE, $(nproc) cores"
 for r in $(seq 1 "$RUNS"); do
   rm -rf "$W/state-"* "$W/out" "$W/io-"* "$W/peak-"*
   overlays p1
