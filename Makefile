@@ -43,7 +43,8 @@ demo: build
 	bash scripts/demo.sh
 
 vet:
-	gofmt -l $$(git ls-files '*.go') | tee /dev/stderr | (! read)
+	@# gofmt -l names each file it would change; any name fails the target
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:" >&2; echo "$$out" >&2; exit 1; fi
 	$(GO) vet $(PKGS)
 	$(GO) tool staticcheck $(PKGS)
 
