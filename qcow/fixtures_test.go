@@ -171,8 +171,20 @@ func buildFixtures(t testing.TB, qemuImg, d string) {
 	mk("create", "-f", "vdi", p("disk.vdi"), "1M")
 	mk("create", "-f", "vpc", p("disk.vhd"), "1M")
 	mk("create", "-f", "vpc", "-o", "subformat=fixed", p("fixed.vhd"), "1M")
-	mk("create", "--object", "secret,id=sec0,data=123456", "-f", "qcow2",
-		"-o", "encrypt.format=luks,encrypt.key-secret=sec0", p("luks.qcow2"), "1M")
+	// QEMU times its PBKDF on the thread's CPU clock to pick an iteration
+	// count, and gives up ("Unable to get accurate CPU usage") when the
+	// clock did not move: tried again, as a person would
+	luks := []string{"create", "--object", "secret,id=sec0,data=123456", "-f", "qcow2",
+		"-o", "encrypt.format=luks,encrypt.key-secret=sec0", p("luks.qcow2"), "1M"}
+	for try := 1; ; try++ {
+		out, err := exec.Command(qemuImg, luks...).CombinedOutput()
+		if err == nil {
+			break
+		}
+		if try == 5 || !strings.Contains(string(out), "Unable to get accurate CPU usage") {
+			t.Fatalf("%s %s: %v\n%s", qemuImg, strings.Join(luks, " "), err, out)
+		}
+	}
 }
 
 func patchU64(t testing.TB, path string, off int64, v uint64) {
