@@ -58,24 +58,11 @@ type Inode struct {
 // Inode reads inode ino (1 ≤ ino ≤ InodesCount) with one small read, or
 // from memory in a view made by WithInodeTables.
 func (f *FS) Inode(ino uint32) (*Inode, error) {
-	sb := f.sb
-	if ino < 1 || ino > sb.InodesCount {
-		return nil, fmt.Errorf("ext4: inode %d out of range 1..%d: %w", ino, sb.InodesCount, ErrCorrupt)
+	in := new(Inode)
+	if err := f.InodeInto(ino, in); err != nil {
+		return nil, err
 	}
-	g := (ino - 1) / sb.InodesPerGroup
-	idx := (ino - 1) % sb.InodesPerGroup
-	if g >= f.ngroup {
-		return nil, fmt.Errorf("ext4: inode %d in group %d of %d: %w", ino, g, f.ngroup, ErrCorrupt)
-	}
-	if raw := f.rawInode(g, idx); raw != nil {
-		return f.parseInode(ino, raw)
-	}
-	off := f.itable[g]*f.bs + uint64(idx)*uint64(sb.InodeSize)
-	raw := make([]byte, sb.InodeSize)
-	if err := f.readAt(raw, int64(off)); err != nil {
-		return nil, fmt.Errorf("ext4: inode %d at byte %d: %w", ino, off, err)
-	}
-	return f.parseInode(ino, raw)
+	return in, nil
 }
 
 // InodeInto is Inode decoding into *in (all of it overwritten), for a
@@ -84,20 +71,23 @@ func (f *FS) Inode(ino uint32) (*Inode, error) {
 // xattr area). On error *in is left unspecified.
 func (f *FS) InodeInto(ino uint32, in *Inode) error {
 	sb := f.sb
-	if ino >= 1 && ino <= sb.InodesCount {
-		g := (ino - 1) / sb.InodesPerGroup
-		if g < f.ngroup {
-			if raw := f.rawInode(g, (ino-1)%sb.InodesPerGroup); raw != nil {
-				return f.parseInodeInto(in, ino, raw)
-			}
-		}
+	if ino < 1 || ino > sb.InodesCount {
+		return fmt.Errorf("ext4: inode %d out of range 1..%d: %w", ino, sb.InodesCount, ErrCorrupt)
 	}
-	p, err := f.Inode(ino)
-	if err != nil {
-		return err
+	g := (ino - 1) / sb.InodesPerGroup
+	idx := (ino - 1) % sb.InodesPerGroup
+	if g >= f.ngroup {
+		return fmt.Errorf("ext4: inode %d in group %d of %d: %w", ino, g, f.ngroup, ErrCorrupt)
 	}
-	*in = *p
-	return nil
+	if raw := f.rawInode(g, idx); raw != nil {
+		return f.parseInodeInto(in, ino, raw)
+	}
+	off := f.itable[g]*f.bs + uint64(idx)*uint64(sb.InodeSize)
+	raw := make([]byte, sb.InodeSize)
+	if err := f.readAt(raw, int64(off)); err != nil {
+		return fmt.Errorf("ext4: inode %d at byte %d: %w", ino, off, err)
+	}
+	return f.parseInodeInto(in, ino, raw)
 }
 
 func decodeTime(sec uint32, extra uint32, hasExtra bool) time.Time {
